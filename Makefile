@@ -1,0 +1,60 @@
+# musicfs: every target sets up what it needs; nothing is installed by hand.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev ffmpeg fio tree
+SAMPLE ?= build/sample-library
+MNT ?= mnt
+STATE ?= build/state
+
+.PHONY: setup system-deps run stop test conformance chaos perf lint clean sample
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+sample: setup
+	$(PY) -m fixtures.generate --size ci --out $(SAMPLE)
+
+run: sample
+	@mkdir -p $(MNT) $(STATE)
+	$(VENV)/bin/musicfs --state-dir $(STATE) mount --origin $(SAMPLE)/library $(MNT)
+	@echo
+	@echo "musicfs is mounted at $(MNT)/   browse it:  ls $(MNT)   tree $(MNT)"
+	@echo "unmount with:  make stop   (or: $(VENV)/bin/musicfs --state-dir $(STATE) umount $(MNT))"
+
+stop: setup
+	$(VENV)/bin/musicfs --state-dir $(STATE) umount $(MNT)
+
+test: setup
+	$(PY) -m pytest tests conformance chaos -q
+
+conformance: setup
+	$(PY) -m pytest conformance -q
+
+chaos: setup
+	$(PY) -m pytest chaos -q
+
+perf: setup
+	$(PY) -m pytest perf -q -s
+
+lint: setup
+	$(VENV)/bin/ruff check musicfs spec fixtures tests conformance chaos perf
+
+clean:
+	rm -rf build .pytest_cache

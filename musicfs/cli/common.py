@@ -1,0 +1,56 @@
+"""Option handling shared by ``musicfs`` and ``musicfs-inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..config import Config, config_for_folder, load_config
+from ..errors import ConfigError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def add_library_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", type=Path, help="TOML config file")
+    parser.add_argument("--origin", type=Path, help="a music folder to use as the only origin")
+    parser.add_argument("--index", type=Path, help="index file (default: under the state directory)")
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """The config named by --config, or the one-folder config --origin implies."""
+    if args.config and args.origin:
+        raise ConfigError("give either --config or --origin, not both")
+    if args.config:
+        config = load_config(args.config)
+    elif args.origin:
+        if not args.origin.is_dir():
+            raise ConfigError(f"origin folder does not exist: {args.origin}")
+        config = config_for_folder(args.origin)
+    else:
+        raise ConfigError("say which library: --config FILE or --origin FOLDER")
+    return config
+
+
+def index_path(args: argparse.Namespace, config: Config | None) -> Path:
+    if getattr(args, "index", None):
+        return args.index
+    if config is None:
+        raise ConfigError("say which library: --config, --origin or --index")
+    return config.resolved_index_path(getattr(args, "state_dir", None))
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

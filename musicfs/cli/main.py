@@ -1,0 +1,108 @@
+"""``musicfs``: scan a library, mount it, and talk to a running daemon."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..config import state_home
+from ..errors import MusicFSError
+from ..index.library import LibraryIndex
+from ..index.scanner import ScanReport, Scanner
+from ..origins.local import LocalOrigin
+from .common import (add_library_options, console, err_console, index_path, print_json,
+                     resolve_config, setup_logging)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="musicfs", description=__doc__)
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help=f"where indexes, pid and log files live (default {state_home()})")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+    scan = sub.add_parser("scan", help="index a library's tags and build its virtual tree")
+    add_library_options(scan)
+    scan.add_argument("--json", action="store_true", help="print the report as JSON")
+    scan.add_argument("--batch-size", type=int, default=200, help=argparse.SUPPRESS)
+    scan.set_defaults(func=cmd_scan)
+    return parser
+
+
+def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200) -> list[ScanReport]:
+    """Scan every local origin of ``config`` into the index at ``path``."""
+    reports = []
+    with LibraryIndex(path) as index:
+        for origin_cfg in config.origins:
+            origin = LocalOrigin(origin_cfg.id, origin_cfg.path)
+            if not origin.root.is_dir():
+                err_console.print(f"[yellow]origin {origin.id}: {origin.root} is not a folder; not scanned")
+                continue
+            with Progress(TextColumn("[bold]scanning {task.fields[origin]}"), BarColumn(),
+                          TextColumn("{task.completed} files"), TimeElapsedColumn(),
+                          console=err_console, disable=not show_progress, transient=True) as bar:
+                task = bar.add_task("scan", total=None, origin=origin.id)
+
+                def progress(report: ScanReport, current: str | None) -> None:
+                    bar.update(task, completed=report.seen)
+
+                scanner = Scanner(index, origin, config.path_template(), workers=config.scan_workers,
+                                  batch_size=batch_size, progress=progress)
+                reports.append(scanner.run())
+    return reports
+
+
+def render_report(report: ScanReport, skipped: list) -> None:
+    table = Table(title=f"scan of origin {report.origin_id!r} ({report.seconds:.2f} s)")
+    table.add_column("result")
+    table.add_column("files", justify="right")
+    for label, value in (("indexed (new)", report.added), ("updated", report.updated),
+                         ("unchanged", report.unchanged), ("removed", report.removed),
+                         ("skipped (malformed)", report.skipped), ("not audio (ignored)", report.ignored)):
+        table.add_row(label, str(value))
+    console.print(table)
+    if skipped:
+        why = Table(title="skipped files")
+        why.add_column("file")
+        why.add_column("reason")
+        why.add_column("detail")
+        for item in skipped:
+            why.add_row(item.real_path, item.reason, item.detail)
+        console.print(why)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    path = index_path(args, config)
+    reports = run_scans(config, path, show_progress=sys.stderr.isatty() and not args.json,
+                        batch_size=args.batch_size)
+    with LibraryIndex(path, readonly=True) as index:
+        skipped = index.skipped()
+        if args.json:
+            print_json({"index": str(path), "scans": [r.__dict__ for r in reports],
+                        "skipped": [s.__dict__ for s in skipped]})
+            return 0
+    for report in reports:
+        render_report(report, [s for s in skipped if s.origin_id == report.origin_id])
+    console.print(f"index: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args) or 0
+    except MusicFSError as exc:
+        err_console.print(f"[red]musicfs: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Typed configuration from TOML, validated; every error names the file, line and reason.
+
+Example::
+
+    [library]
+    template = "$artist/$album ($year) [$format_upper]/$track - $title.$format"
+
+    [[origins]]
+    id = "nas"
+    type = "local"
+    path = "/mnt/nas/music"
+    priority = 1
+
+``tomllib`` parses; this module checks types and values and, because tomllib
+keeps no positions, finds the line of an offending key by reading the text the
+way TOML lays it out (table headers, then ``key =`` lines).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, TemplateError
+from .vfs.template import DEFAULT_TEMPLATE, PathTemplate
+
+ORIGIN_TYPES = {"local": {"path"}}
+_ORIGIN_COMMON = {"id", "type", "priority", "cache"}
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+          "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+
+
+def state_home() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "musicfs"
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "musicfs"
+
+
+def parse_size(value: Any) -> int:
+    """``10GB``, ``512 MiB``, ``1e9`` or an int: a byte count."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. 10GB or 512MiB)")
+    unit = (match.group(2) or "").upper().rstrip("B")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    id: str
+    type: str
+    priority: int = 1
+    cache: str = "always"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.options["path"]).expanduser()
+
+
+@dataclass(frozen=True)
+class Config:
+    origins: tuple[OriginConfig, ...]
+    template: str = DEFAULT_TEMPLATE
+    name: str | None = None
+    index_path: Path | None = None
+    cache_dir: Path = field(default_factory=cache_home)
+    cache_size: int = 10 * 10**9  # NFR-5.2 default
+    scan_workers: int = 4
+    source: str | None = None
+
+    def library_name(self) -> str:
+        """A stable name for this library: the configured one, or one derived from its origins."""
+        if self.name:
+            return self.name
+        first = self.origins[0]
+        where = str(first.path.resolve()) if first.type == "local" else repr(sorted(first.options))
+        digest = hashlib.sha1(where.encode()).hexdigest()[:10]
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(where).name or first.id)
+        return f"{base}-{digest}"
+
+    def resolved_index_path(self, state_dir: Path | None = None) -> Path:
+        if self.index_path is not None:
+            return self.index_path
+        return (state_dir or state_home()) / "libraries" / f"{self.library_name()}.db"
+
+    def path_template(self) -> PathTemplate:
+        return PathTemplate(self.template)
+
+
+class _Locator:
+    """Finds the line of ``key`` in table ``[table]`` or the n-th ``[[table]]``."""
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"-]+)\s*\]\]?")
+
+    def __init__(self, text: str):
+        self.lines = text.splitlines()
+
+    def line_of(self, table: str | None, key: str | None, index: int | None = None) -> int | None:
+        current, seen, header_line = None, -1, None
+        for number, line in enumerate(self.lines, start=1):
+            match = self._HEADER.match(line)
+            if match:
+                current = match.group(2)
+                if current == table:
+                    seen += 1
+                    if index is None or seen == index:
+                        header_line = number
+                continue
+            in_table = current == table and (index is None or seen == index)
+            if in_table and key and re.match(rf"^\s*\"?{re.escape(key)}\"?\s*=", line):
+                return number
+        return header_line
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file; raises :class:`ConfigError` naming the line."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config: {exc}", source=str(path)) from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, *, source: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+        raise ConfigError(f"not valid TOML: {exc}", source=source, line=line) from None
+    where = _Locator(text)
+
+    def fail(message: str, table: str | None = None, key: str | None = None,
+             index: int | None = None) -> ConfigError:
+        return ConfigError(message, source=source, line=where.line_of(table, key, index))
+
+    unknown = set(data) - {"library", "cache", "scan", "origins"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise fail(f"unknown section or key {name!r}", None, name) if not isinstance(
+            data[name], dict) else fail(f"unknown section [{name}]", name, None)
+    library = _table(data, "library", fail)
+    cache = _table(data, "cache", fail)
+    scan = _table(data, "scan", fail)
+    _only(library, {"name", "template", "index"}, "library", fail)
+    _only(cache, {"dir", "size"}, "cache", fail)
+    _only(scan, {"workers"}, "scan", fail)
+    kwargs: dict[str, Any] = {"source": source}
+    if "template" in library:
+        template = _typed(library, "template", str, "library", fail)
+        try:
+            PathTemplate(template)
+        except TemplateError as exc:
+            raise fail(str(exc), "library", "template") from None
+        kwargs["template"] = template
+    if "name" in library:
+        name = _typed(library, "name", str, "library", fail)
+        if not _ID.match(name):
+            raise fail(f"library name {name!r} may hold only letters, digits, '_', '.', '-'",
+                       "library", "name")
+        kwargs["name"] = name
+    if "index" in library:
+        kwargs["index_path"] = Path(_typed(library, "index", str, "library", fail)).expanduser()
+    if "dir" in cache:
+        kwargs["cache_dir"] = Path(_typed(cache, "dir", str, "cache", fail)).expanduser()
+    if "size" in cache:
+        try:
+            kwargs["cache_size"] = parse_size(cache["size"])
+        except ValueError as exc:
+            raise fail(str(exc), "cache", "size") from None
+    if "workers" in scan:
+        workers = _typed(scan, "workers", int, "scan", fail)
+        if not 1 <= workers <= 64:
+            raise fail("workers must be between 1 and 64", "scan", "workers")
+        kwargs["scan_workers"] = workers
+    kwargs["origins"] = _origins(data.get("origins", []), fail)
+    return Config(**kwargs)
+
+
+def _line_from_message(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def _table(data: dict, name: str, fail) -> dict:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise fail(f"[{name}] must be a table", None, name)
+    return value
+
+
+def _only(table: dict, allowed: set[str], name: str, fail, index: int | None = None) -> None:
+    for key in table:
+        if key not in allowed:
+            raise fail(f"unknown key {key!r} in [{name}] (allowed: {', '.join(sorted(allowed))})",
+                       name, key, index)
+
+
+def _typed(table: dict, key: str, kind: type, name: str, fail, index: int | None = None):
+    value = table[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise fail(f"{key} must be {kind.__name__}, not {type(value).__name__}", name, key, index)
+    return value
+
+
+def _origins(items: Any, fail) -> tuple[OriginConfig, ...]:
+    if not isinstance(items, list) or not items:
+        raise fail("at least one [[origins]] table is required", "origins", None)
+    origins, ids = [], set()
+    for i, item in enumerate(items):
+        if "type" not in item or "id" not in item:
+            missing = "id" if "id" not in item else "type"
+            raise fail(f"origin #{i + 1} needs {missing!r}", "origins", None, i)
+        kind = _typed(item, "type", str, "origins", fail, i)
+        if kind not in ORIGIN_TYPES:
+            raise fail(f"unknown origin type {kind!r} (known: {', '.join(sorted(ORIGIN_TYPES))})",
+                       "origins", "type", i)
+        _only(item, _ORIGIN_COMMON | ORIGIN_TYPES[kind], "origins", fail, i)
+        origin_id = _typed(item, "id", str, "origins", fail, i)
+        if not _ID.match(origin_id):
+            raise fail(f"origin id {origin_id!r} may hold only letters, digits, '_', '.', '-'",
+                       "origins", "id", i)
+        if origin_id in ids:
+            raise fail(f"origin id {origin_id!r} is used twice", "origins", "id", i)
+        ids.add(origin_id)
+        for required in sorted(ORIGIN_TYPES[kind]):
+            if required not in item:
+                raise fail(f"{kind} origin {origin_id!r} needs {required!r}", "origins", None, i)
+            _typed(item, required, str, "origins", fail, i)
+        priority = _typed(item, "priority", int, "origins", fail, i) if "priority" in item else 1
+        cache = _typed(item, "cache", str, "origins", fail, i) if "cache" in item else "always"
+        if cache not in ("always", "never"):
+            raise fail(f"cache must be 'always' or 'never', not {cache!r}", "origins", "cache", i)
+        options = {k: v for k, v in item.items() if k not in _ORIGIN_COMMON}
+        origins.append(OriginConfig(origin_id, kind, priority, cache, options))
+    return tuple(origins)
+
+
+def config_for_folder(folder: Path | str, **overrides: Any) -> Config:
+    """The config ``musicfs mount --origin PATH`` implies: one local origin."""
+    folder = Path(folder).expanduser()
+    origin = OriginConfig("local", "local", 1, "always", {"path": str(folder)})
+    return Config(origins=(origin,), **overrides)

@@ -1,0 +1,70 @@
+"""The exception tree of musicfs and the one place that maps it to errno.
+
+Components raise these; the FUSE layer turns them into ``FUSEError`` through
+:func:`errno_for`, so the mapping lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class MusicFSError(Exception):
+    """Base of every error musicfs raises on purpose."""
+
+    errno = errno.EIO
+
+
+class ConfigError(MusicFSError):
+    """A configuration file or option is invalid; the message names the line."""
+
+    errno = errno.EINVAL
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None):
+        self.source = source
+        self.line = line
+        where = ""
+        if source is not None:
+            where = f"{source}:{line}: " if line is not None else f"{source}: "
+        super().__init__(f"{where}{message}")
+
+
+class TemplateError(MusicFSError):
+    """A path template does not follow the grammar."""
+
+    errno = errno.EINVAL
+
+
+class IndexError_(MusicFSError):
+    """The SQLite index is missing, locked or of an unknown schema."""
+
+
+class NotFound(MusicFSError):
+    errno = errno.ENOENT
+
+
+class NotADirectory(MusicFSError):
+    errno = errno.ENOTDIR
+
+
+class IsADirectory(MusicFSError):
+    errno = errno.EISDIR
+
+
+class ReadOnly(MusicFSError):
+    errno = errno.EROFS
+
+
+class OriginUnavailable(MusicFSError):
+    """An origin could not serve a request in time; readers get EIO."""
+
+    errno = errno.EIO
+
+
+def errno_for(exc: BaseException) -> int:
+    """Return the errno a failed filesystem call should answer for ``exc``."""
+    if isinstance(exc, MusicFSError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO

@@ -1,0 +1,115 @@
+"""The library index: one SQLite file holding tracks, skipped files and the virtual tree."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .db import connect, migrate, transaction
+from .schema import ROOT_ID
+
+TRACK_FIELDS = (
+    "title", "artist", "album", "album_artist", "genre", "year", "track", "disc",
+    "duration_ms", "bitrate", "sample_rate", "format",
+)
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    origin_id: str
+    real_path: str
+    size: int
+    reason: str
+    detail: str
+
+
+class LibraryIndex:
+    """Owns the connection to one index file; everything else asks it.
+
+    Opening migrates the schema; ``readonly=True`` never writes (inspection
+    tools use it while a daemon may be mounted).
+    """
+
+    def __init__(self, path: Path | str, *, readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        self.conn: sqlite3.Connection = connect(self.path, readonly=readonly)
+        self.conn.row_factory = sqlite3.Row
+        if not readonly:
+            migrate(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "LibraryIndex":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def transaction(self):
+        return transaction(self.conn)
+
+    # -- settings ---------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def ensure_origin(self, origin_id: str, kind: str, location: str) -> None:
+        self.conn.execute(
+            "INSERT INTO origins (id, kind, location, added_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, location = excluded.location",
+            (origin_id, kind, location, time.time()),
+        )
+
+    # -- reading ----------------------------------------------------------
+    def track(self, track_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM tracks WHERE id = ?", (track_id,)).fetchone()
+        return dict(row) if row else None
+
+    def skipped(self) -> list[SkippedFile]:
+        rows = self.conn.execute(
+            "SELECT origin_id, real_path, size, reason, detail FROM skipped"
+            " ORDER BY origin_id, real_path"
+        )
+        return [SkippedFile(*row) for row in rows]
+
+    def last_scan(self) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM scans ORDER BY id DESC LIMIT 1").fetchone()
+        return dict(row) if row else None
+
+    def is_complete(self) -> bool:
+        """True when at least one scan finished: the tree is ready to mount."""
+        row = self.conn.execute("SELECT 1 FROM scans WHERE finished_at IS NOT NULL LIMIT 1")
+        return row.fetchone() is not None
+
+    def statistics(self) -> dict[str, Any]:
+        """Counts for status.json, ``musicfs-inspect index`` and metrics."""
+        q = self.conn.execute
+        by_format = dict(q("SELECT format, COUNT(*) FROM tracks GROUP BY format").fetchall())
+        reasons = dict(q("SELECT reason, COUNT(*) FROM skipped GROUP BY reason").fetchall())
+        last = self.last_scan()
+        return {
+            "index_path": str(self.path),
+            "tracks": q("SELECT COUNT(*) FROM tracks").fetchone()[0],
+            "bytes": q("SELECT COALESCE(SUM(size), 0) FROM tracks").fetchone()[0],
+            "directories": q("SELECT COUNT(*) FROM nodes WHERE kind = 'dir'").fetchone()[0],
+            "files": q("SELECT COUNT(*) FROM nodes WHERE kind = 'file'").fetchone()[0],
+            "skipped": sum(reasons.values()),
+            "skipped_by_reason": reasons,
+            "by_format": by_format,
+            "origins": [dict(r) for r in q("SELECT id, kind, location FROM origins ORDER BY id")],
+            "template": self.get_meta("template"),
+            "last_scan_finished_at": last["finished_at"] if last else None,
+            "root_id": ROOT_ID,
+        }

@@ -1,0 +1,232 @@
+"""The scanner: walks an origin, reads tags in worker threads, keeps the index and tree current.
+
+* Unchanged files (same size and mtime as indexed) are not opened again.
+* Tags are read by a pool of threads; results are written in the walk's order
+  (so a fresh library always gets the same node ids and names) in batched
+  transactions, each holding tracks and their tree nodes together.
+* A malformed file is recorded in ``skipped`` with a reason and the scan goes
+  on (NFR-7.4). It is retried only when its size or mtime changes.
+* Killed half-way, every finished batch is in the index; the next scan finds
+  those files unchanged and carries on from there (NFR-8.3).
+* Only a walk that completes removes tracks whose files are gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol
+
+from ..origins.local import Entry, LocalOrigin
+from ..vfs.template import PathTemplate
+from .library import TRACK_FIELDS, LibraryIndex
+from .tags import AUDIO_EXTENSIONS, MalformedAudio, read_tags
+from .tree import TreeWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanReport:
+    """What one scan did; printed by ``musicfs scan`` and stored in ``scans.stats``."""
+
+    origin_id: str
+    seen: int = 0  # audio files found by the walk
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped: int = 0  # malformed files (new or still broken)
+    parsed: int = 0  # files actually opened to read tags
+    ignored: int = 0  # files that are not audio by extension
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    complete: bool = False
+
+
+class Progress(Protocol):
+    def __call__(self, report: ScanReport, current: str | None) -> None: ...
+
+
+@dataclass
+class _Pending:
+    entry: Entry
+    track_id: int | None  # existing track row to update, if any
+    result: Future
+
+
+class Scanner:
+    """Scans one origin into one index. ``read`` is injectable for tests that count opens."""
+
+    def __init__(
+        self,
+        index: LibraryIndex,
+        origin: LocalOrigin,
+        template: PathTemplate,
+        *,
+        workers: int = 4,
+        batch_size: int = 200,
+        progress: Progress | None = None,
+        read: Callable[[str], dict] = read_tags,
+    ):
+        self.index = index
+        self.origin = origin
+        self.template = template
+        self.workers = workers
+        self.batch_size = batch_size
+        self.progress = progress
+        self.read = read
+        self.conn = index.conn
+
+    # -- the walk ---------------------------------------------------------
+    def run(self) -> ScanReport:
+        started = time.monotonic()
+        report = ScanReport(self.origin.id)
+        scan_id = self._begin()
+        tree = TreeWriter(self.conn, self.template)
+        self._prepare_tree(tree)
+        pending: deque[_Pending] = deque()
+        seen_ids: list[tuple[str, int]] = []  # ("tracks"|"skipped", row id) unchanged this scan
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="musicfs-tags") as pool:
+            for entry in self.origin.walk(on_error=self._walk_error):
+                if not entry.path.lower().endswith(tuple(AUDIO_EXTENSIONS)):
+                    report.ignored += 1
+                    continue
+                report.seen += 1
+                known = self._known(entry)
+                if known is not None and known[2]:
+                    report.unchanged += 1
+                    seen_ids.append((known[0], known[1]))
+                else:
+                    track_id = known[1] if known and known[0] == "tracks" else None
+                    future = pool.submit(self._read, entry)
+                    pending.append(_Pending(entry, track_id, future))
+                if len(pending) >= self.batch_size or len(seen_ids) >= 10 * self.batch_size:
+                    self._flush(pending, seen_ids, tree, scan_id, report, entry.path)
+            self._flush(pending, seen_ids, tree, scan_id, report, None)
+        self._finish(scan_id, tree, report)
+        report.seconds = time.monotonic() - started
+        report.complete = True
+        self._record(scan_id, report)
+        return report
+
+    def _walk_error(self, path: str, exc: OSError) -> None:
+        log.warning("origin %s: cannot read %s: %s", self.origin.id, path, exc)
+
+    def _read(self, entry: Entry) -> dict | MalformedAudio:
+        try:
+            return self.read(str(self.origin.local_path(entry.path)))
+        except MalformedAudio as exc:
+            return exc
+
+    def _known(self, entry: Entry) -> tuple[str, int, bool] | None:
+        """(table, row id, unchanged?) for a path already in the index."""
+        for table in ("tracks", "skipped"):
+            row = self.conn.execute(
+                f"SELECT id, size, mtime_ns FROM {table} WHERE origin_id = ? AND real_path = ?",
+                (self.origin.id, entry.path),
+            ).fetchone()
+            if row is not None:
+                return table, row[0], (row[1], row[2]) == (entry.size, entry.mtime_ns)
+        return None
+
+    # -- writing ----------------------------------------------------------
+    def _begin(self) -> int:
+        with self.index.transaction():
+            self.index.ensure_origin(self.origin.id, self.origin.kind, self.origin.location)
+            cur = self.conn.execute(
+                "INSERT INTO scans (origin_id, started_at) VALUES (?, ?)", (self.origin.id, time.time())
+            )
+            return int(cur.lastrowid)
+
+    def _prepare_tree(self, tree: TreeWriter) -> None:
+        """A template different from the one the tree was built with rebuilds the tree."""
+        if self.index.get_meta("template") == self.template.source:
+            return
+        with self.index.transaction():
+            placed = tree.rebuild()
+            self.index.set_meta("template", self.template.source)
+        if placed:
+            log.info("template changed: virtual tree rebuilt with %d files", placed)
+
+    def _flush(self, pending, seen_ids, tree, scan_id, report, current) -> None:
+        now = time.time()
+        with self.index.transaction():
+            for table in ("tracks", "skipped"):
+                ids = [(scan_id, rid) for t, rid in seen_ids if t == table]
+                self.conn.executemany(f"UPDATE {table} SET scan_id = ? WHERE id = ?", ids)
+            seen_ids.clear()
+            while pending:
+                item = pending.popleft()
+                self._write(item, item.result.result(), tree, scan_id, now, report)
+        if self.progress:
+            self.progress(report, current)
+
+    def _write(self, item: _Pending, result, tree: TreeWriter, scan_id: int, now: float,
+               report: ScanReport) -> None:
+        entry = item.entry
+        report.parsed += 1
+        key = (self.origin.id, entry.path)
+        if isinstance(result, MalformedAudio):
+            report.skipped += 1
+            report.skipped_reasons[result.reason] = report.skipped_reasons.get(result.reason, 0) + 1
+            log.warning("skipped %s:%s: %s", *key, result)
+            if item.track_id is not None:  # a good file turned bad: it leaves the tree
+                tree.remove(item.track_id)
+                self.conn.execute("DELETE FROM tracks WHERE id = ?", (item.track_id,))
+            self.conn.execute(
+                "INSERT INTO skipped (origin_id, real_path, size, mtime_ns, reason, detail, scan_id,"
+                " seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(origin_id, real_path) DO UPDATE"
+                " SET size=excluded.size, mtime_ns=excluded.mtime_ns, reason=excluded.reason,"
+                " detail=excluded.detail, scan_id=excluded.scan_id, seen_at=excluded.seen_at",
+                (*key, entry.size, entry.mtime_ns, result.reason, result.detail, scan_id, now),
+            )
+            return
+        self.conn.execute("DELETE FROM skipped WHERE origin_id = ? AND real_path = ?", key)
+        values = {name: result.get(name) for name in TRACK_FIELDS}
+        row = {**values, "origin_id": self.origin.id, "real_path": entry.path, "size": entry.size,
+               "mtime_ns": entry.mtime_ns, "scan_id": scan_id, "indexed_at": now}
+        if item.track_id is None:
+            cols = ", ".join(row)
+            marks = ", ".join("?" for _ in row)
+            cur = self.conn.execute(f"INSERT INTO tracks ({cols}) VALUES ({marks})", list(row.values()))
+            track_id = int(cur.lastrowid)
+            report.added += 1
+        else:
+            track_id = item.track_id
+            sets = ", ".join(f"{name} = ?" for name in row)
+            self.conn.execute(f"UPDATE tracks SET {sets} WHERE id = ?", [*row.values(), track_id])
+            report.updated += 1
+        tree.place(track_id, row)
+
+    def _finish(self, scan_id: int, tree: TreeWriter, report: ScanReport) -> None:
+        """After a complete walk: files not seen by it are gone from the origin."""
+        with self.index.transaction():
+            gone = self.conn.execute(
+                "SELECT id FROM tracks WHERE origin_id = ? AND scan_id != ?", (self.origin.id, scan_id)
+            ).fetchall()
+            for (track_id,) in gone:
+                tree.remove(track_id)
+                self.conn.execute("DELETE FROM tracks WHERE id = ?", (track_id,))
+            self.conn.execute(
+                "DELETE FROM skipped WHERE origin_id = ? AND scan_id != ?", (self.origin.id, scan_id)
+            )
+            report.removed = len(gone)
+        report.skipped_reasons = dict(
+            self.conn.execute(
+                "SELECT reason, COUNT(*) FROM skipped WHERE origin_id = ? GROUP BY reason",
+                (self.origin.id,),
+            ).fetchall()
+        )
+        report.skipped = sum(report.skipped_reasons.values())
+
+    def _record(self, scan_id: int, report: ScanReport) -> None:
+        with self.index.transaction():
+            self.conn.execute(
+                "UPDATE scans SET finished_at = ?, stats = ? WHERE id = ?",
+                (time.time(), json.dumps(asdict(report)), scan_id),
+            )

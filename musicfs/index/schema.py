@@ -1,0 +1,102 @@
+"""The index schema, as numbered migrations.
+
+Each table is created by plain SQL with a comment on every column, so that
+``sqlite3 index.db .schema`` documents itself. Migrations run in order inside
+one transaction each and are recorded in ``_migrations``; an index written by
+a newer musicfs (a version we do not know) is refused instead of guessed at.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import sqlite_utils
+
+ROOT_ID = 1  # node id of the mount's root directory: FUSE's ROOT_INODE
+
+_V1_TABLES = [
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,  -- setting name, e.g. 'template'
+        value TEXT               -- its value, as text
+    )""",
+    """
+    CREATE TABLE origins (
+        id       TEXT PRIMARY KEY,  -- the origin id from the config ('local', 'b2', ...)
+        kind     TEXT NOT NULL,     -- origin type: 'local', 's3', 'sftp'
+        location TEXT NOT NULL,     -- where it is: a folder, a bucket URL, host:path (no secrets)
+        added_at REAL NOT NULL      -- unix time the origin first appeared in this index
+    )""",
+    """
+    CREATE TABLE tracks (
+        id           INTEGER PRIMARY KEY,  -- track id; file nodes point here
+        origin_id    TEXT NOT NULL,        -- origin that holds the file (origins.id)
+        real_path    TEXT NOT NULL,        -- path inside the origin, '/'-separated, no leading '/'
+        size         INTEGER NOT NULL,     -- file size in bytes at scan time
+        mtime_ns     INTEGER NOT NULL,     -- modification time in ns at scan time (change detection)
+        title        TEXT,                 -- FR-6 title tag
+        artist       TEXT,                 -- FR-6 track artist
+        album        TEXT,                 -- FR-6 album name
+        album_artist TEXT,                 -- FR-6 album artist (compilations: 'Various Artists')
+        genre        TEXT,                 -- FR-6 genre
+        year         INTEGER,              -- FR-6 release year (first 4 digits of the date tag)
+        track        INTEGER,              -- FR-6 track number within its disc
+        disc         INTEGER,              -- FR-6 disc number
+        duration_ms  INTEGER,              -- FR-6 duration in milliseconds, from the stream info
+        bitrate      INTEGER,              -- FR-6 bitrate in bits per second (0 when unknown)
+        sample_rate  INTEGER,              -- FR-6 sample rate in Hz
+        format       TEXT NOT NULL,        -- FR-6 format: flac, mp3, ogg, opus, wav, m4a, aiff
+        scan_id      INTEGER NOT NULL,     -- last scan that saw the file (scans.id)
+        indexed_at   REAL NOT NULL         -- unix time the tags were last read
+    )""",
+    "CREATE UNIQUE INDEX tracks_origin_path ON tracks(origin_id, real_path)",
+    """
+    CREATE TABLE skipped (
+        id        INTEGER PRIMARY KEY,  -- row id
+        origin_id TEXT NOT NULL,        -- origin that holds the file
+        real_path TEXT NOT NULL,        -- path inside the origin
+        size      INTEGER NOT NULL,     -- size when it was tried (a change makes the scanner retry)
+        mtime_ns  INTEGER NOT NULL,     -- mtime when it was tried
+        reason    TEXT NOT NULL,        -- short reason: 'empty file', 'unrecognised format', ...
+        detail    TEXT NOT NULL,        -- the parser's own message, for the log and errors.json
+        scan_id   INTEGER NOT NULL,     -- last scan that saw the file
+        seen_at   REAL NOT NULL         -- unix time of that attempt
+    )""",
+    "CREATE UNIQUE INDEX skipped_origin_path ON skipped(origin_id, real_path)",
+    """
+    CREATE TABLE nodes (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,  -- inode number; never reused
+        parent   INTEGER NOT NULL,                   -- parent node id (0 for the root)
+        name     TEXT NOT NULL,                      -- legal component shown in the mount
+        kind     TEXT NOT NULL CHECK (kind IN ('dir', 'file')),  -- directory or track file
+        track_id INTEGER,                            -- tracks.id for files, NULL for directories
+        wanted   TEXT NOT NULL                       -- name before collision numbering (' (2)')
+    )""",
+    "CREATE UNIQUE INDEX nodes_parent_name ON nodes(parent, name)",
+    "CREATE INDEX nodes_parent ON nodes(parent)",
+    "CREATE UNIQUE INDEX nodes_track ON nodes(track_id) WHERE track_id IS NOT NULL",
+    """
+    CREATE TABLE scans (
+        id          INTEGER PRIMARY KEY,  -- scan number
+        origin_id   TEXT NOT NULL,        -- origin walked
+        started_at  REAL NOT NULL,        -- unix time the walk began
+        finished_at REAL,                 -- unix time it completed; NULL if interrupted
+        stats       TEXT                  -- JSON counts: indexed, unchanged, skipped, removed
+    )""",
+]
+
+
+def _v1_initial(db: sqlite_utils.Database) -> None:
+    for statement in _V1_TABLES:
+        db.execute(statement)
+    db.execute(
+        "INSERT INTO nodes (id, parent, name, kind, track_id, wanted) VALUES (?, 0, '', 'dir', NULL, '')",
+        [ROOT_ID],
+    )
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
+    (1, "initial schema: tracks, skipped, nodes, scans", _v1_initial),
+]
+
+LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,132 @@
+"""Reading tags and stream info with mutagen, one file at a time.
+
+:func:`read_tags` returns the FR-6 fields of a file or raises
+:class:`MalformedAudio` with a short reason; the scanner records the reason and
+carries on (NFR-7.4). It runs in worker threads: mutagen is blocking I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from struct import error as struct_error  # mutagen lets these through on garbage input
+from typing import Any
+
+import mutagen
+from mutagen.id3 import ID3
+from mutagen.mp4 import MP4Tags
+
+AUDIO_EXTENSIONS = frozenset(
+    {".flac", ".mp3", ".ogg", ".oga", ".opus", ".wav", ".m4a", ".mp4", ".aac", ".aif", ".aiff"}
+)
+
+# mutagen class name -> canonical format (also the extension shown in the mount)
+_FORMATS = {
+    "FLAC": "flac", "MP3": "mp3", "EasyMP3": "mp3", "OggVorbis": "ogg", "OggOpus": "opus",
+    "OggFLAC": "ogg", "WAVE": "wav", "MP4": "m4a", "EasyMP4": "m4a", "AIFF": "aiff",
+}
+
+_ID3_FRAMES = {
+    "title": "TIT2", "artist": "TPE1", "album": "TALB", "album_artist": "TPE2",
+    "genre": "TCON", "date": "TDRC", "tracknumber": "TRCK", "discnumber": "TPOS",
+}
+_MP4_ATOMS = {
+    "title": "\xa9nam", "artist": "\xa9ART", "album": "\xa9alb", "album_artist": "aART",
+    "genre": "\xa9gen", "date": "\xa9day",
+}
+_VORBIS_KEYS = {
+    "title": ("title",), "artist": ("artist",), "album": ("album",),
+    "album_artist": ("albumartist", "album artist", "album_artist"), "genre": ("genre",),
+    "date": ("date", "year", "originaldate"), "tracknumber": ("tracknumber", "track"),
+    "discnumber": ("discnumber", "disc"),
+}
+_LEADING_INT = re.compile(r"\s*(\d+)")
+
+
+class MalformedAudio(Exception):
+    """The file is not audio mutagen can read; ``reason`` is short, ``detail`` is the cause."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _first(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _leading_int(value: str | None) -> int | None:
+    if not value:
+        return None
+    match = _LEADING_INT.match(value)
+    return int(match.group(1)) if match else None
+
+
+def _raw_tags(tags: Any) -> dict[str, str | None]:
+    """The text of each tag we care about, whatever the container."""
+    if tags is None:
+        return {}
+    if isinstance(tags, ID3):
+        out = {}
+        for key, frame_id in _ID3_FRAMES.items():
+            frame = tags.get(frame_id) or (tags.get("TYER") if key == "date" else None)
+            out[key] = _first(frame.text) if frame is not None else None
+        return out
+    if isinstance(tags, MP4Tags):
+        out = {key: _first(tags.get(atom)) for key, atom in _MP4_ATOMS.items()}
+        for key, atom in (("tracknumber", "trkn"), ("discnumber", "disk")):
+            pair = tags.get(atom)
+            out[key] = str(pair[0][0]) if pair and pair[0] and pair[0][0] else None
+        return out
+    lowered: dict[str, Any] = {}
+    for key, value in tags.items():  # Vorbis comments: case-insensitive keys
+        lowered.setdefault(str(key).lower(), value)
+    return {
+        key: next((_first(lowered[k]) for k in names if k in lowered), None)
+        for key, names in _VORBIS_KEYS.items()
+    }
+
+
+def read_tags(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """FR-6 fields of the audio file at ``path``; raises :class:`MalformedAudio`."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise MalformedAudio("empty file", "0 bytes")
+        audio = mutagen.File(path)
+    except MalformedAudio:
+        raise
+    except OSError as exc:
+        raise MalformedAudio("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    except (mutagen.MutagenError, ValueError, EOFError, IndexError, KeyError, struct_error) as exc:
+        raise MalformedAudio("corrupt audio", f"{type(exc).__name__}: {exc}") from None
+    if audio is None:
+        raise MalformedAudio("unrecognised format", "no audio header mutagen knows")
+    info = getattr(audio, "info", None)
+    length = getattr(info, "length", 0) or 0
+    sample_rate = int(getattr(info, "sample_rate", 0) or 0)
+    if length <= 0 or sample_rate <= 0:
+        raise MalformedAudio("no audio stream", f"{type(audio).__name__} header without audio frames")
+    raw = _raw_tags(audio.tags)
+    date = raw.get("date")
+    ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    return {
+        "title": raw.get("title"),
+        "artist": raw.get("artist"),
+        "album": raw.get("album"),
+        "album_artist": raw.get("album_artist"),
+        "genre": raw.get("genre"),
+        "year": _leading_int(date[:4]) if date else None,
+        "track": _leading_int(raw.get("tracknumber")),
+        "disc": _leading_int(raw.get("discnumber")),
+        "duration_ms": int(round(length * 1000)),
+        "bitrate": int(getattr(info, "bitrate", 0) or 0),
+        "sample_rate": sample_rate,
+        "format": _FORMATS.get(type(audio).__name__, ext or "audio"),
+    }
+

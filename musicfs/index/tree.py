@@ -1,0 +1,132 @@
+"""The persisted virtual tree: directories and files derived from tags by the template.
+
+The scanner keeps the tree up to date as it writes tracks, inside the same
+transaction, so a mount reads a finished tree and does no per-file work
+(NFR-3.3). Node ids are inode numbers: an unchanged track keeps its node, and
+so its inode, on every rescan; ids are never reused (AUTOINCREMENT).
+
+Names that collide after sanitising are numbered ``Title (2).flac``,
+``Title (3).flac`` in the order the tracks were placed. The scanner places
+tracks sorted by path, so the same library always gets the same names, and a
+track that keeps its node keeps its name.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Iterable, Mapping
+
+from ..vfs.names import with_suffix_number
+from ..vfs.template import PathTemplate
+from .schema import ROOT_ID
+
+
+class TreeWriter:
+    """Adds, moves and removes file nodes; creates and prunes directories.
+
+    Must be used inside a write transaction of ``conn``. Directory ids are
+    cached, so placing a million tracks costs a few queries per track.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, template: PathTemplate):
+        self.conn = conn
+        self.template = template
+        self._dirs: dict[tuple[int, str], int] = {}
+
+    # -- directories ------------------------------------------------------
+    def _dir_id(self, parent: int, name: str, *, create: bool) -> int | None:
+        key = (parent, name)
+        cached = self._dirs.get(key)
+        if cached is not None:
+            return cached
+        row = self.conn.execute(
+            "SELECT id, kind FROM nodes WHERE parent = ? AND wanted = ? AND kind = 'dir'"
+            " ORDER BY id LIMIT 1",
+            key,
+        ).fetchone()
+        if row is not None:
+            self._dirs[key] = row[0]
+            return row[0]
+        if not create:
+            return None
+        node_id = self._insert(parent, name, "dir", None, "")
+        self._dirs[key] = node_id
+        return node_id
+
+    def _insert(self, parent: int, wanted: str, kind: str, track_id: int | None, ext: str) -> int:
+        """Insert a node under the first free name: ``wanted``, then ``wanted (2)``, ..."""
+        name, number = wanted, 1
+        while True:
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO nodes (parent, name, kind, track_id, wanted)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (parent, name, kind, track_id, wanted),
+            )
+            if cur.rowcount == 1:
+                return int(cur.lastrowid)
+            number += 1
+            name = with_suffix_number(wanted, number, ext)
+
+    def _dir_chain(self, components: Iterable[str], *, create: bool) -> int | None:
+        parent: int | None = ROOT_ID
+        for name in components:
+            parent = self._dir_id(parent, name, create=create)
+            if parent is None:
+                return None
+        return parent
+
+    def _prune(self, dir_id: int) -> None:
+        """Remove ``dir_id`` and its ancestors while they are empty (never the root)."""
+        while dir_id != ROOT_ID:
+            if self.conn.execute("SELECT 1 FROM nodes WHERE parent = ? LIMIT 1", (dir_id,)).fetchone():
+                return
+            row = self.conn.execute("SELECT parent, wanted FROM nodes WHERE id = ?", (dir_id,)).fetchone()
+            if row is None:
+                return
+            self.conn.execute("DELETE FROM nodes WHERE id = ?", (dir_id,))
+            self._dirs.pop((row[0], row[1]), None)
+            dir_id = row[0]
+
+    # -- files ------------------------------------------------------------
+    def place(self, track_id: int, track: Mapping[str, Any]) -> int:
+        """Make sure the track has a file node at its template path; return the node id.
+
+        A track whose node already sits at the right place keeps it (and its
+        inode); one whose tags moved it gets a new node and the old one goes.
+        """
+        *dirs, filename = self.template.render(track)
+        ext = "." + filename.rsplit(".", 1)[1] if "." in filename else ""
+        existing = self.conn.execute(
+            "SELECT id, parent, wanted FROM nodes WHERE track_id = ?", (track_id,)
+        ).fetchone()
+        if existing is not None:
+            parent = self._dir_chain(dirs, create=False)
+            if parent == existing[1] and existing[2] == filename:
+                return int(existing[0])
+            self.remove(track_id)
+        parent = self._dir_chain(dirs, create=True)
+        assert parent is not None
+        return self._insert(parent, filename, "file", track_id, ext)
+
+    def remove(self, track_id: int) -> None:
+        row = self.conn.execute(
+            "SELECT id, parent FROM nodes WHERE track_id = ?", (track_id,)
+        ).fetchone()
+        if row is None:
+            return
+        self.conn.execute("DELETE FROM nodes WHERE id = ?", (row[0],))
+        self._prune(row[1])
+
+    def rebuild(self) -> int:
+        """Drop every node but the root and place all tracks again, sorted by path.
+
+        Used when the template changes; returns the number of files placed.
+        """
+        self.conn.execute("DELETE FROM nodes WHERE id != ?", (ROOT_ID,))
+        self._dirs.clear()
+        count = 0
+        rows = self.conn.execute("SELECT * FROM tracks ORDER BY origin_id, real_path").fetchall()
+        for row in rows:
+            self.place(row["id"] if isinstance(row, sqlite3.Row) else row[0], dict(row))
+            count += 1
+        return count

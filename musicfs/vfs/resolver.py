@@ -1,0 +1,99 @@
+"""Reading the virtual tree: (parent, name) -> node, node -> children pages, path -> node.
+
+The FUSE layer and the inspection tools both ask this class; neither writes SQL
+for the tree itself. Children are paged by node id (``id > after``), which is
+also the readdir offset, so listing a directory of 100K entries is one index
+range scan per page and offsets stay valid across remounts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..errors import NotADirectory, NotFound
+from ..index.schema import ROOT_ID
+
+_NODE_SQL = (
+    "SELECT n.id, n.parent, n.name, n.kind, n.track_id, t.size, t.mtime_ns"
+    " FROM nodes n LEFT JOIN tracks t ON t.id = n.track_id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: int
+    parent: int
+    name: str
+    kind: str  # 'dir' | 'file'
+    track_id: int | None
+    size: int  # bytes for files, 0 for directories
+    mtime_ns: int  # the file's mtime at scan time; 0 for directories
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "dir"
+
+
+def _node(row: tuple | None) -> Node | None:
+    if row is None:
+        return None
+    return Node(row[0], row[1], row[2], row[3], row[4], row[5] or 0, row[6] or 0)
+
+
+class Resolver:
+    """Read-only queries over ``nodes``; safe to call while a scan writes (WAL)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def get(self, node_id: int) -> Node:
+        node = _node(self.conn.execute(f"{_NODE_SQL} WHERE n.id = ?", (node_id,)).fetchone())
+        if node is None:
+            raise NotFound(f"no node {node_id}")
+        return node
+
+    def lookup(self, parent: int, name: str) -> Node:
+        node = _node(
+            self.conn.execute(f"{_NODE_SQL} WHERE n.parent = ? AND n.name = ?", (parent, name)).fetchone()
+        )
+        if node is None:
+            raise NotFound(name)
+        return node
+
+    def children(self, parent: int, after: int = 0, limit: int = 1000) -> list[Node]:
+        """Up to ``limit`` children of ``parent`` with id > ``after``, in id order."""
+        rows = self.conn.execute(
+            f"{_NODE_SQL} WHERE n.parent = ? AND n.id > ? ORDER BY n.id LIMIT ?", (parent, after, limit)
+        ).fetchall()
+        return [_node(r) for r in rows]  # type: ignore[misc]
+
+    def iter_children(self, parent: int, page: int = 1000) -> Iterator[Node]:
+        after = 0
+        while True:
+            batch = self.children(parent, after, page)
+            yield from batch
+            if len(batch) < page:
+                return
+            after = batch[-1].id
+
+    def child_count(self, parent: int) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM nodes WHERE parent = ?", (parent,)).fetchone()[0]
+
+    def resolve(self, path: str) -> Node:
+        """The node at a '/'-separated virtual path ('' or '/' is the root)."""
+        node = self.get(ROOT_ID)
+        for part in (p for p in path.split("/") if p):
+            if not node.is_dir:
+                raise NotADirectory(path)
+            node = self.lookup(node.id, part)
+        return node
+
+    def path_of(self, node_id: int) -> str:
+        parts = []
+        node = self.get(node_id)
+        while node.id != ROOT_ID:
+            parts.append(node.name)
+            node = self.get(node.parent)
+        return "/".join(reversed(parts))
