@@ -9,7 +9,9 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .. import daemon
 from ..config import state_home
+from ..mount import MountSettings, serve
 from ..errors import MusicFSError
 from ..index.library import LibraryIndex
 from ..index.scanner import ScanReport, Scanner
@@ -29,6 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--json", action="store_true", help="print the report as JSON")
     scan.add_argument("--batch-size", type=int, default=200, help=argparse.SUPPRESS)
     scan.set_defaults(func=cmd_scan)
+
+    mount = sub.add_parser("mount", help="mount a library (scanning it first if it has no index)")
+    add_library_options(mount)
+    mount.add_argument("mountpoint", type=Path)
+    mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    mount.add_argument("--rescan", action="store_true", help="scan for changes before mounting")
+    mount.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
+    mount.set_defaults(func=cmd_mount)
+
+    umount = sub.add_parser("umount", help="unmount a musicfs mount and stop its daemon")
+    umount.add_argument("mountpoint", type=Path)
+    umount.set_defaults(func=cmd_umount)
     return parser
 
 
@@ -88,6 +102,68 @@ def cmd_scan(args: argparse.Namespace) -> int:
     for report in reports:
         render_report(report, [s for s in skipped if s.origin_id == report.origin_id])
     console.print(f"index: {path}")
+    return 0
+
+
+def _prepare_index(config, path: Path, rescan: bool) -> None:
+    """Scan when the index is missing, unfinished, made with another template, or asked to."""
+    needs_scan = rescan or not path.exists()
+    if not needs_scan:
+        with LibraryIndex(path) as index:
+            needs_scan = not index.is_complete() or index.get_meta("template") != config.template
+    if needs_scan:
+        reports = run_scans(config, path, show_progress=sys.stderr.isatty())
+        for report in reports:
+            err_console.print(f"scanned {report.origin_id}: {report.added} new, {report.updated} updated,"
+                              f" {report.unchanged} unchanged, {report.removed} removed,"
+                              f" {report.skipped} skipped ({report.seconds:.1f} s)")
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    path = index_path(args, config)
+    state = args.state_dir or state_home()
+    mountpoint = daemon.canonical(args.mountpoint)
+    files = daemon.RunFiles.for_mountpoint(state, mountpoint)
+    if daemon.recover_stale(mountpoint):
+        err_console.print(f"[yellow]recovered a stale mount at {mountpoint} left by a stopped daemon")
+    if daemon.is_mounted(mountpoint):
+        raise daemon.DaemonError(f"{mountpoint} is already mounted")
+    if not mountpoint.is_dir():
+        raise daemon.DaemonError(f"mountpoint {mountpoint} is not a directory")
+    if not args.foreground:
+        _prepare_index(config, path, args.rescan)
+        argv = [*(["--state-dir", str(state)] if args.state_dir else []), *(["-v"] * args.verbose),
+                "mount", "--foreground", "--index", str(path), *_library_argv(args), str(mountpoint)]
+        pid = daemon.start_background(argv, files, mountpoint)
+        console.print(f"musicfs pid {pid} mounted {mountpoint} (log: {files.log})")
+        return 0
+    index_lock = daemon.Lock(path.with_name(path.name + ".lock"), f"index {path}")
+    mount_lock = daemon.Lock(files.lock, f"mountpoint {mountpoint}")
+    index_lock.acquire()
+    try:
+        mount_lock.acquire()
+        _prepare_index(config, path, args.rescan)
+        settings = MountSettings(mountpoint=mountpoint, index_path=path, debug_fuse=args.debug_fuse)
+        serve(config, settings, on_mounted=lambda: daemon.write_pidfile(files, mountpoint, path))
+    finally:
+        files.pid.unlink(missing_ok=True)
+        mount_lock.release()
+        index_lock.release()
+    return 0
+
+
+def _library_argv(args: argparse.Namespace) -> list[str]:
+    if args.config:
+        return ["--config", str(args.config.resolve())]
+    return ["--origin", str(args.origin.resolve())]
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    state = args.state_dir or state_home()
+    mountpoint = daemon.canonical(args.mountpoint)
+    files = daemon.RunFiles.for_mountpoint(state, mountpoint)
+    console.print(daemon.stop(files, mountpoint))
     return 0
 
 

@@ -95,7 +95,6 @@ class TreeWriter:
         inode); one whose tags moved it gets a new node and the old one goes.
         """
         *dirs, filename = self.template.render(track)
-        ext = "." + filename.rsplit(".", 1)[1] if "." in filename else ""
         existing = self.conn.execute(
             "SELECT id, parent, wanted FROM nodes WHERE track_id = ?", (track_id,)
         ).fetchone()
@@ -104,6 +103,12 @@ class TreeWriter:
             if parent == existing[1] and existing[2] == filename:
                 return int(existing[0])
             self.remove(track_id)
+        return self.place_new(track_id, track)
+
+    def place_new(self, track_id: int, track: Mapping[str, Any]) -> int:
+        """Like :meth:`place` for a track known to have no node yet (bulk loads)."""
+        *dirs, filename = self.template.render(track)
+        ext = "." + filename.rsplit(".", 1)[1] if "." in filename else ""
         parent = self._dir_chain(dirs, create=True)
         assert parent is not None
         return self._insert(parent, filename, "file", track_id, ext)
@@ -126,7 +131,7 @@ class TreeWriter:
         self._dirs.clear()
         count = 0
         rows = self.conn.execute("SELECT * FROM tracks ORDER BY origin_id, real_path").fetchall()
-        for row in rows:
-            self.place(row["id"] if isinstance(row, sqlite3.Row) else row[0], dict(row))
+        for row in rows:  # the index opens connections with sqlite3.Row rows
+            self.place_new(row["id"], dict(row))
             count += 1
         return count

@@ -1,0 +1,186 @@
+"""Running the mount as a daemon: locks, pid files, stale mounts, background start, stop.
+
+* One daemon per index and per mountpoint: each holds an exclusive ``flock``
+  on a lock file; a second one is refused with the pid of the first.
+* A mountpoint left behind by a killed daemon ("Transport endpoint is not
+  connected") is detected and lazily unmounted before mounting again (NFR-8.2).
+* Background mode starts ``musicfs mount --foreground`` in a new session with
+  its output in a log file under the state directory and waits until the
+  mount answers.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MusicFSError
+
+
+class DaemonError(MusicFSError):
+    """The daemon cannot start or stop; the message says why."""
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one mountpoint's daemon keeps its pid, lock and log."""
+
+    pid: Path
+    lock: Path
+    log: Path
+
+    @classmethod
+    def for_mountpoint(cls, state_dir: Path, mountpoint: Path) -> "RunFiles":
+        key = hashlib.sha1(str(canonical(mountpoint)).encode()).hexdigest()[:12]
+        run = state_dir / "run"
+        return cls(run / f"{key}.pid", run / f"{key}.lock", state_dir / "log" / f"{key}.log")
+
+
+def canonical(mountpoint: Path | str) -> Path:
+    """The mountpoint's absolute path, resolving symlinks in its parents only.
+
+    Never stats the mountpoint itself: that would hang on a mount whose daemon
+    is not answering (or is this very process, before it serves requests).
+    """
+    absolute = os.path.abspath(os.path.expanduser(mountpoint))
+    return Path(os.path.realpath(os.path.dirname(absolute))) / os.path.basename(absolute)
+
+
+def _mount_entry(mountpoint: Path) -> tuple[str, str] | None:
+    """(fs type, source) of the mount at ``mountpoint``, or None."""
+    target = str(canonical(mountpoint))
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) >= 3 and fields[1].replace("\\040", " ") == target:
+                return fields[2], fields[0]
+    return None
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    return _mount_entry(mountpoint) is not None
+
+
+def is_stale(mountpoint: Path) -> bool:
+    """A FUSE mount whose daemon is gone: every access fails with ENOTCONN."""
+    entry = _mount_entry(mountpoint)
+    if entry is None or not entry[0].startswith("fuse"):
+        return False
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    return False
+
+
+def fusermount_unmount(mountpoint: Path, *, lazy: bool = False) -> bool:
+    args = ["fusermount3", "-u", "-q"] + (["-z"] if lazy else []) + [str(mountpoint)]
+    return subprocess.run(args, check=False, capture_output=True).returncode == 0
+
+
+def recover_stale(mountpoint: Path) -> bool:
+    """Unmount a stale musicfs mount; True if one was found and removed."""
+    if is_stale(mountpoint):
+        fusermount_unmount(mountpoint, lazy=True)
+        return not is_mounted(mountpoint)
+    return False
+
+
+class Lock:
+    """An exclusive, non-blocking flock; released when the process exits, however it exits."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = path, what
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise DaemonError(f"{self.what} is already in use by musicfs pid {holder}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def write_pidfile(files: RunFiles, mountpoint: Path, index: Path) -> None:
+    files.pid.parent.mkdir(parents=True, exist_ok=True)
+    tmp = files.pid.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "mountpoint": str(canonical(mountpoint)),
+                               "index": str(index), "log": str(files.log)}))
+    os.replace(tmp, files.pid)
+
+
+def read_pidfile(files: RunFiles) -> dict | None:
+    try:
+        return json.loads(files.pid.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_background(argv: list[str], files: RunFiles, mountpoint: Path, timeout: float = 60.0) -> int:
+    """Run ``musicfs <argv> --foreground`` detached; return its pid once the mount answers."""
+    files.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(files.log, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "musicfs.cli.main", *argv], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = read_pidfile(files)
+        if info and info.get("pid") == proc.pid and is_mounted(mountpoint):
+            return proc.pid
+        if proc.poll() is not None:
+            tail = files.log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise DaemonError("the daemon exited before mounting:\n  " + "\n  ".join(tail))
+        time.sleep(0.05)
+    proc.terminate()
+    raise DaemonError(f"the daemon did not mount within {timeout:.0f} s; see {files.log}")
+
+
+def stop(files: RunFiles, mountpoint: Path, timeout: float = 15.0) -> str:
+    """Stop the daemon serving ``mountpoint`` (SIGTERM, then wait); unmount leftovers."""
+    info = read_pidfile(files)
+    pid = info.get("pid") if info else None
+    if pid and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            raise DaemonError(f"musicfs pid {pid} did not stop within {timeout:.0f} s")
+        files.pid.unlink(missing_ok=True)
+        return f"stopped musicfs pid {pid}"
+    files.pid.unlink(missing_ok=True)
+    if is_mounted(mountpoint):
+        if fusermount_unmount(mountpoint) or fusermount_unmount(mountpoint, lazy=True):
+            return f"unmounted {mountpoint}"
+        raise DaemonError(f"could not unmount {mountpoint}")
+    raise DaemonError(f"nothing is mounted at {mountpoint}")

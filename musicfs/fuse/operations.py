@@ -1,0 +1,277 @@
+"""The FUSE ``Operations``: translate kernel requests and delegate.
+
+Node lookups go to the :class:`~musicfs.vfs.resolver.Resolver`, bytes to the
+reader, generated files to :class:`~musicfs.vfs.hidden.HiddenFiles`. Every
+handler is wrapped by :func:`_op`, the one place where exceptions become errno
+values: a known error answers its errno, anything unexpected answers EIO with
+one log line, and nothing takes the filesystem down. Mutations answer EROFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import pyfuse3
+
+from ..errors import NotFound, errno_for
+from ..index.library import LibraryIndex
+from ..index.schema import ROOT_ID
+from ..vfs.hidden import HIDDEN_DIR_NAME, HiddenFiles
+from ..vfs.resolver import Node, Resolver
+from .attrs import AttrPolicy, generated_attributes, node_attributes
+from .inodes import InodeTable
+
+log = logging.getLogger(__name__)
+
+XATTR_PREFIX = "user.musicfs."
+XATTR_FIELDS = ("title", "artist", "album", "album_artist", "genre", "year", "track", "disc",
+                "duration_ms", "bitrate", "sample_rate", "format")
+_PAGE = 256
+
+
+def _op(func: Callable) -> Callable:
+    """Count the call and map any exception to a FUSEError (the only errno mapping)."""
+    name = func.__name__
+
+    @functools.wraps(func)
+    async def wrapper(self: "Operations", *args: Any) -> Any:
+        self.op_counts[name] += 1
+        try:
+            return await func(self, *args)
+        except pyfuse3.FUSEError:
+            self.error_counts[name] += 1
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place that turns failures into errno
+            self.error_counts[name] += 1
+            code = errno_for(exc)
+            if code == errno.EIO:
+                log.error("%s%r failed: %s: %s", name, args[:2], type(exc).__name__, exc,
+                          exc_info=not isinstance(exc, (OSError,)) and log.isEnabledFor(logging.DEBUG))
+            raise pyfuse3.FUSEError(code) from None
+
+    return wrapper
+
+
+def _read_only(func: Callable) -> Callable:
+    @functools.wraps(func)
+    async def wrapper(self: "Operations", *args: Any) -> Any:
+        self.op_counts[func.__name__] += 1
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    return wrapper
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, index: LibraryIndex, reader, hidden: HiddenFiles, policy: AttrPolicy):
+        super().__init__()
+        self.index = index
+        self.resolver = Resolver(index.conn)
+        self.reader = reader
+        self.hidden = hidden
+        self.policy = policy
+        self.inodes = InodeTable()
+        self.op_counts: Counter[str] = Counter()
+        self.error_counts: Counter[str] = Counter()
+        self._handles: dict[int, Any] = {}
+        self._fh = itertools.count(1)
+
+    # -- helpers ----------------------------------------------------------
+    def _node(self, inode: int) -> Node:
+        return self.inodes.get(inode) or self.resolver.get(inode)
+
+    def _hidden_attr(self, inode: int) -> pyfuse3.EntryAttributes:
+        now = time.time_ns()
+        if inode == self.hidden.dir_inode:
+            return generated_attributes(inode, 0, self.policy, is_dir=True, mtime_ns=now)
+        item = self.hidden.by_inode(inode)
+        if item is None:
+            raise NotFound(f"no hidden inode {inode}")
+        return generated_attributes(inode, len(item.render()), self.policy, is_dir=False, mtime_ns=now)
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        self.inodes.remember(node)
+        return node_attributes(node, self.policy)
+
+    # -- names and attributes ---------------------------------------------
+    @_op
+    async def lookup(self, parent_inode: int, name: bytes, ctx=None) -> pyfuse3.EntryAttributes:
+        text = os.fsdecode(name)
+        if parent_inode == ROOT_ID and text == HIDDEN_DIR_NAME:
+            return self._hidden_attr(self.hidden.dir_inode)
+        if parent_inode == self.hidden.dir_inode:
+            item = self.hidden.by_name(text)
+            if item is None:
+                raise NotFound(text)
+            return self._hidden_attr(item.inode)
+        return self._entry(self.resolver.lookup(parent_inode, text))
+
+    @_op
+    async def getattr(self, inode: int, ctx=None) -> pyfuse3.EntryAttributes:
+        if self.hidden.is_hidden(inode):
+            return self._hidden_attr(inode)
+        return node_attributes(self._node(inode), self.policy)
+
+    @_op
+    async def forget(self, inode_list) -> None:
+        for inode, count in inode_list:
+            self.inodes.forget(inode, count)
+
+    @_op
+    async def statfs(self, ctx=None) -> pyfuse3.StatvfsData:
+        stats = pyfuse3.StatvfsData()
+        row = self.index.conn.execute(
+            "SELECT (SELECT COALESCE(SUM(size), 0) FROM tracks), (SELECT MAX(id) FROM nodes)"
+        ).fetchone()
+        stats.f_bsize = stats.f_frsize = 4096
+        stats.f_blocks = (row[0] + 4095) // 4096
+        stats.f_bfree = stats.f_bavail = 0
+        stats.f_files = row[1] or 1
+        stats.f_ffree = stats.f_favail = 0
+        stats.f_namemax = 255
+        return stats
+
+    # -- directories ------------------------------------------------------
+    @_op
+    async def opendir(self, inode: int, ctx=None) -> int:
+        if inode == self.hidden.dir_inode:
+            return inode
+        if not self._node(inode).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode  # listings page straight from the index: no per-handle state
+
+    @_op
+    async def readdir(self, fh: int, start_id: int, token) -> None:
+        if fh == self.hidden.dir_inode:
+            for item in self.hidden.files():
+                if item.inode > start_id and not pyfuse3.readdir_reply(
+                        token, item.name.encode(), self._hidden_attr(item.inode), item.inode):
+                    return
+            return
+        after = start_id
+        if after < self.hidden.dir_inode:
+            while True:
+                page = self.resolver.children(fh, after, _PAGE)
+                for node in page:
+                    if not pyfuse3.readdir_reply(token, os.fsencode(node.name),
+                                                 node_attributes(node, self.policy), node.id):
+                        return
+                    self.inodes.remember(node)  # readdirplus counts as a lookup
+                    after = node.id
+                if len(page) < _PAGE:
+                    break
+        if fh == ROOT_ID and start_id < self.hidden.dir_inode:
+            pyfuse3.readdir_reply(token, HIDDEN_DIR_NAME.encode(),
+                                  self._hidden_attr(self.hidden.dir_inode), self.hidden.dir_inode)
+
+    @_op
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    # -- files ------------------------------------------------------------
+    @_op
+    async def open(self, inode: int, flags: int, ctx=None) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh = next(self._fh)
+        if self.hidden.is_hidden(inode):
+            item = self.hidden.by_inode(inode)
+            if item is None:
+                raise pyfuse3.FUSEError(errno.EISDIR if inode == self.hidden.dir_inode else errno.ENOENT)
+            self._handles[fh] = item.render()  # a snapshot: reads see one consistent document
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        node = self._node(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        track = self.index.track(node.track_id)
+        if track is None:
+            raise NotFound(f"track of inode {inode} left the index")
+        self._handles[fh] = await self.reader.open(track)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_op
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if isinstance(handle, bytes):
+            return handle[off:off + size]
+        return await self.reader.read(handle, off, size)
+
+    @_op
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None and not isinstance(handle, bytes):
+            self.reader.release(handle)
+
+    @_op
+    async def flush(self, fh: int) -> None:
+        return None
+
+    # -- extended attributes ----------------------------------------------
+    def _xattrs(self, inode: int) -> dict[str, str]:
+        if self.hidden.is_hidden(inode):
+            return {}
+        node = self._node(inode)
+        if node.is_dir:
+            return {XATTR_PREFIX + "path": self.resolver.path_of(node.id)}
+        track = self.index.track(node.track_id) or {}
+        values = {XATTR_PREFIX + f: str(track[f]) for f in XATTR_FIELDS if track.get(f) not in (None, "")}
+        values[XATTR_PREFIX + "origin"] = str(track.get("origin_id", ""))
+        values[XATTR_PREFIX + "real_path"] = str(track.get("real_path", ""))
+        return values
+
+    @_op
+    async def getxattr(self, inode: int, name: bytes, ctx=None) -> bytes:
+        value = self._xattrs(inode).get(os.fsdecode(name))
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value.encode()
+
+    @_op
+    async def listxattr(self, inode: int, ctx=None) -> list[bytes]:
+        return [name.encode() for name in sorted(self._xattrs(inode))]
+
+    # -- everything that would change something: read-only ----------------
+    @_read_only
+    async def setattr(self, inode, attr, fields, fh, ctx): ...
+    @_read_only
+    async def mknod(self, parent_inode, name, mode, rdev, ctx): ...
+    @_read_only
+    async def mkdir(self, parent_inode, name, mode, ctx): ...
+    @_read_only
+    async def unlink(self, parent_inode, name, ctx): ...
+    @_read_only
+    async def rmdir(self, parent_inode, name, ctx): ...
+    @_read_only
+    async def symlink(self, parent_inode, name, target, ctx): ...
+    @_read_only
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx): ...
+    @_read_only
+    async def link(self, inode, new_parent_inode, new_name, ctx): ...
+    @_read_only
+    async def create(self, parent_inode, name, mode, flags, ctx): ...
+    @_read_only
+    async def write(self, fh, off, buf): ...
+    @_read_only
+    async def setxattr(self, inode, name, value, ctx): ...
+    @_read_only
+    async def removexattr(self, inode, name, ctx): ...
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "ops": dict(self.op_counts),
+            "errors": dict(self.error_counts),
+            "open_handles": len(self._handles),
+            **self.inodes.statistics(),
+        }

@@ -1,0 +1,122 @@
+"""The composition root: builds every component, runs the FUSE loop, tears down in reverse.
+
+Nothing else constructs components or wires them together; dependencies go in
+through constructors. :func:`serve` returns once the filesystem is unmounted
+(by ``musicfs umount``, ``fusermount3 -u``, SIGINT or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyfuse3
+import trio
+
+from .config import Config
+from .fuse.attrs import AttrPolicy
+from .fuse.operations import Operations
+from .index.library import LibraryIndex
+from .origins.local import LocalOrigin
+from .vfs.hidden import HiddenFiles
+from .vfs.reader import DirectReader
+
+log = logging.getLogger(__name__)
+
+MAX_TASKS = 1024  # requests in flight; pyfuse3's default (99) would serialise a busy mount
+
+
+@dataclass(frozen=True)
+class MountSettings:
+    mountpoint: Path
+    index_path: Path
+    entry_timeout: float = 300.0
+    attr_timeout: float = 300.0
+    max_tasks: int = MAX_TASKS
+    debug_fuse: bool = False
+
+
+def _origins(config: Config) -> dict[str, LocalOrigin]:
+    return {o.id: LocalOrigin(o.id, o.path) for o in config.origins if o.type == "local"}
+
+
+def _status(index: LibraryIndex, origins: dict[str, LocalOrigin], settings: MountSettings,
+            started: float, components: dict[str, Callable[[], dict]]) -> Callable[[], dict]:
+    def status() -> dict:
+        stats = index.statistics()
+        finished = stats["last_scan_finished_at"]
+        return {
+            "mountpoint": str(settings.mountpoint),
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - started, 3),
+            "index": {"path": stats["index_path"], "tracks": stats["tracks"],
+                      "directories": stats["directories"], "files": stats["files"],
+                      "bytes": stats["bytes"], "skipped": stats["skipped"],
+                      "template": stats["template"],
+                      "age_seconds": round(time.time() - finished, 3) if finished else None},
+            "origins": [{"id": o.id, "kind": o.kind, "location": o.location,
+                         "reachable": o.root.is_dir()} for o in origins.values()],
+            **{name: stats_fn() for name, stats_fn in components.items()},
+        }
+    return status
+
+
+def _errors(index: LibraryIndex) -> Callable[[], dict]:
+    def errors() -> dict:
+        skipped = index.skipped()
+        return {"skipped": [s.__dict__ for s in skipped], "count": len(skipped)}
+    return errors
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _run(ops: Operations, settings: MountSettings) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal)
+        await pyfuse3.main(min_tasks=4, max_tasks=settings.max_tasks)
+        nursery.cancel_scope.cancel()
+
+
+def serve(config: Config, settings: MountSettings, *, on_mounted: Callable[[], None] | None = None) -> None:
+    """Mount the library described by ``config`` and serve it until unmounted."""
+    started = time.time()
+    index = LibraryIndex(settings.index_path)
+    origins = _origins(config)
+    reader = DirectReader(origins)
+    policy = AttrPolicy(entry_timeout=settings.entry_timeout, attr_timeout=settings.attr_timeout,
+                        dir_mtime_ns=int((index.last_scan() or {}).get("finished_at") or started) * 10**9)
+    components: dict[str, Callable[[], dict]] = {"reader": reader.statistics}
+    hidden = HiddenFiles({"status.json": _status(index, origins, settings, started, components),
+                          "errors.json": _errors(index)})
+    ops = Operations(index, reader, hidden, policy)
+    components["fuse"] = ops.statistics
+    options = set(pyfuse3.default_options) | {"fsname=musicfs", "subtype=musicfs", "ro"}
+    if settings.debug_fuse:
+        options.add("debug")
+    try:
+        pyfuse3.init(ops, str(settings.mountpoint), options)
+    except RuntimeError:
+        reader.close()
+        index.close()
+        raise
+    log.info("mounted %s at %s", settings.index_path, settings.mountpoint)
+    try:
+        if on_mounted:
+            on_mounted()
+        trio.run(_run, ops, settings)
+    finally:
+        pyfuse3.close(unmount=True)
+        reader.close()
+        index.close()
+        log.info("unmounted %s", settings.mountpoint)
