@@ -82,6 +82,37 @@ def is_stale(mountpoint: Path) -> bool:
     return False
 
 
+def _fuse_connection(mountpoint: Path) -> str | None:
+    """The fusectl connection id of the mount (the minor device number in mountinfo)."""
+    target = str(canonical(mountpoint))
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:
+        for line in info:
+            fields = line.split()
+            if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
+                return fields[2].split(":")[1]
+    return None
+
+
+def abort_connection(mountpoint: Path) -> bool:
+    """Abort a hung mount's FUSE connection so every waiting process gets an error.
+
+    The last resort when a daemon neither answers nor exits; the mountpoint
+    becomes stale and :func:`recover_stale` can unmount it.
+    """
+    conn = _fuse_connection(mountpoint)
+    if conn is None:
+        return False
+    control = Path("/sys/fs/fuse/connections")
+    if not (control / conn).exists():
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(control)], check=False,
+                       capture_output=True)
+    try:
+        (control / conn / "abort").write_text("1")
+    except OSError:
+        return False
+    return True
+
+
 def fusermount_unmount(mountpoint: Path, *, lazy: bool = False) -> bool:
     args = ["fusermount3", "-u", "-q"] + (["-z"] if lazy else []) + [str(mountpoint)]
     return subprocess.run(args, check=False, capture_output=True).returncode == 0

@@ -57,8 +57,8 @@ def _first(value: Any) -> str | None:
         value = value[0] if value else None
     if value is None:
         return None
-    text = str(value).strip()
-    return text or None
+    text = str(value)  # kept exactly as tagged; names are cleaned by the template, not here
+    return text if text.strip() else None
 
 
 def _leading_int(value: str | None) -> int | None:
@@ -104,12 +104,17 @@ def read_tags(path: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError as exc:
         raise MalformedAudio("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
     except (mutagen.MutagenError, ValueError, EOFError, IndexError, KeyError, struct_error) as exc:
-        raise MalformedAudio("corrupt audio", f"{type(exc).__name__}: {exc}") from None
+        message = str(exc).replace(repr(os.fspath(path)), "file").replace(os.fspath(path), "file")
+        if isinstance(exc, struct_error):  # a header field points past the data that exists
+            message = f"truncated or inconsistent header ({message or 'short read'})"
+        raise MalformedAudio("corrupt audio", f"{type(exc).__name__}: {message}") from None
     if audio is None:
         raise MalformedAudio("unrecognised format", "no audio header mutagen knows")
     info = getattr(audio, "info", None)
     length = getattr(info, "length", 0) or 0
-    sample_rate = int(getattr(info, "sample_rate", 0) or 0)
+    kind = _FORMATS.get(type(audio).__name__)
+    # Opus always decodes at 48 kHz; mutagen gives no sample rate for it
+    sample_rate = int(getattr(info, "sample_rate", 0) or (48000 if kind == "opus" else 0))
     if length <= 0 or sample_rate <= 0:
         raise MalformedAudio("no audio stream", f"{type(audio).__name__} header without audio frames")
     raw = _raw_tags(audio.tags)
@@ -127,6 +132,6 @@ def read_tags(path: str | os.PathLike[str]) -> dict[str, Any]:
         "duration_ms": int(round(length * 1000)),
         "bitrate": int(getattr(info, "bitrate", 0) or 0),
         "sample_rate": sample_rate,
-        "format": _FORMATS.get(type(audio).__name__, ext or "audio"),
+        "format": kind or ext or "audio",
     }
 

@@ -1,0 +1,61 @@
+"""Fixtures shared by every suite: the generated sample library and real mounts.
+
+Mounts run ``musicfs mount --foreground`` in a child process (the test process
+must never serve the filesystem it pokes at) and are always torn down: SIGTERM,
+then a lazy unmount, then aborting the FUSE connection if the daemon hangs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fixtures.generate import generate_library
+from tests.harness import MountedLibrary, mount_library
+
+
+@pytest.fixture(scope="session")
+def sample_library(tmp_path_factory) -> tuple[Path, dict]:
+    """The ci-size generated library: (library folder, manifest)."""
+    out = tmp_path_factory.mktemp("sample")
+    manifest = generate_library(out, size="ci", seed=1234)
+    return out / "library", manifest
+
+
+@pytest.fixture(scope="session")
+def good_files(sample_library) -> list[dict]:
+    return [f for f in sample_library[1]["files"] if not f["broken"]]
+
+
+@pytest.fixture(scope="session")
+def broken_files(sample_library) -> list[dict]:
+    return [f for f in sample_library[1]["files"] if f["broken"]]
+
+
+@pytest.fixture(scope="session")
+def sample_mount(sample_library, tmp_path_factory) -> MountedLibrary:
+    """The sample library mounted once for the whole session (read-only tests share it)."""
+    work = tmp_path_factory.mktemp("mount")
+    with mount_library(origin=sample_library[0], work=work) as mounted:
+        yield mounted
+
+
+@pytest.fixture
+def mount_factory(tmp_path):
+    """Mount libraries of a test's own; every mount made is unmounted at the end."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        def make(**kwargs) -> MountedLibrary:
+            kwargs.setdefault("work", tmp_path / f"m{len(stack._exit_callbacks)}")
+            return stack.enter_context(mount_library(**kwargs))
+        yield make
+
+
+def pytest_report_header(config):
+    return "musicfs: real FUSE mounts under the test's temporary directory"
+
+
+__all__ = ["json"]

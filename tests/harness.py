@@ -1,0 +1,112 @@
+"""Mounting for real in tests: start a daemon, wait for it, always clean up.
+
+Used by conformance/, chaos/ and perf/ alike.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from musicfs import daemon
+
+
+@dataclass
+class MountedLibrary:
+    mountpoint: Path
+    state_dir: Path
+    index: Path
+    origin: Path | None
+    proc: subprocess.Popen
+    log: Path
+    mount_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def musicfs_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "musicfs.cli.main", *args]
+
+
+def scan(origin: Path, state_dir: Path, index: Path | None = None, *extra: str) -> subprocess.CompletedProcess:
+    args = ["--state-dir", str(state_dir), "scan", "--origin", str(origin)]
+    if index:
+        args += ["--index", str(index)]
+    return subprocess.run(musicfs_cmd(*args, *extra), capture_output=True, text=True, check=True)
+
+
+def unmount(mounted: MountedLibrary, timeout: float = 15.0) -> None:
+    if mounted.alive():
+        mounted.proc.send_signal(signal.SIGTERM)
+        try:
+            mounted.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            mounted.proc.kill()
+            mounted.proc.wait(5)
+    if daemon.is_mounted(mounted.mountpoint):
+        daemon.fusermount_unmount(mounted.mountpoint, lazy=True)
+
+
+def start_mount(*, work: Path, origin: Path | None = None, config: Path | None = None,
+                index: Path | None = None, timeout: float = 120.0, extra_args: tuple[str, ...] = (),
+                env: dict | None = None) -> MountedLibrary:
+    work.mkdir(parents=True, exist_ok=True)
+    mountpoint = work / "mnt"
+    mountpoint.mkdir(exist_ok=True)
+    state = work / "state"
+    log = work / "daemon.log"
+    index = index or state / "index.db"
+    library = ["--config", str(config)] if config else ["--origin", str(origin)]
+    cmd = musicfs_cmd("--state-dir", str(state), "mount", "--foreground", "--index", str(index),
+                      *library, *extra_args, str(mountpoint))
+    started = time.perf_counter()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})})
+    mounted = MountedLibrary(mountpoint, state, index, origin, proc, log)
+    deadline = time.monotonic() + timeout
+    while not daemon.is_mounted(mountpoint):
+        if proc.poll() is not None:
+            raise RuntimeError(f"musicfs exited with {proc.returncode}:\n{mounted.log_text()}")
+        if time.monotonic() > deadline:
+            unmount(mounted)
+            raise RuntimeError(f"musicfs did not mount within {timeout} s:\n{mounted.log_text()}")
+        time.sleep(0.005)
+    os.stat(mountpoint)  # the first request answered: the mount is serving
+    mounted.mount_seconds = time.perf_counter() - started
+    return mounted
+
+
+@contextmanager
+def mount_library(**kwargs) -> Iterator[MountedLibrary]:
+    mounted = start_mount(**kwargs)
+    try:
+        yield mounted
+    finally:
+        unmount(mounted)
+        if daemon.is_mounted(mounted.mountpoint):
+            daemon.abort_connection(mounted.mountpoint)
+            daemon.fusermount_unmount(mounted.mountpoint, lazy=True)

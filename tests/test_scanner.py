@@ -1,0 +1,192 @@
+"""The scanner on the generated library: tags, skipped files, rescans, resumption, the tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from musicfs.index.library import LibraryIndex
+from musicfs.index.scanner import Scanner
+from musicfs.index.tags import read_tags
+from musicfs.origins.local import LocalOrigin
+from musicfs.vfs.names import is_legal
+from musicfs.vfs.resolver import Resolver
+from musicfs.vfs.template import PathTemplate
+
+FIELDS = {"title": "title", "artist": "artist", "album": "album", "albumartist": "album_artist",
+          "genre": "genre", "year": "year", "track": "track", "disc": "disc"}
+
+
+class CountingReader:
+    """Wraps read_tags and counts the audio files actually opened."""
+
+    def __init__(self, crash_after: int | None = None):
+        self.paths: list[str] = []
+        self.crash_after = crash_after
+
+    def __call__(self, path: str) -> dict:
+        if self.crash_after is not None and len(self.paths) >= self.crash_after:
+            raise SystemExit("simulated crash in the middle of a scan")
+        self.paths.append(path)
+        return read_tags(path)
+
+
+def scan(index: LibraryIndex, root, reader=read_tags, batch_size: int = 20):
+    origin = LocalOrigin("local", root)
+    return Scanner(index, origin, PathTemplate(), workers=2, batch_size=batch_size, read=reader).run()
+
+
+@pytest.fixture
+def library_copy(sample_library, tmp_path):
+    root = tmp_path / "library"
+    shutil.copytree(sample_library[0], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def scanned(sample_library, tmp_path_factory):
+    index = LibraryIndex(tmp_path_factory.mktemp("idx") / "index.db")
+    report = scan(index, sample_library[0])
+    yield index, report
+    index.close()
+
+
+def expected_value(tags: dict, key: str):
+    """What the index should hold: the tag as written; blank text counts as missing."""
+    value = tags.get(key)
+    return None if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
+@pytest.mark.req("FR-6", "NFR-7.4")
+def test_every_good_file_is_indexed_with_its_tags(scanned, good_files):
+    index, report = scanned
+    assert report.complete and report.added == len(good_files)
+    for entry in good_files:
+        row = index.conn.execute("SELECT * FROM tracks WHERE real_path = ?", (entry["path"],)).fetchone()
+        assert row is not None, f"{entry['path']} was not indexed"
+        for manifest_key, column in FIELDS.items():
+            assert row[column] == expected_value(entry["tags"], manifest_key), (entry["path"], column)
+        assert row["format"] == entry["format"]
+        assert row["size"] == entry["size"]
+        assert row["duration_ms"] > 0 and row["sample_rate"] > 0
+
+
+@pytest.mark.req("NFR-7.4")
+def test_every_broken_file_is_skipped_with_a_reason(scanned, broken_files):
+    index, report = scanned
+    skipped = {s.real_path: s for s in index.skipped()}
+    assert {f["path"] for f in broken_files} == set(skipped)
+    for entry in broken_files:
+        assert skipped[entry["path"]].reason and skipped[entry["path"]].detail
+        assert index.conn.execute("SELECT 1 FROM tracks WHERE real_path = ?", (entry["path"],)).fetchone() is None
+    assert report.skipped == len(broken_files)
+
+
+@pytest.mark.req("FS-1", "FS-3")
+def test_tree_matches_the_template_for_every_track(scanned):
+    index, _ = scanned
+    resolver = Resolver(index.conn)
+    template = PathTemplate()
+    tracks = index.conn.execute("SELECT * FROM tracks").fetchall()
+    files = index.conn.execute("SELECT COUNT(*) FROM nodes WHERE kind = 'file'").fetchone()[0]
+    assert files == len(tracks)
+    seen_paths = set()
+    for track in tracks:
+        node_id = index.conn.execute("SELECT id FROM nodes WHERE track_id = ?", (track["id"],)).fetchone()[0]
+        path = resolver.path_of(node_id).split("/")
+        expected = template.render(dict(track))
+        assert path[:-1] == list(expected[:-1])
+        stem, ext = os.path.splitext(expected[-1])
+        assert path[-1] == expected[-1] or (path[-1].startswith(stem + " (") and path[-1].endswith(ext))
+        assert all(is_legal(part) for part in path)
+        seen_paths.add(tuple(path))
+    assert len(seen_paths) == len(tracks)  # collisions got distinct names
+
+
+@pytest.mark.req("FS-3")
+def test_colliding_tag_sets_get_numbered_names(scanned):
+    index, _ = scanned
+    numbered = index.conn.execute(
+        "SELECT name, wanted FROM nodes WHERE kind = 'file' AND name != wanted").fetchall()
+    assert numbered, "the fixture library has tag sets that collide after sanitising"
+    for name, wanted in numbered:
+        assert name.startswith(os.path.splitext(wanted)[0] + " (")
+
+
+@pytest.mark.req("NFR-8.3")
+def test_rescan_of_unchanged_library_opens_no_audio_file(sample_library, tmp_path):
+    index = LibraryIndex(tmp_path / "index.db")
+    first = scan(index, sample_library[0])
+    nodes_before = index.conn.execute("SELECT id, parent, name FROM nodes ORDER BY id").fetchall()
+    counter = CountingReader()
+    second = scan(index, sample_library[0], counter)
+    assert counter.paths == [] and second.parsed == 0
+    assert second.unchanged == first.seen and second.added == second.removed == 0
+    assert index.conn.execute("SELECT id, parent, name FROM nodes ORDER BY id").fetchall() == nodes_before
+
+
+@pytest.mark.req("NFR-8.3")
+def test_interrupted_scan_resumes_without_redoing_work(sample_library, tmp_path):
+    index = LibraryIndex(tmp_path / "index.db")
+    crashing = CountingReader(crash_after=37)
+    with pytest.raises(SystemExit):
+        scan(index, sample_library[0], crashing, batch_size=10)
+    done = {r[0] for r in index.conn.execute("SELECT real_path FROM tracks UNION SELECT real_path FROM skipped")}
+    assert 0 < len(done) <= 37
+    assert not index.is_complete()
+    resumed = CountingReader()
+    report = scan(index, sample_library[0], resumed)
+    reopened = {os.path.relpath(p, sample_library[0]) for p in resumed.paths}
+    assert not reopened & done, "files finished before the crash were read again"
+    assert report.complete and index.is_complete()
+    fresh = LibraryIndex(tmp_path / "fresh.db")
+    scan(fresh, sample_library[0])
+    q = "SELECT real_path, title, artist, album, track FROM tracks ORDER BY real_path"
+    assert index.conn.execute(q).fetchall() == fresh.conn.execute(q).fetchall()
+
+
+@pytest.mark.req("FS-6", "FS-7")
+def test_rescan_follows_changes_and_keeps_inodes_of_unchanged_tracks(library_copy, good_files, tmp_path):
+    index = LibraryIndex(tmp_path / "index.db")
+    scan(index, library_copy)
+    by_path = dict(index.conn.execute(
+        "SELECT t.real_path, n.id FROM tracks t JOIN nodes n ON n.track_id = t.id").fetchall())
+    flacs = [f for f in good_files if f["format"] == "flac" and f["tags"].get("title")]
+    removed, retagged = flacs[0]["path"], flacs[1]["path"]
+    (library_copy / removed).unlink()
+    from mutagen.flac import FLAC
+    audio = FLAC(library_copy / retagged)
+    audio["title"] = "A Brand New Title"
+    audio.save()
+    os.utime(library_copy / retagged, ns=(time.time_ns(), time.time_ns() + 10**9))
+    shutil.copy(library_copy / flacs[2]["path"], library_copy / "new-arrival.flac")
+    counter = CountingReader()
+    report = scan(index, library_copy, counter)
+    assert (report.removed, report.updated, report.added) == (1, 1, 1)
+    assert len(counter.paths) == 2
+    after = dict(index.conn.execute(
+        "SELECT t.real_path, n.id FROM tracks t JOIN nodes n ON n.track_id = t.id").fetchall())
+    assert removed not in after
+    assert after[retagged] != by_path[retagged]  # moved to a new name: a new node
+    resolver = Resolver(index.conn)
+    assert resolver.path_of(after[retagged]).endswith("A Brand New Title.flac")
+    unchanged = set(by_path) - {removed, retagged}
+    assert all(after[p] == by_path[p] for p in unchanged)
+    # no directory is left empty
+    empty = index.conn.execute(
+        "SELECT COUNT(*) FROM nodes d WHERE d.kind = 'dir' AND d.id != 1 AND NOT EXISTS"
+        " (SELECT 1 FROM nodes c WHERE c.parent = d.id)").fetchone()[0]
+    assert empty == 0
+
+
+def test_template_change_rebuilds_tree(sample_library, tmp_path):
+    index = LibraryIndex(tmp_path / "index.db")
+    scan(index, sample_library[0])
+    origin = LocalOrigin("local", sample_library[0])
+    Scanner(index, origin, PathTemplate("$genre/$artist - $title"), read=read_tags).run()
+    top = {r[0] for r in index.conn.execute("SELECT name FROM nodes WHERE parent = 1")}
+    genres = {r[0] or "Unknown Genre" for r in index.conn.execute("SELECT DISTINCT genre FROM tracks")}
+    assert top == {g.replace("/", "_") for g in genres}
