@@ -105,9 +105,9 @@ def read_tags(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise MalformedAudio("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
     except (mutagen.MutagenError, ValueError, EOFError, IndexError, KeyError, struct_error) as exc:
         message = str(exc).replace(repr(os.fspath(path)), "file").replace(os.fspath(path), "file")
-        if isinstance(exc, struct_error):  # a header field points past the data that exists
-            message = f"truncated or inconsistent header ({message or 'short read'})"
-        raise MalformedAudio("corrupt audio", f"{type(exc).__name__}: {message}") from None
+        if isinstance(exc, struct_error) or not message:  # a header points past the data that exists
+            message = f"truncated or inconsistent header{f' ({message})' if message else ''}"
+        raise MalformedAudio("corrupt audio", message) from None
     if audio is None:
         raise MalformedAudio("unrecognised format", "no audio header mutagen knows")
     info = getattr(audio, "info", None)

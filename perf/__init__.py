@@ -1,0 +1,1 @@
+"""Large-scale benchmarks: 1M-track indexes, throughput against native reads."""

@@ -1,0 +1,102 @@
+"""Configuration: valid files load; every bad line is rejected naming the line and the reason."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from musicfs.config import config_for_folder, load_config, parse_config, parse_size
+from musicfs.errors import ConfigError
+from musicfs.vfs.template import DEFAULT_TEMPLATE
+
+pytestmark = pytest.mark.req("FS-8")
+
+GOOD = textwrap.dedent("""\
+    [library]
+    name = "home"
+    template = "$albumartist/$album/$track $title.$format"
+
+    [cache]
+    size = "512MiB"
+
+    [[origins]]
+    id = "nas"
+    type = "local"
+    path = "/srv/music"
+    priority = 1
+
+    [[origins]]
+    id = "usb"
+    type = "local"
+    path = "~/usb"
+    priority = 2
+    cache = "never"
+""")
+
+
+def test_good_config_loads(tmp_path):
+    path = tmp_path / "musicfs.toml"
+    path.write_text(GOOD)
+    config = load_config(path)
+    assert config.name == "home"
+    assert config.template.startswith("$albumartist")
+    assert config.cache_size == 512 * 2**20
+    assert [o.id for o in config.origins] == ["nas", "usb"]
+    assert config.origins[1].cache == "never" and config.origins[1].priority == 2
+    assert config.resolved_index_path(tmp_path).name == "home.db"
+
+
+def _error(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(textwrap.dedent(text), source="musicfs.toml")
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ('[library]\ntemplate = "$artst/$title"\n[[origins]]\nid="a"\ntype="local"\npath="/m"\n', 2,
+         "unknown variable $artst"),
+        ('[[origins]]\nid = "a"\ntype = "local"\npath = "/m"\n\n[[origins]]\nid = "b"\ntype = "ftp"\n', 8,
+         "unknown origin type 'ftp'"),
+        ('[[origins]]\nid = "a"\ntype = "local"\npath = "/m"\npriority = "high"\n', 5, "priority must be int"),
+        ('[[origins]]\nid = "a"\ntype = "local"\n', 1, "needs 'path'"),
+        ('[[origins]]\nid = "a"\ntype = "local"\npath = "/m"\n[[origins]]\nid = "a"\ntype = "local"\n'
+         'path = "/n"\n', 6, "used twice"),
+        ('[cache]\nsize = "lots"\n[[origins]]\nid = "a"\ntype = "local"\npath = "/m"\n', 2, "not a size"),
+        ('[library]\ncolour = "blue"\n[[origins]]\nid = "a"\ntype = "local"\npath = "/m"\n', 2,
+         "unknown key 'colour'"),
+        ('[library\ntemplate = "x"\n', 1, "not valid TOML"),
+        ('[[origins]]\nid = "a"\ntype = "local"\npath = "/m"\ncache = "sometimes"\n', 5, "cache must be"),
+        ('[library]\ntemplate = "$artist/$title"\n', None, "at least one [[origins]]"),
+    ],
+)
+def test_bad_lines_are_named(text, line, words):
+    error = _error(text)
+    assert words in str(error)
+    if line is not None:
+        assert error.line == line
+        assert str(error).startswith(f"musicfs.toml:{line}: ")
+
+
+def test_unreadable_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_sizes():
+    assert parse_size("10GB") == 10 * 10**9
+    assert parse_size("1.5 GiB") == int(1.5 * 2**30)
+    assert parse_size(4096) == 4096
+    with pytest.raises(ValueError):
+        parse_size("-3GB")
+
+
+def test_folder_config_defaults(tmp_path):
+    config = config_for_folder(tmp_path)
+    assert config.template == DEFAULT_TEMPLATE
+    assert config.origins[0].path == tmp_path
+    assert config.cache_size == 10 * 10**9  # NFR-5.2 default
+    # the same folder always maps to the same index: a second mount reuses it
+    assert config.resolved_index_path(tmp_path) == config_for_folder(tmp_path).resolved_index_path(tmp_path)
