@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import OriginUnavailable
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -36,6 +38,30 @@ class LocalOrigin:
         if full != self.root and self.root not in full.parents:
             raise ValueError(f"path escapes the origin: {path!r}")
         return full
+
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer at the end of the file). Blocking."""
+        try:
+            fd = os.open(self.local_path(path), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not self.root.is_dir():  # the whole folder is gone: offline, not a missing file
+                raise OriginUnavailable(f"origin {self.id}: {self.root} is not reachable") from None
+            raise
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+    def stat(self, path: str) -> Entry:
+        st = os.stat(self.local_path(path))
+        return Entry(path, st.st_size, st.st_mtime_ns)
+
+    def health(self) -> bool:
+        """Reachable: the root is a readable directory."""
+        return os.access(self.root, os.R_OK | os.X_OK) and self.root.is_dir()
+
+    def close(self) -> None:
+        return None
 
     def walk(self, on_error=None) -> Iterator[Entry]:
         """Every regular file below the root, in sorted order (a stable scan order).

@@ -1,0 +1,73 @@
+"""Retrying origin calls: backoff 100 ms, 500 ms, 2 s with jitter (NFR-7.3), within a deadline.
+
+The blocking call runs in a worker thread; the wait between attempts is a
+trio sleep, so a failing origin never stalls the event loop. The deadline
+bounds the whole attempt-and-wait sequence, so a reader gets its answer, or
+EIO, in bounded time (an origin that hangs is abandoned by cancellation; its
+thread finishes in the background).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, TypeVar
+
+import tenacity
+import trio
+
+from ..errors import NotFound, OriginUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BACKOFF = (0.1, 0.5, 2.0)
+JITTER = 0.1  # up to 10 % added to each wait
+
+
+class _Wait(tenacity.wait.wait_base):
+    """The schedule 100 ms, 500 ms, 2 s, then 2 s again, each with jitter."""
+
+    def __init__(self, schedule: tuple[float, ...], jitter: float):
+        self.schedule, self.jitter = schedule, jitter
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        base = self.schedule[min(retry_state.attempt_number - 1, len(self.schedule) - 1)]
+        return base + tenacity.wait_random(0, base * self.jitter)(retry_state)
+
+
+async def call_with_retry(func: Callable[..., T], *args, deadline: float, limiter: trio.CapacityLimiter,
+                          attempts: int = len(BACKOFF) + 1, schedule: tuple[float, ...] = BACKOFF,
+                          on_error: Callable[[BaseException, int], None] | None = None) -> T:
+    """Run ``func(*args)`` in a thread; retry transient failures on the schedule until ``deadline``.
+
+    ``deadline`` is a trio clock time. A missing file is final (not retried).
+    Raises :class:`OriginUnavailable` when attempts or time run out.
+    """
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if on_error and exc is not None:
+            on_error(exc, state.attempt_number)
+
+    retrying = tenacity.AsyncRetrying(
+        sleep=trio.sleep,
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=_Wait(schedule, JITTER),
+        retry=tenacity.retry_if_exception(lambda e: not isinstance(e, (FileNotFoundError, NotFound))),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    last: BaseException | None = None
+    with trio.move_on_at(deadline):
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await trio.to_thread.run_sync(func, *args, limiter=limiter,
+                                                         abandon_on_cancel=True)
+        except FileNotFoundError as exc:
+            raise NotFound(str(exc)) from None
+        except OSError as exc:
+            last = exc
+            if on_error:
+                on_error(exc, attempts)
+    raise OriginUnavailable(f"origin failed after retries: {last}" if last else "origin timed out")

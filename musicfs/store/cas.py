@@ -1,0 +1,115 @@
+"""Chunk files on disk: ``<dir>/chunks/ab/ab12...`` addressed by their xxh3-128 digest.
+
+Writes go to a temporary name in the same shard, are fsynced, then renamed, so
+a crash leaves either the whole chunk or a temp file that start-up removes.
+Every read is checked against the address; a missing, short or corrupt file is
+reported as a miss (``None``) and the caller fetches the bytes again. Nothing
+here raises on bad data: a damaged cache costs a re-fetch, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .digest import digest, is_address
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class CasStats:
+    reads: int = 0
+    writes: int = 0
+    missing: int = 0
+    corrupt: int = 0
+    bytes_written: int = 0
+
+
+class ChunkFiles:
+    def __init__(self, root: Path | str):
+        self.root = Path(root) / "chunks"
+        self.root.mkdir(parents=True, exist_ok=True)
+        for shard in range(256):
+            (self.root / f"{shard:02x}").mkdir(exist_ok=True)
+        self.stats = CasStats()
+
+    def path(self, address: str) -> Path:
+        return self.root / address[:2] / address
+
+    def write(self, address: str, data: bytes) -> bool:
+        """Store ``data`` under ``address`` durably; False if it was already there."""
+        final = self.path(address)
+        if final.exists():
+            return False
+        tmp = final.with_name(f"{TMP_PREFIX}{address}-{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.rename(tmp, final)
+        self.stats.writes += 1
+        self.stats.bytes_written += len(data)
+        return True
+
+    def read(self, address: str, size: int) -> bytes | None:
+        """The chunk's bytes if the file is whole and matches its address, else None."""
+        self.stats.reads += 1
+        try:
+            with open(self.path(address), "rb", buffering=0) as f:
+                data = f.read(size + 1)
+        except FileNotFoundError:
+            self.stats.missing += 1
+            return None
+        except OSError as exc:
+            log.warning("chunk %s unreadable: %s", address, exc)
+            self.stats.corrupt += 1
+            return None
+        if len(data) != size or digest(data) != address:
+            self.stats.corrupt += 1
+            log.warning("chunk %s is corrupt on disk (%d bytes, expected %d): it will be fetched again",
+                        address, len(data), size)
+            self.discard(address)
+            return None
+        return data
+
+    def discard(self, address: str) -> int:
+        """Remove a chunk file; returns the bytes freed (0 if it was not there)."""
+        path = self.path(address)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def exists(self, address: str) -> bool:
+        return self.path(address).exists()
+
+    def scan(self) -> Iterator[tuple[str, int]]:
+        """Every chunk file as (address, size); removes leftover temp files on the way."""
+        for shard in sorted(self.root.iterdir()):
+            if not shard.is_dir():
+                continue
+            with os.scandir(shard) as entries:
+                for entry in entries:
+                    if entry.name.startswith(TMP_PREFIX):
+                        Path(entry.path).unlink(missing_ok=True)
+                    elif is_address(entry.name) and entry.name[:2] == shard.name:
+                        yield entry.name, entry.stat().st_size
+
+    def statistics(self) -> dict:
+        return dict(self.stats.__dict__)

@@ -1,0 +1,226 @@
+"""The chunk index: which chunks the cache holds, and the chunk map (manifest) of each file version.
+
+A separate SQLite file inside the cache directory, so the cache can be
+cleared or moved without touching the library index. If it is unreadable or
+fails SQLite's own integrity check it is set aside and rebuilt from the chunk
+files (manifests are lost; files are fetched again), instead of failing the mount.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..index.db import transaction
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS chunks (
+        address     TEXT PRIMARY KEY,           -- xxh3-128 of the bytes, 32 hex digits
+        size        INTEGER NOT NULL,           -- bytes
+        refs        INTEGER NOT NULL DEFAULT 0, -- manifests that list it (dedup: one file, many refs)
+        last_access REAL NOT NULL,              -- unix time of the last read or write (LRU eviction)
+        pinned      INTEGER NOT NULL DEFAULT 0  -- 1 = never evicted
+    )""",
+    "CREATE INDEX IF NOT EXISTS chunks_lru ON chunks(pinned, last_access)",
+    """CREATE TABLE IF NOT EXISTS manifests (
+        id         INTEGER PRIMARY KEY,  -- manifest id
+        origin_id  TEXT NOT NULL,        -- origin of the file
+        real_path  TEXT NOT NULL,        -- path inside the origin
+        size       INTEGER NOT NULL,     -- file size in bytes
+        version    TEXT NOT NULL,        -- size:mtime_ns, or an ETag: a new version replaces the map
+        created_at REAL NOT NULL         -- unix time the map was completed
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS manifests_file ON manifests(origin_id, real_path)",
+    """CREATE TABLE IF NOT EXISTS manifest_chunks (
+        manifest_id INTEGER NOT NULL,  -- manifests.id
+        seq         INTEGER NOT NULL,  -- position of the chunk in the file, from 0
+        offset      INTEGER NOT NULL,  -- byte offset of the chunk in the file
+        size        INTEGER NOT NULL,  -- chunk size in bytes
+        address     TEXT NOT NULL,     -- chunks.address
+        PRIMARY KEY (manifest_id, seq)
+    ) WITHOUT ROWID""",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    offset: int
+    size: int
+    address: str
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(frozen=True)
+class Manifest:
+    id: int
+    origin_id: str
+    real_path: str
+    size: int
+    version: str
+    chunks: tuple[ChunkRef, ...]
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    row = conn.execute("PRAGMA quick_check").fetchone()
+    if row[0] != "ok":
+        conn.close()
+        raise sqlite3.DatabaseError(f"integrity check: {row[0]}")
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    return conn
+
+
+class ChunkIndex:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rebuilt = False
+        try:
+            self.conn = _open(self.path)
+        except sqlite3.DatabaseError as exc:
+            self._set_aside(exc)
+            self.conn = _open(self.path)
+            self.rebuilt = True
+
+    def _set_aside(self, exc: Exception) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        log.error("chunk index %s is damaged (%s); moved aside and rebuilt from the chunk files",
+                  self.path, exc)
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{self.path}{suffix}")
+            if part.exists():
+                part.rename(f"{self.path}.damaged-{stamp}{suffix}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- chunks -----------------------------------------------------------
+    def add_chunk(self, address: str, size: int) -> None:
+        self.conn.execute(
+            "INSERT INTO chunks (address, size, last_access) VALUES (?, ?, ?)"
+            " ON CONFLICT(address) DO UPDATE SET last_access = excluded.last_access",
+            (address, size, time.time()),
+        )
+
+    def forget_chunk(self, address: str) -> None:
+        self.conn.execute("DELETE FROM chunks WHERE address = ?", (address,))
+
+    def touch(self, stamps: dict[str, float]) -> None:
+        """Record last-access times gathered in memory (one write per flush, not per read)."""
+        if stamps:
+            with transaction(self.conn):
+                self.conn.executemany("UPDATE chunks SET last_access = ? WHERE address = ?",
+                                      [(t, a) for a, t in stamps.items()])
+
+    def pin(self, addresses: Iterable[str], pinned: bool = True) -> None:
+        with transaction(self.conn):
+            self.conn.executemany("UPDATE chunks SET pinned = ? WHERE address = ?",
+                                  [(int(pinned), a) for a in addresses])
+
+    def total_bytes(self) -> int:
+        return self.conn.execute("SELECT COALESCE(SUM(size), 0) FROM chunks").fetchone()[0]
+
+    def eviction_candidates(self, limit: int = 256) -> list[tuple[str, int]]:
+        """Least recently used unpinned chunks, oldest first."""
+        return self.conn.execute(
+            "SELECT address, size FROM chunks WHERE pinned = 0 ORDER BY last_access LIMIT ?", (limit,)
+        ).fetchall()
+
+    def addresses(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT address FROM chunks")}
+
+    # -- manifests --------------------------------------------------------
+    def manifest(self, origin_id: str, real_path: str) -> Manifest | None:
+        row = self.conn.execute(
+            "SELECT id, size, version FROM manifests WHERE origin_id = ? AND real_path = ?",
+            (origin_id, real_path),
+        ).fetchone()
+        if row is None:
+            return None
+        chunks = tuple(ChunkRef(*r) for r in self.conn.execute(
+            "SELECT offset, size, address FROM manifest_chunks WHERE manifest_id = ? ORDER BY seq",
+            (row[0],)))
+        return Manifest(row[0], origin_id, real_path, row[1], row[2], chunks)
+
+    def save_manifest(self, origin_id: str, real_path: str, size: int, version: str,
+                      chunks: Sequence[ChunkRef]) -> Manifest:
+        """Replace the file's chunk map with a new version; chunk refs follow."""
+        with transaction(self.conn):
+            self._drop_manifest(origin_id, real_path)
+            cur = self.conn.execute(
+                "INSERT INTO manifests (origin_id, real_path, size, version, created_at)"
+                " VALUES (?, ?, ?, ?, ?)", (origin_id, real_path, size, version, time.time()))
+            manifest_id = int(cur.lastrowid)
+            self.conn.executemany(
+                "INSERT INTO manifest_chunks (manifest_id, seq, offset, size, address) VALUES (?, ?, ?, ?, ?)",
+                [(manifest_id, i, c.offset, c.size, c.address) for i, c in enumerate(chunks)])
+            self.conn.executemany("UPDATE chunks SET refs = refs + 1 WHERE address = ?",
+                                  [(c.address,) for c in chunks])
+        return Manifest(manifest_id, origin_id, real_path, size, version, tuple(chunks))
+
+    def drop_manifest(self, origin_id: str, real_path: str) -> None:
+        with transaction(self.conn):
+            self._drop_manifest(origin_id, real_path)
+
+    def _drop_manifest(self, origin_id: str, real_path: str) -> None:
+        row = self.conn.execute("SELECT id FROM manifests WHERE origin_id = ? AND real_path = ?",
+                                (origin_id, real_path)).fetchone()
+        if row is None:
+            return
+        self.conn.execute(
+            "UPDATE chunks SET refs = MAX(refs - 1, 0) WHERE address IN"
+            " (SELECT address FROM manifest_chunks WHERE manifest_id = ?)", (row[0],))
+        self.conn.execute("DELETE FROM manifest_chunks WHERE manifest_id = ?", (row[0],))
+        self.conn.execute("DELETE FROM manifests WHERE id = ?", (row[0],))
+
+    def clear(self) -> None:
+        with transaction(self.conn):
+            for table in ("manifest_chunks", "manifests", "chunks"):
+                self.conn.execute(f"DELETE FROM {table}")
+
+    # -- start-up ---------------------------------------------------------
+    def reconcile(self, on_disk: dict[str, int]) -> dict[str, int]:
+        """Make the index agree with the chunk files found on disk.
+
+        Rows whose file is gone are dropped; files without a row are adopted
+        (their address is their checksum, so a bad one is caught on first read).
+        """
+        known = dict(self.conn.execute("SELECT address, size FROM chunks").fetchall())
+        gone = [a for a in known if a not in on_disk]
+        adopted = [(a, s) for a, s in on_disk.items() if a not in known]
+        now = time.time()
+        with transaction(self.conn):
+            self.conn.executemany("DELETE FROM chunks WHERE address = ?", [(a,) for a in gone])
+            self.conn.executemany("INSERT INTO chunks (address, size, last_access) VALUES (?, ?, ?)",
+                                  [(a, s, now) for a, s in adopted])
+            self.conn.execute(
+                "UPDATE chunks SET refs = (SELECT COUNT(*) FROM manifest_chunks m"
+                " WHERE m.address = chunks.address)")
+        return {"rows_dropped": len(gone), "files_adopted": len(adopted)}
+
+    def statistics(self) -> dict:
+        q = self.conn.execute
+        chunks, stored = q("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks").fetchone()
+        logical = q("SELECT COALESCE(SUM(size), 0) FROM manifest_chunks").fetchone()[0]
+        referenced = q("SELECT COALESCE(SUM(c.size), 0) FROM chunks c WHERE c.refs > 0").fetchone()[0]
+        return {
+            "chunks": chunks,
+            "bytes": stored,
+            "manifests": q("SELECT COUNT(*) FROM manifests").fetchone()[0],
+            "logical_bytes": logical,  # bytes of all mapped files, counting shared chunks each time
+            "dedup_ratio": round(1 - referenced / logical, 4) if logical else 0.0,
+            "pinned": q("SELECT COUNT(*) FROM chunks WHERE pinned = 1").fetchone()[0],
+        }

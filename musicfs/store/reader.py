@@ -1,0 +1,325 @@
+"""Reading tracks through the chunk cache: hits from disk, misses filled from the origin.
+
+For each file version being read there is one :class:`FileState`, shared by
+all its handles. The first read that misses starts one *fill*: a task that
+streams the file from the origin in order, cuts it into chunks, stores them
+and advances ``covered``. Readers whose range the fill will reach soon wait
+only for the bytes they need; a read far ahead of the fill (a seek) is served
+by a ranged fetch of its own instead of waiting for the prefix. Concurrent
+readers of one file therefore cause one origin fetch per chunk.
+
+A finished fill saves the file's manifest; later opens find it and read
+without touching the origin, so cached files keep playing offline (NFR-7.1).
+A chunk missing or corrupt on disk is fetched again and checked against its
+address (NFR-8.1, NFR-8.4). Reads that need an unreachable origin fail with
+EIO after a bounded time (``read_timeout``), never hang.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from ..errors import MusicFSError, OriginUnavailable
+from ..events import ChunkFetched, EventBus, FetchStarted, FillCompleted, OriginError
+from ..origins.retry import call_with_retry
+from .cache import ContentCache
+from .chunkdb import ChunkRef
+from .chunker import StreamChunker
+from .digest import digest
+
+log = logging.getLogger(__name__)
+
+FILL_BLOCK = 1024 * 1024  # bytes asked of the origin per fill step
+AHEAD = 4 * 1024 * 1024  # a read within this distance of the fill waits for it; further is a seek
+RECENT_BYTES = 16 * 1024 * 1024  # verified chunks kept in memory for adjacent reads
+
+
+@dataclass
+class FileState:
+    origin_id: str
+    real_path: str
+    size: int
+    version: str
+    chunks: list[ChunkRef] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    covered: int = 0  # bytes [0, covered) are stored as chunks
+    complete: bool = False
+    filling: bool = False
+    error: BaseException | None = None
+    handles: int = 0
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def add(self, ref: ChunkRef) -> None:
+        self.chunks.append(ref)
+        self.offsets.append(ref.offset)
+        self.covered = ref.end
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def refs_for(self, start: int, end: int) -> list[ChunkRef]:
+        first = max(bisect.bisect_right(self.offsets, start) - 1, 0)
+        refs = []
+        for ref in self.chunks[first:]:
+            if ref.offset >= end:
+                break
+            refs.append(ref)
+        return refs
+
+
+@dataclass
+class CachedHandle:
+    track_id: int
+    state: FileState
+    cached: bool  # False: the origin's policy is cache = "never"
+
+
+@dataclass
+class ReaderCounters:
+    fills_started: int = 0
+    fills_completed: int = 0
+    fills_failed: int = 0
+    direct_reads: int = 0
+    origin_requests: int = 0
+    origin_bytes: int = 0
+    refetched_chunks: int = 0
+
+
+class CachedReader:
+    def __init__(self, origins: dict, cache: ContentCache, bus: EventBus, nursery: trio.Nursery, *,
+                 policies: dict[str, str] | None = None, read_timeout: float = 5.0,
+                 threads: int = 16):
+        self.origins = origins
+        self.cache = cache
+        self.bus = bus
+        self.nursery = nursery
+        self.policies = policies or {}
+        self.read_timeout = read_timeout
+        self.limiter = trio.CapacityLimiter(threads)
+        self.origin_limiter = trio.CapacityLimiter(threads)
+        self.counters = ReaderCounters()
+        self._states: dict[tuple[str, str, str], FileState] = {}
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_bytes = 0
+
+    # -- handles ----------------------------------------------------------
+    async def open(self, track: dict) -> CachedHandle:
+        version = f"{track['size']}:{track['mtime_ns']}"
+        key = (track["origin_id"], track["real_path"], version)
+        state = self._states.get(key)
+        if state is None:
+            state = FileState(track["origin_id"], track["real_path"], track["size"], version)
+            if self.policies.get(state.origin_id, "always") != "never":
+                manifest = await trio.to_thread.run_sync(self.cache.manifest, *key[:2], limiter=self.limiter)
+                if manifest is not None and manifest.version == version and manifest.size == state.size:
+                    for ref in manifest.chunks:
+                        state.add(ref)
+                    state.complete = True
+                    self.cache.hold(r.address for r in state.chunks)
+            state = self._states.setdefault(key, state)
+        state.handles += 1
+        return CachedHandle(track["id"], state, self.policies.get(state.origin_id, "always") != "never")
+
+    def release(self, handle: CachedHandle) -> None:
+        state = handle.state
+        state.handles -= 1
+        if state.handles <= 0 and not state.filling:
+            self._forget(state)
+
+    def _forget(self, state: FileState) -> None:
+        self._states.pop((state.origin_id, state.real_path, state.version), None)
+        self.cache.unhold(r.address for r in state.chunks)
+
+    # -- reads ------------------------------------------------------------
+    async def read(self, handle: CachedHandle, offset: int, size: int) -> bytes:
+        state = handle.state
+        end = min(offset + size, state.size)
+        if offset >= end:
+            return b""
+        if not handle.cached:
+            return await self._direct(state, offset, end)
+        if state.complete or end <= state.covered:
+            data = await self._from_chunks(state, offset, end)
+            if data is not None:
+                self.cache.counters.hits += 1
+                return data
+        self.cache.counters.misses += 1
+        if offset > state.covered + AHEAD and not state.complete:
+            self._start_fill(state)
+            return await self._direct(state, offset, end)
+        await self._wait_for(state, end)
+        data = await self._from_chunks(state, offset, end)
+        if data is None:
+            raise OriginUnavailable(f"{state.origin_id}:{state.real_path}: chunks vanished while reading")
+        return data
+
+    async def _wait_for(self, state: FileState, end: int) -> None:
+        deadline = trio.current_time() + self.read_timeout
+        with trio.move_on_at(deadline):
+            while not (state.complete or state.covered >= end):
+                if state.error is not None and not state.filling:
+                    error, state.error = state.error, None
+                    raise OriginUnavailable(f"{state.origin_id}:{state.real_path}: {error}")
+                self._start_fill(state)
+                await state.changed.wait()
+            return
+        raise OriginUnavailable(
+            f"{state.origin_id}:{state.real_path}: origin did not deliver within {self.read_timeout:g} s")
+
+    async def _from_chunks(self, state: FileState, start: int, end: int) -> bytes | None:
+        refs = state.refs_for(start, end)
+        if not refs or refs[0].offset > start or refs[-1].end < end:
+            return None
+        parts = []
+        missing = []
+        for ref in refs:
+            data = self._recent.get(ref.address)
+            if data is None:
+                missing.append(ref)
+            parts.append(data)
+        if missing:
+            loaded = await trio.to_thread.run_sync(self._load, missing, limiter=self.limiter)
+            for ref, data in zip(missing, loaded):
+                if data is None:
+                    data = await self._refetch(state, ref)
+                self._remember(ref.address, data)
+            parts = [self._recent.get(ref.address) for ref in refs]
+            if any(p is None for p in parts):  # evicted from memory meanwhile: load again
+                parts = await trio.to_thread.run_sync(self._load, refs, limiter=self.limiter)
+                if any(p is None for p in parts):
+                    return None
+        blob = b"".join(parts) if len(parts) > 1 else parts[0]
+        base = refs[0].offset
+        return blob[start - base:end - base]
+
+    def _load(self, refs: list[ChunkRef]) -> list[bytes | None]:
+        return [self.cache.read_chunk(ref) for ref in refs]
+
+    def _remember(self, address: str, data: bytes) -> None:
+        if address in self._recent:
+            self._recent.move_to_end(address)
+            return
+        self._recent[address] = data
+        self._recent_bytes += len(data)
+        while self._recent_bytes > RECENT_BYTES and self._recent:
+            _, old = self._recent.popitem(last=False)
+            self._recent_bytes -= len(old)
+
+    async def _refetch(self, state: FileState, ref: ChunkRef) -> bytes:
+        """A chunk is missing or corrupt on disk: fetch its range again and check it."""
+        self.counters.refetched_chunks += 1
+        data = await self._fetch(state, ref.offset, ref.size)
+        if len(data) != ref.size or digest(data) != ref.address:
+            await trio.to_thread.run_sync(self.cache.drop_manifest, state.origin_id, state.real_path)
+            raise OriginUnavailable(f"{state.origin_id}:{state.real_path} changed since it was cached;"
+                                    " rescan the library")
+        await trio.to_thread.run_sync(self.cache.store_chunk, ref.address, data, limiter=self.limiter)
+        return data
+
+    async def _direct(self, state: FileState, start: int, end: int) -> bytes:
+        self.counters.direct_reads += 1
+        return await self._fetch(state, start, end - start)
+
+    async def _fetch(self, state: FileState, offset: int, size: int) -> bytes:
+        origin = self.origins.get(state.origin_id)
+        if origin is None:
+            raise OriginUnavailable(f"origin {state.origin_id!r} is not configured")
+
+        def on_error(exc: BaseException, attempt: int) -> None:
+            log.warning("origin %s: reading %s at %d failed (attempt %d): %s", state.origin_id,
+                        state.real_path, offset, attempt, exc)
+            self.bus.publish(OriginError(state.origin_id, state.real_path, str(exc), attempt))
+
+        self.counters.origin_requests += 1
+        data = await call_with_retry(origin.read_range, state.real_path, offset, size,
+                                     deadline=trio.current_time() + self.read_timeout,
+                                     limiter=self.origin_limiter, on_error=on_error)
+        self.counters.origin_bytes += len(data)
+        return data
+
+    # -- fills ------------------------------------------------------------
+    def _start_fill(self, state: FileState) -> None:
+        if state.filling or state.complete:
+            return
+        state.filling = True
+        state.error = None
+        self.counters.fills_started += 1
+        self.nursery.start_soon(self._fill, state)
+
+    async def _fill(self, state: FileState) -> None:
+        started = time.monotonic()
+        self.bus.publish(FetchStarted(state.origin_id, state.real_path, state.covered))
+        try:
+            await self._fill_from(state, state.covered)
+        except (MusicFSError, OSError) as exc:
+            self._fill_failed(state, exc)
+            log.warning("filling %s:%s stopped at %d bytes: %s", state.origin_id, state.real_path,
+                        state.covered, exc)
+        except Exception as exc:  # noqa: BLE001 - a background task must never take the mount down
+            self._fill_failed(state, exc)
+            log.exception("filling %s:%s failed unexpectedly", state.origin_id, state.real_path)
+        else:
+            self.counters.fills_completed += 1
+            self.bus.publish(FillCompleted(state.origin_id, state.real_path, state.size,
+                                           len(state.chunks), time.monotonic() - started))
+        finally:
+            state.filling = False
+            state.notify()
+            if state.handles <= 0:
+                self._forget(state)
+
+    def _fill_failed(self, state: FileState, exc: BaseException) -> None:
+        self.counters.fills_failed += 1
+        state.error = exc
+
+    async def _fill_from(self, state: FileState, start: int) -> None:
+        chunker = StreamChunker(start)
+        position = start
+        while position < state.size:
+            data = await self._fetch(state, position, min(FILL_BLOCK, state.size - position))
+            if not data:
+                raise OriginUnavailable(f"file ended at {position} of {state.size} bytes;"
+                                        " it changed since the scan")
+            position += len(data)
+            pieces = chunker.feed(data)
+            if position >= state.size:
+                pieces += chunker.finish()
+            if pieces:
+                refs = await trio.to_thread.run_sync(self._store, pieces, limiter=self.limiter)
+                self.cache.hold(r.address for r in refs)
+                for ref in refs:
+                    state.add(ref)
+                    self.bus.publish(ChunkFetched(state.origin_id, state.real_path, ref.offset, ref.size))
+                state.notify()
+        await trio.to_thread.run_sync(self.cache.save_manifest, state.origin_id, state.real_path,
+                                      state.size, state.version, list(state.chunks), limiter=self.limiter)
+        state.complete = True
+
+    def _store(self, pieces) -> list[ChunkRef]:
+        refs = []
+        for piece in pieces:
+            address = digest(piece.data)
+            self.cache.store_chunk(address, piece.data)
+            refs.append(ChunkRef(piece.offset, len(piece.data), address))
+        return refs
+
+    # -- lifecycle --------------------------------------------------------
+    async def flush_periodically(self, every: float = 5.0) -> None:
+        """Write gathered last-access times to the chunk index now and then."""
+        while True:
+            await trio.sleep(every)
+            await trio.to_thread.run_sync(self.cache.flush, limiter=self.limiter)
+
+    def close(self) -> None:
+        self.cache.close()
+
+    def statistics(self) -> dict:
+        return {**self.counters.__dict__, "open_files": len(self._states),
+                "memory_chunk_bytes": self._recent_bytes}

@@ -1,0 +1,188 @@
+"""The cached reader in-process (no kernel): fills, single-flight, seeks, offline, corruption."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import time
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from musicfs.errors import OriginUnavailable
+from musicfs.events import EventBus
+from musicfs.origins.local import LocalOrigin
+from musicfs.store.cache import ContentCache
+from musicfs.store.reader import CachedReader
+
+SIZE = 5 * 1024 * 1024 + 12345
+
+
+class CountingOrigin(LocalOrigin):
+    """A local origin that counts the bytes asked of it, per offset."""
+
+    def __init__(self, *args, delay: float = 0.0):
+        super().__init__(*args)
+        self.requests: list[tuple[int, int]] = []
+        self.delay = delay
+
+    def read_range(self, path, offset, size):
+        self.requests.append((offset, size))
+        if self.delay:
+            time.sleep(self.delay)
+        return super().read_range(path, offset, size)
+
+
+@pytest.fixture
+def origin_dir(tmp_path):
+    root = tmp_path / "origin"
+    root.mkdir()
+    data = random.Random(11).randbytes(SIZE)
+    (root / "song.flac").write_bytes(data)
+    (root / "other.flac").write_bytes(data[::-1])
+    return root, data
+
+
+def track(root, name="song.flac", track_id=1):
+    st_ = os.stat(root / name)
+    return {"id": track_id, "origin_id": "local", "real_path": name, "size": st_.st_size,
+            "mtime_ns": st_.st_mtime_ns}
+
+
+async def with_reader(cache_dir, origin, body, *, read_timeout=5.0, limit=10**10):
+    bus = EventBus()
+    cache = ContentCache(cache_dir, limit, bus.publish)
+    try:
+        async with trio.open_nursery() as nursery:
+            reader = CachedReader({"local": origin}, cache, bus, nursery, read_timeout=read_timeout)
+            result = await body(reader, bus)
+            nursery.cancel_scope.cancel()
+        return result
+    finally:
+        cache.close()  # only once every task using it has finished
+
+
+async def read_all(reader, handle, size, step=128 * 1024):
+    parts = []
+    for offset in range(0, size, step):
+        parts.append(await reader.read(handle, offset, step))
+    return b"".join(parts)
+
+
+@given(ranges=st.lists(st.tuples(st.integers(0, SIZE + 1000), st.integers(0, 400_000)), min_size=1,
+                       max_size=25))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_read_equals_the_origin(origin_dir, tmp_path, ranges):
+    root, data = origin_dir
+    cache_dir = tmp_path / f"cache-{random.random()}"
+
+    async def body(reader, bus):
+        handle = await reader.open(track(root))
+        for offset, size in ranges:
+            assert await reader.read(handle, offset, size) == data[offset:offset + size]
+        reader.release(handle)
+
+    trio.run(with_reader, cache_dir, LocalOrigin("local", root), body)
+
+
+@pytest.mark.req("NFR-7.1", "FR-18.1")
+def test_fifty_concurrent_readers_share_one_fetch(origin_dir, tmp_path):
+    root, data = origin_dir
+    origin = CountingOrigin("local", root, delay=0.01)
+
+    async def body(reader, bus):
+        results = {}
+
+        async def one(i):
+            handle = await reader.open(track(root))
+            results[i] = await read_all(reader, handle, SIZE)
+            reader.release(handle)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(one, i)
+        assert all(r == data for r in results.values())
+        fetched = sum(size for _, size in origin.requests)
+        assert fetched == SIZE, "every byte fetched once"
+        assert len({offset for offset, _ in origin.requests}) == len(origin.requests)
+        assert bus.counts["FillCompleted"] == 1 and bus.counts["ChunkFetched"] > 50
+
+    trio.run(with_reader, tmp_path / "cache", origin, body)
+
+
+def test_a_seek_far_ahead_does_not_wait_for_the_prefix(origin_dir, tmp_path):
+    root, data = origin_dir
+    origin = CountingOrigin("local", root, delay=0.3)  # each origin call is slow
+
+    async def body(reader, bus):
+        handle = await reader.open(track(root))
+        started = trio.current_time()
+        tail = await reader.read(handle, SIZE - 1000, 1000)
+        assert tail == data[-1000:]
+        assert trio.current_time() - started < 1.0  # one ranged fetch, not the 5 fills before it
+        assert reader.counters.direct_reads == 1
+
+    trio.run(with_reader, tmp_path / "cache", origin, body)
+
+
+@pytest.mark.req("NFR-7.1")
+def test_cached_file_reads_offline_and_uncached_fails_fast(origin_dir, tmp_path):
+    root, data = origin_dir
+    cache_dir = tmp_path / "cache"
+
+    async def warm(reader, bus):
+        handle = await reader.open(track(root))
+        assert await read_all(reader, handle, SIZE) == data
+        await trio.sleep(0.05)
+        reader.release(handle)
+
+    trio.run(with_reader, cache_dir, LocalOrigin("local", root), warm)
+    song, other = track(root), track(root, "other.flac", 2)
+    root.rename(root.with_name("moved-away"))
+
+    async def offline(reader, bus):
+        handle = await reader.open(song)
+        assert await read_all(reader, handle, SIZE, step=100_000) == data
+        cold = await reader.open(other)
+        started = trio.current_time()
+        with pytest.raises(OriginUnavailable):
+            await reader.read(cold, 0, 4096)
+        assert trio.current_time() - started <= 2.5
+
+    trio.run(functools.partial(with_reader, read_timeout=2.0), cache_dir, LocalOrigin("local", root), offline)
+
+
+@pytest.mark.req("NFR-8.1", "NFR-8.4")
+def test_corrupt_or_missing_chunks_are_fetched_again(origin_dir, tmp_path):
+    root, data = origin_dir
+    cache_dir = tmp_path / "cache"
+
+    async def warm(reader, bus):
+        handle = await reader.open(track(root))
+        await read_all(reader, handle, SIZE)
+        reader.release(handle)
+
+    trio.run(with_reader, cache_dir, LocalOrigin("local", root), warm)
+    chunk_files = sorted(p for p in (cache_dir / "chunks").rglob("*") if p.is_file())
+    assert len(chunk_files) > 20
+    for i, path in enumerate(chunk_files[:9]):
+        if i % 3 == 0:
+            raw = bytearray(path.read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            path.write_bytes(raw)
+        elif i % 3 == 1:
+            path.write_bytes(path.read_bytes()[:100])
+        else:
+            path.unlink()
+
+    async def verify(reader, bus):
+        handle = await reader.open(track(root))
+        assert await read_all(reader, handle, SIZE, step=65536) == data
+        assert reader.cache.counters.corruptions == 9
+        assert reader.counters.refetched_chunks == 9
+        assert bus.counts["ChunkCorrupt"] == 9
+
+    trio.run(with_reader, cache_dir, LocalOrigin("local", root), verify)

@@ -1,0 +1,155 @@
+"""The chunk store on its own: chunking, chunk files, the chunk index, eviction, dedup."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from fastcdc.fastcdc_cy import fastcdc_cy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from musicfs.events import EventBus
+from musicfs.store.cache import ContentCache
+from musicfs.store.cas import ChunkFiles
+from musicfs.store.chunkdb import ChunkIndex, ChunkRef
+from musicfs.store.chunker import AVG_SIZE, MAX_SIZE, MIN_SIZE, StreamChunker
+from musicfs.store.digest import digest
+
+DATA = random.Random(5).randbytes(6 * 1024 * 1024)
+
+
+def whole_file_chunks(data: bytes) -> list[tuple[int, int]]:
+    return [(c.offset, c.length) for c in fastcdc_cy(data, MIN_SIZE, AVG_SIZE, MAX_SIZE, False, None)]
+
+
+@given(cuts=st.lists(st.integers(min_value=1, max_value=900_000), min_size=1, max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_streamed_chunks_equal_whole_file_chunks(cuts):
+    chunker, got, pos, i = StreamChunker(), [], 0, 0
+    while pos < len(DATA):
+        step = cuts[i % len(cuts)]
+        got += chunker.feed(DATA[pos:pos + step])
+        pos += step
+        i += 1
+    got += chunker.finish()
+    assert [(p.offset, len(p.data)) for p in got] == whole_file_chunks(DATA)
+    assert b"".join(p.data for p in got) == DATA
+    assert all(MIN_SIZE <= len(p.data) <= MAX_SIZE for p in got[:-1])
+
+
+def test_restart_at_a_chunk_boundary_gives_the_same_chunks():
+    reference = whole_file_chunks(DATA)
+    start = reference[10][0]
+    chunker = StreamChunker(start)
+    got = chunker.feed(DATA[start:]) + chunker.finish()
+    assert [(p.offset, len(p.data)) for p in got] == reference[10:]
+
+
+def test_an_edit_changes_only_nearby_chunks():
+    edited = bytearray(DATA)
+    edited[3_000_000:3_000_010] = b"x" * 10
+    before = {digest(DATA[o:o + n]) for o, n in whole_file_chunks(DATA)}
+    after = [digest(bytes(edited[o:o + n])) for o, n in whole_file_chunks(bytes(edited))]
+    new = [a for a in after if a not in before]
+    assert 1 <= len(new) <= 3  # delta sync moves a few chunks, not the file
+
+
+@pytest.mark.req("NFR-8.1")
+def test_chunk_files_detect_corruption_and_truncation(tmp_path):
+    files = ChunkFiles(tmp_path)
+    data = os.urandom(70_000)
+    address = digest(data)
+    assert files.write(address, data) is True
+    assert files.write(address, data) is False  # stored once
+    assert files.read(address, len(data)) == data
+    path = files.path(address)
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 0x01
+    path.write_bytes(raw)
+    assert files.read(address, len(data)) is None and not path.exists()
+    files.write(address, data)
+    path.write_bytes(data[:1000])
+    assert files.read(address, len(data)) is None
+    assert files.read("0" * 32, 10) is None
+    assert files.stats.corrupt == 2 and files.stats.missing == 1
+
+
+def test_temp_files_are_removed_by_scan(tmp_path):
+    files = ChunkFiles(tmp_path)
+    data = b"a" * 20000
+    files.write(digest(data), data)
+    leftover = files.root / "ab" / ".tmp-abc-123"
+    leftover.write_bytes(b"partial")
+    found = dict(files.scan())
+    assert found == {digest(data): 20000} and not leftover.exists()
+
+
+def _refs(blobs):
+    refs, offset = [], 0
+    for blob in blobs:
+        refs.append(ChunkRef(offset, len(blob), digest(blob)))
+        offset += len(blob)
+    return refs
+
+
+@pytest.mark.req("FR-20")
+def test_manifests_count_references_and_dedup(tmp_path):
+    index = ChunkIndex(tmp_path / "chunks.db")
+    a, b, c = (os.urandom(20000) for _ in range(3))
+    for blob in (a, b, c):
+        index.add_chunk(digest(blob), len(blob))
+    index.save_manifest("o", "one.flac", 60000, "v1", _refs([a, b, c]))
+    index.save_manifest("o", "two.flac", 40000, "v1", _refs([a, b]))
+    stats = index.statistics()
+    assert stats["manifests"] == 2 and stats["logical_bytes"] == 100000 and stats["bytes"] == 60000
+    assert stats["dedup_ratio"] == pytest.approx(0.4)
+    # a new version replaces the map; shared chunks stay referenced
+    index.save_manifest("o", "two.flac", 20000, "v2", _refs([c]))
+    refs = dict(index.conn.execute("SELECT address, refs FROM chunks").fetchall())
+    assert refs == {digest(a): 1, digest(b): 1, digest(c): 2}
+    assert index.manifest("o", "two.flac").version == "v2"
+
+
+@pytest.mark.req("NFR-8.2")
+def test_reconcile_and_rebuild_of_a_garbage_index(tmp_path):
+    files = ChunkFiles(tmp_path)
+    kept, lost = os.urandom(30000), os.urandom(30000)
+    files.write(digest(kept), kept)
+    index = ChunkIndex(tmp_path / "chunks.db")
+    index.add_chunk(digest(lost), len(lost))  # a row whose file never made it
+    result = index.reconcile(dict(files.scan()))
+    assert result == {"rows_dropped": 1, "files_adopted": 1}
+    index.close()
+    (tmp_path / "chunks.db").write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"chunks.db{suffix}").unlink(missing_ok=True)
+    rebuilt = ChunkIndex(tmp_path / "chunks.db")
+    assert rebuilt.rebuilt
+    rebuilt.reconcile(dict(files.scan()))
+    assert rebuilt.addresses() == {digest(kept)}
+
+
+@pytest.mark.req("NFR-5.2")
+def test_eviction_keeps_the_limit_and_spares_chunks_in_use(tmp_path):
+    bus = EventBus()
+    cache = ContentCache(tmp_path, limit_bytes=500_000, publish=bus.publish)
+    blobs = [os.urandom(50_000) for _ in range(20)]
+    protected = digest(blobs[0])
+    cache.store_chunk(protected, blobs[0])
+    cache.hold([protected])
+    for blob in blobs[1:]:
+        cache.store_chunk(digest(blob), blob)
+        assert cache.size <= 500_000
+    assert cache.files.exists(protected)
+    assert cache.counters.evictions >= 10
+    on_disk = sum(size for _, size in cache.files.scan())
+    assert on_disk == cache.size <= 500_000
+    assert bus.counts["ChunkEvicted"] == cache.counters.evictions
+
+
+def test_default_cache_limit_is_ten_gigabytes():
+    from musicfs.config import config_for_folder
+
+    assert config_for_folder("/").cache_size == 10 * 10**9
