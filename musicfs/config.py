@@ -75,9 +75,10 @@ class Config:
     template: str = DEFAULT_TEMPLATE
     name: str | None = None
     index_path: Path | None = None
-    cache_dir: Path = field(default_factory=cache_home)
+    cache_dir: Path | None = None  # default: <XDG cache home>/musicfs/<library name>
     cache_size: int = 10 * 10**9  # NFR-5.2 default
     scan_workers: int = 4
+    read_timeout: float = 5.0
     source: str | None = None
 
     def library_name(self) -> str:
@@ -94,6 +95,10 @@ class Config:
         if self.index_path is not None:
             return self.index_path
         return (state_dir or state_home()) / "libraries" / f"{self.library_name()}.db"
+
+    def resolved_cache_dir(self) -> Path:
+        """Chunks are shared by content, but manifests name origin paths: one cache per library."""
+        return self.cache_dir if self.cache_dir is not None else cache_home() / self.library_name()
 
     def path_template(self) -> PathTemplate:
         return PathTemplate(self.template)
@@ -155,7 +160,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     cache = _table(data, "cache", fail)
     scan = _table(data, "scan", fail)
     _only(library, {"name", "template", "index"}, "library", fail)
-    _only(cache, {"dir", "size"}, "cache", fail)
+    _only(cache, {"dir", "size", "read_timeout"}, "cache", fail)
     _only(scan, {"workers"}, "scan", fail)
     kwargs: dict[str, Any] = {"source": source}
     if "template" in library:
@@ -180,6 +185,12 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
             kwargs["cache_size"] = parse_size(cache["size"])
         except ValueError as exc:
             raise fail(str(exc), "cache", "size") from None
+    if "read_timeout" in cache:
+        timeout = cache["read_timeout"]
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 300:
+            raise fail("read_timeout must be a number of seconds between 0.1 and 300", "cache",
+                       "read_timeout")
+        kwargs["read_timeout"] = float(timeout)
     if "workers" in scan:
         workers = _typed(scan, "workers", int, "scan", fail)
         if not 1 <= workers <= 64:

@@ -71,12 +71,17 @@ def is_mounted(mountpoint: Path) -> bool:
 
 
 def is_stale(mountpoint: Path) -> bool:
-    """A FUSE mount whose daemon is gone: every access fails with ENOTCONN."""
+    """A FUSE mount whose daemon is gone: every request fails with ENOTCONN.
+
+    Asks with ``statvfs``, which the kernel always forwards to the daemon: a
+    ``stat`` of the root can be answered from the kernel's attribute cache
+    (musicfs hands out long attribute timeouts) and so succeed on a dead mount.
+    """
     entry = _mount_entry(mountpoint)
     if entry is None or not entry[0].startswith("fuse"):
         return False
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as exc:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False

@@ -24,7 +24,9 @@ from .fuse.operations import Operations
 from .index.library import LibraryIndex
 from .origins.local import LocalOrigin
 from .vfs.hidden import HiddenFiles
-from .vfs.reader import DirectReader
+from .events import EventBus
+from .store.cache import ContentCache
+from .store.reader import CachedReader
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class MountSettings:
     index_path: Path
     entry_timeout: float = 300.0
     attr_timeout: float = 300.0
+    cache_dir: Path = Path("cache")
+    read_timeout: float = 5.0  # an uncached read of an unreachable origin fails (EIO) after this
     max_tasks: int = MAX_TASKS
     debug_fuse: bool = False
 
@@ -81,42 +85,52 @@ async def _stop_on_signal() -> None:
             return
 
 
-async def _run(ops: Operations, settings: MountSettings) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal)
-        await pyfuse3.main(min_tasks=4, max_tasks=settings.max_tasks)
-        nursery.cancel_scope.cancel()
+async def _reconcile(cache: ContentCache) -> None:
+    """Align the chunk index with the chunk files after an unclean stop, off the mount's path."""
+    await trio.to_thread.run_sync(cache.reconcile)
 
 
 def serve(config: Config, settings: MountSettings, *, on_mounted: Callable[[], None] | None = None) -> None:
     """Mount the library described by ``config`` and serve it until unmounted."""
+    trio.run(_serve, config, settings, on_mounted)
+
+
+async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[], None] | None) -> None:
     started = time.time()
     index = LibraryIndex(settings.index_path)
+    bus = EventBus()
+    cache = ContentCache(settings.cache_dir, config.cache_size, bus.publish)
     origins = _origins(config)
-    reader = DirectReader(origins)
-    policy = AttrPolicy(entry_timeout=settings.entry_timeout, attr_timeout=settings.attr_timeout,
-                        dir_mtime_ns=int((index.last_scan() or {}).get("finished_at") or started) * 10**9)
-    components: dict[str, Callable[[], dict]] = {"reader": reader.statistics}
-    hidden = HiddenFiles({"status.json": _status(index, origins, settings, started, components),
-                          "errors.json": _errors(index)})
-    ops = Operations(index, reader, hidden, policy)
-    components["fuse"] = ops.statistics
-    options = set(pyfuse3.default_options) | {"fsname=musicfs", "subtype=musicfs", "ro"}
-    if settings.debug_fuse:
-        options.add("debug")
+    mounted = False
     try:
-        pyfuse3.init(ops, str(settings.mountpoint), options)
-    except RuntimeError:
-        reader.close()
-        index.close()
-        raise
-    log.info("mounted %s at %s", settings.index_path, settings.mountpoint)
-    try:
-        if on_mounted:
-            on_mounted()
-        trio.run(_run, ops, settings)
+        async with trio.open_nursery() as nursery:
+            reader = CachedReader(origins, cache, bus, nursery, read_timeout=settings.read_timeout,
+                                  policies={o.id: o.cache for o in config.origins})
+            finished = (index.last_scan() or {}).get("finished_at") or started
+            policy = AttrPolicy(entry_timeout=settings.entry_timeout, attr_timeout=settings.attr_timeout,
+                                dir_mtime_ns=int(finished * 10**9))
+            components: dict[str, Callable[[], dict]] = {
+                "reader": reader.statistics, "cache": cache.statistics, "events": bus.statistics}
+            hidden = HiddenFiles({"status.json": _status(index, origins, settings, started, components),
+                                  "errors.json": _errors(index)})
+            ops = Operations(index, reader, hidden, policy)
+            components["fuse"] = ops.statistics
+            options = set(pyfuse3.default_options) | {"fsname=musicfs", "subtype=musicfs", "ro"}
+            if settings.debug_fuse:
+                options.add("debug")
+            pyfuse3.init(ops, str(settings.mountpoint), options)
+            mounted = True
+            log.info("mounted %s at %s", settings.index_path, settings.mountpoint)
+            if on_mounted:
+                on_mounted()
+            nursery.start_soon(_stop_on_signal)
+            nursery.start_soon(reader.flush_periodically)
+            nursery.start_soon(_reconcile, cache)
+            await pyfuse3.main(min_tasks=4, max_tasks=settings.max_tasks)
+            nursery.cancel_scope.cancel()
     finally:
-        pyfuse3.close(unmount=True)
-        reader.close()
+        if mounted:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", settings.mountpoint)
+        cache.close()
         index.close()
-        log.info("unmounted %s", settings.mountpoint)

@@ -23,6 +23,7 @@ class MountedLibrary:
     mountpoint: Path
     state_dir: Path
     index: Path
+    cache_dir: Path
     origin: Path | None
     proc: subprocess.Popen
     log: Path
@@ -71,7 +72,8 @@ def unmount(mounted: MountedLibrary, timeout: float = 15.0) -> None:
 
 
 def start_mount(*, work: Path, origin: Path | None = None, config: Path | None = None,
-                index: Path | None = None, timeout: float = 120.0, extra_args: tuple[str, ...] = (),
+                index: Path | None = None, cache_dir: Path | None = None, timeout: float = 120.0,
+                extra_args: tuple[str, ...] = (),
                 env: dict | None = None) -> MountedLibrary:
     work.mkdir(parents=True, exist_ok=True)
     mountpoint = work / "mnt"
@@ -79,14 +81,15 @@ def start_mount(*, work: Path, origin: Path | None = None, config: Path | None =
     state = work / "state"
     log = work / "daemon.log"
     index = index or state / "index.db"
+    cache_dir = cache_dir or work / "cache"
     library = ["--config", str(config)] if config else ["--origin", str(origin)]
     cmd = musicfs_cmd("--state-dir", str(state), "mount", "--foreground", "--index", str(index),
-                      *library, *extra_args, str(mountpoint))
+                      "--cache-dir", str(cache_dir), *library, *extra_args, str(mountpoint))
     started = time.perf_counter()
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **(env or {})})
-    mounted = MountedLibrary(mountpoint, state, index, origin, proc, log)
+    mounted = MountedLibrary(mountpoint, state, index, cache_dir, origin, proc, log)
     deadline = time.monotonic() + timeout
     while not daemon.is_mounted(mountpoint):
         if proc.poll() is not None:

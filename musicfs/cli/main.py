@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("mountpoint", type=Path)
     mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     mount.add_argument("--rescan", action="store_true", help="scan for changes before mounting")
+    mount.add_argument("--cache-dir", type=Path, help="content cache directory (overrides the config)")
     mount.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
     mount.set_defaults(func=cmd_mount)
 
@@ -134,7 +135,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not args.foreground:
         _prepare_index(config, path, args.rescan)
         argv = [*(["--state-dir", str(state)] if args.state_dir else []), *(["-v"] * args.verbose),
-                "mount", "--foreground", "--index", str(path), *_library_argv(args), str(mountpoint)]
+                "mount", "--foreground", "--index", str(path), *_library_argv(args),
+                *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else []), str(mountpoint)]
         pid = daemon.start_background(argv, files, mountpoint)
         console.print(f"musicfs pid {pid} mounted {mountpoint} (log: {files.log})")
         return 0
@@ -144,7 +146,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     try:
         mount_lock.acquire()
         _prepare_index(config, path, args.rescan)
-        settings = MountSettings(mountpoint=mountpoint, index_path=path, debug_fuse=args.debug_fuse)
+        settings = MountSettings(mountpoint=mountpoint, index_path=path, debug_fuse=args.debug_fuse,
+                                 cache_dir=args.cache_dir or config.resolved_cache_dir(),
+                                 read_timeout=config.read_timeout)
         serve(config, settings, on_mounted=lambda: daemon.write_pidfile(files, mountpoint, path))
     finally:
         files.pid.unlink(missing_ok=True)

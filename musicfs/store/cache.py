@@ -49,9 +49,10 @@ class ContentCache:
     # -- start-up ---------------------------------------------------------
     def reconcile(self) -> dict[str, int]:
         """Align index and disk after an unclean stop (NFR-8.2); removes temp files."""
+        started = time.time()
         on_disk = dict(self.files.scan())
         with self._lock:
-            result = self.index.reconcile(on_disk)
+            result = self.index.reconcile(on_disk, older_than=started)
             self.size = self.index.total_bytes()
         if any(result.values()):
             log.info("cache reconciled: %s", result)

@@ -192,15 +192,20 @@ class ChunkIndex:
                 self.conn.execute(f"DELETE FROM {table}")
 
     # -- start-up ---------------------------------------------------------
-    def reconcile(self, on_disk: dict[str, int]) -> dict[str, int]:
+    def reconcile(self, on_disk: dict[str, int], older_than: float | None = None) -> dict[str, int]:
         """Make the index agree with the chunk files found on disk.
 
         Rows whose file is gone are dropped; files without a row are adopted
         (their address is their checksum, so a bad one is caught on first read).
+        Rows touched after ``older_than`` (the moment the disk scan began) belong
+        to chunks written meanwhile and are left alone.
         """
-        known = dict(self.conn.execute("SELECT address, size FROM chunks").fetchall())
+        cutoff = time.time() if older_than is None else older_than
+        known = dict(self.conn.execute("SELECT address, size FROM chunks WHERE last_access < ?",
+                                       (cutoff,)).fetchall())
+        every = {row[0] for row in self.conn.execute("SELECT address FROM chunks")}
         gone = [a for a in known if a not in on_disk]
-        adopted = [(a, s) for a, s in on_disk.items() if a not in known]
+        adopted = [(a, s) for a, s in on_disk.items() if a not in every]
         now = time.time()
         with transaction(self.conn):
             self.conn.executemany("DELETE FROM chunks WHERE address = ?", [(a,) for a in gone])
