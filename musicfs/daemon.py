@@ -157,11 +157,11 @@ class Lock:
             self._fd = None
 
 
-def write_pidfile(files: RunFiles, mountpoint: Path, index: Path) -> None:
+def write_pidfile(files: RunFiles, mountpoint: Path, index: Path, **extra: str) -> None:
     files.pid.parent.mkdir(parents=True, exist_ok=True)
     tmp = files.pid.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "mountpoint": str(canonical(mountpoint)),
-                               "index": str(index), "log": str(files.log)}))
+                               "index": str(index), "log": str(files.log), **extra}))
     os.replace(tmp, files.pid)
 
 
@@ -170,6 +170,29 @@ def read_pidfile(files: RunFiles) -> dict | None:
         return json.loads(files.pid.read_text())
     except (OSError, ValueError):
         return None
+
+
+def running_mounts(state_dir: Path) -> list[dict]:
+    """Pid-file contents of every daemon alive under ``state_dir``."""
+    mounts = []
+    for pidfile in sorted((state_dir / "run").glob("*.pid")):
+        try:
+            info = json.loads(pidfile.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info.get("pid"), int) and _alive(info["pid"]):
+            mounts.append(info)
+    return mounts
+
+
+def mount_of(path: Path, state_dir: Path) -> dict | None:
+    """The running mount that contains ``path``, from the pid files (never stats the mount)."""
+    target = os.path.abspath(path)
+    for info in running_mounts(state_dir):
+        root = info["mountpoint"].rstrip("/")
+        if target == root or target.startswith(root + "/"):
+            return info
+    return None
 
 
 def _alive(pid: int) -> bool:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.tree import Tree
 
+from .. import daemon
+from ..config import state_home
 from ..errors import MusicFSError
+from ..store.inspect import chunk_summary, clear_cache, manifest_map, verify_chunks
 from ..index.library import LibraryIndex
 from ..vfs.resolver import Node, Resolver
 from .common import (add_library_options, console, err_console, index_path, print_json,
@@ -86,6 +92,108 @@ def cmd_tree(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_dir(args: argparse.Namespace) -> Path:
+    if args.cache_dir:
+        return args.cache_dir
+    return resolve_config(args).resolved_cache_dir()
+
+
+def _state(args: argparse.Namespace) -> Path:
+    return args.state_dir or state_home()
+
+
+def cmd_chunks(args: argparse.Namespace) -> int:
+    cache_dir = _cache_dir(args)
+    summary = chunk_summary(cache_dir)
+    if args.verify:
+        with Progress(TextColumn("verifying chunks"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      console=err_console, disable=args.json or not sys.stderr.isatty()) as bar:
+            task = bar.add_task("verify", total=summary["files_on_disk"])
+            summary["verify"] = verify_chunks(cache_dir, lambda done, total: bar.update(task, completed=done))
+    if args.json:
+        print_json(summary)
+        return 1 if args.verify and summary["verify"]["corrupt"] else 0
+    table = Table(title=f"chunks in {cache_dir}", show_header=False)
+    for key in ("chunks", "bytes", "files_on_disk", "bytes_on_disk", "manifests", "logical_bytes",
+                "dedup_ratio", "pinned"):
+        table.add_row(key, str(summary[key]))
+    if args.verify:
+        table.add_row("verified", str(summary["verify"]["checked"]))
+        table.add_row("corrupt", str(summary["verify"]["corrupt"]))
+    console.print(table)
+    return 1 if args.verify and summary["verify"]["corrupt"] else 0
+
+
+def _locate(args: argparse.Namespace) -> tuple[Path, str, str]:
+    """(cache dir, origin id, real path) of a mounted file or of a virtual path in a library."""
+    mount = daemon.mount_of(args.path, _state(args))
+    if mount is not None and not args.origin and not args.config:
+        origin = os.getxattr(args.path, "user.musicfs.origin").decode()
+        real = os.getxattr(args.path, "user.musicfs.real_path").decode()
+        return Path(args.cache_dir or mount["cache_dir"]), origin, real
+    with _open(args) as index:
+        node = Resolver(index.conn).resolve(str(args.path))
+        if node.is_dir:
+            raise MusicFSError(f"{args.path} is a directory")
+        track = index.track(node.track_id)
+    return _cache_dir(args), track["origin_id"], track["real_path"]
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    cache_dir, origin, real = _locate(args)
+    chunk_map = manifest_map(cache_dir, origin, real)
+    if chunk_map is None:
+        if args.json:
+            print_json({"origin": origin, "real_path": real, "chunks": None, "percent_cached": 0.0})
+        else:
+            console.print(f"{origin}:{real} has no chunk map yet: it has not been read through the cache")
+        return 0
+    if args.json:
+        print_json(chunk_map)
+        return 0
+    table = Table(title=f"{origin}:{real}  {chunk_map['size']} bytes, "
+                        f"{chunk_map['percent_cached']}% cached, version {chunk_map['version']}")
+    for column in ("#", "offset", "size", "address", "cached"):
+        table.add_column(column, justify="right" if column in ("#", "offset", "size") else "left")
+    for i, chunk in enumerate(chunk_map["chunks"]):
+        table.add_row(str(i), str(chunk["offset"]), str(chunk["size"]), chunk["address"],
+                      "yes" if chunk["cached"] else "[red]no")
+    console.print(table)
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    cache_dir = _cache_dir(args)
+    if args.action == "clear":
+        result = clear_cache(cache_dir, dry_run=args.dry_run)
+        if args.json:
+            print_json(result)
+        else:
+            verb = "would remove" if args.dry_run else "removed"
+            console.print(f"{verb} {result['chunks']} chunks ({result['bytes']} bytes) and "
+                          f"{result['manifests']} chunk maps from {cache_dir}")
+        return 0
+    summary = chunk_summary(cache_dir)
+    live = [m for m in daemon.running_mounts(_state(args)) if m.get("cache_dir") == str(cache_dir)]
+    counters = {}
+    for mount in live:  # a running daemon's counters come from its status file
+        status_path = Path(mount["mountpoint"]) / ".musicfs" / "status.json"
+        counters = json.loads(status_path.read_text()).get("cache", {})
+    summary.update({k: counters.get(k) for k in ("hits", "misses", "hit_rate", "evictions", "corruptions",
+                                                   "limit_bytes")})
+    summary["daemon"] = live[0]["pid"] if live else None
+    if args.json:
+        print_json(summary)
+        return 0
+    table = Table(title=f"cache {cache_dir}", show_header=False)
+    for key in ("bytes", "limit_bytes", "chunks", "manifests", "dedup_ratio", "hits", "misses", "hit_rate",
+                "evictions", "corruptions", "daemon"):
+        value = summary.get(key)
+        table.add_row(key, "-" if value is None else str(value))
+    console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicfs-inspect", description=__doc__)
     parser.add_argument("--state-dir", type=Path, default=None)
@@ -101,6 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "tree":
             cmd.add_argument("path", nargs="?", default="", help="virtual path to start at")
             cmd.add_argument("--depth", type=int, default=3, help="levels to show (default 3)")
+    for name, func, text in (("chunks", cmd_chunks, "chunk count, bytes, dedup ratio (--verify checks all)"),
+                             ("manifest", cmd_manifest, "the chunk map of a mounted file or virtual path"),
+                             ("cache", cmd_cache, "cache size against its limit, hits, misses; 'clear'")):
+        cmd = sub.add_parser(name, help=text)
+        add_library_options(cmd)
+        cmd.add_argument("--cache-dir", type=Path, help="cache directory (default: the library's)")
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        cmd.set_defaults(func=func)
+        if name == "chunks":
+            cmd.add_argument("--verify", action="store_true", help="read and check every chunk")
+        elif name == "manifest":
+            cmd.add_argument("path", type=Path, help="a file in a mount, or a virtual path with --origin")
+        else:
+            cmd.add_argument("action", nargs="?", choices=("show", "clear"), default="show")
+            cmd.add_argument("--dry-run", action="store_true", help="say what clear would remove")
     return parser
 
 
@@ -109,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         return args.func(args) or 0
-    except MusicFSError as exc:
+    except (MusicFSError, FileNotFoundError) as exc:
         err_console.print(f"[red]musicfs-inspect: {exc}")
         return 2
 

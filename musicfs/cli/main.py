@@ -146,10 +146,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
     try:
         mount_lock.acquire()
         _prepare_index(config, path, args.rescan)
+        cache_dir = (args.cache_dir or config.resolved_cache_dir()).expanduser().absolute()
         settings = MountSettings(mountpoint=mountpoint, index_path=path, debug_fuse=args.debug_fuse,
-                                 cache_dir=args.cache_dir or config.resolved_cache_dir(),
-                                 read_timeout=config.read_timeout)
-        serve(config, settings, on_mounted=lambda: daemon.write_pidfile(files, mountpoint, path))
+                                 cache_dir=cache_dir, read_timeout=config.read_timeout)
+        serve(config, settings, on_mounted=lambda: daemon.write_pidfile(
+            files, mountpoint, path.absolute(), cache_dir=str(cache_dir)))
     finally:
         files.pid.unlink(missing_ok=True)
         mount_lock.release()

@@ -158,21 +158,18 @@ class Operations(pyfuse3.Operations):
                         token, item.name.encode(), self._hidden_attr(item.inode), item.inode):
                     return
             return
+        # /.musicfs is never listed: lookup finds it, readdir does not show it (CAS-3)
         after = start_id
-        if after < self.hidden.dir_inode:
-            while True:
-                page = self.resolver.children(fh, after, _PAGE)
-                for node in page:
-                    if not pyfuse3.readdir_reply(token, os.fsencode(node.name),
-                                                 node_attributes(node, self.policy), node.id):
-                        return
-                    self.inodes.remember(node)  # readdirplus counts as a lookup
-                    after = node.id
-                if len(page) < _PAGE:
-                    break
-        if fh == ROOT_ID and start_id < self.hidden.dir_inode:
-            pyfuse3.readdir_reply(token, HIDDEN_DIR_NAME.encode(),
-                                  self._hidden_attr(self.hidden.dir_inode), self.hidden.dir_inode)
+        while True:
+            page = self.resolver.children(fh, after, _PAGE)
+            for node in page:
+                if not pyfuse3.readdir_reply(token, os.fsencode(node.name),
+                                             node_attributes(node, self.policy), node.id):
+                    return
+                self.inodes.remember(node)  # readdirplus counts as a lookup
+                after = node.id
+            if len(page) < _PAGE:
+                break
 
     @_op
     async def releasedir(self, fh: int) -> None:

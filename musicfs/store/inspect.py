@@ -1,0 +1,96 @@
+"""Read-only views of a cache directory for ``musicfs-inspect`` (daemon running or not).
+
+SQLite's WAL lets these read the chunk index while a daemon writes it. Only
+:func:`clear_cache` changes anything, and it says what it would do first
+when asked for a dry run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .cas import ChunkFiles
+from .chunkdb import ChunkIndex
+from .digest import digest
+
+
+def _index(cache_dir: Path) -> ChunkIndex:
+    if not (cache_dir / "chunks.db").exists():
+        raise FileNotFoundError(f"no cache at {cache_dir}")
+    return ChunkIndex(cache_dir / "chunks.db")
+
+
+def chunk_summary(cache_dir: Path) -> dict:
+    index = _index(cache_dir)
+    try:
+        stats = index.statistics()
+    finally:
+        index.close()
+    on_disk = list(ChunkFiles(cache_dir).scan())
+    stats["files_on_disk"] = len(on_disk)
+    stats["bytes_on_disk"] = sum(size for _, size in on_disk)
+    stats["directory"] = str(cache_dir)
+    return stats
+
+
+def verify_chunks(cache_dir: Path, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Read every chunk file and check it against its address."""
+    files = ChunkFiles(cache_dir)
+    entries = list(files.scan())
+    bad = []
+    for done, (address, _size) in enumerate(entries, start=1):
+        try:
+            data = files.path(address).read_bytes()
+        except OSError:
+            bad.append(address)
+            continue
+        if digest(data) != address:
+            bad.append(address)
+        if progress:
+            progress(done, len(entries))
+    return {"checked": len(entries), "corrupt": len(bad), "corrupt_chunks": bad}
+
+
+def manifest_map(cache_dir: Path, origin_id: str, real_path: str) -> dict | None:
+    """The chunk map of one file: offsets, sizes, addresses, and which are on disk."""
+    index = _index(cache_dir)
+    try:
+        manifest = index.manifest(origin_id, real_path)
+    finally:
+        index.close()
+    if manifest is None:
+        return None
+    files = ChunkFiles(cache_dir)
+    chunks = [{"offset": c.offset, "size": c.size, "address": c.address,
+               "cached": files.exists(c.address)} for c in manifest.chunks]
+    cached_bytes = sum(c["size"] for c in chunks if c["cached"])
+    return {"origin": origin_id, "real_path": real_path, "size": manifest.size,
+            "version": manifest.version, "chunks": chunks,
+            "percent_cached": round(100 * cached_bytes / manifest.size, 2) if manifest.size else 100.0}
+
+
+def cached_files(cache_dir: Path) -> Iterator[tuple[str, str, int]]:
+    conn = sqlite3.connect(f"file:{cache_dir / 'chunks.db'}?mode=ro", uri=True)
+    try:
+        yield from conn.execute("SELECT origin_id, real_path, size FROM manifests ORDER BY 1, 2")
+    finally:
+        conn.close()
+
+
+def clear_cache(cache_dir: Path, *, dry_run: bool) -> dict:
+    index = _index(cache_dir)
+    try:
+        stats = index.statistics()
+        result = {"chunks": stats["chunks"], "bytes": stats["bytes"], "manifests": stats["manifests"],
+                  "dry_run": dry_run}
+        if not dry_run:
+            files = ChunkFiles(cache_dir)
+            freed = sum(files.discard(address) for address in index.addresses())
+            freed += sum(files.discard(address) for address, _ in files.scan())  # strays too
+            index.clear()
+            result["bytes_freed"] = freed
+    finally:
+        index.close()
+    return result
