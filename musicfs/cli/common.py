@@ -24,14 +24,18 @@ def add_library_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", type=Path, help="index file (default: under the state directory)")
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
-    """The config named by --config, or the one-folder config --origin implies."""
+def resolve_config(args: argparse.Namespace, *, origin_must_exist: bool = True) -> Config:
+    """The config named by --config, or the one-folder config --origin implies.
+
+    A mount of an existing index may go ahead with its folder missing (offline
+    start: cached tracks still play), so ``mount`` passes ``origin_must_exist=False``.
+    """
     if args.config and args.origin:
         raise ConfigError("give either --config or --origin, not both")
     if args.config:
         config = load_config(args.config)
     elif args.origin:
-        if not args.origin.is_dir():
+        if origin_must_exist and not args.origin.is_dir():
             raise ConfigError(f"origin folder does not exist: {args.origin}")
         config = config_for_folder(args.origin)
     else:

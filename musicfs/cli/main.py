@@ -109,6 +109,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def _prepare_index(config, path: Path, rescan: bool) -> None:
     """Scan when the index is missing, unfinished, made with another template, or asked to."""
     needs_scan = rescan or not path.exists()
+    if not rescan and path.exists() and any(o.type == "local" and not o.path.is_dir() for o in config.origins):
+        return  # offline start: never rescan an unreachable origin (that would empty the tree)
     if not needs_scan:
         with LibraryIndex(path) as index:
             needs_scan = not index.is_complete() or index.get_meta("template") != config.template
@@ -121,8 +123,14 @@ def _prepare_index(config, path: Path, rescan: bool) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    config = resolve_config(args)
+    config = resolve_config(args, origin_must_exist=False)
     path = index_path(args, config)
+    unreachable = [o.id for o in config.origins if o.type == "local" and not o.path.is_dir()]
+    if unreachable and not path.exists():
+        raise daemon.DaemonError(f"origin {unreachable[0]} is not reachable and there is no index to"
+                                 " mount from yet")
+    for origin_id in unreachable:
+        err_console.print(f"[yellow]origin {origin_id} is not reachable: serving what is cached")
     state = args.state_dir or state_home()
     mountpoint = daemon.canonical(args.mountpoint)
     files = daemon.RunFiles.for_mountpoint(state, mountpoint)

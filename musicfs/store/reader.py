@@ -136,6 +136,11 @@ class CachedReader:
     def _forget(self, state: FileState) -> None:
         self._states.pop((state.origin_id, state.real_path, state.version), None)
         self.cache.unhold(r.address for r in state.chunks)
+        if self.cache.size > self.cache.limit:  # chunks spared while in use may go now
+            self.nursery.start_soon(self._evict)
+
+    async def _evict(self) -> None:
+        await trio.to_thread.run_sync(self.cache.evict, limiter=self.limiter)
 
     # -- reads ------------------------------------------------------------
     async def read(self, handle: CachedHandle, offset: int, size: int) -> bytes:

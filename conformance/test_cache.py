@@ -1,0 +1,183 @@
+"""The chunk cache on a real mount: persistence, offline reads, integrity, limits, single-flight."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures.bigfile import write_wav
+from tests.harness import mount_library
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def mounted_files(mountpoint: Path) -> dict[str, Path]:
+    """real_path -> mounted path, for every track in the mount."""
+    files = {}
+    for dirpath, dirnames, filenames in os.walk(mountpoint):
+        dirnames[:] = [d for d in dirnames if d != ".musicfs"]
+        for name in filenames:
+            path = Path(dirpath) / name
+            files[os.getxattr(path, "user.musicfs.real_path").decode()] = path
+    return files
+
+
+def status(mountpoint: Path) -> dict:
+    return json.loads((mountpoint / ".musicfs" / "status.json").read_text())
+
+
+@pytest.fixture
+def library(sample_library, tmp_path):
+    root = tmp_path / "origin"
+    shutil.copytree(sample_library[0], root)
+    return root
+
+
+@pytest.mark.req("NFR-7.1", "NFR-5.2", "FS-5")
+def test_whole_library_reads_offline_after_remount(library, good_files, tmp_path):
+    work = tmp_path / "work"
+    expected = {f["path"]: f["sha256"] for f in good_files}
+    with mount_library(origin=library, work=work) as mounted:
+        files = mounted_files(mounted.mountpoint)
+        assert set(files) == set(expected)
+        for real, path in files.items():
+            assert sha256(path) == expected[real]
+        cache = status(mounted.mountpoint)["cache"]
+        assert cache["manifests"] == len(expected) and cache["limit_bytes"] == 10 * 10**9
+    library.rename(tmp_path / "moved-away")
+    with mount_library(origin=library, work=work, index=work / "state" / "index.db") as mounted:
+        assert not status(mounted.mountpoint)["origins"][0]["reachable"]
+        for real, path in mounted_files(mounted.mountpoint).items():
+            assert sha256(path) == expected[real], f"{real} differs when read offline"
+        after = status(mounted.mountpoint)
+        assert after["reader"]["origin_requests"] == 0
+        assert after["cache"]["hits"] > 0 and after["cache"]["misses"] == 0
+
+
+@pytest.mark.req("NFR-8.1", "NFR-8.4")
+def test_damaged_chunks_are_detected_and_fetched_again(library, good_files, tmp_path):
+    work = tmp_path / "work"
+    expected = {f["path"]: f["sha256"] for f in good_files}
+    with mount_library(origin=library, work=work) as mounted:
+        for path in mounted_files(mounted.mountpoint).values():
+            path.read_bytes()
+    chunks = sorted(p for p in (work / "cache" / "chunks").rglob("*") if p.is_file())
+    damaged = chunks[::7][:15]
+    for i, path in enumerate(damaged):
+        if i % 3 == 0:
+            raw = bytearray(path.read_bytes())
+            raw[len(raw) // 3] ^= 0x40  # one flipped bit
+            path.write_bytes(raw)
+        elif i % 3 == 1:
+            with open(path, "r+b") as f:
+                f.truncate(f.seek(0, 2) // 2)
+        else:
+            path.unlink()
+    with mount_library(origin=library, work=work, index=work / "state" / "index.db") as mounted:
+        for real, path in mounted_files(mounted.mountpoint).items():
+            assert sha256(path) == expected[real]
+        cache = status(mounted.mountpoint)["cache"]
+        assert cache["corruptions"] == len(damaged)
+        assert status(mounted.mountpoint)["reader"]["refetched_chunks"] == len(damaged)
+    verify = subprocess.run([sys.executable, "-m", "musicfs.cli.inspect", "chunks", "--verify", "--json",
+                             "--cache-dir", str(work / "cache")], capture_output=True, text=True)
+    assert json.loads(verify.stdout)["verify"]["corrupt"] == 0
+
+
+@pytest.mark.req("NFR-5.2")
+def test_store_stays_within_its_limit_under_churn(library, good_files, tmp_path):
+    limit = 600_000
+    config = tmp_path / "musicfs.toml"
+    config.write_text(f'[cache]\nsize = {limit}\n\n[[origins]]\nid = "local"\ntype = "local"\n'
+                      f'path = "{library}"\n')
+    work = tmp_path / "work"
+    chunk_dir = work / "cache" / "chunks"
+    peak = 0
+    stop = threading.Event()
+
+    def stored_bytes() -> int:
+        total = 0
+        for shard in chunk_dir.glob("??"):
+            for entry in os.scandir(shard):
+                try:
+                    total += 0 if entry.name.startswith(".tmp") else entry.stat().st_size
+                except FileNotFoundError:  # evicted while we looked
+                    pass
+        return total
+
+    def watch():
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, stored_bytes())
+            time.sleep(0.01)
+
+    with mount_library(config=config, work=work) as mounted:
+        files = list(mounted_files(mounted.mountpoint).values())
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            def reader(offset):
+                for path in files[offset::4] * 2:
+                    path.read_bytes()
+            threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            time.sleep(0.3)
+            stop.set()
+            watcher.join()
+        cache = status(mounted.mountpoint)["cache"]
+        biggest = max(f["size"] for f in good_files)
+        # files being read are never evicted from under their readers: at most four at a time
+        assert peak <= limit + 4 * biggest + 256 * 1024
+        assert cache["bytes"] <= limit and cache["evictions"] > 0
+        assert stored_bytes() <= limit
+
+
+@pytest.fixture(scope="module")
+def big_origin(tmp_path_factory):
+    root = tmp_path_factory.mktemp("big-origin")
+    write_wav(root / "long take.wav", 48 * 1024 * 1024, seed=3)
+    return root
+
+
+@pytest.mark.req("FR-18.1", "ASYNC-1")
+def test_fifty_concurrent_readers_cause_one_fetch_per_chunk(big_origin, tmp_path):
+    source = big_origin / "long take.wav"
+    expected = sha256(source)
+    with mount_library(origin=big_origin, work=tmp_path / "work") as mounted:
+        (path,) = mounted_files(mounted.mountpoint).values()
+        results = []
+
+        def read_whole():
+            results.append(sha256(path))
+
+        threads = [threading.Thread(target=read_whole) for _ in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [expected] * 50
+        reader = status(mounted.mountpoint)["reader"]
+        assert reader["fills_started"] == 1 and reader["fills_completed"] == 1
+        # every byte came from the origin once (seeks ahead of the fill may add a little)
+        assert source.stat().st_size <= reader["origin_bytes"] <= 1.1 * source.stat().st_size
+        events = status(mounted.mountpoint)["events"]["published"]
+        assert events["FillCompleted"] == 1 and events["ChunkStored"] >= 48 * 1024 * 1024 // (256 * 1024)
