@@ -41,6 +41,19 @@ def status(mountpoint: Path) -> dict:
     return json.loads((mountpoint / ".musicfs" / "status.json").read_text())
 
 
+def settled(mountpoint: Path, timeout: float = 10.0) -> dict:
+    """status.json once no fill is running (the last chunks of a read reach disk just after it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = status(mountpoint)
+        reader = current["reader"]
+        if reader["fills_started"] == reader["fills_completed"] + reader["fills_failed"]:
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fills still running after {timeout} s: {reader}")
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def library(sample_library, tmp_path):
     root = tmp_path / "origin"
@@ -57,7 +70,7 @@ def test_whole_library_reads_offline_after_remount(library, good_files, tmp_path
         assert set(files) == set(expected)
         for real, path in files.items():
             assert sha256(path) == expected[real]
-        cache = status(mounted.mountpoint)["cache"]
+        cache = settled(mounted.mountpoint)["cache"]
         assert cache["manifests"] == len(expected) and cache["limit_bytes"] == 10 * 10**9
     library.rename(tmp_path / "moved-away")
     with mount_library(origin=library, work=work, index=work / "state" / "index.db") as mounted:
@@ -175,7 +188,7 @@ def test_fifty_concurrent_readers_cause_one_fetch_per_chunk(big_origin, tmp_path
         for t in threads:
             t.join()
         assert results == [expected] * 50
-        reader = status(mounted.mountpoint)["reader"]
+        reader = settled(mounted.mountpoint)["reader"]
         assert reader["fills_started"] == 1 and reader["fills_completed"] == 1
         # every byte came from the origin once (seeks ahead of the fill may add a little)
         assert source.stat().st_size <= reader["origin_bytes"] <= 1.1 * source.stat().st_size

@@ -127,6 +127,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             nursery.start_soon(reader.flush_periodically)
             nursery.start_soon(_reconcile, cache)
             await pyfuse3.main(min_tasks=4, max_tasks=settings.max_tasks)
+            await reader.drain(timeout=settings.read_timeout)
             nursery.cancel_scope.cancel()
     finally:
         if mounted:

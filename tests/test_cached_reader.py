@@ -65,6 +65,12 @@ async def with_reader(cache_dir, origin, body, *, read_timeout=5.0, limit=10**10
         cache.close()  # only once every task using it has finished
 
 
+async def fills_done(reader, count=1):
+    with trio.fail_after(10):  # readers may finish before the last chunks are on disk
+        while reader.counters.fills_completed < count:
+            await trio.sleep(0.01)
+
+
 async def read_all(reader, handle, size, step=128 * 1024):
     parts = []
     for offset in range(0, size, step):
@@ -105,6 +111,7 @@ def test_fifty_concurrent_readers_share_one_fetch(origin_dir, tmp_path):
             for i in range(50):
                 nursery.start_soon(one, i)
         assert all(r == data for r in results.values())
+        await fills_done(reader)
         fetched = sum(size for _, size in origin.requests)
         assert fetched == SIZE, "every byte fetched once"
         assert len({offset for offset, _ in origin.requests}) == len(origin.requests)
@@ -136,7 +143,7 @@ def test_cached_file_reads_offline_and_uncached_fails_fast(origin_dir, tmp_path)
     async def warm(reader, bus):
         handle = await reader.open(track(root))
         assert await read_all(reader, handle, SIZE) == data
-        await trio.sleep(0.05)
+        await fills_done(reader)
         reader.release(handle)
 
     trio.run(with_reader, cache_dir, LocalOrigin("local", root), warm)
@@ -163,6 +170,7 @@ def test_corrupt_or_missing_chunks_are_fetched_again(origin_dir, tmp_path):
     async def warm(reader, bus):
         handle = await reader.open(track(root))
         await read_all(reader, handle, SIZE)
+        await fills_done(reader)
         reader.release(handle)
 
     trio.run(with_reader, cache_dir, LocalOrigin("local", root), warm)

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 FILL_BLOCK = 1024 * 1024  # bytes asked of the origin per fill step
 AHEAD = 4 * 1024 * 1024  # a read within this distance of the fill waits for it; further is a seek
 RECENT_BYTES = 16 * 1024 * 1024  # verified chunks kept in memory for adjacent reads
+READ_AHEAD = 3  # chunks loaded beyond a read that had to go to disk
+STORE_PARALLEL = 4  # blocks of chunks being written while the fill fetches the next
 
 
 @dataclass
@@ -63,6 +65,11 @@ class FileState:
     def notify(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+
+    def refs_after(self, offset: int, count: int) -> list[ChunkRef]:
+        """Up to ``count`` known chunks starting at or after ``offset``."""
+        first = bisect.bisect_left(self.offsets, offset)
+        return self.chunks[first:first + count]
 
     def refs_for(self, start: int, end: int) -> list[ChunkRef]:
         first = max(bisect.bisect_right(self.offsets, start) - 1, 0)
@@ -90,6 +97,7 @@ class ReaderCounters:
     origin_requests: int = 0
     origin_bytes: int = 0
     refetched_chunks: int = 0
+    store_errors: int = 0
 
 
 class CachedReader:
@@ -107,6 +115,7 @@ class CachedReader:
         self.counters = ReaderCounters()
         self._states: dict[tuple[str, str, str], FileState] = {}
         self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._pending: dict[str, bytes] = {}  # cut by a fill, not yet written to disk
         self._recent_bytes = 0
 
     # -- handles ----------------------------------------------------------
@@ -178,28 +187,28 @@ class CachedReader:
         raise OriginUnavailable(
             f"{state.origin_id}:{state.real_path}: origin did not deliver within {self.read_timeout:g} s")
 
+    def _in_memory(self, address: str) -> bytes | None:
+        data = self._pending.get(address)
+        return data if data is not None else self._recent.get(address)
+
     async def _from_chunks(self, state: FileState, start: int, end: int) -> bytes | None:
         refs = state.refs_for(start, end)
         if not refs or refs[0].offset > start or refs[-1].end < end:
             return None
-        parts = []
-        missing = []
-        for ref in refs:
-            data = self._recent.get(ref.address)
-            if data is None:
-                missing.append(ref)
-            parts.append(data)
+        parts = [self._in_memory(ref.address) for ref in refs]
+        missing = [ref for ref, part in zip(refs, parts) if part is None]
         if missing:
-            loaded = await trio.to_thread.run_sync(self._load, missing, limiter=self.limiter)
-            for ref, data in zip(missing, loaded):
-                if data is None:
+            # one trip to a worker thread loads what this read needs plus the next few
+            # chunks, so a sequential reader mostly finds its bytes in memory
+            ahead = [r for r in state.refs_after(refs[-1].end, READ_AHEAD) if self._in_memory(r.address) is None]
+            loaded = await trio.to_thread.run_sync(self._load, missing + ahead, limiter=self.limiter)
+            found = {}
+            for ref, data in zip(missing + ahead, loaded):
+                if data is None:  # missing or corrupt on disk (and now discarded): fetch it again
                     data = await self._refetch(state, ref)
                 self._remember(ref.address, data)
-            parts = [self._recent.get(ref.address) for ref in refs]
-            if any(p is None for p in parts):  # evicted from memory meanwhile: load again
-                parts = await trio.to_thread.run_sync(self._load, refs, limiter=self.limiter)
-                if any(p is None for p in parts):
-                    return None
+                found[ref.address] = data
+            parts = [part if part is not None else found[ref.address] for ref, part in zip(refs, parts)]
         blob = b"".join(parts) if len(parts) > 1 else parts[0]
         base = refs[0].offset
         return blob[start - base:end - base]
@@ -285,35 +294,59 @@ class CachedReader:
         state.error = exc
 
     async def _fill_from(self, state: FileState, start: int) -> None:
+        """Fetch in order; cut and hash in a thread; store chunks in parallel behind the fetch.
+
+        Chunks become readable from memory as soon as they are cut; up to
+        ``STORE_PARALLEL`` blocks are being written while the next is fetched,
+        which bounds memory and keeps the origin busy.
+        """
         chunker = StreamChunker(start)
         position = start
-        while position < state.size:
-            data = await self._fetch(state, position, min(FILL_BLOCK, state.size - position))
-            if not data:
-                raise OriginUnavailable(f"file ended at {position} of {state.size} bytes;"
-                                        " it changed since the scan")
-            position += len(data)
-            pieces = chunker.feed(data)
-            if position >= state.size:
-                pieces += chunker.finish()
-            if pieces:
-                refs = await trio.to_thread.run_sync(self._store, pieces, limiter=self.limiter)
-                self.cache.hold(r.address for r in refs)
-                for ref in refs:
+        slots = trio.Semaphore(STORE_PARALLEL)
+        async with trio.open_nursery() as stores:
+            while position < state.size:
+                data = await self._fetch(state, position, min(FILL_BLOCK, state.size - position))
+                if not data:
+                    raise OriginUnavailable(f"file ended at {position} of {state.size} bytes;"
+                                            " it changed since the scan")
+                position += len(data)
+                items = await trio.to_thread.run_sync(self._cut, chunker, data, position >= state.size,
+                                                      limiter=self.limiter)
+                if not items:
+                    continue
+                for ref, piece in items:
+                    self._pending[ref.address] = piece
                     state.add(ref)
                     self.bus.publish(ChunkFetched(state.origin_id, state.real_path, ref.offset, ref.size))
+                self.cache.hold(ref.address for ref, _ in items)
                 state.notify()
+                await slots.acquire()
+                stores.start_soon(self._store, items, slots)
         await trio.to_thread.run_sync(self.cache.save_manifest, state.origin_id, state.real_path,
                                       state.size, state.version, list(state.chunks), limiter=self.limiter)
         state.complete = True
 
-    def _store(self, pieces) -> list[ChunkRef]:
-        refs = []
-        for piece in pieces:
-            address = digest(piece.data)
-            self.cache.store_chunk(address, piece.data)
-            refs.append(ChunkRef(piece.offset, len(piece.data), address))
-        return refs
+    @staticmethod
+    def _cut(chunker: StreamChunker, data: bytes, last: bool) -> list[tuple[ChunkRef, bytes]]:
+        pieces = chunker.feed(data)
+        if last:
+            pieces += chunker.finish()
+        return [(ChunkRef(p.offset, len(p.data), digest(p.data)), p.data) for p in pieces]
+
+    async def _store(self, items: list[tuple[ChunkRef, bytes]], slots: trio.Semaphore) -> None:
+        try:
+            await trio.to_thread.run_sync(self._write, items, limiter=self.limiter)
+        except OSError as exc:  # disk full or gone: the bytes were served; they are not kept
+            self.counters.store_errors += 1
+            log.error("cannot store chunks in the cache: %s", exc)
+        finally:
+            for ref, _ in items:
+                self._pending.pop(ref.address, None)
+            slots.release()
+
+    def _write(self, items: list[tuple[ChunkRef, bytes]]) -> None:
+        for ref, data in items:
+            self.cache.store_chunk(ref.address, data)
 
     # -- lifecycle --------------------------------------------------------
     async def flush_periodically(self, every: float = 5.0) -> None:
@@ -321,6 +354,12 @@ class CachedReader:
         while True:
             await trio.sleep(every)
             await trio.to_thread.run_sync(self.cache.flush, limiter=self.limiter)
+
+    async def drain(self, timeout: float) -> None:
+        """Let running fills finish (bounded), so what was read is kept for next time."""
+        with trio.move_on_after(timeout):
+            while any(state.filling for state in self._states.values()):
+                await trio.sleep(0.02)
 
     def close(self) -> None:
         self.cache.close()
