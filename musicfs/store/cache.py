@@ -97,6 +97,19 @@ class ContentCache:
         with self._lock:
             self.index.drop_manifest(origin_id, real_path)
 
+    def store_chunks(self, items: list[tuple[str, bytes]]) -> None:
+        """Store several chunks: each file written and fsynced, then one index transaction."""
+        written = [(address, data) for address, data in items if self.files.write(address, data)]
+        with self._lock:
+            self.index.add_chunks([(address, len(data)) for address, data in items])
+            self.size += sum(len(data) for _, data in written)
+        self.counters.stored += len(written)
+        self.counters.deduplicated += len(items) - len(written)
+        for address, data in written:
+            self.publish(ChunkStored(address, len(data)))
+        if self.size > self.limit:
+            self.evict()
+
     def has(self, ref: ChunkRef) -> bool:
         return self.files.exists(ref.address)
 

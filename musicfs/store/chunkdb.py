@@ -45,6 +45,7 @@ _SCHEMA = [
         address     TEXT NOT NULL,     -- chunks.address
         PRIMARY KEY (manifest_id, seq)
     ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS manifest_chunks_address ON manifest_chunks(address)",
 ]
 
 
@@ -114,6 +115,14 @@ class ChunkIndex:
             " ON CONFLICT(address) DO UPDATE SET last_access = excluded.last_access",
             (address, size, time.time()),
         )
+
+    def add_chunks(self, chunks: list[tuple[str, int]]) -> None:
+        now = time.time()
+        with transaction(self.conn):
+            self.conn.executemany(
+                "INSERT INTO chunks (address, size, last_access) VALUES (?, ?, ?)"
+                " ON CONFLICT(address) DO UPDATE SET last_access = excluded.last_access",
+                [(address, size, now) for address, size in chunks])
 
     def forget_chunk(self, address: str) -> None:
         self.conn.execute("DELETE FROM chunks WHERE address = ?", (address,))

@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 FILL_BLOCK = 1024 * 1024  # bytes asked of the origin per fill step
 AHEAD = 4 * 1024 * 1024  # a read within this distance of the fill waits for it; further is a seek
 RECENT_BYTES = 16 * 1024 * 1024  # verified chunks kept in memory for adjacent reads
-READ_AHEAD = 3  # chunks loaded beyond a read that had to go to disk
-STORE_PARALLEL = 4  # blocks of chunks being written while the fill fetches the next
+READ_AHEAD = 12  # chunks loaded beyond a read that had to go to disk
+STORE_PARALLEL = 8  # blocks of chunks being written while the fill fetches the next
 
 
 @dataclass
@@ -345,8 +345,7 @@ class CachedReader:
             slots.release()
 
     def _write(self, items: list[tuple[ChunkRef, bytes]]) -> None:
-        for ref, data in items:
-            self.cache.store_chunk(ref.address, data)
+        self.cache.store_chunks([(ref.address, data) for ref, data in items])
 
     # -- lifecycle --------------------------------------------------------
     async def flush_periodically(self, every: float = 5.0) -> None:
