@@ -91,13 +91,17 @@ def start_mount(*, work: Path, origin: Path | None = None, config: Path | None =
                                 env={**os.environ, **(env or {})})
     mounted = MountedLibrary(mountpoint, state, index, cache_dir, origin, proc, log)
     deadline = time.monotonic() + timeout
-    while not daemon.is_mounted(mountpoint):
+    files = daemon.RunFiles.for_mountpoint(state, mountpoint)
+    while True:  # mounted by this daemon: its pid file names it (a stale mount would not)
+        info = daemon.read_pidfile(files)
+        if info and info.get("pid") == proc.pid and daemon.is_mounted(mountpoint):
+            break
         if proc.poll() is not None:
             raise RuntimeError(f"musicfs exited with {proc.returncode}:\n{mounted.log_text()}")
         if time.monotonic() > deadline:
             unmount(mounted)
             raise RuntimeError(f"musicfs did not mount within {timeout} s:\n{mounted.log_text()}")
-        time.sleep(0.005)
+        time.sleep(0.002)
     os.stat(mountpoint)  # the first request answered: the mount is serving
     mounted.mount_seconds = time.perf_counter() - started
     return mounted

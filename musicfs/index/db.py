@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import sqlite_utils
-
 from ..errors import IndexError_
 from .schema import LATEST, MIGRATIONS
 
@@ -51,12 +49,18 @@ def schema_version(conn: sqlite3.Connection) -> int:
 
 def migrate(conn: sqlite3.Connection) -> list[int]:
     """Apply every migration not yet applied; return the versions applied now."""
-    db = sqlite_utils.Database(conn)
     current = schema_version(conn)
     if current > LATEST:
         raise IndexError_(
             f"index schema version {current} is newer than this musicfs understands ({LATEST})"
         )
+    if current == LATEST:
+        return []
+    # Imported only when there is something to migrate: sqlite_utils pulls in numpy where it
+    # is installed, which would cost every mount ~100 ms of start-up and ~12 MB of RSS.
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
     if current == 0 and "_migrations" not in db.table_names():
         db.execute(
             "CREATE TABLE _migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"

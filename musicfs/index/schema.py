@@ -8,9 +8,10 @@ a newer musicfs (a version we do not know) is refused instead of guessed at.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import sqlite_utils
+if TYPE_CHECKING:  # only migrations need it, at run time they get it from db.migrate
+    import sqlite_utils
 
 ROOT_ID = 1  # node id of the mount's root directory: FUSE's ROOT_INODE
 

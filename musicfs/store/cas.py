@@ -44,10 +44,17 @@ class ChunkFiles:
         return self.root / address[:2] / address
 
     def write(self, address: str, data: bytes) -> bool:
-        """Store ``data`` under ``address`` durably; False if it was already there."""
+        """Store ``data`` under ``address`` durably; False if it was already there, intact.
+
+        An existing file is only trusted after checking it: a crash or a damaged
+        disk may have left a short or altered file under the right name.
+        """
         final = self.path(address)
         if final.exists():
-            return False
+            if self._intact(final, address, len(data)):
+                return False
+            self.stats.corrupt += 1
+            log.warning("chunk %s was damaged on disk; rewriting it", address)
         tmp = final.with_name(f"{TMP_PREFIX}{address}-{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
@@ -64,6 +71,15 @@ class ChunkFiles:
         self.stats.writes += 1
         self.stats.bytes_written += len(data)
         return True
+
+    @staticmethod
+    def _intact(path: Path, address: str, size: int) -> bool:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                data = f.read(size + 1)
+        except OSError:
+            return False
+        return len(data) == size and digest(data) == address
 
     def read(self, address: str, size: int) -> bytes | None:
         """The chunk's bytes if the file is whole and matches its address, else None."""
