@@ -28,6 +28,7 @@ from musicfs import daemon
 from tests.harness import musicfs_cmd
 
 SYNTHETIC_ORIGIN_ID = "synthetic"
+DAEMON_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 # -- statistics ---------------------------------------------------------------
@@ -130,12 +131,16 @@ def settle(pid: int, *, seconds: float = 0.3) -> float:
     return proc_status_mb(pid)
 
 
-def drop_page_cache() -> bool:
-    """Drop the kernel's page, dentry and inode caches (root only); False if not allowed."""
+def drop_page_cache(level: int = 3) -> bool:
+    """Drop the kernel's caches (root only); False if not allowed.
+
+    ``level`` as for /proc/sys/vm/drop_caches: 1 page cache, 2 dentries and inodes (the
+    kernel forgets a FUSE mount's names and asks the daemon again), 3 both.
+    """
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as knob:
-            knob.write("3\n")
+            knob.write(f"{level}\n")
     except OSError:
         return False
     return True
@@ -196,11 +201,12 @@ def read_whole(path: Path, block: int = 1 << 20) -> int:
 
 
 # -- synthetic indexes -----------------------------------------------------------
-def build_synthetic_index(path: Path, n: int, *, seed: int = 11, single_album: int | None = None
-                          ) -> Path:
+def build_synthetic_index(path: Path, n: int, *, seed: int = 11, single_album: int | None = None,
+                          stamp: str = "") -> Path:
     """An index of ``n`` synthetic tracks with its tree (no audio), made once per path.
 
-    A ``.done`` marker beside it says the build finished; an unfinished file is rebuilt.
+    A ``.done`` marker beside it says the build finished (and with which ``stamp``, e.g. a
+    hash of the code that builds it); an unfinished or differently stamped file is rebuilt.
     """
     from fixtures.synthetic import synthetic_tracks
     from musicfs.index.bulk import load_tracks
@@ -208,8 +214,10 @@ def build_synthetic_index(path: Path, n: int, *, seed: int = 11, single_album: i
     from musicfs.vfs.template import PathTemplate
 
     done = path.with_name(path.name + ".done")
-    if path.exists() and done.exists():
+    label = f"{n} {seed} {single_album} {stamp}".strip()
+    if path.exists() and done.exists() and done.read_text().strip() == label:
         return path
+    done.unlink(missing_ok=True)
     for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         stale.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +229,7 @@ def build_synthetic_index(path: Path, n: int, *, seed: int = 11, single_album: i
     finally:
         index.close()
     assert count == n
-    done.write_text(f"{n}\n")
+    done.write_text(label + "\n")
     return path
 
 
@@ -283,6 +291,10 @@ def timed_mount(work: Path, *, index: Path, origin: Path, cache_dir: Path | None
     The mount point is polled every ``poll`` seconds: while it is not mounted a stat
     returns the underlying directory at once; once the FUSE mount is in place the stat
     waits for the daemon to answer it. The daemon is always stopped afterwards.
+
+    The daemon runs the way an installed one does, with its bytecode cached: a
+    ``PYTHONDONTWRITEBYTECODE`` in the test environment is not passed on (otherwise every
+    start would compile musicfs' modules again and time the compiler, not the mount).
     """
     work.mkdir(parents=True, exist_ok=True)
     mountpoint = work / "mnt"
@@ -295,7 +307,8 @@ def timed_mount(work: Path, *, index: Path, origin: Path, cache_dir: Path | None
     deadline = time.monotonic() + timeout
     with open(log, "ab") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=DAEMON_ENV)
     try:
         while os.stat(mountpoint).st_dev == underlying:
             if proc.poll() is not None:

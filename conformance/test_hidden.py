@@ -38,7 +38,7 @@ def test_hidden_dir_is_found_but_not_listed(sample_mount):
     assert f"/{HIDDEN}" not in found
 
 
-@pytest.mark.req("CAS-3", "FS-10")
+@pytest.mark.req("CAS-3")
 def test_hidden_files_are_generated_when_read(sample_mount, good_files):
     mnt = sample_mount.mountpoint
     first = json.loads((mnt / HIDDEN / "status.json").read_bytes())

@@ -196,13 +196,21 @@ def mount_of(path: Path, state_dir: Path) -> dict | None:
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs. An exited daemon waiting to be reaped (a zombie: background
+    daemons are reparented to init, which may reap late or never) counts as stopped."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
 
 
 def start_background(argv: list[str], files: RunFiles, mountpoint: Path, timeout: float = 60.0) -> int:

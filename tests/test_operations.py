@@ -251,8 +251,8 @@ def test_unexpected_exception_becomes_eio(ops, monkeypatch, caplog):
     assert call(ops.getattr, ROOT_ID).st_ino == ROOT_ID
 
 
-def test_reader_failure_becomes_eio_and_missing_origin_file_enoent(ops, monkeypatch, sample_library, tmp_path):
-    path, track = a_track(ops)
+def test_reader_failure_becomes_eio_and_missing_origin_file_enoent(ops, monkeypatch, tmp_path):
+    path, _ = a_track(ops)
     ino = lookup_path(ops, path).st_ino
     info = call(ops.open, ino, os.O_RDONLY, None)
     try:

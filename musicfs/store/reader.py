@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 FILL_BLOCK = 1024 * 1024  # bytes asked of the origin per fill step
 AHEAD = 4 * 1024 * 1024  # a read within this distance of the fill waits for it; further is a seek
 RECENT_BYTES = 16 * 1024 * 1024  # verified chunks kept in memory for adjacent reads
-READ_AHEAD = 12  # chunks loaded beyond a read that had to go to disk
+READ_AHEAD = 24  # chunks loaded beyond a read that had to go to disk
 STORE_PARALLEL = 8  # blocks of chunks being written while the fill fetches the next
 
 
@@ -116,6 +116,8 @@ class CachedReader:
         self._states: dict[tuple[str, str, str], FileState] = {}
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._pending: dict[str, bytes] = {}  # cut by a fill, not yet written to disk
+        self._loading: dict[str, trio.Event] = {}  # chunk loads under way (single-flight)
+        self._bad: set[str] = set()  # found missing or corrupt on disk; fetched again when needed
         self._recent_bytes = 0
 
     # -- handles ----------------------------------------------------------
@@ -195,23 +197,61 @@ class CachedReader:
         refs = state.refs_for(start, end)
         if not refs or refs[0].offset > start or refs[-1].end < end:
             return None
-        parts = [self._in_memory(ref.address) for ref in refs]
-        missing = [ref for ref, part in zip(refs, parts) if part is None]
-        if missing:
-            # one trip to a worker thread loads what this read needs plus the next few
-            # chunks, so a sequential reader mostly finds its bytes in memory
-            ahead = [r for r in state.refs_after(refs[-1].end, READ_AHEAD) if self._in_memory(r.address) is None]
-            loaded = await trio.to_thread.run_sync(self._load, missing + ahead, limiter=self.limiter)
-            found = {}
-            for ref, data in zip(missing + ahead, loaded):
-                if data is None:  # missing or corrupt on disk (and now discarded): fetch it again
-                    data = await self._refetch(state, ref)
-                self._remember(ref.address, data)
-                found[ref.address] = data
-            parts = [part if part is not None else found[ref.address] for ref, part in zip(refs, parts)]
+        parts = []
+        for ref in refs:
+            data = self._in_memory(ref.address)
+            parts.append(data if data is not None else await self._chunk(state, ref))
+        self._read_ahead(state, refs[-1].end)
         blob = b"".join(parts) if len(parts) > 1 else parts[0]
         base = refs[0].offset
         return blob[start - base:end - base]
+
+    def _wanted(self, ref: ChunkRef) -> bool:
+        """True if nobody holds or is fetching this chunk yet."""
+        return (self._in_memory(ref.address) is None and ref.address not in self._loading
+                and ref.address not in self._bad)
+
+    async def _chunk(self, state: FileState, ref: ChunkRef) -> bytes:
+        """One chunk: from memory, from a load already under way, or loaded now with the next few.
+
+        Loads are single-flight: a reader that needs a chunk another is loading waits for it.
+        """
+        loading = self._loading.get(ref.address)
+        if loading is not None:
+            await loading.wait()
+        elif ref.address not in self._bad:
+            batch = [ref] + [r for r in state.refs_after(ref.end, READ_AHEAD) if self._wanted(r)]
+            await self._load_batch(batch)
+        data = self._in_memory(ref.address)
+        if data is None:  # missing or corrupt on disk (now discarded): fetch it again
+            data = await self._refetch(state, ref)
+            self._remember(ref.address, data)
+        return data
+
+    async def _load_batch(self, batch: list[ChunkRef]) -> None:
+        for ref in batch:
+            self._loading[ref.address] = trio.Event()
+        try:
+            loaded = await trio.to_thread.run_sync(self._load, batch, limiter=self.limiter)
+            for ref, data in zip(batch, loaded):
+                if data is None:
+                    self._bad.add(ref.address)
+                else:
+                    self._remember(ref.address, data)
+        finally:
+            for ref in batch:
+                self._loading.pop(ref.address).set()
+
+    def _read_ahead(self, state: FileState, offset: int) -> None:
+        """Start loading the chunks after a read before the reader asks for them."""
+        upcoming = [r for r in state.refs_after(offset, READ_AHEAD) if self._wanted(r)]
+        if len(upcoming) >= READ_AHEAD // 2 or (upcoming and upcoming[0].offset == offset):
+            self.nursery.start_soon(self._prefetch, upcoming)  # keep one batch ahead of the reader
+
+    async def _prefetch(self, batch: list[ChunkRef]) -> None:
+        batch = [r for r in batch if self._wanted(r)]
+        if batch:
+            await self._load_batch(batch)
 
     def _load(self, refs: list[ChunkRef]) -> list[bytes | None]:
         return [self.cache.read_chunk(ref) for ref in refs]
@@ -235,6 +275,7 @@ class CachedReader:
             raise OriginUnavailable(f"{state.origin_id}:{state.real_path} changed since it was cached;"
                                     " rescan the library")
         await trio.to_thread.run_sync(self.cache.store_chunk, ref.address, data, limiter=self.limiter)
+        self._bad.discard(ref.address)
         return data
 
     async def _direct(self, state: FileState, start: int, end: int) -> bytes:
