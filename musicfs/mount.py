@@ -24,6 +24,7 @@ from .fuse.operations import Operations
 from .index.library import LibraryIndex
 from .origins.local import LocalOrigin
 from .vfs.hidden import HiddenFiles
+from .vfs.reader import DirectReader
 from .events import EventBus
 from .store.cache import ContentCache
 from .store.reader import CachedReader
@@ -101,16 +102,19 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
     bus = EventBus()
     cache = ContentCache(settings.cache_dir, config.cache_size, bus.publish)
     origins = _origins(config)
+    direct = DirectReader(origins)  # for origins whose policy is cache = "never"
     mounted = False
     try:
         async with trio.open_nursery() as nursery:
-            reader = CachedReader(origins, cache, bus, nursery, read_timeout=settings.read_timeout,
+            reader = CachedReader(origins, cache, bus, nursery, direct=direct,
+                                  read_timeout=settings.read_timeout,
                                   policies={o.id: o.cache for o in config.origins})
             finished = (index.last_scan() or {}).get("finished_at") or started
             policy = AttrPolicy(entry_timeout=settings.entry_timeout, attr_timeout=settings.attr_timeout,
                                 dir_mtime_ns=int(finished * 10**9))
             components: dict[str, Callable[[], dict]] = {
-                "reader": reader.statistics, "cache": cache.statistics, "events": bus.statistics}
+                "reader": reader.statistics, "direct": direct.statistics, "cache": cache.statistics,
+                "events": bus.statistics}
             hidden = HiddenFiles({"status.json": _status(index, origins, settings, started, components),
                                   "errors.json": _errors(index)})
             ops = Operations(index, reader, hidden, policy)
@@ -133,5 +137,6 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
         if mounted:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", settings.mountpoint)
+        direct.close()
         cache.close()
         index.close()

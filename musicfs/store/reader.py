@@ -22,6 +22,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -85,7 +86,7 @@ class FileState:
 class CachedHandle:
     track_id: int
     state: FileState
-    cached: bool  # False: the origin's policy is cache = "never"
+    direct: Any = None  # the pass-through handle when the origin's policy is cache = "never"
 
 
 @dataclass
@@ -102,9 +103,11 @@ class ReaderCounters:
 
 class CachedReader:
     def __init__(self, origins: dict, cache: ContentCache, bus: EventBus, nursery: trio.Nursery, *,
-                 policies: dict[str, str] | None = None, read_timeout: float = 5.0,
+                 direct: Any = None, policies: dict[str, str] | None = None, read_timeout: float = 5.0,
                  threads: int = 16):
+        """``direct`` serves origins whose policy is cache = "never" (a pass-through reader)."""
         self.origins = origins
+        self.direct = direct
         self.cache = cache
         self.bus = bus
         self.nursery = nursery
@@ -122,6 +125,9 @@ class CachedReader:
 
     # -- handles ----------------------------------------------------------
     async def open(self, track: dict) -> CachedHandle:
+        if self.policies.get(track["origin_id"], "always") == "never" and self.direct is not None:
+            state = FileState(track["origin_id"], track["real_path"], track["size"], "")
+            return CachedHandle(track["id"], state, direct=await self.direct.open(track))
         version = f"{track['size']}:{track['mtime_ns']}"
         key = (track["origin_id"], track["real_path"], version)
         state = self._states.get(key)
@@ -136,9 +142,12 @@ class CachedReader:
                     self.cache.hold(r.address for r in state.chunks)
             state = self._states.setdefault(key, state)
         state.handles += 1
-        return CachedHandle(track["id"], state, self.policies.get(state.origin_id, "always") != "never")
+        return CachedHandle(track["id"], state)
 
     def release(self, handle: CachedHandle) -> None:
+        if handle.direct is not None:
+            self.direct.release(handle.direct)
+            return
         state = handle.state
         state.handles -= 1
         if state.handles <= 0 and not state.filling:
@@ -159,8 +168,8 @@ class CachedReader:
         end = min(offset + size, state.size)
         if offset >= end:
             return b""
-        if not handle.cached:
-            return await self._direct(state, offset, end)
+        if handle.direct is not None:
+            return await self.direct.read(handle.direct, offset, size)
         if state.complete or end <= state.covered:
             data = await self._from_chunks(state, offset, end)
             if data is not None:

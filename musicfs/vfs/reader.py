@@ -1,10 +1,11 @@
 """Bytes of a track: open a handle, read ranges, release.
 
-This reader goes straight to a local origin with ``pread`` in a worker thread,
-so a slow disk never stalls the event loop. One file descriptor is shared by
-every handle on the same track (reference counted), so thousands of open
-handles (NFR-2.4) cost a few descriptors. The chunk cache slots in here later
-without the FUSE layer noticing.
+This pass-through reader goes straight to a local origin with ``pread`` in a
+worker thread, so a slow disk never stalls the event loop. It serves origins
+whose policy is ``cache = "never"`` (a local disk gains nothing from a second
+copy). One file descriptor is shared by every handle on the same track
+(reference counted), so thousands of open handles (NFR-2.4) cost a few
+descriptors.
 """
 
 from __future__ import annotations
