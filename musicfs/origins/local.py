@@ -3,30 +3,29 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from ..errors import OriginUnavailable
+from ..errors import NotFound, OriginUnavailable
+from .base import Entry, Origin, Page, register
 
-
-@dataclass(frozen=True)
-class Entry:
-    """One file an origin lists: its path inside the origin, size and mtime."""
-
-    path: str  # '/'-separated, relative to the origin root
-    size: int
-    mtime_ns: int
+__all__ = ["Entry", "LocalOrigin"]
 
 
-class LocalOrigin:
+@register
+class LocalOrigin(Origin):
     """Files under ``root``; paths are relative and '/'-separated."""
 
     kind = "local"
+    required = frozenset({"path"})
 
     def __init__(self, origin_id: str, root: Path | str):
-        self.id = origin_id
+        super().__init__(origin_id)
         self.root = Path(root).expanduser().resolve()
+
+    @classmethod
+    def from_options(cls, origin_id: str, options: dict[str, Any]) -> "LocalOrigin":
+        return cls(origin_id, options["path"])
 
     @property
     def location(self) -> str:
@@ -44,24 +43,41 @@ class LocalOrigin:
         try:
             fd = os.open(self.local_path(path), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            if not self.root.is_dir():  # the whole folder is gone: offline, not a missing file
-                raise OriginUnavailable(f"origin {self.id}: {self.root} is not reachable") from None
-            raise
+            self.health()  # the whole folder gone is the origin offline, not a missing file
+            raise NotFound(path) from None
         try:
             return os.pread(fd, size, offset)
         finally:
             os.close(fd)
 
     def stat(self, path: str) -> Entry:
-        st = os.stat(self.local_path(path))
+        try:
+            st = os.stat(self.local_path(path))
+        except FileNotFoundError:
+            self.health()
+            raise NotFound(path) from None
         return Entry(path, st.st_size, st.st_mtime_ns)
 
-    def health(self) -> bool:
-        """Reachable: the root is a readable directory."""
-        return os.access(self.root, os.R_OK | os.X_OK) and self.root.is_dir()
+    def list_page(self, prefix: str = "", token: str | None = None) -> Page:
+        """The whole folder is one page: a local listing is cheap."""
+        files, dirs = [], []
+        try:
+            entries = list(os.scandir(self.local_path(prefix)))
+        except FileNotFoundError:
+            self.health()
+            raise NotFound(prefix) from None
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                dirs.append(entry.name)
+            elif entry.is_file():
+                st = entry.stat()
+                files.append(Entry(f"{prefix}{entry.name}", st.st_size, st.st_mtime_ns))
+        return Page(sorted(files, key=lambda e: e.path), sorted(dirs))
 
-    def close(self) -> None:
-        return None
+    def health(self) -> None:
+        """Reachable: the root is a readable directory."""
+        if not (self.root.is_dir() and os.access(self.root, os.R_OK | os.X_OK)):
+            raise OriginUnavailable(f"origin {self.id}: {self.root} is not reachable")
 
     def walk(self, on_error=None) -> Iterator[Entry]:
         """Every regular file below the root, in sorted order (a stable scan order).

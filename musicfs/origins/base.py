@@ -1,0 +1,146 @@
+"""The one interface every origin implements, and the registry of origin kinds.
+
+An origin is somewhere the bytes of a library live: a folder, a bucket, a
+server. musicfs asks it five things and nothing else:
+
+* ``stat(path)``: size, mtime and version of one file (``NotFound`` if absent),
+* ``list_page(prefix, token)``: one page of files and sub-folders directly
+  under ``prefix``, plus a token for the next page,
+* ``read_range(path, offset, size)``: up to ``size`` bytes at ``offset``,
+* ``health()``: a quick probe; raises when the origin cannot be reached,
+* ``close()``.
+
+All of them block (they are called in worker threads, with the retry schedule
+of :mod:`musicfs.origins.retry`). Paths are '/'-separated, relative to the
+origin's root, without a leading '/'. Errors: :class:`~musicfs.errors.NotFound`
+for a missing file (never retried); anything else counts as the origin being
+unavailable and may be retried; :class:`OriginBusy` carries a server's
+``Retry-After``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+from ..errors import ConfigError, OriginUnavailable
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file an origin lists."""
+
+    path: str  # '/'-separated, relative to the origin root
+    size: int
+    mtime_ns: int
+    version: str = ""  # an ETag or similar; empty when size and mtime are the version
+
+    @property
+    def version_key(self) -> str:
+        return self.version or f"{self.size}:{self.mtime_ns}"
+
+
+@dataclass(frozen=True)
+class Page:
+    files: list[Entry]
+    dirs: list[str]  # names of sub-folders (not paths)
+    next_token: str | None = None
+
+
+class OriginBusy(OriginUnavailable):
+    """The origin asked us to slow down (429/503); ``retry_after`` seconds, if it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Origin(ABC):
+    kind: ClassVar[str]
+    required: ClassVar[frozenset[str]] = frozenset()  # config keys this kind needs
+    optional: ClassVar[frozenset[str]] = frozenset()  # config keys it may take
+
+    def __init__(self, origin_id: str):
+        self.id = origin_id
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where it is, for status output: never holds a secret."""
+
+    @abstractmethod
+    def stat(self, path: str) -> Entry: ...
+
+    @abstractmethod
+    def list_page(self, prefix: str = "", token: str | None = None) -> Page: ...
+
+    @abstractmethod
+    def read_range(self, path: str, offset: int, size: int) -> bytes: ...
+
+    @abstractmethod
+    def health(self) -> None:
+        """Return if the origin answers; raise :class:`OriginUnavailable` (or OSError) if not."""
+
+    def close(self) -> None:
+        return None
+
+    def walk(self, on_error=None) -> Iterator[Entry]:
+        """Every file, folder by folder in sorted order, built on :meth:`list_page`."""
+        stack = [""]
+        while stack:
+            prefix = stack.pop()
+            token, files, dirs = None, [], []
+            try:
+                while True:
+                    page = self.list_page(prefix, token)
+                    files += page.files
+                    dirs += page.dirs
+                    token = page.next_token
+                    if token is None:
+                        break
+            except (OriginUnavailable, OSError) as exc:
+                if on_error:
+                    on_error(prefix or ".", exc)
+                continue
+            yield from sorted(files, key=lambda e: e.path)
+            stack.extend(f"{prefix}{name}/" for name in sorted(dirs, reverse=True))
+
+
+_KINDS: dict[str, type[Origin]] = {}
+
+
+def register(cls: type[Origin]) -> type[Origin]:
+    """Class decorator: make an origin kind available to configs under ``cls.kind``."""
+    _KINDS[cls.kind] = cls
+    return cls
+
+
+def kinds() -> dict[str, type[Origin]]:
+    from . import local  # noqa: F401  (built-in kinds register themselves on import)
+
+    for module in ("s3", "sftp"):
+        try:
+            __import__(f"{__package__}.{module}")
+        except ImportError:  # an optional client library is not installed
+            pass
+    return dict(_KINDS)
+
+
+def create(origin_id: str, kind: str, options: dict[str, Any]) -> Origin:
+    cls = kinds().get(kind)
+    if cls is None:
+        raise ConfigError(f"unknown origin type {kind!r}")
+    return cls.from_options(origin_id, options)  # type: ignore[attr-defined]
+
+
+@dataclass
+class Health:
+    """What the federation knows of one origin: healthy, degraded or unhealthy."""
+
+    state: str = "unknown"
+    latency_ms: float | None = None
+    error: str | None = None
+    checked_at: float | None = None
+    failures: int = 0
+    history: list[str] = field(default_factory=list)
