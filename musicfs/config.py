@@ -29,7 +29,6 @@ from typing import Any
 from .errors import ConfigError, TemplateError
 from .vfs.template import DEFAULT_TEMPLATE, PathTemplate
 
-ORIGIN_TYPES = {"local": {"path"}}
 _ORIGIN_COMMON = {"id", "type", "priority", "cache"}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -226,7 +225,15 @@ def _typed(table: dict, key: str, kind: type, name: str, fail, index: int | None
     return value
 
 
+def _origin_kinds() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    """kind -> (required keys, optional keys), from the origin registry."""
+    from .origins.base import kinds
+
+    return {name: (cls.required, cls.optional) for name, cls in kinds().items()}
+
+
 def _origins(items: Any, fail) -> tuple[OriginConfig, ...]:
+    known = _origin_kinds()
     if not isinstance(items, list) or not items:
         raise fail("at least one [[origins]] table is required", "origins", None)
     origins, ids = [], set()
@@ -235,10 +242,11 @@ def _origins(items: Any, fail) -> tuple[OriginConfig, ...]:
             missing = "id" if "id" not in item else "type"
             raise fail(f"origin #{i + 1} needs {missing!r}", "origins", None, i)
         kind = _typed(item, "type", str, "origins", fail, i)
-        if kind not in ORIGIN_TYPES:
-            raise fail(f"unknown origin type {kind!r} (known: {', '.join(sorted(ORIGIN_TYPES))})",
+        if kind not in known:
+            raise fail(f"unknown origin type {kind!r} (known: {', '.join(sorted(known))})",
                        "origins", "type", i)
-        _only(item, _ORIGIN_COMMON | ORIGIN_TYPES[kind], "origins", fail, i)
+        required, optional = known[kind]
+        _only(item, _ORIGIN_COMMON | required | optional, "origins", fail, i)
         origin_id = _typed(item, "id", str, "origins", fail, i)
         if not _ID.match(origin_id):
             raise fail(f"origin id {origin_id!r} may hold only letters, digits, '_', '.', '-'",
@@ -246,10 +254,10 @@ def _origins(items: Any, fail) -> tuple[OriginConfig, ...]:
         if origin_id in ids:
             raise fail(f"origin id {origin_id!r} is used twice", "origins", "id", i)
         ids.add(origin_id)
-        for required in sorted(ORIGIN_TYPES[kind]):
-            if required not in item:
-                raise fail(f"{kind} origin {origin_id!r} needs {required!r}", "origins", None, i)
-            _typed(item, required, str, "origins", fail, i)
+        for key in sorted(required):
+            if key not in item:
+                raise fail(f"{kind} origin {origin_id!r} needs {key!r}", "origins", None, i)
+            _typed(item, key, str, "origins", fail, i)  # required settings are text: paths, names
         priority = _typed(item, "priority", int, "origins", fail, i) if "priority" in item else 1
         cache = _typed(item, "cache", str, "origins", fail, i) if "cache" in item else "always"
         if cache not in ("always", "never"):
