@@ -78,6 +78,7 @@ class Config:
     cache_size: int = 10 * 10**9  # NFR-5.2 default
     scan_workers: int = 4
     read_timeout: float = 5.0
+    health_interval: float = 30.0
     source: str | None = None
 
     def library_name(self) -> str:
@@ -150,7 +151,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
              index: int | None = None) -> ConfigError:
         return ConfigError(message, source=source, line=where.line_of(table, key, index))
 
-    unknown = set(data) - {"library", "cache", "scan", "origins"}
+    unknown = set(data) - {"library", "cache", "scan", "health", "origins"}
     if unknown:
         name = sorted(unknown)[0]
         raise fail(f"unknown section or key {name!r}", None, name) if not isinstance(
@@ -158,10 +159,21 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     library = _table(data, "library", fail)
     cache = _table(data, "cache", fail)
     scan = _table(data, "scan", fail)
+    health = _table(data, "health", fail)
+    _only(health, {"interval"}, "health", fail)
+    if "interval" in health:
+        interval = health["interval"]
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.1 <= interval <= 86400:
+            raise fail("interval must be a number of seconds between 0.1 and 86400", "health", "interval")
+        kwargs_health = float(interval)
+    else:
+        kwargs_health = None
     _only(library, {"name", "template", "index"}, "library", fail)
     _only(cache, {"dir", "size", "read_timeout"}, "cache", fail)
     _only(scan, {"workers"}, "scan", fail)
     kwargs: dict[str, Any] = {"source": source}
+    if kwargs_health is not None:
+        kwargs["health_interval"] = kwargs_health
     if "template" in library:
         template = _typed(library, "template", str, "library", fail)
         try:

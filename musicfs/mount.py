@@ -22,6 +22,8 @@ from .config import Config
 from .fuse.attrs import AttrPolicy
 from .fuse.operations import Operations
 from .index.library import LibraryIndex
+from .origins.base import Origin, create
+from .origins.health import HealthMonitor
 from .origins.local import LocalOrigin
 from .vfs.hidden import HiddenFiles
 from .vfs.reader import DirectReader
@@ -42,15 +44,26 @@ class MountSettings:
     attr_timeout: float = 300.0
     cache_dir: Path = Path("cache")
     read_timeout: float = 5.0  # an uncached read of an unreachable origin fails (EIO) after this
+    health_interval: float = 30.0  # seconds between origin health probes
     max_tasks: int = MAX_TASKS
     debug_fuse: bool = False
 
 
-def _origins(config: Config) -> dict[str, LocalOrigin]:
-    return {o.id: LocalOrigin(o.id, o.path) for o in config.origins if o.type == "local"}
+def _origins(config: Config) -> dict[str, Origin]:
+    """Every configured origin, built by its kind; none is contacted here (offline start)."""
+    return {o.id: create(o.id, o.type, o.options) for o in config.origins}
 
 
-def _status(index: LibraryIndex, origins: dict[str, LocalOrigin], settings: MountSettings,
+def _replicas(index: LibraryIndex) -> Callable[[str, str, int], list[str]]:
+    """Origins holding the same relative path with the same size: replicas of one file."""
+    def replicas(origin_id: str, real_path: str, size: int) -> list[str]:
+        rows = index.conn.execute("SELECT origin_id FROM tracks WHERE real_path = ? AND size = ?",
+                                  (real_path, size)).fetchall()
+        return sorted({origin_id, *(r[0] for r in rows)})
+    return replicas
+
+
+def _status(index: LibraryIndex, health: HealthMonitor, settings: MountSettings,
             started: float, components: dict[str, Callable[[], dict]]) -> Callable[[], dict]:
     def status() -> dict:
         stats = index.statistics()
@@ -64,8 +77,8 @@ def _status(index: LibraryIndex, origins: dict[str, LocalOrigin], settings: Moun
                       "bytes": stats["bytes"], "skipped": stats["skipped"],
                       "template": stats["template"],
                       "age_seconds": round(time.time() - finished, 3) if finished else None},
-            "origins": [{"id": o.id, "kind": o.kind, "location": o.location,
-                         "reachable": o.root.is_dir()} for o in origins.values()],
+            "origins": [{"id": origin_id, **state, "reachable": state["state"] in ("healthy", "degraded")}
+                        for origin_id, state in health.statistics().items()],
             **{name: stats_fn() for name, stats_fn in components.items()},
         }
     return status
@@ -102,12 +115,15 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
     bus = EventBus()
     cache = ContentCache(settings.cache_dir, config.cache_size, bus.publish)
     origins = _origins(config)
-    direct = DirectReader(origins)  # for origins whose policy is cache = "never"
+    direct = DirectReader({k: o for k, o in origins.items() if isinstance(o, LocalOrigin)})
+    health = HealthMonitor(origins, {o.id: o.priority for o in config.origins},
+                           interval=settings.health_interval, timeout=settings.read_timeout)
     mounted = False
     try:
         async with trio.open_nursery() as nursery:
             reader = CachedReader(origins, cache, bus, nursery, direct=direct,
-                                  read_timeout=settings.read_timeout,
+                                  read_timeout=settings.read_timeout, health=health,
+                                  replicas=_replicas(index),
                                   policies={o.id: o.cache for o in config.origins})
             finished = (index.last_scan() or {}).get("finished_at") or started
             policy = AttrPolicy(entry_timeout=settings.entry_timeout, attr_timeout=settings.attr_timeout,
@@ -115,7 +131,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             components: dict[str, Callable[[], dict]] = {
                 "reader": reader.statistics, "direct": direct.statistics, "cache": cache.statistics,
                 "events": bus.statistics}
-            hidden = HiddenFiles({"status.json": _status(index, origins, settings, started, components),
+            hidden = HiddenFiles({"status.json": _status(index, health, settings, started, components),
                                   "errors.json": _errors(index)})
             ops = Operations(index, reader, hidden, policy)
             components["fuse"] = ops.statistics
@@ -130,6 +146,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             nursery.start_soon(_stop_on_signal)
             nursery.start_soon(reader.flush_periodically)
             nursery.start_soon(_reconcile, cache)
+            nursery.start_soon(health.run)
             await pyfuse3.main(min_tasks=4, max_tasks=settings.max_tasks)
             await reader.drain(timeout=settings.read_timeout)
             nursery.cancel_scope.cancel()
@@ -138,5 +155,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", settings.mountpoint)
         direct.close()
+        for origin in origins.values():
+            origin.close()
         cache.close()
         index.close()

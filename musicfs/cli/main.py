@@ -15,7 +15,7 @@ from ..mount import MountSettings, serve
 from ..errors import MusicFSError
 from ..index.library import LibraryIndex
 from ..index.scanner import ScanReport, Scanner
-from ..origins.local import LocalOrigin
+from ..origins.base import create
 from .common import (add_library_options, console, err_console, index_path, print_json,
                      resolve_config, setup_logging)
 
@@ -52,9 +52,12 @@ def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200)
     reports = []
     with LibraryIndex(path) as index:
         for origin_cfg in config.origins:
-            origin = LocalOrigin(origin_cfg.id, origin_cfg.path)
-            if not origin.root.is_dir():
-                err_console.print(f"[yellow]origin {origin.id}: {origin.root} is not a folder; not scanned")
+            origin = create(origin_cfg.id, origin_cfg.type, origin_cfg.options)
+            try:
+                origin.health()
+            except (MusicFSError, OSError) as exc:
+                err_console.print(f"[yellow]origin {origin.id} is not reachable ({exc}); not scanned")
+                origin.close()
                 continue
             with Progress(TextColumn("[bold]scanning {task.fields[origin]}"), BarColumn(),
                           TextColumn("{task.completed} files"), TimeElapsedColumn(),
@@ -66,7 +69,10 @@ def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200)
 
                 scanner = Scanner(index, origin, config.path_template(), workers=config.scan_workers,
                                   batch_size=batch_size, progress=progress)
-                reports.append(scanner.run())
+                try:
+                    reports.append(scanner.run())
+                finally:
+                    origin.close()
     return reports
 
 
@@ -109,8 +115,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def _prepare_index(config, path: Path, rescan: bool) -> None:
     """Scan when the index is missing, unfinished, made with another template, or asked to."""
     needs_scan = rescan or not path.exists()
-    if not rescan and path.exists() and any(o.type == "local" and not o.path.is_dir() for o in config.origins):
-        return  # offline start: never rescan an unreachable origin (that would empty the tree)
     if not needs_scan:
         with LibraryIndex(path) as index:
             needs_scan = not index.is_complete() or index.get_meta("template") != config.template
@@ -122,10 +126,24 @@ def _prepare_index(config, path: Path, rescan: bool) -> None:
                               f" {report.skipped} skipped ({report.seconds:.1f} s)")
 
 
+def _unreachable(config) -> list[str]:
+    """Origins that do not answer a health probe now (a mount goes ahead on its cache)."""
+    down = []
+    for origin_cfg in config.origins:
+        origin = create(origin_cfg.id, origin_cfg.type, origin_cfg.options)
+        try:
+            origin.health()
+        except (MusicFSError, OSError):
+            down.append(origin_cfg.id)
+        finally:
+            origin.close()
+    return down
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     config = resolve_config(args, origin_must_exist=False)
     path = index_path(args, config)
-    unreachable = [o.id for o in config.origins if o.type == "local" and not o.path.is_dir()]
+    unreachable = _unreachable(config)
     if unreachable and not path.exists():
         raise daemon.DaemonError(f"origin {unreachable[0]} is not reachable and there is no index to"
                                  " mount from yet")
@@ -156,7 +174,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         _prepare_index(config, path, args.rescan)
         cache_dir = (args.cache_dir or config.resolved_cache_dir()).expanduser().absolute()
         settings = MountSettings(mountpoint=mountpoint, index_path=path, debug_fuse=args.debug_fuse,
-                                 cache_dir=cache_dir, read_timeout=config.read_timeout)
+                                 cache_dir=cache_dir, read_timeout=config.read_timeout,
+                                 health_interval=config.health_interval)
         serve(config, settings, on_mounted=lambda: daemon.write_pidfile(
             files, mountpoint, path.absolute(), cache_dir=str(cache_dir)))
     finally:

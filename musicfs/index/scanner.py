@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
 
-from ..origins.local import Entry, LocalOrigin
+from ..origins.base import Entry, Origin
 from ..vfs.template import PathTemplate
 from .library import TRACK_FIELDS, LibraryIndex
 from .tags import AUDIO_EXTENSIONS, MalformedAudio, read_tags
@@ -65,7 +65,7 @@ class Scanner:
     def __init__(
         self,
         index: LibraryIndex,
-        origin: LocalOrigin,
+        origin: Origin,
         template: PathTemplate,
         *,
         workers: int = 4,
@@ -118,8 +118,15 @@ class Scanner:
         log.warning("origin %s: cannot read %s: %s", self.origin.id, path, exc)
 
     def _read(self, entry: Entry) -> dict | MalformedAudio:
+        """Tags of one file: by path for a local origin, through ranged reads for any other."""
         try:
-            return self.read(str(self.origin.local_path(entry.path)))
+            local_path = getattr(self.origin, "local_path", None)
+            if local_path is not None:
+                return self.read(str(local_path(entry.path)))
+            from ..origins.rangefile import RangeFile
+
+            with RangeFile(self.origin, entry.path, entry.size) as source:
+                return self.read(source)
         except MalformedAudio as exc:
             return exc
 

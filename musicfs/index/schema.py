@@ -96,8 +96,13 @@ def _v1_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v2_replicas(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE INDEX tracks_path_size ON tracks(real_path, size)")  # replicas across origins
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema: tracks, skipped, nodes, scans", _v1_initial),
+    (2, "index tracks by path and size to find replicas on other origins", _v2_replicas),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -88,11 +88,23 @@ class TreeWriter:
             dir_id = row[0]
 
     # -- files ------------------------------------------------------------
-    def place(self, track_id: int, track: Mapping[str, Any]) -> int:
+    def _replica_shown(self, track_id: int, track: Mapping[str, Any]) -> bool:
+        """True if the same file (same path and size) from another origin already has a node.
+
+        Origins federate: one relative path on several origins is one file with
+        several replicas, shown once; the reader picks the replica to read.
+        """
+        return self.conn.execute(
+            "SELECT 1 FROM tracks t JOIN nodes n ON n.track_id = t.id"
+            " WHERE t.real_path = ? AND t.size = ? AND t.id != ? LIMIT 1",
+            (track["real_path"], track["size"], track_id)).fetchone() is not None
+
+    def place(self, track_id: int, track: Mapping[str, Any]) -> int | None:
         """Make sure the track has a file node at its template path; return the node id.
 
         A track whose node already sits at the right place keeps it (and its
         inode); one whose tags moved it gets a new node and the old one goes.
+        A replica of a file already shown gets no node (None).
         """
         *dirs, filename = self.template.render(track)
         existing = self.conn.execute(
@@ -105,8 +117,10 @@ class TreeWriter:
             self.remove(track_id)
         return self.place_new(track_id, track)
 
-    def place_new(self, track_id: int, track: Mapping[str, Any]) -> int:
+    def place_new(self, track_id: int, track: Mapping[str, Any]) -> int | None:
         """Like :meth:`place` for a track known to have no node yet (bulk loads)."""
+        if self._replica_shown(track_id, track):
+            return None
         *dirs, filename = self.template.render(track)
         ext = "." + filename.rsplit(".", 1)[1] if "." in filename else ""
         parent = self._dir_chain(dirs, create=True)
@@ -121,6 +135,15 @@ class TreeWriter:
             return
         self.conn.execute("DELETE FROM nodes WHERE id = ?", (row[0],))
         self._prune(row[1])
+        # a replica of the same file on another origin takes its place in the tree
+        track = self.conn.execute("SELECT real_path, size FROM tracks WHERE id = ?", (track_id,)).fetchone()
+        if track is not None:
+            heir = self.conn.execute(
+                "SELECT * FROM tracks t WHERE t.real_path = ? AND t.size = ? AND t.id != ? AND NOT EXISTS"
+                " (SELECT 1 FROM nodes n WHERE n.track_id = t.id) ORDER BY t.origin_id LIMIT 1",
+                (track[0], track[1], track_id)).fetchone()
+            if heir is not None:
+                self.place_new(heir["id"], dict(heir))
 
     def rebuild(self) -> int:
         """Drop every node but the root and place all tracks again, sorted by path.

@@ -22,11 +22,11 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
-from ..errors import MusicFSError, OriginUnavailable
+from ..errors import MusicFSError, NotFound, OriginUnavailable
 from ..events import ChunkFetched, EventBus, FetchStarted, FillCompleted, OriginError
 from ..origins.retry import call_with_retry
 from .cache import ContentCache
@@ -49,6 +49,7 @@ class FileState:
     real_path: str
     size: int
     version: str
+    replicas: list[str] = field(default_factory=list)  # origins holding the same file, any order
     chunks: list[ChunkRef] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     covered: int = 0  # bytes [0, covered) are stored as chunks
@@ -87,6 +88,7 @@ class CachedHandle:
     track_id: int
     state: FileState
     direct: Any = None  # the pass-through handle when the origin's policy is cache = "never"
+    passthrough: bool = False  # cache = "never" on a non-local origin: ranged reads, nothing kept
 
 
 @dataclass
@@ -99,15 +101,21 @@ class ReaderCounters:
     origin_bytes: int = 0
     refetched_chunks: int = 0
     store_errors: int = 0
+    failovers: int = 0  # reads served by a replica other than the track's own origin
 
 
 class CachedReader:
     def __init__(self, origins: dict, cache: ContentCache, bus: EventBus, nursery: trio.Nursery, *,
                  direct: Any = None, policies: dict[str, str] | None = None, read_timeout: float = 5.0,
-                 threads: int = 16):
-        """``direct`` serves origins whose policy is cache = "never" (a pass-through reader)."""
+                 threads: int = 16, health: Any = None,
+                 replicas: Callable[[str, str, int], list[str]] | None = None):
+        """``direct`` serves local origins whose policy is cache = "never" (a pass-through
+        reader); ``replicas(origin_id, path, size)`` names the origins holding the same file;
+        ``health`` (a HealthMonitor) orders them."""
         self.origins = origins
         self.direct = direct
+        self.health = health
+        self.replicas = replicas
         self.cache = cache
         self.bus = bus
         self.nursery = nursery
@@ -125,15 +133,18 @@ class CachedReader:
 
     # -- handles ----------------------------------------------------------
     async def open(self, track: dict) -> CachedHandle:
-        if self.policies.get(track["origin_id"], "always") == "never" and self.direct is not None:
+        never = self.policies.get(track["origin_id"], "always") == "never"
+        if never and self.direct is not None and hasattr(self.origins.get(track["origin_id"]), "local_path"):
             state = FileState(track["origin_id"], track["real_path"], track["size"], "")
             return CachedHandle(track["id"], state, direct=await self.direct.open(track))
-        version = f"{track['size']}:{track['mtime_ns']}"
+        version = track.get("version") or f"{track['size']}:{track['mtime_ns']}"
         key = (track["origin_id"], track["real_path"], version)
         state = self._states.get(key)
         if state is None:
             state = FileState(track["origin_id"], track["real_path"], track["size"], version)
-            if self.policies.get(state.origin_id, "always") != "never":
+            state.replicas = (self.replicas(state.origin_id, state.real_path, state.size)
+                              if self.replicas else [state.origin_id])
+            if not never:
                 manifest = await trio.to_thread.run_sync(self.cache.manifest, *key[:2], limiter=self.limiter)
                 if manifest is not None and manifest.version == version and manifest.size == state.size:
                     for ref in manifest.chunks:
@@ -142,7 +153,7 @@ class CachedReader:
                     self.cache.hold(r.address for r in state.chunks)
             state = self._states.setdefault(key, state)
         state.handles += 1
-        return CachedHandle(track["id"], state)
+        return CachedHandle(track["id"], state, passthrough=never)
 
     def release(self, handle: CachedHandle) -> None:
         if handle.direct is not None:
@@ -170,6 +181,8 @@ class CachedReader:
             return b""
         if handle.direct is not None:
             return await self.direct.read(handle.direct, offset, size)
+        if handle.passthrough:
+            return await self._direct(state, offset, end)
         if state.complete or end <= state.covered:
             data = await self._from_chunks(state, offset, end)
             if data is not None:
@@ -292,21 +305,54 @@ class CachedReader:
         return await self._fetch(state, start, end - start)
 
     async def _fetch(self, state: FileState, offset: int, size: int) -> bytes:
-        origin = self.origins.get(state.origin_id)
-        if origin is None:
-            raise OriginUnavailable(f"origin {state.origin_id!r} is not configured")
+        """Bytes from the best replica: healthier first, then by priority (federation, G3).
 
+        With several replicas, each but the last gets one attempt within a share of
+        the deadline, so a failing or too slow origin fails over at once; the last
+        gets the whole retry schedule (NFR-7.3) in what time is left.
+        """
+        replicas = [o for o in state.replicas if o in self.origins] or [state.origin_id]
+        if self.health is not None:
+            replicas = self.health.ranked(replicas)
+        deadline = trio.current_time() + self.read_timeout
+        share = self.read_timeout / len(replicas)
+        failures = []
+        for i, origin_id in enumerate(replicas):
+            last = i == len(replicas) - 1
+            origin = self.origins.get(origin_id)
+            if origin is None:
+                failures.append(f"{origin_id}: not configured")
+                continue
+            self.counters.origin_requests += 1
+            try:
+                data = await call_with_retry(
+                    origin.read_range, state.real_path, offset, size, limiter=self.origin_limiter,
+                    deadline=deadline if last else min(deadline, trio.current_time() + share),
+                    attempts=4 if last else 1, on_error=self._on_origin_error(origin_id, state, offset))
+            except NotFound:
+                failures.append(f"{origin_id}: missing")
+                if len(replicas) == 1:
+                    raise
+                continue
+            except OriginUnavailable as exc:
+                failures.append(f"{origin_id}: {exc}")
+                if self.health is not None:
+                    self.health.read_failed(origin_id, str(exc))
+                continue
+            if self.health is not None:
+                self.health.read_succeeded(origin_id)
+            if origin_id != state.origin_id:
+                self.counters.failovers += 1
+            self.counters.origin_bytes += len(data)
+            return data
+        raise OriginUnavailable(f"{state.real_path}: no replica could be read ({'; '.join(failures)})")
+
+    def _on_origin_error(self, origin_id: str, state: FileState, offset: int):
         def on_error(exc: BaseException, attempt: int) -> None:
-            log.warning("origin %s: reading %s at %d failed (attempt %d): %s", state.origin_id,
+            log.warning("origin %s: reading %s at %d failed (attempt %d): %s", origin_id,
                         state.real_path, offset, attempt, exc)
-            self.bus.publish(OriginError(state.origin_id, state.real_path, str(exc), attempt))
-
-        self.counters.origin_requests += 1
-        data = await call_with_retry(origin.read_range, state.real_path, offset, size,
-                                     deadline=trio.current_time() + self.read_timeout,
-                                     limiter=self.origin_limiter, on_error=on_error)
-        self.counters.origin_bytes += len(data)
-        return data
+            self.bus.publish(OriginError(origin_id, state.real_path, str(exc), attempt))
+        return on_error
 
     # -- fills ------------------------------------------------------------
     def _start_fill(self, state: FileState) -> None:
