@@ -36,7 +36,7 @@ def two_origins(sample_library, tmp_path):
 
 def mounted_files(mountpoint):
     files = {}
-    for dirpath, dirnames, filenames in os.walk(mountpoint):
+    for dirpath, _dirnames, filenames in os.walk(mountpoint):
         for name in filenames:
             path = os.path.join(dirpath, name)
             files[os.getxattr(path, "user.musicfs.real_path").decode()] = path

@@ -29,7 +29,7 @@ def outage(sample_library, good_files, tmp_path):
                       f'path = "{origin}"\n')
     with mount_library(config=config, work=tmp_path / "work") as mounted:
         paths = {}
-        for dirpath, dirnames, filenames in os.walk(mounted.mountpoint):
+        for dirpath, _dirnames, filenames in os.walk(mounted.mountpoint):
             for name in filenames:
                 path = os.path.join(dirpath, name)
                 paths[os.getxattr(path, "user.musicfs.real_path").decode()] = path
@@ -43,9 +43,8 @@ def test_uncached_read_fails_in_bounded_time_then_recovers(outage):
     away = origin.with_name("share-offline")
     origin.rename(away)
     started = time.monotonic()
-    with pytest.raises(OSError) as failure:
-        with open(path, "rb") as f:
-            f.read()
+    with pytest.raises(OSError) as failure, open(path, "rb") as f:
+        f.read()
     elapsed = time.monotonic() - started
     assert failure.value.errno == errno.EIO
     assert elapsed <= READ_TIMEOUT + 1.0, f"EIO took {elapsed:.2f} s"

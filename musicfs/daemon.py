@@ -39,7 +39,7 @@ class RunFiles:
     log: Path
 
     @classmethod
-    def for_mountpoint(cls, state_dir: Path, mountpoint: Path) -> "RunFiles":
+    def for_mountpoint(cls, state_dir: Path, mountpoint: Path) -> RunFiles:
         key = hashlib.sha1(str(canonical(mountpoint)).encode()).hexdigest()[:12]
         run = state_dir / "run"
         return cls(run / f"{key}.pid", run / f"{key}.lock", state_dir / "log" / f"{key}.log")

@@ -11,25 +11,26 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pyfuse3
 import trio
 
 from .config import Config
+from .events import EventBus
 from .fuse.attrs import AttrPolicy
 from .fuse.operations import Operations
 from .index.library import LibraryIndex
 from .origins.base import Origin, create
 from .origins.health import HealthMonitor
 from .origins.local import LocalOrigin
-from .vfs.hidden import HiddenFiles
-from .vfs.reader import DirectReader
-from .events import EventBus
 from .store.cache import ContentCache
 from .store.reader import CachedReader
+from .vfs.hidden import HiddenFiles
+from .vfs.rawview import RawView
+from .vfs.reader import DirectReader
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,9 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
                 "events": bus.statistics}
             hidden = HiddenFiles({"status.json": _status(index, health, settings, started, components),
                                   "errors.json": _errors(index)})
-            ops = Operations(index, reader, hidden, policy)
+            raw = RawView(origins)
+            components["raw_views"] = raw.statistics
+            ops = Operations(index, reader, hidden, policy, raw)
             components["fuse"] = ops.statistics
             options = set(pyfuse3.default_options) | {"fsname=musicfs", "subtype=musicfs", "ro"}
             if settings.debug_fuse:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from fixtures.synthetic import synthetic_tracks
 from musicfs.index.bulk import load_tracks
 from musicfs.index.library import LibraryIndex

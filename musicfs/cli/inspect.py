@@ -15,11 +15,18 @@ from rich.tree import Tree
 from .. import daemon
 from ..config import state_home
 from ..errors import MusicFSError
-from ..store.inspect import chunk_summary, clear_cache, manifest_map, verify_chunks
 from ..index.library import LibraryIndex
+from ..store.inspect import chunk_summary, clear_cache, manifest_map, verify_chunks
 from ..vfs.resolver import Node, Resolver
-from .common import (add_library_options, console, err_console, index_path, print_json,
-                     resolve_config, setup_logging)
+from .common import (
+    add_library_options,
+    console,
+    err_console,
+    index_path,
+    print_json,
+    resolve_config,
+    setup_logging,
+)
 
 
 def _open(args: argparse.Namespace) -> LibraryIndex:

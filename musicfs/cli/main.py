@@ -11,13 +11,20 @@ from rich.table import Table
 
 from .. import daemon
 from ..config import state_home
-from ..mount import MountSettings, serve
 from ..errors import MusicFSError
 from ..index.library import LibraryIndex
-from ..index.scanner import ScanReport, Scanner
+from ..index.scanner import Scanner, ScanReport
+from ..mount import MountSettings, serve
 from ..origins.base import create
-from .common import (add_library_options, console, err_console, index_path, print_json,
-                     resolve_config, setup_logging)
+from .common import (
+    add_library_options,
+    console,
+    err_console,
+    index_path,
+    print_json,
+    resolve_config,
+    setup_logging,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +71,7 @@ def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200)
                           console=err_console, disable=not show_progress, transient=True) as bar:
                 task = bar.add_task("scan", total=None, origin=origin.id)
 
-                def progress(report: ScanReport, current: str | None) -> None:
+                def progress(report: ScanReport, current: str | None, task=task) -> None:
                     bar.update(task, completed=report.seen)
 
                 scanner = Scanner(index, origin, config.path_template(), workers=config.scan_workers,

@@ -16,7 +16,8 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pyfuse3
 
@@ -24,6 +25,7 @@ from ..errors import NotFound, errno_for
 from ..index.library import LibraryIndex
 from ..index.schema import ROOT_ID
 from ..vfs.hidden import HIDDEN_DIR_NAME, HiddenFiles
+from ..vfs.rawview import RAW_DIR_NAME, RawNode, RawView
 from ..vfs.resolver import Node, Resolver
 from .attrs import AttrPolicy, generated_attributes, node_attributes
 from .inodes import InodeTable
@@ -41,14 +43,14 @@ def _op(func: Callable) -> Callable:
     name = func.__name__
 
     @functools.wraps(func)
-    async def wrapper(self: "Operations", *args: Any) -> Any:
+    async def wrapper(self: Operations, *args: Any) -> Any:
         self.op_counts[name] += 1
         try:
             return await func(self, *args)
         except pyfuse3.FUSEError:
             self.error_counts[name] += 1
             raise
-        except Exception as exc:  # noqa: BLE001 - the one place that turns failures into errno
+        except Exception as exc:
             self.error_counts[name] += 1
             code = errno_for(exc)
             if code == errno.EIO:
@@ -61,7 +63,7 @@ def _op(func: Callable) -> Callable:
 
 def _read_only(func: Callable) -> Callable:
     @functools.wraps(func)
-    async def wrapper(self: "Operations", *args: Any) -> Any:
+    async def wrapper(self: Operations, *args: Any) -> Any:
         self.op_counts[func.__name__] += 1
         raise pyfuse3.FUSEError(errno.EROFS)
 
@@ -73,9 +75,11 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, index: LibraryIndex, reader, hidden: HiddenFiles, policy: AttrPolicy):
+    def __init__(self, index: LibraryIndex, reader, hidden: HiddenFiles, policy: AttrPolicy,
+                 raw: RawView | None = None):
         super().__init__()
         self.index = index
+        self.raw = raw
         self.resolver = Resolver(index.conn)
         self.reader = reader
         self.hidden = hidden
@@ -99,6 +103,15 @@ class Operations(pyfuse3.Operations):
             raise NotFound(f"no hidden inode {inode}")
         return generated_attributes(inode, len(item.render()), self.policy, is_dir=False, mtime_ns=now)
 
+    def _is_raw(self, inode: int) -> bool:
+        return self.raw is not None and self.raw.is_raw(inode)
+
+    def _raw_attr(self, node: RawNode) -> pyfuse3.EntryAttributes:
+        attr = generated_attributes(node.inode, node.size, self.policy, is_dir=node.is_dir,
+                                    mtime_ns=node.mtime_ns or self.policy.dir_mtime_ns)
+        attr.entry_timeout = attr.attr_timeout = self.raw.ttl
+        return attr
+
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         self.inodes.remember(node)
         return node_attributes(node, self.policy)
@@ -109,6 +122,10 @@ class Operations(pyfuse3.Operations):
         text = os.fsdecode(name)
         if parent_inode == ROOT_ID and text == HIDDEN_DIR_NAME:
             return self._hidden_attr(self.hidden.dir_inode)
+        if parent_inode == ROOT_ID and text == RAW_DIR_NAME and self.raw is not None:
+            return self._raw_attr(self.raw.root)
+        if self._is_raw(parent_inode):
+            return self._raw_attr(await self.raw.lookup(parent_inode, text))
         if parent_inode == self.hidden.dir_inode:
             item = self.hidden.by_name(text)
             if item is None:
@@ -118,6 +135,8 @@ class Operations(pyfuse3.Operations):
 
     @_op
     async def getattr(self, inode: int, ctx=None) -> pyfuse3.EntryAttributes:
+        if self._is_raw(inode):
+            return self._raw_attr(self.raw.get(inode))
         if self.hidden.is_hidden(inode):
             return self._hidden_attr(inode)
         return node_attributes(self._node(inode), self.policy)
@@ -146,12 +165,22 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx=None) -> int:
         if inode == self.hidden.dir_inode:
             return inode
+        if self._is_raw(inode):
+            if not self.raw.get(inode).is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            return inode
         if not self._node(inode).is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode  # listings page straight from the index: no per-handle state
 
     @_op
     async def readdir(self, fh: int, start_id: int, token) -> None:
+        if self._is_raw(fh):  # offsets are positions in the (TTL-cached) listing
+            children = await self.raw.children(fh)
+            for position, child in enumerate(children[start_id:], start=start_id + 1):
+                if not pyfuse3.readdir_reply(token, os.fsencode(child.name), self._raw_attr(child), position):
+                    return
+            return
         if fh == self.hidden.dir_inode:
             for item in self.hidden.files():
                 if item.inode > start_id and not pyfuse3.readdir_reply(
@@ -181,6 +210,12 @@ class Operations(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         fh = next(self._fh)
+        if self._is_raw(inode):
+            node = self.raw.get(inode)
+            if node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            self._handles[fh] = await self.reader.open(self.raw.track(node))
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         if self.hidden.is_hidden(inode):
             item = self.hidden.by_inode(inode)
             if item is None:
@@ -217,6 +252,11 @@ class Operations(pyfuse3.Operations):
 
     # -- extended attributes ----------------------------------------------
     def _xattrs(self, inode: int) -> dict[str, str]:
+        if self._is_raw(inode):
+            node = self.raw.get(inode)
+            if node.origin_id is None:
+                return {}
+            return {XATTR_PREFIX + "origin": node.origin_id, XATTR_PREFIX + "real_path": node.path}
         if self.hidden.is_hidden(inode):
             return {}
         node = self._node(inode)

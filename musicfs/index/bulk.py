@@ -9,8 +9,9 @@ not depend on library size.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from itertools import islice
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..vfs.template import PathTemplate
 from .library import TRACK_FIELDS, LibraryIndex

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import IndexError_
 from .schema import LATEST, MIGRATIONS

@@ -44,7 +44,7 @@ class LibraryIndex:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "LibraryIndex":
+    def __enter__(self) -> LibraryIndex:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,8 @@ a newer musicfs (a version we do not know) is refused instead of guessed at.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only migrations need it, at run time they get it from db.migrate
     import sqlite_utils

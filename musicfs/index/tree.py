@@ -14,7 +14,8 @@ track that keeps its node keeps its name.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..vfs.names import with_suffix_number
 from ..vfs.template import PathTemplate

@@ -21,8 +21,9 @@ unavailable and may be retried; :class:`OriginBusy` carries a server's
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 from ..errors import ConfigError, OriginUnavailable
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import NotFound, OriginUnavailable
 from .base import Entry, Origin, Page, register
@@ -24,7 +25,7 @@ class LocalOrigin(Origin):
         self.root = Path(root).expanduser().resolve()
 
     @classmethod
-    def from_options(cls, origin_id: str, options: dict[str, Any]) -> "LocalOrigin":
+    def from_options(cls, origin_id: str, options: dict[str, Any]) -> LocalOrigin:
         return cls(origin_id, options["path"])
 
     @property

@@ -10,7 +10,8 @@ thread finishes in the background).
 from __future__ import annotations
 
 import logging
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import tenacity
 import trio

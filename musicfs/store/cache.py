@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from ..events import ChunkCorrupt, ChunkEvicted, ChunkStored, Event
 from .cas import ChunkFiles

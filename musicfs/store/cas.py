@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .digest import digest, is_address
 

@@ -8,8 +8,8 @@ when asked for a dry run.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .cas import ChunkFiles
 from .chunkdb import ChunkIndex

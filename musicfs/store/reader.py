@@ -21,8 +21,9 @@ import bisect
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import trio
 
@@ -372,7 +373,7 @@ class CachedReader:
             self._fill_failed(state, exc)
             log.warning("filling %s:%s stopped at %d bytes: %s", state.origin_id, state.real_path,
                         state.covered, exc)
-        except Exception as exc:  # noqa: BLE001 - a background task must never take the mount down
+        except Exception as exc:
             self._fill_failed(state, exc)
             log.exception("filling %s:%s failed unexpectedly", state.origin_id, state.real_path)
         else:

@@ -9,8 +9,8 @@ with the tree and stay stable across remounts.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 HIDDEN_DIR_NAME = ".musicfs"
 HIDDEN_BASE = 1 << 48  # node ids (AUTOINCREMENT) never get near this

@@ -9,8 +9,8 @@ range scan per page and offsets stay valid across remounts.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from ..errors import NotADirectory, NotFound
 from ..index.schema import ROOT_ID

@@ -31,9 +31,9 @@ genre          ``Unknown Genre``
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Mapping
 
 from ..errors import TemplateError
 from .names import clean_value, legal_name

@@ -1,0 +1,125 @@
+"""Raw views: ``/.origins/<id>/...`` shows each origin as it is, read-only, without tags.
+
+A bucket or a server can be browsed like a folder, whatever its files are.
+Listings come from the origin's paged listing in a worker thread and are kept
+for ``ttl`` seconds (TTL-bounded metadata caching), so browsing stays fast
+and a slow origin is asked again only when the listing has expired. Inode
+numbers for raw entries are handed out as entries are first seen, in a range
+of their own; they are stable for the life of the mount.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import trio
+
+from ..errors import MusicFSError, NotADirectory, NotFound
+from .hidden import HIDDEN_BASE
+from .names import NAME_MAX, legal_name
+
+
+def raw_name(name: str) -> str:
+    """An origin's own name, kept as it is unless the kernel could not take it."""
+    if name in ("", ".", "..") or "\x00" in name or "/" in name or len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return legal_name(name)
+    return name
+
+RAW_DIR_NAME = ".origins"
+RAW_BASE = HIDDEN_BASE + (1 << 40)
+
+
+@dataclass(frozen=True)
+class RawNode:
+    inode: int
+    origin_id: str | None  # None for /.origins itself
+    path: str  # '' for an origin's root; directories end without '/'
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime_ns: int = 0
+    version: str = ""
+
+
+class RawView:
+    def __init__(self, origins: dict, *, ttl: float = 60.0):
+        self.origins = origins
+        self.ttl = ttl
+        self.limiter = trio.CapacityLimiter(8)
+        self.root = RawNode(RAW_BASE, None, "", RAW_DIR_NAME, True)
+        self._nodes: dict[int, RawNode] = {RAW_BASE: self.root}
+        self._keys: dict[tuple[str, str], int] = {}
+        self._listings: dict[int, tuple[float, list[RawNode]]] = {}
+        self._next = RAW_BASE + 1
+        self._tops = [self._node(origin_id, "", origin_id, True) for origin_id in sorted(origins)]
+        self.listings_fetched = 0
+
+    def is_raw(self, inode: int) -> bool:
+        return inode >= RAW_BASE
+
+    def _node(self, origin_id: str, path: str, name: str, is_dir: bool, size: int = 0, mtime_ns: int = 0,
+              version: str = "") -> RawNode:
+        key = (origin_id, path + ("/" if is_dir else ""))
+        inode = self._keys.get(key)
+        if inode is None:
+            inode, self._next = self._next, self._next + 1
+            self._keys[key] = inode
+        node = RawNode(inode, origin_id, path, name, is_dir, size, mtime_ns, version)
+        self._nodes[inode] = node
+        return node
+
+    def get(self, inode: int) -> RawNode:
+        node = self._nodes.get(inode)
+        if node is None:
+            raise NotFound(f"raw inode {inode}")
+        return node
+
+    async def children(self, inode: int) -> list[RawNode]:
+        node = self.get(inode)
+        if not node.is_dir:
+            raise NotADirectory(node.name)
+        if node is self.root:
+            return list(self._tops)
+        cached = self._listings.get(inode)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        listing = await trio.to_thread.run_sync(self._list, node, limiter=self.limiter)
+        self._listings[inode] = (time.monotonic() + self.ttl, listing)
+        return listing
+
+    def _list(self, node: RawNode) -> list[RawNode]:
+        origin = self.origins[node.origin_id]
+        prefix = f"{node.path}/" if node.path else ""
+        token, dirs, files = None, [], []
+        while True:
+            page = origin.list_page(prefix, token)
+            dirs += page.dirs
+            files += page.files
+            token = page.next_token
+            if token is None:
+                break
+        self.listings_fetched += 1
+        nodes = [self._node(node.origin_id, f"{prefix}{name}", raw_name(name), True) for name in dirs]
+        for entry in files:
+            name = entry.path.rsplit("/", 1)[-1]
+            nodes.append(self._node(node.origin_id, entry.path, raw_name(name), False, entry.size,
+                                    entry.mtime_ns, entry.version))
+        return sorted(nodes, key=lambda n: n.name)
+
+    async def lookup(self, parent: int, name: str) -> RawNode:
+        for child in await self.children(parent):
+            if child.name == name:
+                return child
+        raise NotFound(name)
+
+    def track(self, node: RawNode) -> dict:
+        """What the reader needs to open a raw file (it has no row in the index)."""
+        if node.is_dir or node.origin_id is None:
+            raise MusicFSError(f"{node.name} is not a file")
+        return {"id": -node.inode, "origin_id": node.origin_id, "real_path": node.path,
+                "size": node.size, "mtime_ns": node.mtime_ns, "version": node.version}
+
+    def statistics(self) -> dict:
+        return {"raw_nodes": len(self._nodes), "listings_cached": len(self._listings),
+                "listings_fetched": self.listings_fetched}
