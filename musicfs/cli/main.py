@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     umount = sub.add_parser("umount", help="unmount a musicfs mount and stop its daemon")
     umount.add_argument("mountpoint", type=Path)
     umount.set_defaults(func=cmd_umount)
+
+    status = sub.add_parser("status", help="what every running mount is doing")
+    status.add_argument("mountpoint", type=Path, nargs="?", help="only this mount")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
     return parser
 
 
@@ -204,6 +210,57 @@ def cmd_umount(args: argparse.Namespace) -> int:
     files = daemon.RunFiles.for_mountpoint(state, mountpoint)
     console.print(daemon.stop(files, mountpoint))
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Reads each running mount's /.musicfs/status.json (the daemon generates it on read)."""
+    state = args.state_dir or state_home()
+    mounts = daemon.running_mounts(state)
+    if args.mountpoint:
+        wanted = str(daemon.canonical(args.mountpoint))
+        mounts = [m for m in mounts if m["mountpoint"] == wanted]
+        if not mounts:
+            raise daemon.DaemonError(f"no musicfs daemon serves {args.mountpoint}")
+    reports = []
+    for mount in mounts:
+        status_file = Path(mount["mountpoint"]) / ".musicfs" / "status.json"
+        try:
+            reports.append(json.loads(status_file.read_text()))
+        except (OSError, ValueError) as exc:
+            reports.append({"mountpoint": mount["mountpoint"], "pid": mount["pid"], "error": str(exc)})
+    if args.json:
+        print_json(reports)
+        return 0
+    if not reports:
+        console.print("no musicfs mounts are running")
+        return 0
+    for report in reports:
+        render_status(report)
+    return 0
+
+
+def render_status(report: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{report['mountpoint']}  (pid {report['pid']})", show_header=False)
+    if "error" in report:
+        table.add_row("[red]not answering", report["error"])
+        console.print(table)
+        return
+    index, cache = report["index"], report.get("cache", {})
+    table.add_row("tracks", f"{index['tracks']} in {index['directories']} folders, {index['bytes']} bytes")
+    table.add_row("skipped", f"{index['skipped']} malformed files (see .musicfs/errors.json)")
+    age = index.get("age_seconds")
+    table.add_row("index", f"{index['path']} (scanned {age:.0f} s ago)" if age is not None else index["path"])
+    for origin in report.get("origins", []):
+        colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}.get(origin["state"], "white")
+        table.add_row(f"origin {origin['id']}",
+                      f"[{colour}]{origin['state']}[/] {origin.get('kind', '')} {origin.get('location', '')}")
+    if cache:
+        table.add_row("cache", f"{cache['bytes']} of {cache['limit_bytes']} bytes, {cache['hits']} hits, "
+                               f"{cache['misses']} misses, {cache['corruptions']} corrupt chunks refetched")
+    table.add_row("uptime", f"{report['uptime_seconds']:.0f} s")
+    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
