@@ -285,7 +285,7 @@ def _stop(mountpoint: Path, proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def timed_mount(work: Path, *, index: Path, origin: Path, cache_dir: Path | None = None,
-                timeout: float = 60.0, poll: float = 0.0002) -> Iterator[TimedMount]:
+                timeout: float = 60.0, poll: float = 0.001) -> Iterator[TimedMount]:
     """Start ``musicfs mount --foreground`` and time it to the first answered stat of its root.
 
     The mount point is polled every ``poll`` seconds: while it is not mounted a stat

@@ -24,19 +24,30 @@ def own_mount(sample_library, sample_mount, mount_factory, tmp_path):
 
 
 @pytest.mark.req("NFR-4.1")
-def test_idle_memory(own_mount, record_requirement, requirement_catalogue, capsys):
+def test_idle_memory(own_mount, sample_library, mount_factory, tmp_path, record_requirement,
+                     requirement_catalogue, capsys):
+    """The daemon as `musicfs mount` runs it: the index is complete before the daemon starts
+    (the command scans first, in its own process, then starts the daemon).
+
+    For context, a ``--foreground`` mount of a library without an index scans inside the
+    daemon process; its idle figure is printed and put in the detail, not recorded.
+    """
     idle = settle(own_mount.pid)
     files = walk_tree(own_mount.mountpoint).files  # browse everything, open nothing
     for path in files:
         os.stat(path)
     browsed = settle(own_mount.pid)
+    scanned_here = mount_factory(origin=sample_library[0], work=tmp_path / "first")
+    after_scan = settle(scanned_here.pid)
     with capsys.disabled():
         print(f"\nNFR-4.1 idle RSS {idle:.1f} MB after mounting, {browsed:.1f} MB after browsing "
-              f"{len(files)} files")
+              f"{len(files)} files; a --foreground first mount that scanned in the daemon: "
+              f"{after_scan:.1f} MB")
     record_requirement("NFR-4.1", max(idle, browsed), samples=2,
                        detail=f"VmRSS of the daemon, nothing open, nothing in flight: {idle:.1f} MB "
                               f"after mounting an indexed library, {browsed:.1f} MB after listing and "
-                              f"stating its {len(files)} files")
+                              f"stating its {len(files)} files (a --foreground first mount that "
+                              f"scanned inside the daemon: {after_scan:.1f} MB, not recorded)")
     assert max(idle, browsed) <= requirement_catalogue["NFR-4.1"].maximum
 
 

@@ -1,0 +1,439 @@
+"""Benchmarks: musicfs against the same files read natively, and libraries at full scale.
+
+Run with ``make perf`` (``pytest perf -q -s``); it takes a few minutes. Each benchmark
+runs one workload against a musicfs mount and, where there is one, against the same
+files read directly from the origin folder, and adds rows to the table printed at the
+end (see ``perf/conftest.py``). Figures the catalogue holds are recorded in its units.
+
+Workloads:
+* sequential reads of long tracks (4 x 128 MiB) and of a 1 GiB mix: cold (empty chunk
+  cache, kernel page cache dropped), warm (second read), and from the chunk cache alone
+  (page cache dropped again, so every read goes through the daemon);
+* random 4 KiB reads with fio (psync, buffered), warm and with the page cache dropped;
+* stat and readdir rates on the sample library, and listing a 10K-entry directory;
+* mount time of a 1M-track synthetic index against a 1K-track one, and latencies on it;
+* daemon memory per indexed and browsed track, and its peak over the run;
+* concurrent client processes, and how per-client latency grows with their number.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conformance.measure import (
+    drop_page_cache,
+    evict_files,
+    interleaved_mount_times,
+    median,
+    proc_status_mb,
+    rate,
+    scan_count,
+    settle,
+    time_each,
+    walk_tree,
+)
+from tests.harness import mount_library
+
+MB = 1_000_000
+BLOCK = 1 << 20
+FIO_SECONDS = 5
+MILLION = 1_000_000
+
+
+def _record_peak(record_requirement, mounted, what: str) -> None:
+    peak = proc_status_mb(mounted.pid, "VmHWM")
+    record_requirement("NFR-4.3", peak, detail=f"VmHWM of the daemon after {what}")
+
+
+def _read_all(paths: list[Path]) -> tuple[int, float]:
+    """Read every file front to back in 1 MiB reads; (bytes, seconds)."""
+    buf = bytearray(BLOCK)
+    total = 0
+    started = time.perf_counter()
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                total += n
+    return total, time.perf_counter() - started
+
+
+def _mbps(paths: list[Path]) -> float:
+    total, seconds = _read_all(paths)
+    return total / MB / seconds
+
+
+def _native(mounted_paths: list[Path], origin: Path) -> list[Path]:
+    return [origin / os.getxattr(p, "user.musicfs.real_path").decode() for p in mounted_paths]
+
+
+@pytest.fixture(scope="module")
+def big_mount(big_origin, tmp_path_factory):
+    with mount_library(origin=big_origin, work=tmp_path_factory.mktemp("big")) as mounted:
+        yield mounted
+
+
+@pytest.fixture(scope="module")
+def big_files(big_mount, big_origin):
+    files = sorted(walk_tree(big_mount.mountpoint).files, key=lambda p: p.stat().st_size)
+    mix, tracks = files[-1], files[:-1]
+    assert mix.stat().st_size >= 1 << 30 and len(tracks) >= 2
+    return {"tracks": tracks, "mix": mix, "native_tracks": _native(tracks, big_origin),
+            "native_mix": _native([mix], big_origin)[0]}
+
+
+# -- sequential reads ----------------------------------------------------------------------
+def _passes(files: list[Path]) -> dict[str, float]:
+    """MB/s of reading ``files`` front to back: cold (empty chunk cache, page cache dropped),
+    warm (read again: the kernel's page cache), through the daemon from the chunk cache (the
+    mount's pages evicted, the chunk files still in the OS cache) and from the chunk cache on
+    disk (every cache dropped)."""
+    drop_page_cache()
+    figures = {"cold": _mbps(files), "warm": _mbps(files)}
+    evict_files(files)
+    figures["daemon"] = _mbps(files)
+    drop_page_cache()
+    figures["disk"] = _mbps(files)
+    return figures
+
+
+@pytest.mark.req("NFR-2.1", "NFR-2.2", "MM-4", "NFR-4.3")
+def test_sequential_reads(big_mount, big_files, results, record_requirement, capsys):
+    if not drop_page_cache():
+        pytest.skip("dropping the page cache needs root")
+    tracks, mix = big_files["tracks"], big_files["mix"]
+    size_mb = sum(p.stat().st_size for p in tracks) / MB
+    mix_mb = mix.stat().st_size / MB
+    native = {}
+    for name, paths in (("tracks", big_files["native_tracks"]), ("mix", [big_files["native_mix"]])):
+        drop_page_cache()
+        native[name] = {"cold": _mbps(paths), "warm": _mbps(paths)}
+    m = {"tracks": _passes(tracks), "mix": _passes([mix])}
+
+    labels = (("cold", "cold: empty chunk cache, page cache dropped", "cold"),
+              ("warm", "warm: read again (kernel page cache)", "warm"),
+              ("daemon", "cached, through the daemon (mount's pages evicted)", "warm"),
+              ("disk", "cached, chunk files on disk (all caches dropped)", "cold"))
+    titles = {"tracks": f"sequential read, {len(tracks)} tracks of {size_mb / len(tracks):.0f} MB",
+              "mix": f"sequential read, one {mix_mb / 1000:.2f} GB mix"}
+    for name, title in titles.items():
+        for key, label, native_key in labels:
+            req = {"tracks": {"cold": "NFR-2.2", "daemon": "NFR-2.1", "warm": "NFR-2.1"},
+                   "mix": {"daemon": "MM-4", "warm": "MM-4"}}[name].get(key, "")
+            results.add(title, label, m[name][key], native[name][native_key], unit="MB/s", req=req)
+    with capsys.disabled():
+        for name, figures in m.items():
+            print(f"\nsequential MB/s, {name}: musicfs " +
+                  ", ".join(f"{k} {v:,.0f}" for k, v in figures.items()) +
+                  " | native " + ", ".join(f"{k} {v:,.0f}" for k, v in native[name].items()))
+    t, x = m["tracks"], m["mix"]
+    record_requirement("NFR-2.2", t["cold"],
+                       detail=f"{len(tracks)} tracks, {size_mb:.0f} MB, 1 MiB reads, empty chunk cache, "
+                              f"page cache dropped; native cold {native['tracks']['cold']:,.0f} MB/s")
+    record_requirement("NFR-2.1", min(t["warm"], t["daemon"]),
+                       detail=f"{size_mb:.0f} MB of cached tracks: {t['daemon']:,.0f} MB/s through the "
+                              f"daemon (chunk files in the OS cache), {t['warm']:,.0f} MB/s read again "
+                              f"(page cache), {t['disk']:,.0f} MB/s with the chunk files on disk; "
+                              "the lower of the first two is recorded")
+    record_requirement("MM-4", min(x["warm"], x["daemon"]),
+                       detail=f"{mix_mb:,.0f} MB file, cached: {x['daemon']:,.0f} MB/s through the "
+                              f"daemon, {x['warm']:,.0f} MB/s read again, {x['disk']:,.0f} MB/s from "
+                              "chunk files on disk; the lower of the first two is recorded")
+    _record_peak(record_requirement, big_mount, "reading 1.5 GB through it four times")
+
+
+# -- random reads with fio ----------------------------------------------------------------
+def _fio_randread(files: list[Path], work: Path, *, invalidate: bool) -> dict:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    names = []
+    for i, path in enumerate(files):  # fio splits names at ':'; plain links avoid quoting
+        (work / f"f{i}").symlink_to(path)
+        names.append(f"f{i}")
+    cmd = ["fio", "--name=randread", f"--directory={work}", "--filename=" + ":".join(names),
+           "--ioengine=psync", "--direct=0", "--rw=randread", "--bs=4k", "--time_based",
+           f"--runtime={FIO_SECONDS}", f"--invalidate={int(invalidate)}", "--thread",
+           "--percentile_list=50:99", "--output-format=json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
+    read = json.loads(out.stdout)["jobs"][0]["read"]
+    pct = read["clat_ns"]["percentile"]
+    return {"iops": read["iops"], "p50": pct["50.000000"] / 1000, "p99": pct["99.000000"] / 1000}
+
+
+@pytest.mark.req("NFR-1.4", "NFR-4.3")
+def test_random_reads_fio(big_mount, big_files, tmp_path, results, record_requirement, capsys):
+    if shutil.which("fio") is None:
+        pytest.skip("fio is not installed (make setup installs it)")
+    tracks, native = big_files["tracks"], big_files["native_tracks"]
+    _read_all(tracks)  # cached in musicfs and in the page cache
+    _read_all(native)
+    rows = {}
+    rows["warm"] = (_fio_randread(tracks, tmp_path / "m", invalidate=False),
+                    _fio_randread(native, tmp_path / "n", invalidate=False))
+    drop_page_cache()
+    musicfs_cold = _fio_randread(tracks, tmp_path / "m", invalidate=True)
+    drop_page_cache()
+    rows["page cache dropped"] = (musicfs_cold, _fio_randread(native, tmp_path / "n", invalidate=True))
+    for label, (m, n) in rows.items():
+        section = f"random 4 KiB reads (fio, psync, {FIO_SECONDS} s), {label}"
+        results.add(section, "IOPS", m["iops"], n["iops"], unit="", fmt=",.0f")
+        results.add(section, "latency p50", m["p50"], n["p50"], unit="us", fmt=",.1f",
+                    req="NFR-1.4" if label == "warm" else "")
+        results.add(section, "latency p99", m["p99"], n["p99"], unit="us", fmt=",.1f",
+                    req="NFR-1.4" if label == "warm" else "")
+    with capsys.disabled():
+        for label, (m, n) in rows.items():
+            print(f"\nfio randread {label}: musicfs {m['iops']:,.0f} IOPS p50 {m['p50']:.1f} us "
+                  f"p99 {m['p99']:.1f} us | native {n['iops']:,.0f} IOPS p50 {n['p50']:.1f} us "
+                  f"p99 {n['p99']:.1f} us")
+    warm = rows["warm"][0]
+    record_requirement("NFR-1.4", warm["p99"] / 1000,
+                       detail=f"fio randread 4 KiB over {len(tracks)} cached 128 MiB tracks: "
+                              f"{warm['iops']:,.0f} IOPS, p50 {warm['p50']:.1f} us")
+    _record_peak(record_requirement, big_mount, "random reads")
+
+
+# -- metadata -----------------------------------------------------------------------------
+@pytest.mark.req("NFR-1.1", "NFR-1.2", "NFR-2.3")
+def test_metadata_rates(sample_mount, sample_library, synthetic_index, empty_origin, perf_dir,
+                        tmp_path, results, record_requirement, capsys):
+    native_root = sample_library[0]
+    mounted = walk_tree(sample_mount.mountpoint)
+    native = walk_tree(native_root, skip_hidden=False)
+    def stat_all(paths: list[Path]) -> int:
+        for path in paths:
+            os.stat(path)
+        return len(paths)
+
+    def list_fully(directory: Path) -> int:
+        with os.scandir(directory) as entries:
+            return sum(1 for _ in entries)
+
+    stats = {}
+    for label, tree in (("musicfs", mounted), ("native", native)):
+        lat = time_each("stat", os.stat, tree.files, count=20_000)
+        per_second, _, _ = rate(lambda t=tree: stat_all(t.files), min_seconds=1.0)
+        lat_dirs = time_each("readdir", list_fully, tree.album_dirs, count=3000)
+        stats[label] = (lat, per_second, lat_dirs)
+    m, n = stats["musicfs"], stats["native"]
+    section = "metadata, sample library (warm)"
+    results.add(section, "stat p50", m[0].p(50) * 1000, n[0].p(50) * 1000, unit="us", fmt=",.2f",
+                req="NFR-1.1")
+    results.add(section, "stat p99", m[0].p(99) * 1000, n[0].p(99) * 1000, unit="us", fmt=",.2f",
+                req="NFR-1.1")
+    results.add(section, "stats per second", m[1], n[1], unit="/s", fmt=",.0f")
+    results.add(section, "readdir of an album p50", m[2].p(50) * 1000, n[2].p(50) * 1000,
+                unit="us", fmt=",.1f", req="NFR-1.2")
+    results.add(section, "readdir of an album p99", m[2].p(99) * 1000, n[2].p(99) * 1000,
+                unit="us", fmt=",.1f", req="NFR-1.2")
+
+    # a 10K-entry directory, listed completely: musicfs (synthetic album) against a native one
+    index = synthetic_index(10_000, single_album=10_000)
+    native_dir = perf_dir / "native-10k"
+    if not (native_dir / "done").exists():
+        native_dir.mkdir(exist_ok=True)
+        for i in range(10_000):
+            (native_dir / f"{i:05d} - track {i}.flac").touch()
+        (native_dir / "done").touch()
+    with mount_library(origin=empty_origin, index=index, work=tmp_path / "10k") as big:
+        artist = big.mountpoint / "Single Album Artist"
+        album = artist / os.listdir(artist)[0]
+        listing = time_each("list 10K", os.listdir, [album], count=10, warmup=1)
+        native_listing = time_each("list 10K", os.listdir, [native_dir], count=10, warmup=1)
+        assert len(os.listdir(album)) == 10_000
+        # the same browse mix as the conformance check, on this tree
+        root = big.mountpoint
+
+        def browse() -> int:
+            ops = 0
+            for entry in os.listdir(root):
+                if entry.startswith("."):
+                    continue
+                albums = os.listdir(root / entry)
+                ops += 1
+                for name in albums:
+                    os.stat(root / entry / name)
+                    ops += 1
+            return ops
+
+        browse()
+        mix_rate, ops, seconds = rate(browse, min_seconds=2.0)
+        _record_peak(record_requirement, big, "listing a 10K-entry directory")
+    results.add("directory of 10K entries", "list it completely (median)",
+                median(listing.ms), median(native_listing.ms), unit="ms", fmt=",.1f")
+    results.add("directory of 10K entries", "readdir + stat mix", mix_rate, "", unit="ops/s",
+                fmt=",.0f", req="NFR-2.3")
+    with capsys.disabled():
+        print(f"\nmetadata: {m[0].summary()} | native {n[0].summary()}\n  {m[2].summary()} | "
+              f"native {n[2].summary()}\n  list 10K entries {median(listing.ms):.1f} ms "
+              f"(native {median(native_listing.ms):.1f} ms); browse mix {mix_rate:,.0f} ops/s")
+    record_requirement("NFR-1.1", m[0].p(99), samples=m[0].count, detail="perf: warm stat, sample library")
+    record_requirement("NFR-1.2", m[2].p(99), samples=m[2].count, detail="perf: warm album readdir")
+    record_requirement("NFR-2.3", mix_rate, samples=ops,
+                       detail=f"perf: artist readdir + album stat over a 10K-track tree, {seconds:.1f} s")
+
+
+# -- a million tracks ---------------------------------------------------------------------
+@pytest.mark.req("NFR-1.7", "NFR-3.3", "NFR-3.1", "NFR-1.1", "NFR-1.2", "NFR-2.3", "NFR-4.3")
+def test_million_track_library(synthetic_index, empty_origin, tmp_path, results,
+                               record_requirement, requirement_catalogue, capsys):
+    started = time.perf_counter()
+    small, large = synthetic_index(1_000), synthetic_index(MILLION)
+    built = time.perf_counter() - started
+    scans = scan_count(large)
+    times = interleaved_mount_times({"1K": small, "1M": large}, tmp_path, empty_origin, repeats=5)
+    assert scan_count(large) == scans, "mounting the 1M index rescanned it"
+    small_ms, large_ms = median(times["1K"]) * 1000, median(times["1M"]) * 1000
+    ratio = large_ms / small_ms
+
+    # latencies on the mounted million: lookups (cold), stat (warm), readdir of albums (warm)
+    with mount_library(origin=empty_origin, index=large, work=tmp_path / "serve") as mounted:
+        root = mounted.mountpoint
+        artists = [root / a for a in os.listdir(root) if not a.startswith(".")]
+        rng = random.Random(5)
+        albums = [a / b for a in rng.sample(artists, 100) for b in os.listdir(a)]
+        files = [d / f for d in albums for f in os.listdir(d)]
+        drop_page_cache(level=2)  # the kernel forgets names: lookups go to the daemon
+        lookups = time_each("lookup", os.stat, files, count=len(files), warmup=0)
+        stat = time_each("stat", os.stat, files, count=max(5000, len(files)))
+        readdir = time_each("readdir", os.listdir, albums, count=max(2000, len(albums)))
+
+        def browse() -> int:
+            for album in albums:
+                os.listdir(album)
+                os.stat(album)
+            return 2 * len(albums)
+
+        mix_rate, ops, _ = rate(browse, min_seconds=2.0)
+        rss = settle(mounted.pid)
+        _record_peak(record_requirement, mounted, "serving a 1M-track index")
+    cat = requirement_catalogue
+    within = (lookups.p(99) <= cat["NFR-1.1"].maximum and stat.p(99) <= cat["NFR-1.1"].maximum
+              and readdir.p(99) <= cat["NFR-1.2"].maximum)
+    section = "1M-track synthetic library"
+    results.add(section, "index build (cached in build/perf)", built, unit="s", fmt=",.1f")
+    results.add(section, "mount, 1K tracks (median of 5)", small_ms, unit="ms", req="NFR-1.7")
+    results.add(section, "mount, 1M tracks (median of 5)", large_ms, unit="ms", req="NFR-1.7")
+    results.add(section, "mount 1M / mount 1K", f"{ratio:.2f}", req="NFR-3.3")
+    results.add(section, "lookup p99 (uncached names)", lookups.p(99) * 1000, unit="us", fmt=",.0f")
+    results.add(section, "stat p99 (warm)", stat.p(99) * 1000, unit="us", fmt=",.1f", req="NFR-1.1")
+    results.add(section, "readdir of an album p99", readdir.p(99) * 1000, unit="us", fmt=",.0f",
+                req="NFR-1.2")
+    results.add(section, "readdir + stat mix", mix_rate, unit="ops/s", fmt=",.0f", req="NFR-2.3")
+    results.add(section, "daemon RSS after browsing", rss, unit="MB")
+    with capsys.disabled():
+        print(f"\n1M: mounts 1K {[round(t * 1000) for t in times['1K']]} ms, 1M "
+              f"{[round(t * 1000) for t in times['1M']]} ms; ratio {ratio:.2f}; {lookups.summary()}; "
+              f"{stat.summary()}; {readdir.summary()}; mix {mix_rate:,.0f} ops/s; RSS {rss:.1f} MB")
+    for tracks, value in (("1K", small_ms), ("1M", large_ms)):
+        record_requirement("NFR-1.7", value, samples=5, detail=f"perf: median of 5 mounts, {tracks} tracks")
+    record_requirement("NFR-3.3", ratio, samples=10,
+                       detail=f"median mount 1M tracks {large_ms:.0f} ms / 1K tracks {small_ms:.0f} ms")
+    record_requirement("NFR-3.1", MILLION if within else 0,
+                       detail=f"1M tracks served: lookup p99 {lookups.p(99):.3f} ms, stat p99 "
+                              f"{stat.p(99):.4f} ms, album readdir p99 {readdir.p(99):.3f} ms"
+                              + ("" if within else " (a latency missed its maximum)"))
+    record_requirement("NFR-1.1", stat.p(99), samples=stat.count, detail="perf: warm stat, 1M-track tree")
+    record_requirement("NFR-1.2", readdir.p(99), samples=readdir.count,
+                       detail="perf: album readdir, 1M-track tree")
+    record_requirement("NFR-2.3", mix_rate, samples=ops, detail="perf: album readdir + stat, 1M-track tree")
+
+
+# -- memory per track -----------------------------------------------------------------------
+@pytest.mark.req("NFR-4.4", "NFR-4.3")
+def test_memory_per_track(synthetic_index, empty_origin, tmp_path, results, record_requirement,
+                          capsys):
+    """RSS after browsing every directory and file of a 10K- and a 100K-track library; the
+    difference divided by the difference in tracks."""
+    sizes = (10_000, 100_000)
+    rss = {}
+    for n in sizes:
+        with mount_library(origin=empty_origin, index=synthetic_index(n), work=tmp_path / f"m{n}") as mounted:
+            before = settle(mounted.pid)
+            tree = walk_tree(mounted.mountpoint)
+            for path in tree.files:
+                os.stat(path)
+            assert len(tree.files) == n
+            rss[n] = (before, settle(mounted.pid))
+            _record_peak(record_requirement, mounted, f"browsing {n:,} tracks")
+    per_track_kb = (rss[sizes[1]][1] - rss[sizes[0]][1]) * 1024 / (sizes[1] - sizes[0])
+    for n in sizes:
+        results.add("memory", f"daemon RSS, {n:,} tracks: mounted / browsed",
+                    f"{rss[n][0]:.1f} / {rss[n][1]:.1f} MB", req="NFR-4.1")
+    results.add("memory", "per indexed and browsed track", per_track_kb, unit="KB", fmt=",.2f",
+                req="NFR-4.4")
+    with capsys.disabled():
+        print(f"\nmemory: {rss}; per track {per_track_kb:.3f} KB")
+    record_requirement("NFR-4.4", per_track_kb,
+                       detail=f"RSS after browsing {sizes[1]:,} tracks {rss[sizes[1]][1]:.1f} MB, "
+                              f"{sizes[0]:,} tracks {rss[sizes[0]][1]:.1f} MB")
+    record_requirement("NFR-4.1", max(v[0] for v in rss.values()),
+                       detail="perf: idle after mounting a synthetic index")
+
+
+# -- concurrent clients ---------------------------------------------------------------------
+def _client(files, dirs, barrier, seconds, out):
+    """One client process: open+read+close a file, stat another, list a directory, in turns."""
+    rng = random.Random(os.getpid())
+    barrier.wait()
+    lat = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        path = files[rng.randrange(len(files))]
+        started = time.perf_counter_ns()
+        fd = os.open(path, os.O_RDONLY)
+        os.pread(fd, 4096, 0)
+        os.close(fd)
+        os.stat(files[rng.randrange(len(files))])
+        os.listdir(dirs[rng.randrange(len(dirs))])
+        lat.append((time.perf_counter_ns() - started) / 1e6)
+    out.put((median(lat), len(lat)))
+
+
+@pytest.mark.req("NFR-3.6", "NFR-4.3")
+def test_concurrent_clients(sample_mount, results, record_requirement, capsys):
+    """Per-client latency of a fixed mix with 1..100 client processes at once. It "grows
+    linearly" while latency(N) <= N x latency(1); the largest such N is recorded."""
+    tree = walk_tree(sample_mount.mountpoint)
+    files, dirs = [str(p) for p in tree.files], [str(p) for p in tree.album_dirs]
+    ctx = multiprocessing.get_context("fork")
+    levels = (1, 2, 5, 10, 20, 50, 100)
+    seconds = 1.5
+    per_client = {}
+    for n in levels:
+        barrier = ctx.Barrier(n)
+        out = ctx.Queue()
+        procs = [ctx.Process(target=_client, args=(files, dirs, barrier, seconds, out)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        got = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(30)
+        per_client[n] = (median([g[0] for g in got]), sum(g[1] for g in got))
+    base = per_client[1][0]
+    linear = 0
+    for n in levels:
+        if per_client[n][0] <= n * base:
+            linear = n
+        else:
+            break
+    for n in levels:
+        lat, ops = per_client[n]
+        results.add("concurrent clients (open+read+close, stat, readdir)",
+                    f"{n} clients: median per-client latency / total ops/s",
+                    f"{lat:.3f} ms / {ops / seconds:,.0f}", req="NFR-3.6" if n == linear else "")
+    with capsys.disabled():
+        print("\nclients: " + ", ".join(f"{n}: {v[0]:.3f} ms ({v[1] / seconds:,.0f} ops/s)"
+                                        for n, v in per_client.items()))
+    record_requirement("NFR-3.6", linear,
+                       detail="largest N with per-client median latency <= N x one client's: " +
+                              ", ".join(f"{n}: {v[0]:.2f} ms" for n, v in per_client.items()))
+    _record_peak(record_requirement, sample_mount, "100 concurrent clients")
