@@ -7,14 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
 from .. import daemon
 from ..config import state_home
 from ..errors import MusicFSError
 from ..index.library import LibraryIndex
-from ..index.scanner import Scanner, ScanReport
 from ..mount import MountSettings, serve
 from ..origins.base import create
 from .common import (
@@ -60,8 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200) -> list[ScanReport]:
-    """Scan every local origin of ``config`` into the index at ``path``."""
+def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200) -> list:
+    """Scan every origin of ``config`` into the index at ``path``."""
+    # imported here: a mount of an existing index needs neither mutagen nor progress bars
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..index.scanner import Scanner, ScanReport
+
     reports = []
     with LibraryIndex(path) as index:
         for origin_cfg in config.origins:
@@ -89,7 +90,9 @@ def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200)
     return reports
 
 
-def render_report(report: ScanReport, skipped: list) -> None:
+def render_report(report, skipped: list) -> None:
+    from rich.table import Table
+
     table = Table(title=f"scan of origin {report.origin_id!r} ({report.seconds:.2f} s)")
     table.add_column("result")
     table.add_column("files", justify="right")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastcdc.fastcdc_cy import fastcdc_cy
-
 MIN_SIZE = 16 * 1024
 AVG_SIZE = 64 * 1024
 MAX_SIZE = 256 * 1024
@@ -31,6 +29,9 @@ class StreamChunker:
         self._offset = start  # file offset of _buffer[0]
 
     def _cut(self, final: bool) -> list[Piece]:
+        # imported on first use: the fastcdc package pulls in a CLI library a mount never needs
+        from fastcdc.fastcdc_cy import fastcdc_cy
+
         pieces = []
         view = memoryview(self._buffer)
         consumed = 0

@@ -58,6 +58,7 @@ class FileState:
     filling: bool = False
     error: BaseException | None = None
     handles: int = 0
+    last_end: int = -1  # where the last read of this file ended: sequential access detection
     changed: trio.Event = field(default_factory=trio.Event)
 
     def add(self, ref: ChunkRef) -> None:
@@ -220,11 +221,15 @@ class CachedReader:
         refs = state.refs_for(start, end)
         if not refs or refs[0].offset > start or refs[-1].end < end:
             return None
+        # read ahead only for a reader going front to back; a random reader gets what it asks
+        sequential = start == state.last_end or start == 0
+        state.last_end = end
         parts = []
         for ref in refs:
             data = self._in_memory(ref.address)
-            parts.append(data if data is not None else await self._chunk(state, ref))
-        self._read_ahead(state, refs[-1].end)
+            parts.append(data if data is not None else await self._chunk(state, ref, sequential))
+        if sequential:
+            self._read_ahead(state, refs[-1].end)
         blob = b"".join(parts) if len(parts) > 1 else parts[0]
         base = refs[0].offset
         return blob[start - base:end - base]
@@ -234,7 +239,7 @@ class CachedReader:
         return (self._in_memory(ref.address) is None and ref.address not in self._loading
                 and ref.address not in self._bad)
 
-    async def _chunk(self, state: FileState, ref: ChunkRef) -> bytes:
+    async def _chunk(self, state: FileState, ref: ChunkRef, sequential: bool = True) -> bytes:
         """One chunk: from memory, from a load already under way, or loaded now with the next few.
 
         Loads are single-flight: a reader that needs a chunk another is loading waits for it.
@@ -243,7 +248,8 @@ class CachedReader:
         if loading is not None:
             await loading.wait()
         elif ref.address not in self._bad:
-            batch = [ref] + [r for r in state.refs_after(ref.end, READ_AHEAD) if self._wanted(r)]
+            ahead = state.refs_after(ref.end, READ_AHEAD) if sequential else []
+            batch = [ref] + [r for r in ahead if self._wanted(r)]
             await self._load_batch(batch)
         data = self._in_memory(ref.address)
         if data is None:  # missing or corrupt on disk (now discarded): fetch it again
