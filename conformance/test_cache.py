@@ -194,3 +194,40 @@ def test_fifty_concurrent_readers_cause_one_fetch_per_chunk(big_origin, tmp_path
         assert source.stat().st_size <= reader["origin_bytes"] <= 1.1 * source.stat().st_size
         events = status(mounted.mountpoint)["events"]["published"]
         assert events["FillCompleted"] == 1 and events["ChunkStored"] >= 48 * 1024 * 1024 // (256 * 1024)
+
+
+@pytest.mark.req("FS-10")
+def test_inspect_manifest_and_cache_tools_on_a_running_mount(library, tmp_path):
+    work = tmp_path / "work"
+    inspect = [sys.executable, "-m", "musicfs.cli.inspect", "--state-dir", str(work / "state")]
+    with mount_library(origin=library, work=work) as mounted:
+        files = sorted(mounted_files(mounted.mountpoint).values(), key=lambda p: -p.stat().st_size)
+        read, unread = files[0], files[1]
+        read.read_bytes()
+        settled(mounted.mountpoint)
+        chunk_map = json.loads(subprocess.run(inspect + ["manifest", str(read), "--json"],
+                                              capture_output=True, text=True, check=True).stdout)
+        assert chunk_map["percent_cached"] == 100.0
+        assert sum(c["size"] for c in chunk_map["chunks"]) == read.stat().st_size
+        assert all(c["cached"] for c in chunk_map["chunks"])
+        offsets = [c["offset"] for c in chunk_map["chunks"]]
+        assert offsets == sorted(offsets) and offsets[0] == 0
+        table = subprocess.run(inspect + ["manifest", str(read)], capture_output=True, text=True,
+                               check=True).stdout
+        assert chunk_map["chunks"][0]["address"] in table and "100.0% cached" in table
+        untouched = json.loads(subprocess.run(inspect + ["manifest", str(unread), "--json"],
+                                              capture_output=True, text=True, check=True).stdout)
+        assert untouched["chunks"] is None and untouched["percent_cached"] == 0.0
+        cache = json.loads(subprocess.run(inspect + ["cache", "--cache-dir", str(mounted.cache_dir), "--json"],
+                                          capture_output=True, text=True, check=True).stdout)
+        assert cache["daemon"] == mounted.pid and cache["misses"] >= 1 and cache["manifests"] == 1
+    dry = json.loads(subprocess.run(inspect + ["cache", "clear", "--dry-run", "--json", "--cache-dir",
+                                               str(work / "cache")], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert dry["dry_run"] and dry["chunks"] >= 1
+    assert any((work / "cache" / "chunks").rglob("*"))
+    cleared = json.loads(subprocess.run(inspect + ["cache", "clear", "--json", "--cache-dir",
+                                                   str(work / "cache")], capture_output=True, text=True,
+                                        check=True).stdout)
+    assert cleared["bytes_freed"] >= dry["bytes"]
+    assert not [p for p in (work / "cache" / "chunks").rglob("*") if p.is_file()]

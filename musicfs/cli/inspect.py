@@ -158,8 +158,9 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     if args.json:
         print_json(chunk_map)
         return 0
-    table = Table(title=f"{origin}:{real}  {chunk_map['size']} bytes, "
-                        f"{chunk_map['percent_cached']}% cached, version {chunk_map['version']}")
+    console.print(f"{origin}:{real}  {chunk_map['size']} bytes, {chunk_map['percent_cached']}% cached,"
+                  f" version {chunk_map['version']}", soft_wrap=True)
+    table = Table()
     for column in ("#", "offset", "size", "address", "cached"):
         table.add_column(column, justify="right" if column in ("#", "offset", "size") else "left")
     for i, chunk in enumerate(chunk_map["chunks"]):
