@@ -237,15 +237,9 @@ def _typed(table: dict, key: str, kind: type, name: str, fail, index: int | None
     return value
 
 
-def _origin_kinds() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
-    """kind -> (required keys, optional keys), from the origin registry."""
-    from .origins.base import kinds
-
-    return {name: (cls.required, cls.optional) for name, cls in kinds().items()}
-
-
 def _origins(items: Any, fail) -> tuple[OriginConfig, ...]:
-    known = _origin_kinds()
+    from .origins.base import kind_class, kind_names
+
     if not isinstance(items, list) or not items:
         raise fail("at least one [[origins]] table is required", "origins", None)
     origins, ids = [], set()
@@ -254,10 +248,14 @@ def _origins(items: Any, fail) -> tuple[OriginConfig, ...]:
             missing = "id" if "id" not in item else "type"
             raise fail(f"origin #{i + 1} needs {missing!r}", "origins", None, i)
         kind = _typed(item, "type", str, "origins", fail, i)
-        if kind not in known:
-            raise fail(f"unknown origin type {kind!r} (known: {', '.join(sorted(known))})",
+        if kind not in kind_names():
+            raise fail(f"unknown origin type {kind!r} (known: {', '.join(kind_names())})",
                        "origins", "type", i)
-        required, optional = known[kind]
+        try:
+            cls = kind_class(kind)
+        except ConfigError as exc:
+            raise fail(str(exc), "origins", "type", i) from None
+        required, optional = cls.required, cls.optional
         _only(item, _ORIGIN_COMMON | required | optional, "origins", fail, i)
         origin_id = _typed(item, "id", str, "origins", fail, i)
         if not _ID.match(origin_id):

@@ -109,6 +109,9 @@ class Origin(ABC):
 
 
 _KINDS: dict[str, type[Origin]] = {}
+# built-in kinds, imported only when a config uses them: a client library such as boto3
+# costs tens of megabytes that a mount of local folders should not pay
+BUILTIN = {"local": "local", "s3": "s3", "sftp": "sftp"}
 
 
 def register(cls: type[Origin]) -> type[Origin]:
@@ -117,22 +120,35 @@ def register(cls: type[Origin]) -> type[Origin]:
     return cls
 
 
-def kinds() -> dict[str, type[Origin]]:
-    from . import local  # noqa: F401  (built-in kinds register themselves on import)
+def kind_names() -> list[str]:
+    return sorted(set(BUILTIN) | set(_KINDS))
 
-    for module in ("s3", "sftp"):
+
+def kind_class(kind: str) -> type[Origin]:
+    """The class of an origin kind, importing its module on first use."""
+    if kind not in _KINDS and kind in BUILTIN:
         try:
-            __import__(f"{__package__}.{module}")
-        except ImportError:  # an optional client library is not installed
+            __import__(f"{__package__}.{BUILTIN[kind]}")
+        except ImportError as exc:
+            raise ConfigError(f"origin type {kind!r} is not available: {exc}") from None
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise ConfigError(f"unknown origin type {kind!r} (known: {', '.join(kind_names())})")
+    return cls
+
+
+def kinds() -> dict[str, type[Origin]]:
+    """Every kind that can be loaded here (imports them all: for tools and tests)."""
+    for kind in BUILTIN:
+        try:
+            kind_class(kind)
+        except ConfigError:
             pass
     return dict(_KINDS)
 
 
 def create(origin_id: str, kind: str, options: dict[str, Any]) -> Origin:
-    cls = kinds().get(kind)
-    if cls is None:
-        raise ConfigError(f"unknown origin type {kind!r}")
-    return cls.from_options(origin_id, options)  # type: ignore[attr-defined]
+    return kind_class(kind).from_options(origin_id, options)  # type: ignore[attr-defined]
 
 
 @dataclass
