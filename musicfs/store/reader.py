@@ -109,7 +109,7 @@ class ReaderCounters:
 class CachedReader:
     def __init__(self, origins: dict, cache: ContentCache, bus: EventBus, nursery: trio.Nursery, *,
                  direct: Any = None, policies: dict[str, str] | None = None, read_timeout: float = 5.0,
-                 threads: int = 16, health: Any = None,
+                 threads: int = 16, origin_threads: int = 128, health: Any = None,
                  replicas: Callable[[str, str, int], list[str]] | None = None):
         """``direct`` serves local origins whose policy is cache = "never" (a pass-through
         reader); ``replicas(origin_id, path, size)`` names the origins holding the same file;
@@ -124,7 +124,8 @@ class CachedReader:
         self.policies = policies or {}
         self.read_timeout = read_timeout
         self.limiter = trio.CapacityLimiter(threads)
-        self.origin_limiter = trio.CapacityLimiter(threads)
+        # origin calls mostly wait on a network: many may be in flight at once (ASYNC-2)
+        self.origin_limiter = trio.CapacityLimiter(origin_threads)
         self.counters = ReaderCounters()
         self._states: dict[tuple[str, str, str], FileState] = {}
         self._recent: OrderedDict[str, bytes] = OrderedDict()
