@@ -25,6 +25,7 @@ import contextlib
 import errno
 import logging
 import os
+import posixpath
 import stat as stat_mode
 import threading
 import time
@@ -250,11 +251,9 @@ class SftpOrigin(Origin):
                 name, mode = attrs.filename, attrs.st_mode or 0
                 if stat_mode.S_ISLNK(mode):  # follow links to files, not to folders (no loops)
                     try:
-                        target = sftp.stat(f"{folder}/{name}")
-                    except OSError as exc:
-                        if exc.errno == errno.ENOENT and type(exc) is OSError:
-                            continue  # a dangling link
-                        raise
+                        target = sftp.stat(posixpath.join(folder, name))
+                    except FileNotFoundError:
+                        continue  # a dangling link
                     if not stat_mode.S_ISREG(target.st_mode or 0):
                         continue
                     attrs, mode = target, target.st_mode or 0
@@ -300,6 +299,7 @@ class SftpOrigin(Origin):
             raise OriginUnavailable(f"{self._where()}: {self.root!r} is not a folder")
 
     def close(self) -> None:
+        """Close the pooled connections (those in use close when their call ends); a later call reconnects."""
         self._pool.close()
 
     # -- connections and errors ----------------------------------------------------------------
@@ -330,9 +330,7 @@ class SftpOrigin(Origin):
         try:
             yield session.sftp
         except OSError as exc:
-            # paramiko turns SFTP status replies into plain OSError (with errno for
-            # "no such file" and "permission denied"); subclasses are socket trouble.
-            if type(exc) is not OSError:
+            if not _is_reply(exc):
                 session.broken = True
             elif exc.errno == errno.ENOENT:
                 if not path or self._root_missing(session):
@@ -353,9 +351,8 @@ class SftpOrigin(Origin):
         try:
             session.sftp.stat(self.root)
         except OSError as exc:
-            if type(exc) is not OSError:
-                session.broken = True
-            return type(exc) is OSError and exc.errno == errno.ENOENT
+            session.broken = not _is_reply(exc)
+            return isinstance(exc, FileNotFoundError)
         except _CONNECTION_ERRORS:
             session.broken = True
         return False
@@ -394,7 +391,7 @@ class SftpOrigin(Origin):
             raise OriginUnavailable(f"{where}: cannot read known_hosts file {self.known_hosts}: "
                                     f"{exc.strerror}") from None
         client.set_missing_host_key_policy(_RejectUnknown())
-        ok = False
+        ok, started = False, time.monotonic()
         try:
             client.connect(self.host, self.port, username=self.user, pkey=pkey, timeout=self.timeout,
                            banner_timeout=self.timeout, auth_timeout=self.timeout,
@@ -418,9 +415,11 @@ class SftpOrigin(Origin):
         except paramiko.AuthenticationException:
             raise OriginUnavailable(f"{where}: the server refused key file {self.key_file} for user "
                                     f"{self.user!r}") from None
-        except TimeoutError:
-            raise OriginUnavailable(f"{where}: no answer within {self.timeout:g} s") from None
         except (OSError, *_CONNECTION_ERRORS) as exc:
+            # A server that accepts TCP but never speaks surfaces as one of several
+            # paramiko errors, depending on which of its waits ran out first.
+            if isinstance(exc, TimeoutError) or time.monotonic() - started >= self.timeout:
+                raise OriginUnavailable(f"{where}: no answer within {self.timeout:g} s") from None
             raise OriginUnavailable(f"{where}: cannot connect: {type(exc).__name__}: "
                                     f"{getattr(exc, 'strerror', None) or exc}") from None
         finally:
@@ -428,6 +427,19 @@ class SftpOrigin(Origin):
                 client.close()
         log.debug("%s: opened an SFTP connection", self._where())
         return _Session(client, sftp, generation)
+
+
+def _is_reply(exc: OSError) -> bool:
+    """Whether ``exc`` is the server's answer (the session is fine) rather than trouble on the wire.
+
+    paramiko raises SFTP status replies as OSError(ENOENT) (a FileNotFoundError),
+    OSError(EACCES) (a PermissionError) or a plain OSError without errno; resets,
+    broken pipes and timeouts are other subclasses. A closed channel also raises
+    a plain OSError, but :meth:`_Session.alive` catches that on release.
+    """
+    if isinstance(exc, FileNotFoundError | PermissionError):
+        return True
+    return type(exc) is OSError and exc.errno is None
 
 
 def _mtime_ns(attrs: paramiko.SFTPAttributes) -> int:
