@@ -58,3 +58,6 @@ def print_json(data: Any) -> None:
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the SFTP origin reports connection failures itself, once and with context;
+    # paramiko's own transport thread would log each one again as an ERROR
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
