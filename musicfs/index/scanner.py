@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from ..errors import NotFound, OriginUnavailable
 from ..origins.base import Entry, Origin
 from ..vfs.template import PathTemplate
 from .library import TRACK_FIELDS, LibraryIndex
@@ -44,6 +45,7 @@ class ScanReport:
     skipped: int = 0  # malformed files (new or still broken)
     parsed: int = 0  # files actually opened to read tags
     ignored: int = 0  # files that are not audio by extension
+    unreadable: int = 0  # files the origin failed to deliver (tried again next scan)
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     complete: bool = False
@@ -109,9 +111,13 @@ class Scanner:
                 if len(pending) >= self.batch_size or len(seen_ids) >= 10 * self.batch_size:
                     self._flush(pending, seen_ids, tree, scan_id, report, entry.path)
             self._flush(pending, seen_ids, tree, scan_id, report, None)
-        self._finish(scan_id, tree, report)
+        if report.unreadable:
+            log.warning("origin %s: %d files could not be read; removals wait for a complete scan",
+                        self.origin.id, report.unreadable)
+        else:
+            self._finish(scan_id, tree, report)
         report.seconds = time.monotonic() - started
-        report.complete = True
+        report.complete = not report.unreadable
         self._record(scan_id, report)
         return report
 
@@ -129,6 +135,8 @@ class Scanner:
             with RangeFile(self.origin, entry.path, entry.size) as source:
                 return self.read(source)
         except MalformedAudio as exc:
+            return exc
+        except (OriginUnavailable, NotFound) as exc:  # the origin failed, not the file
             return exc
 
     def _known(self, entry: Entry) -> tuple[str, int, bool] | None:
@@ -177,8 +185,16 @@ class Scanner:
     def _write(self, item: _Pending, result, tree: TreeWriter, scan_id: int, now: float,
                report: ScanReport) -> None:
         entry = item.entry
-        report.parsed += 1
         key = (self.origin.id, entry.path)
+        if isinstance(result, (OriginUnavailable, NotFound)):
+            # not recorded as malformed; the file is tried again next scan, and this scan
+            # does not count as complete (nothing is removed on its word)
+            report.unreadable += 1
+            log.warning("could not read %s:%s from its origin: %s", *key, result)
+            if item.track_id is not None:
+                self.conn.execute("UPDATE tracks SET scan_id = ? WHERE id = ?", (scan_id, item.track_id))
+            return
+        report.parsed += 1
         if isinstance(result, MalformedAudio):
             report.skipped += 1
             report.skipped_reasons[result.reason] = report.skipped_reasons.get(result.reason, 0) + 1
@@ -233,8 +249,9 @@ class Scanner:
         report.skipped = sum(report.skipped_reasons.values())
 
     def _record(self, scan_id: int, report: ScanReport) -> None:
+        """Store the counts; only a complete walk counts as finished."""
         with self.index.transaction():
             self.conn.execute(
                 "UPDATE scans SET finished_at = ?, stats = ? WHERE id = ?",
-                (time.time(), json.dumps(asdict(report)), scan_id),
+                (time.time() if report.complete else None, json.dumps(asdict(report)), scan_id),
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from struct import error as struct_error  # mutagen lets these through on garbage input
-from typing import Any
+from typing import Any, BinaryIO
 
 import mutagen
 from mutagen.id3 import ID3
@@ -93,10 +93,17 @@ def _raw_tags(tags: Any) -> dict[str, str | None]:
     }
 
 
-def read_tags(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """FR-6 fields of the audio file at ``path``; raises :class:`MalformedAudio`."""
+def read_tags(path: str | os.PathLike[str] | BinaryIO) -> dict[str, Any]:
+    """FR-6 fields of an audio file; raises :class:`MalformedAudio`.
+
+    ``path`` is a local path, or a seekable binary file object with ``name`` and
+    ``size`` (a remote file read through ranged requests). An origin failing
+    while it is read is not a malformed file: that error passes through.
+    """
+    is_file = hasattr(path, "read")
+    name = path.name if is_file else os.fspath(path)
     try:
-        if os.path.getsize(path) == 0:
+        if (path.size if is_file else os.path.getsize(path)) == 0:
             raise MalformedAudio("empty file", "0 bytes")
         audio = mutagen.File(path)
     except MalformedAudio:
@@ -104,7 +111,7 @@ def read_tags(path: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError as exc:
         raise MalformedAudio("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
     except (mutagen.MutagenError, ValueError, EOFError, IndexError, KeyError, struct_error) as exc:
-        message = str(exc).replace(repr(os.fspath(path)), "file").replace(os.fspath(path), "file")
+        message = str(exc).replace(repr(name), "file").replace(str(name), "file")
         if isinstance(exc, struct_error) or not message:  # a header points past the data that exists
             message = f"truncated or inconsistent header{f' ({message})' if message else ''}"
         raise MalformedAudio("corrupt audio", message) from None
@@ -119,7 +126,7 @@ def read_tags(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise MalformedAudio("no audio stream", f"{type(audio).__name__} header without audio frames")
     raw = _raw_tags(audio.tags)
     date = raw.get("date")
-    ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    ext = os.path.splitext(str(name))[1].lower().lstrip(".")
     return {
         "title": raw.get("title"),
         "artist": raw.get("artist"),

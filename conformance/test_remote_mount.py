@@ -1,0 +1,71 @@
+"""Libraries on remote origins index, mount and read like a local one (PH-2.2, NFR-1.6)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+
+import pytest
+
+from tests.harness import mount_library
+from tests.sshserver import ssh_server
+
+
+def toml_value(value) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def origin_config(path, origin_id: str, kind: str, options: dict) -> None:
+    lines = ["[[origins]]", f'id = "{origin_id}"', f'type = "{kind}"']
+    lines += [f"{key} = {toml_value(value)}" for key, value in options.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.99 * len(ordered) + 0.5)) - 1)]
+
+
+@pytest.fixture
+def sftp_library(sample_library, tmp_path):
+    with ssh_server() as server:
+        root = server.root / "music"
+        shutil.copytree(sample_library[0], root)
+        config = tmp_path / "musicfs.toml"
+        origin_config(config, "nas", "sftp", server.options(path=str(root)))
+        yield server, config
+
+
+@pytest.mark.req("PH-2.2", "NFR-1.6", "B2-6")
+def test_sftp_library_mounts_by_tags_and_raw(sftp_library, good_files, record_requirement, tmp_path):
+    server, config = sftp_library
+    expected = {f["path"]: f["sha256"] for f in good_files}
+    with mount_library(config=config, work=tmp_path / "work") as mounted:
+        tracks = {}
+        for dirpath, _dirs, names in os.walk(mounted.mountpoint):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                tracks[os.getxattr(path, "user.musicfs.real_path").decode()] = path
+        assert set(tracks) == set(expected)
+        latencies = []
+        for real, path in tracks.items():
+            with open(path, "rb") as f:
+                started = time.perf_counter()
+                first = f.read(128 * 1024)  # the first read of an uncached file: a remote fetch
+                latencies.append((time.perf_counter() - started) * 1000)
+                rest = f.read()
+            assert hashlib.sha256(first + rest).hexdigest() == expected[real]
+        record_requirement("NFR-1.6", p99(latencies), samples=len(latencies),
+                           detail=f"first 128 KiB read of each track over SFTP (loopback sshd); "
+                                  f"median {sorted(latencies)[len(latencies) // 2]:.1f} ms")
+        raw = mounted.mountpoint / ".origins" / "nas"
+        some = next(iter(expected))
+        with open(raw / some, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == expected[some]
+        status = json.loads((mounted.mountpoint / ".musicfs" / "status.json").read_text())
+        origin = status["origins"][0]
+        assert origin["kind"] == "sftp" and origin["location"].startswith(f"sftp://{server.user}@")
+        assert origin["state"] == "healthy"
