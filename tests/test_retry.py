@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import trio
 
 from musicfs.errors import NotFound, OriginUnavailable
+from musicfs.origins.base import OriginBusy
 from musicfs.origins.retry import call_with_retry
 
 pytestmark = pytest.mark.req("NFR-7.3")
@@ -67,3 +70,28 @@ def test_a_missing_file_is_not_retried():
     with pytest.raises(NotFound):
         run(flaky)
     assert len(flaky.calls) == 1
+
+
+def test_retry_after_of_a_busy_origin_is_honoured():
+    flaky = Flaky(failures=1, error=OriginBusy("slow down", retry_after=0.8))
+    result, errors = run(flaky)
+    assert result == b"ok" and errors == [1]
+    (gap,) = gaps(flaky.calls)
+    assert 0.8 <= gap <= 0.8 + 0.2  # the server's wait, not the schedule's 100 ms
+
+
+def test_a_short_retry_after_does_not_shorten_the_schedule():
+    flaky = Flaky(failures=2, error=OriginBusy("slow down", retry_after=0.0))
+    result, _ = run(flaky)
+    assert result == b"ok"
+    for gap, base in zip(gaps(flaky.calls), (0.1, 0.5)):
+        assert base <= gap <= base * 1.1 + 0.05
+
+
+def test_retry_after_past_the_deadline_is_cut_at_the_deadline():
+    flaky = Flaky(failures=10, error=OriginBusy("slow down", retry_after=60))
+    started = time.monotonic()
+    with pytest.raises(OriginUnavailable):
+        run(flaky, deadline=0.5)
+    assert len(flaky.calls) == 1
+    assert time.monotonic() - started < 2  # gave up at the deadline, not after 60 s

@@ -5,6 +5,11 @@ trio sleep, so a failing origin never stalls the event loop. The deadline
 bounds the whole attempt-and-wait sequence, so a reader gets its answer, or
 EIO, in bounded time (an origin that hangs is abandoned by cancellation; its
 thread finishes in the background).
+
+A server that answers "slow down" with a ``Retry-After`` (an
+:class:`~musicfs.origins.base.OriginBusy` with ``retry_after``) is given at
+least that long before the next attempt; asking again sooner would only earn
+another refusal. The deadline still wins: the wait never runs past it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import tenacity
 import trio
 
 from ..errors import NotFound, OriginUnavailable
+from .base import OriginBusy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,14 +32,23 @@ JITTER = 0.1  # up to 10 % added to each wait
 
 
 class _Wait(tenacity.wait.wait_base):
-    """The schedule 100 ms, 500 ms, 2 s, then 2 s again, each with jitter."""
+    """The schedule 100 ms, 500 ms, 2 s, then 2 s again, each with jitter.
 
-    def __init__(self, schedule: tuple[float, ...], jitter: float):
-        self.schedule, self.jitter = schedule, jitter
+    A server's ``Retry-After`` lengthens the step to match; no wait ends past ``deadline``.
+    """
+
+    def __init__(self, schedule: tuple[float, ...], jitter: float, deadline: float | None = None):
+        self.schedule, self.jitter, self.deadline = schedule, jitter, deadline
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         base = self.schedule[min(retry_state.attempt_number - 1, len(self.schedule) - 1)]
-        return base + tenacity.wait_random(0, base * self.jitter)(retry_state)
+        wait = base + tenacity.wait_random(0, base * self.jitter)(retry_state)
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, OriginBusy) and exc.retry_after is not None:
+            wait = max(wait, exc.retry_after)
+        if self.deadline is not None:
+            wait = min(wait, max(0.0, self.deadline - trio.current_time()))
+        return wait
 
 
 async def call_with_retry(func: Callable[..., T], *args, deadline: float, limiter: trio.CapacityLimiter,
@@ -53,7 +68,7 @@ async def call_with_retry(func: Callable[..., T], *args, deadline: float, limite
     retrying = tenacity.AsyncRetrying(
         sleep=trio.sleep,
         stop=tenacity.stop_after_attempt(attempts),
-        wait=_Wait(schedule, JITTER),
+        wait=_Wait(schedule, JITTER, deadline),
         retry=tenacity.retry_if_exception(lambda e: not isinstance(e, (FileNotFoundError, NotFound))),
         before_sleep=before_sleep,
         reraise=True,
