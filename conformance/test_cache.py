@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from fixtures.bigfile import write_wav
-from tests.harness import mount_library
+from tests.harness import mount_library, mount_status, settled
+from tests.harness import mounted_tracks as mounted_files
 
 
 def sha256(path: Path) -> str:
@@ -24,34 +25,6 @@ def sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def mounted_files(mountpoint: Path) -> dict[str, Path]:
-    """real_path -> mounted path, for every track in the mount."""
-    files = {}
-    for dirpath, dirnames, filenames in os.walk(mountpoint):
-        dirnames[:] = [d for d in dirnames if d != ".musicfs"]
-        for name in filenames:
-            path = Path(dirpath) / name
-            files[os.getxattr(path, "user.musicfs.real_path").decode()] = path
-    return files
-
-
-def status(mountpoint: Path) -> dict:
-    return json.loads((mountpoint / ".musicfs" / "status.json").read_text())
-
-
-def settled(mountpoint: Path, timeout: float = 10.0) -> dict:
-    """status.json once no fill is running (the last chunks of a read reach disk just after it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        current = status(mountpoint)
-        reader = current["reader"]
-        if reader["fills_started"] == reader["fills_completed"] + reader["fills_failed"]:
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(f"fills still running after {timeout} s: {reader}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -74,10 +47,10 @@ def test_whole_library_reads_offline_after_remount(library, good_files, tmp_path
         assert cache["manifests"] == len(expected) and cache["limit_bytes"] == 10 * 10**9
     library.rename(tmp_path / "moved-away")
     with mount_library(origin=library, work=work, index=work / "state" / "index.db") as mounted:
-        assert not status(mounted.mountpoint)["origins"][0]["reachable"]
+        assert not mount_status(mounted.mountpoint)["origins"][0]["reachable"]
         for real, path in mounted_files(mounted.mountpoint).items():
             assert sha256(path) == expected[real], f"{real} differs when read offline"
-        after = status(mounted.mountpoint)
+        after = mount_status(mounted.mountpoint)
         assert after["reader"]["origin_requests"] == 0
         assert after["cache"]["hits"] > 0 and after["cache"]["misses"] == 0
 
@@ -104,9 +77,9 @@ def test_damaged_chunks_are_detected_and_fetched_again(library, good_files, tmp_
     with mount_library(origin=library, work=work, index=work / "state" / "index.db") as mounted:
         for real, path in mounted_files(mounted.mountpoint).items():
             assert sha256(path) == expected[real]
-        cache = status(mounted.mountpoint)["cache"]
+        cache = mount_status(mounted.mountpoint)["cache"]
         assert cache["corruptions"] == len(damaged)
-        assert status(mounted.mountpoint)["reader"]["refetched_chunks"] == len(damaged)
+        assert mount_status(mounted.mountpoint)["reader"]["refetched_chunks"] == len(damaged)
     verify = subprocess.run([sys.executable, "-m", "musicfs.cli.inspect", "chunks", "--verify", "--json",
                              "--cache-dir", str(work / "cache")], capture_output=True, text=True)
     assert json.loads(verify.stdout)["verify"]["corrupt"] == 0
@@ -156,7 +129,7 @@ def test_store_stays_within_its_limit_under_churn(library, good_files, tmp_path)
             time.sleep(0.3)
             stop.set()
             watcher.join()
-        cache = status(mounted.mountpoint)["cache"]
+        cache = mount_status(mounted.mountpoint)["cache"]
         biggest = max(f["size"] for f in good_files)
         # files being read are never evicted from under their readers: at most four at a time
         assert peak <= limit + 4 * biggest + 256 * 1024
@@ -192,7 +165,7 @@ def test_fifty_concurrent_readers_cause_one_fetch_per_chunk(big_origin, tmp_path
         assert reader["fills_started"] == 1 and reader["fills_completed"] == 1
         # every byte came from the origin once (seeks ahead of the fill may add a little)
         assert source.stat().st_size <= reader["origin_bytes"] <= 1.1 * source.stat().st_size
-        events = status(mounted.mountpoint)["events"]["published"]
+        events = mount_status(mounted.mountpoint)["events"]["published"]
         assert events["FillCompleted"] == 1 and events["ChunkStored"] >= 48 * 1024 * 1024 // (256 * 1024)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -12,24 +11,10 @@ import pytest
 from mutagen.wave import WAVE
 
 from fixtures.bigfile import write_wav
-from tests.harness import mount_library
+from tests.harness import mount_library, settled
+from tests.harness import mount_status as status
 
 MiB = 1024 * 1024
-
-
-def status(mountpoint: Path) -> dict:
-    return json.loads((mountpoint / ".musicfs" / "status.json").read_text())
-
-
-def settled(mountpoint: Path, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = status(mountpoint)
-        reader = current["reader"]
-        if reader["fills_started"] == reader["fills_completed"] + reader["fills_failed"]:
-            return current
-        assert time.monotonic() < deadline, f"fills still running: {reader}"
-        time.sleep(0.02)
 
 
 def tag(path: Path, **tags: str) -> None:

@@ -5,6 +5,7 @@ Used by conformance/, chaos/ and perf/ alike.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -117,3 +118,32 @@ def mount_library(**kwargs) -> Iterator[MountedLibrary]:
         if daemon.is_mounted(mounted.mountpoint):
             daemon.abort_connection(mounted.mountpoint)
             daemon.fusermount_unmount(mounted.mountpoint, lazy=True)
+
+
+def mounted_tracks(mountpoint: Path) -> dict[str, Path]:
+    """real_path -> mounted path of every track in a mount (hidden folders left out)."""
+    tracks = {}
+    for dirpath, dirnames, filenames in os.walk(mountpoint):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            path = Path(dirpath) / name
+            tracks[os.getxattr(path, "user.musicfs.real_path").decode()] = path
+    return tracks
+
+
+def mount_status(mountpoint: Path) -> dict:
+    """The mount's generated /.musicfs/status.json."""
+    return json.loads((mountpoint / ".musicfs" / "status.json").read_text())
+
+
+def settled(mountpoint: Path, timeout: float = 20.0) -> dict:
+    """status.json once no fill is running (the last chunks of a read reach disk just after it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = mount_status(mountpoint)
+        reader = current["reader"]
+        if reader["fills_started"] == reader["fills_completed"] + reader["fills_failed"]:
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fills still running after {timeout} s: {reader}")
+        time.sleep(0.02)
