@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 import time
 
 import pytest
 
 from tests.harness import mount_library
+from tests.harness import mount_status as status
+from tests.harness import mounted_tracks as mounted_files
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def status(mountpoint) -> dict:
-    return json.loads((mountpoint / ".musicfs" / "status.json").read_text())
 
 
 @pytest.fixture
@@ -32,15 +28,6 @@ def two_origins(sample_library, tmp_path):
         f'[[origins]]\nid = "nas"\ntype = "local"\npath = "{primary}"\npriority = 1\n\n'
         f'[[origins]]\nid = "backup"\ntype = "local"\npath = "{backup}"\npriority = 2\n')
     return primary, backup, config
-
-
-def mounted_files(mountpoint):
-    files = {}
-    for dirpath, _dirnames, filenames in os.walk(mountpoint):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            files[os.getxattr(path, "user.musicfs.real_path").decode()] = path
-    return files
 
 
 @pytest.mark.req("G3", "NFR-7.1", "NFR-7.2")
