@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import pytest
 from fastcdc.fastcdc_cy import fastcdc_cy
@@ -76,14 +77,20 @@ def test_chunk_files_detect_corruption_and_truncation(tmp_path):
     assert files.stats.corrupt == 2 and files.stats.missing == 1
 
 
-def test_temp_files_are_removed_by_scan(tmp_path):
+def test_only_old_temp_files_are_removed_by_scan(tmp_path):
     files = ChunkFiles(tmp_path)
     data = b"a" * 20000
     files.write(digest(data), data)
     leftover = files.root / "ab" / ".tmp-abc-123"
     leftover.write_bytes(b"partial")
-    found = dict(files.scan())
-    assert found == {digest(data): 20000} and not leftover.exists()
+    os.utime(leftover, (1000, 1000))  # left by a crash long ago
+    in_flight = files.root / "cd" / ".tmp-cde-456"
+    in_flight.write_bytes(b"being written now")
+    assert dict(files.scan()) == {digest(data): 20000}
+    assert leftover.exists() and in_flight.exists()  # a read-only scan removes nothing
+    started = time.time() - 60
+    assert dict(files.scan(remove_temp_before=started)) == {digest(data): 20000}
+    assert not leftover.exists() and in_flight.exists()  # a write in flight is never cut off
 
 
 def _refs(blobs):

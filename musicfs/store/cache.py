@@ -41,6 +41,7 @@ class ContentCache:
         self.files = ChunkFiles(self.directory)
         self.index = ChunkIndex(self.directory / "chunks.db")
         self.counters = CacheCounters()
+        self.opened_at = time.time()  # temp files older than this are crash leftovers
         self._lock = threading.Lock()  # one writer at a time on the SQLite connection
         self._access: dict[str, float] = {}
         self._in_use: dict[str, int] = {}
@@ -50,7 +51,7 @@ class ContentCache:
     def reconcile(self) -> dict[str, int]:
         """Align index and disk after an unclean stop (NFR-8.2); removes temp files."""
         started = time.time()
-        on_disk = dict(self.files.scan())
+        on_disk = dict(self.files.scan(remove_temp_before=self.opened_at))
         with self._lock:
             result = self.index.reconcile(on_disk, older_than=started)
             self.size = self.index.total_bytes()

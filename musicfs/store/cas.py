@@ -119,17 +119,28 @@ class ChunkFiles:
     def exists(self, address: str) -> bool:
         return self.path(address).exists()
 
-    def scan(self) -> Iterator[tuple[str, int]]:
-        """Every chunk file as (address, size); removes leftover temp files on the way."""
+    def scan(self, remove_temp_before: float | None = None) -> Iterator[tuple[str, int]]:
+        """Every chunk file as (address, size).
+
+        Temp files last changed before ``remove_temp_before`` (a unix time: when
+        this daemon started) are leftovers of a crash and are removed; newer ones
+        may be writes in flight and are left alone, as are all of them when no
+        time is given (read-only tools).
+        """
         for shard in sorted(self.root.iterdir()):
             if not shard.is_dir():
                 continue
             with os.scandir(shard) as entries:
                 for entry in entries:
-                    if entry.name.startswith(TMP_PREFIX):
-                        Path(entry.path).unlink(missing_ok=True)
-                    elif is_address(entry.name) and entry.name[:2] == shard.name:
-                        yield entry.name, entry.stat().st_size
+                    try:
+                        if entry.name.startswith(TMP_PREFIX):
+                            if remove_temp_before is not None and \
+                                    entry.stat().st_mtime < remove_temp_before:
+                                Path(entry.path).unlink(missing_ok=True)
+                        elif is_address(entry.name) and entry.name[:2] == shard.name:
+                            yield entry.name, entry.stat().st_size
+                    except FileNotFoundError:  # evicted or renamed while we looked
+                        continue
 
     def statistics(self) -> dict:
         return dict(self.stats.__dict__)

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .cas import ChunkFiles
+from .cas import TMP_PREFIX, ChunkFiles
 from .chunkdb import ChunkIndex
 from .digest import digest
 
@@ -89,6 +89,8 @@ def clear_cache(cache_dir: Path, *, dry_run: bool) -> dict:
             files = ChunkFiles(cache_dir)
             freed = sum(files.discard(address) for address in index.addresses())
             freed += sum(files.discard(address) for address, _ in files.scan())  # strays too
+            for temp in files.root.glob(f"*/{TMP_PREFIX}*"):  # clear is explicit: temps go too
+                temp.unlink(missing_ok=True)
             index.clear()
             result["bytes_freed"] = freed
     finally:
