@@ -86,20 +86,24 @@ class Origin(ABC):
     def close(self) -> None:
         return None
 
+    def list_all(self, prefix: str = "") -> tuple[list[Entry], list[str]]:
+        """Every file and sub-folder directly under ``prefix``, all pages of it."""
+        token, files, dirs = None, [], []
+        while True:
+            page = self.list_page(prefix, token)
+            files += page.files
+            dirs += page.dirs
+            token = page.next_token
+            if token is None:
+                return files, dirs
+
     def walk(self, on_error=None) -> Iterator[Entry]:
         """Every file, folder by folder in sorted order, built on :meth:`list_page`."""
         stack = [""]
         while stack:
             prefix = stack.pop()
-            token, files, dirs = None, [], []
             try:
-                while True:
-                    page = self.list_page(prefix, token)
-                    files += page.files
-                    dirs += page.dirs
-                    token = page.next_token
-                    if token is None:
-                        break
+                files, dirs = self.list_all(prefix)
             except (OriginUnavailable, OSError) as exc:
                 if on_error:
                     on_error(prefix or ".", exc)

@@ -91,14 +91,7 @@ class RawView:
     def _list(self, node: RawNode) -> list[RawNode]:
         origin = self.origins[node.origin_id]
         prefix = f"{node.path}/" if node.path else ""
-        token, dirs, files = None, [], []
-        while True:
-            page = origin.list_page(prefix, token)
-            dirs += page.dirs
-            files += page.files
-            token = page.next_token
-            if token is None:
-                break
+        files, dirs = origin.list_all(prefix)
         self.listings_fetched += 1
         nodes = [self._node(node.origin_id, f"{prefix}{name}", raw_name(name), True) for name in dirs]
         for entry in files:
