@@ -86,6 +86,10 @@ class Origin(ABC):
     def close(self) -> None:
         return None
 
+    def statistics(self) -> dict:
+        """Counters of this origin's own (connections opened, credentials reloaded...), for status."""
+        return {}
+
     def list_all(self, prefix: str = "") -> tuple[list[Entry], list[str]]:
         """Every file and sub-folder directly under ``prefix``, all pages of it."""
         token, files, dirs = None, [], []

@@ -93,5 +93,6 @@ class HealthMonitor:
         return {origin_id: {"state": h.state, "latency_ms": h.latency_ms, "error": h.error,
                             "checked_at": h.checked_at, "priority": self.priorities.get(origin_id),
                             "kind": self.origins[origin_id].kind,
-                            "location": self.origins[origin_id].location}
+                            "location": self.origins[origin_id].location,
+                            **self.origins[origin_id].statistics()}
                 for origin_id, h in self.health.items()}

@@ -30,6 +30,9 @@ Choices, and why:
   accept it, and it needs no wildcard DNS for the bucket name.
 * A version is the ETag; mtimes are whole seconds, because a listing gives
   milliseconds but HEAD's ``Last-Modified`` only seconds, and both must agree.
+* A read has ``timeout`` seconds as a whole, not only per wait on the socket
+  (see :class:`_Body`): a body that trickles in must not hold a worker thread
+  and a connection for minutes after the reader has given up on it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import contextlib
 import email.utils
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -48,13 +52,16 @@ from urllib.parse import urlsplit
 
 import boto3
 import botocore.session
+import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectTimeoutError,
     NoCredentialsError,
     ParamValidationError,
     PartialCredentialsError,
+    ReadTimeoutError,
 )
 
 from ..errors import ConfigError, NotFound, OriginUnavailable
@@ -64,12 +71,16 @@ log = logging.getLogger(__name__)
 
 __all__ = ["S3Origin"]
 
-DEFAULT_TIMEOUT = 10.0  # seconds, for connecting and for each wait on the socket
+DEFAULT_TIMEOUT = 10.0  # seconds: for connecting, for each wait on the socket, and for a whole read
 DEFAULT_PAGE_SIZE = 1000  # S3 returns at most 1000 keys per listing
 DEFAULT_REGION = "us-east-1"  # what MinIO and moto expect when nothing else is said
 # kept-alive connections: as many as the store reader lets run at once (its origin_threads);
 # botocore's default of 10 would drop and reopen connections under parallel FUSE reads
 MAX_POOL_CONNECTIONS = 128
+BODY_PIECE = 1 << 20  # the most one read of a body asks for (it returns what has arrived, often less)
+# without urllib3's read1 (before 2.3), a read waits for all it asks: ask little, to check the clock often
+FALLBACK_PIECE = 16 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/")
 
 # Codes that mean "these credentials are no good (any more)": reload them before the next attempt.
 _CREDENTIAL_CODES = frozenset({
@@ -251,12 +262,19 @@ class S3Origin(Origin):
         return Page(files, dirs, next_token)
 
     def read_range(self, path: str, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset`` with one ranged GET, read as a stream and never past ``size``."""
+        """Up to ``size`` bytes at ``offset`` with one ranged GET, read as a stream and never past ``size``.
+
+        Exactly the bytes asked for, fewer only where the object ends, or an
+        error: a body cut short, a connection reset or a read past ``timeout``
+        (for the whole call: see :class:`_Body`) raise :class:`OriginUnavailable`,
+        and the connection is closed rather than returned half-read to the pool.
+        """
         if offset < 0 or size < 0:
             raise ValueError(f"negative offset or size: {offset}, {size}")
         key = self._key(path)
         if size == 0:
             return b""
+        deadline = time.monotonic() + self.timeout
         with self._request("GetObject", key) as client:
             try:
                 response = client.get_object(Bucket=self.bucket, Key=key,
@@ -265,23 +283,11 @@ class S3Origin(Origin):
                 if exc.response.get("Error", {}).get("Code") == "InvalidRange" or _status(exc) == 416:
                     return b""  # at or past the end (or an empty object)
                 raise
-            body = response["Body"]
+            body = _Body(response, deadline, self.timeout, self._what("GetObject", key))
             try:
-                # a server that ignores Range answers 200 with the whole object: skip to the offset
-                skip = 0 if response.get("ContentRange") else offset
-                while skip:
-                    chunk = body.read(min(skip, 1 << 20))
-                    if not chunk:
-                        return b""
-                    skip -= len(chunk)
-                chunks, wanted = [], size
-                while wanted > 0:
-                    chunk = body.read(wanted)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    wanted -= len(chunk)
-                return b"".join(chunks)
+                if not body.start_at(offset):
+                    return b""  # a whole-object answer that ends before offset
+                return body.read(size)
             finally:
                 body.close()
 
@@ -294,6 +300,9 @@ class S3Origin(Origin):
         """
         with self._request("ListObjectsV2", None) as client:
             client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+
+    def statistics(self) -> dict:
+        return {"credential_reloads": self.credential_reloads}
 
     def close(self) -> None:
         with self._lock:
@@ -375,7 +384,11 @@ class S3Origin(Origin):
         except ParamValidationError:
             raise ValueError(f"{self._what(operation, key)}: botocore refused the request's "
                              f"parameters") from None
-        except BotoCoreError as exc:  # connection refused or reset, timeouts, cut-off bodies
+        except (ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise OriginUnavailable(f"{self._what(operation, key)}: no answer from "
+                                    f"{self.endpoint or 'AWS'} within {self.timeout:g} s "
+                                    f"({type(exc).__name__})") from None
+        except BotoCoreError as exc:  # connection refused or reset, cut-off answers
             raise OriginUnavailable(f"{self._what(operation, key)}: {type(exc).__name__} "
                                     f"talking to {self.endpoint or 'AWS'}") from None
 
@@ -403,6 +416,116 @@ class S3Origin(Origin):
             return OriginUnavailable(f"{what}: server error")
         hint = _HINTS.get(code)
         return OriginUnavailable(f"{what}{f': {hint}' if hint else ''}")
+
+
+class _Body:
+    """The body of a GetObject answer, read against a deadline for the whole request.
+
+    Why: botocore's read timeout bounds each wait on the socket, and a read of
+    ``n`` bytes (botocore's, urllib3's, http.client's) loops until it has all
+    ``n``, so a body that keeps trickling in (a link at 1 KB/s, a server
+    sending a byte every few seconds) never trips it. A 1 MiB read at 1 KB/s
+    would take 17 minutes: the reader abandons it long before, but the worker
+    thread and the connection stay taken until it ends, and repeated slow reads
+    pile them up. So the body is read with urllib3's ``read1``, which returns
+    whatever has arrived, and before each piece the socket's timeout is cut to
+    the time left: a wait that blocks ends at the deadline too. No thread and
+    no timer: one ``settimeout`` per piece. Waiting for the answer's headers is
+    bounded by the per-wait timeout alone (botocore owns that socket then).
+
+    Every failure is :class:`OriginUnavailable`. A body that ends before its
+    ``Content-Length`` is an error, never a short read: checked here, since
+    ``read1`` returns ``b""`` at a premature end. ``close`` closes the
+    connection unless the body was read to its end, so a half-read connection
+    is never reused.
+    """
+
+    def __init__(self, response: dict, deadline: float, budget: float, what: str):
+        self._body = response["Body"]
+        self._raw = self._body._raw_stream  # urllib3's response: botocore's wrapper has no read1
+        self._read1 = getattr(self._raw, "read1", None)
+        self._response = response
+        self.left: int | None = response.get("ContentLength")  # bytes of the body not read yet
+        self.deadline, self.budget, self.what = deadline, budget, what
+
+    def start_at(self, offset: int) -> bool:
+        """Check that the body starts at ``offset`` of the object; False if the object ends before it.
+
+        A connection cut inside the headers leaves an answer that looks
+        complete to http.client but lacks headers (Content-Length, Content-Range)
+        and has no body: taken at its word, it would read as an empty or
+        shifted range. So an answer must say how long its body is (or be
+        chunked), and a 206 must be for the range asked.
+        """
+        meta = self._response.get("ResponseMetadata", {})
+        status, headers = meta.get("HTTPStatusCode"), meta.get("HTTPHeaders", {})
+        if self.left is None and "chunked" not in headers.get("transfer-encoding", ""):
+            raise OriginUnavailable(f"{self.what}: the answer has no Content-Length (cut short?)")
+        if status == 206:
+            content_range = self._response.get("ContentRange") or ""
+            ranged = _CONTENT_RANGE.match(content_range)
+            if ranged is None or int(ranged[1]) != offset:
+                raise OriginUnavailable(f"{self.what}: a partial answer with Content-Range "
+                                        f"{content_range!r}, not a range from byte {offset}")
+            return True
+        if status == 200:  # a server that ignores Range answers with the whole object
+            return self.skip(offset)
+        raise OriginUnavailable(f"{self.what}: unexpected HTTP {status} to a ranged GET")
+
+    def skip(self, count: int) -> bool:
+        """Read past ``count`` bytes; False if the body ends first."""
+        if self.left is not None and self.left <= count:
+            return False
+        while count > 0:
+            piece = self._piece(min(count, BODY_PIECE), 0, count)
+            if not piece:
+                return False
+            count -= len(piece)
+        return True
+
+    def read(self, size: int) -> bytes:
+        """``size`` bytes, or fewer only where the body says it ends."""
+        want = size if self.left is None else min(size, self.left)
+        parts, got = [], 0
+        while got < want:
+            piece = self._piece(want - got, got, want)
+            if not piece:
+                if self.left is None:  # no Content-Length: the end of the body is the end
+                    break
+                raise OriginUnavailable(f"{self.what}: the body ended after {got} of {want} bytes")
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._body.close()
+
+    def _piece(self, amount: int, got: int, want: int) -> bytes:
+        """What has arrived, up to ``amount`` bytes, waiting no later than the deadline."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._too_slow(got, want)
+        # the socket of urllib3's connection (none once the body is done, or in a canned answer)
+        sock = getattr(getattr(self._raw, "connection", None), "sock", None)
+        try:
+            if sock is not None:
+                sock.settimeout(remaining)
+            if self._read1 is not None:
+                piece = self._read1(min(amount, BODY_PIECE))
+            else:
+                piece = self._raw.read(min(amount, FALLBACK_PIECE))
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # timed out, reset, cut short
+            if time.monotonic() >= self.deadline:
+                raise self._too_slow(got, want) from None
+            raise OriginUnavailable(f"{self.what}: the connection broke after {got} of {want} bytes "
+                                    f"({type(exc).__name__})") from None
+        if self.left is not None:
+            self.left -= len(piece)
+        return piece
+
+    def _too_slow(self, got: int, want: int) -> OriginUnavailable:
+        return OriginUnavailable(f"{self.what}: took longer than {self.budget:g} s (too slow); gave up "
+                                 f"after {got} of {want} bytes")
 
 
 def _status(exc: ClientError) -> int:

@@ -13,6 +13,10 @@ Choices, and why:
 * No retries here: :mod:`musicfs.origins.retry` retries with backoff. A session
   whose connection broke is thrown away when it comes back to the pool, and
   the next call opens a fresh one.
+* A read has ``timeout`` seconds as a whole, not only per wait for a reply:
+  past it, :class:`_Watchdog` closes the read's connection under it, so a
+  transfer that trickles cannot hold a worker thread and a pooled session for
+  minutes after the reader has given up on it.
 
 Errors: a missing file is :class:`~musicfs.errors.NotFound`; everything else
 is :class:`~musicfs.errors.OriginUnavailable` with a message naming the
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
+import itertools
 import logging
 import os
 import posixpath
@@ -44,10 +50,10 @@ __all__ = ["SftpOrigin"]
 DEFAULT_PORT = 22
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_POOL_SIZE = 4
-DEFAULT_TIMEOUT = 10.0  # seconds: connect, handshake, auth, and each wait for a reply
+DEFAULT_TIMEOUT = 10.0  # seconds: connect, handshake, auth, each wait for a reply, and a whole read
 DEFAULT_PAGE_SIZE = 1000
 MAX_POOL_SIZE = 64
-PREFETCH_REQUESTS = 64  # read requests in flight for one large read (32 KiB each)
+PREFETCH_REQUESTS = 64  # read requests in flight for one large read (32 KiB each): 2 MiB per readv
 KEEPALIVE = 30  # seconds: keeps idle pooled connections through NAT and firewalls
 
 # A broken connection shows up as one of these (or as an OSError subclass: reset, timeout).
@@ -72,7 +78,15 @@ class _Session:
 
     def __init__(self, client: paramiko.SSHClient, sftp: paramiko.SFTPClient, generation: int):
         self.client, self.sftp, self.generation = client, sftp, generation
+        self.transport = client.get_transport()
         self.broken = False
+        self.cut_off = False  # closed by the watchdog: the operation ran out of time
+
+    def cut(self) -> None:
+        """Close the connection under the thread using it (the watchdog's doing), waking its wait."""
+        self.broken = self.cut_off = True
+        with contextlib.suppress(OSError, *_CONNECTION_ERRORS):
+            self.transport.close()
 
     def alive(self) -> bool:
         transport = self.client.get_transport()
@@ -84,6 +98,81 @@ class _Session:
             self.sftp.close()
         with contextlib.suppress(OSError, *_CONNECTION_ERRORS):
             self.client.close()
+
+
+class _Watchdog:
+    """Cuts the connection of an SFTP operation that outlives its deadline; one thread for all origins.
+
+    Why: paramiko reads a reply packet by looping over its channel until the
+    packet is whole, and the channel's timeout bounds each of those waits, not
+    the packet; a server or a link that trickles (1 KB/s) never trips it. A
+    1 MiB read would then hold its worker thread and its pooled session for 17
+    minutes after the reader gave up on it, and a few such reads take the whole
+    pool. Nothing inside paramiko can be told when to give up; closing the
+    transport from outside can: its channels close, and whatever the reading
+    thread waits in raises at once.
+
+    Why one shared thread rather than a ``threading.Timer`` per read: arming
+    costs a heap push under a lock, not a thread start. The thread starts on
+    first use, sleeps while nothing is due, and starts again after a fork (or
+    if it ever died). A session is cut with the lock held, so once
+    :meth:`disarm` returns, that session is either untouched or already cut:
+    never cut later, when it may be back in the pool and lent to another read.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # the thread does not survive a fork
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []  # (deadline, ticket), the earliest first
+        self._armed: dict[int, _Session] = {}  # ticket -> session, until disarmed or cut
+        self._tickets = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, session: _Session, seconds: float) -> int:
+        """Cut ``session`` in ``seconds`` unless the returned ticket is disarmed first."""
+        with self._cond:
+            ticket = next(self._tickets)
+            self._armed[ticket] = session
+            heapq.heappush(self._heap, (time.monotonic() + seconds, ticket))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="musicfs-sftp-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            elif self._heap[0][1] == ticket:
+                self._cond.notify()  # due before what the thread sleeps towards
+        return ticket
+
+    def disarm(self, ticket: int) -> None:
+        with self._cond:
+            self._armed.pop(ticket, None)
+            self._drop_disarmed()
+
+    def _drop_disarmed(self) -> None:
+        while self._heap and self._heap[0][1] not in self._armed:
+            heapq.heappop(self._heap)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                self._drop_disarmed()
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, ticket = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                session = self._armed.pop(ticket)
+                log.debug("cutting an SFTP connection whose operation ran out of time")
+                session.cut()
+
+
+_WATCHDOG = _Watchdog()
 
 
 class _Pool:
@@ -268,16 +357,28 @@ class SftpOrigin(Origin):
         """Up to ``size`` bytes at ``offset``; fewer at the end of the file, ``b""`` beyond it.
 
         Large ranges are read with pipelined requests (paramiko's ``readv``),
-        so a 1 MiB read costs about one round trip rather than 32.
+        so a 1 MiB read costs about one round trip rather than 32. At most
+        ``PREFETCH_REQUESTS`` go out per ``readv`` and all at once: paramiko's
+        sending thread waits (polling, forever) for room under a cap, even
+        after the connection died, so the cap is applied by splitting instead.
+
+        Once it has a session, the read has ``timeout`` seconds in all; past
+        them :class:`_Watchdog` cuts its connection and the read raises
+        :class:`OriginUnavailable` (too slow). Any failure leaves the session
+        broken, so it is closed rather than reused half-read.
         """
         if offset < 0 or size < 0:
             raise ValueError(f"bad range: offset {offset}, size {size}")
-        with self._session("read", path) as sftp, sftp.open(self._remote(path), "rb") as remote:
+        with (self._session("read", path, budget=self.timeout) as sftp,
+              sftp.open(self._remote(path), "rb") as remote):
             length = max(0, min(size, (remote.stat().st_size or 0) - offset))
             if length == 0:
                 return b""
+            parts = []
             if length > remote.MAX_REQUEST_SIZE:
-                parts = list(remote.readv([(offset, length)], PREFETCH_REQUESTS))
+                step = remote.MAX_REQUEST_SIZE * PREFETCH_REQUESTS
+                for start in range(offset, offset + length, step):
+                    parts += remote.readv([(start, min(step, offset + length - start))])
             else:
                 remote.seek(offset)
                 parts = [remote.read(length)]
@@ -297,6 +398,9 @@ class SftpOrigin(Origin):
             attrs = sftp.stat(self.root or ".")
         if not stat_mode.S_ISDIR(attrs.st_mode or 0):
             raise OriginUnavailable(f"{self._where()}: {self.root!r} is not a folder")
+
+    def statistics(self) -> dict:
+        return {"connections_opened": self.connections_opened}
 
     def close(self) -> None:
         """Close the pooled connections (those in use close when their call ends); a later call reconnects."""
@@ -320,16 +424,24 @@ class SftpOrigin(Origin):
         return f"{self.root.rstrip('/')}/{rel}"
 
     @contextlib.contextmanager
-    def _session(self, operation: str, path: str) -> Iterator[paramiko.SFTPClient]:
+    def _session(self, operation: str, path: str, budget: float | None = None
+                 ) -> Iterator[paramiko.SFTPClient]:
         """A pooled SFTP session for one operation, with the server's answers mapped to our errors.
 
         ``path`` is relative to the root; ``""`` is the root itself, whose absence
-        means the origin is unavailable, not that a file is missing.
+        means the origin is unavailable, not that a file is missing. With a
+        ``budget`` (seconds), the watchdog cuts the session's connection when
+        the operation takes longer, and the error says so.
         """
         session = self._pool.acquire(operation)
+        ticket = None
         try:
+            if budget is not None:
+                ticket = _WATCHDOG.arm(session, budget)
             yield session.sftp
         except OSError as exc:
+            if session.cut_off:
+                raise self._too_slow(operation, path, budget) from None
             if not _is_reply(exc):
                 session.broken = True
             elif exc.errno == errno.ENOENT:
@@ -340,8 +452,12 @@ class SftpOrigin(Origin):
             raise self._unavailable(operation, path, exc) from exc
         except _CONNECTION_ERRORS as exc:
             session.broken = True
+            if session.cut_off:
+                raise self._too_slow(operation, path, budget) from None
             raise self._unavailable(operation, path, exc) from exc
         finally:
+            if ticket is not None:
+                _WATCHDOG.disarm(ticket)
             self._pool.release(session)
 
     def _root_missing(self, session: _Session) -> bool:
@@ -356,6 +472,11 @@ class SftpOrigin(Origin):
         except _CONNECTION_ERRORS:
             session.broken = True
         return False
+
+    def _too_slow(self, operation: str, path: str, budget: float | None) -> OriginUnavailable:
+        what = f"{operation} {path!r}" if path else operation
+        return OriginUnavailable(f"{self._where()}: {what} took longer than {budget:g} s (too slow); "
+                                 f"gave up")
 
     def _unavailable(self, operation: str, path: str, exc: BaseException) -> OriginUnavailable:
         if path:
