@@ -42,7 +42,7 @@ stop: setup
 	$(VENV)/bin/musicfs --state-dir $(STATE) umount $(MNT)
 
 test: setup
-	$(PY) -m pytest tests conformance chaos -q
+	$(PY) -m pytest tests conformance chaos -q -m "not slow"
 
 conformance: setup
 	$(PY) -m pytest conformance -q

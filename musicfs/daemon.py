@@ -98,21 +98,50 @@ def _fuse_connection(mountpoint: Path) -> str | None:
     return None
 
 
+def _control(mountpoint: Path) -> Path | None:
+    """The mount's fusectl folder (mounting fusectl if needed; root only), or None."""
+    conn = _fuse_connection(mountpoint)
+    if conn is None:
+        return None
+    control = Path("/sys/fs/fuse/connections")
+    if not (control / conn).exists():
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(control)], check=False,
+                       capture_output=True)
+    return control / conn if (control / conn).exists() else None
+
+
 def abort_connection(mountpoint: Path) -> bool:
     """Abort a hung mount's FUSE connection so every waiting process gets an error.
 
     The last resort when a daemon neither answers nor exits; the mountpoint
     becomes stale and :func:`recover_stale` can unmount it.
     """
-    conn = _fuse_connection(mountpoint)
-    if conn is None:
-        return False
-    control = Path("/sys/fs/fuse/connections")
-    if not (control / conn).exists():
-        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(control)], check=False,
-                       capture_output=True)
+    control = _control(mountpoint)
     try:
-        (control / conn / "abort").write_text("1")
+        if control is None:
+            return False
+        (control / "abort").write_text("1")
+    except OSError:
+        return False
+    return True
+
+
+def raise_background_limit(mountpoint: Path, limit: int) -> bool:
+    """Let the kernel keep ``limit`` read-ahead requests in flight to this mount, not 12.
+
+    Page-cache reads reach a FUSE daemon as background requests, and the
+    kernel's default lets only 12 of them be outstanding per mount: a hundred
+    players starting cold tracks would then wait on a slow origin twelve at a
+    time. libfuse offers no way to ask for more at mount time from here, so the
+    limit is raised through fusectl once the mount is up (root only; False if
+    that is not possible).
+    """
+    control = _control(mountpoint)
+    try:
+        if control is None:
+            return False
+        (control / "max_background").write_text(str(limit))
+        (control / "congestion_threshold").write_text(str(limit * 3 // 4))
     except OSError:
         return False
     return True

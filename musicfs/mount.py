@@ -18,6 +18,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from . import daemon
 from .config import Config
 from .events import EventBus
 from .fuse.attrs import AttrPolicy
@@ -35,6 +36,7 @@ from .vfs.reader import DirectReader
 log = logging.getLogger(__name__)
 
 MAX_TASKS = 1024  # requests in flight; pyfuse3's default (99) would serialise a busy mount
+MAX_BACKGROUND = 128  # kernel read-ahead requests in flight to the daemon (the kernel's default: 12)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,19 @@ async def _stop_on_signal() -> None:
             return
 
 
+async def _raise_background_limit(mountpoint: Path) -> None:
+    """Once the kernel's INIT handshake is done (a first request answered), allow more read-ahead.
+
+    Set earlier, the INIT reply would put the kernel's default back.
+    """
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    if await trio.to_thread.run_sync(daemon.raise_background_limit, mountpoint, MAX_BACKGROUND):
+        log.debug("FUSE background requests raised to %d", MAX_BACKGROUND)
+    else:
+        log.info("could not raise the FUSE background request limit (needs root and fusectl); "
+                 "cold reads from slow origins will overlap at most 12 at a time")
+
+
 async def _reconcile(cache: ContentCache) -> None:
     """Align the chunk index with the chunk files after an unclean stop, off the mount's path."""
     await trio.to_thread.run_sync(cache.reconcile)
@@ -147,6 +162,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             if on_mounted:
                 on_mounted()
             nursery.start_soon(_stop_on_signal)
+            nursery.start_soon(_raise_background_limit, settings.mountpoint)
             nursery.start_soon(reader.flush_periodically)
             nursery.start_soon(_reconcile, cache)
             nursery.start_soon(health.run)

@@ -61,3 +61,7 @@ def setup_logging(verbose: int) -> None:
     # the SFTP origin reports connection failures itself, once and with context;
     # paramiko's own transport thread would log each one again as an ERROR
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    # boto's INFO lines (where credentials were found, connection pool notes) are noise in a
+    # daemon's log; its DEBUG lines print request headers, session tokens included
+    for name in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -21,7 +21,7 @@ from typing import TypeVar
 import tenacity
 import trio
 
-from ..errors import NotFound, OriginUnavailable
+from ..errors import MusicFSError, NotFound, OriginUnavailable
 from .base import OriginBusy
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,15 @@ async def call_with_retry(func: Callable[..., T], *args, deadline: float, limite
     Raises :class:`OriginUnavailable` when attempts or time run out.
     """
 
+    last: BaseException | None = None
+
     def before_sleep(state: tenacity.RetryCallState) -> None:
+        nonlocal last
         exc = state.outcome.exception() if state.outcome else None
-        if on_error and exc is not None:
-            on_error(exc, state.attempt_number)
+        if exc is not None:
+            last = exc  # if the deadline ends the wait, the answer still says why
+            if on_error:
+                on_error(exc, state.attempt_number)
 
     retrying = tenacity.AsyncRetrying(
         sleep=trio.sleep,
@@ -73,7 +78,6 @@ async def call_with_retry(func: Callable[..., T], *args, deadline: float, limite
         before_sleep=before_sleep,
         reraise=True,
     )
-    last: BaseException | None = None
     with trio.move_on_at(deadline):
         try:
             async for attempt in retrying:
@@ -82,8 +86,12 @@ async def call_with_retry(func: Callable[..., T], *args, deadline: float, limite
                                                          abandon_on_cancel=True)
         except FileNotFoundError as exc:
             raise NotFound(str(exc)) from None
-        except OSError as exc:
+        except NotFound:
+            raise
+        except (OSError, MusicFSError) as exc:  # the last attempt failed too: say so, then give up
             last = exc
             if on_error:
-                on_error(exc, attempts)
-    raise OriginUnavailable(f"origin failed after retries: {last}" if last else "origin timed out")
+                on_error(exc, retrying.statistics.get("attempt_number", attempts))
+    if last is None:
+        raise OriginUnavailable("origin timed out")
+    raise OriginUnavailable(f"origin failed after retries: {last}")

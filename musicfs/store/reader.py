@@ -42,6 +42,11 @@ AHEAD = 4 * 1024 * 1024  # a read within this distance of the fill waits for it;
 RECENT_BYTES = 16 * 1024 * 1024  # verified chunks kept in memory for adjacent reads
 READ_AHEAD = 24  # chunks loaded beyond a read that had to go to disk
 STORE_PARALLEL = 8  # blocks of chunks being written while the fill fetches the next
+STORE_THREADS = 8  # threads writing chunk files at once, across all fills
+# After a fill gave up, reads of the same file fail at once for this long instead of starting
+# another fill: one read() of an application is several FUSE requests, and each waiting out
+# its own read_timeout would multiply the time before the application sees EIO.
+FAIL_FAST = 1.0
 
 
 @dataclass
@@ -57,6 +62,7 @@ class FileState:
     complete: bool = False
     filling: bool = False
     error: BaseException | None = None
+    failed_at: float = float("-inf")  # trio time of the last failed fill
     handles: int = 0
     last_end: int = -1  # where the last read of this file ended: sequential access detection
     changed: trio.Event = field(default_factory=trio.Event)
@@ -124,6 +130,9 @@ class CachedReader:
         self.policies = policies or {}
         self.read_timeout = read_timeout
         self.limiter = trio.CapacityLimiter(threads)
+        # chunk writes wait on fsync: they get threads of their own, so an open()'s manifest
+        # lookup or a fill's chunking never queues behind the disk
+        self.store_limiter = trio.CapacityLimiter(STORE_THREADS)
         # origin calls mostly wait on a network: many may be in flight at once (ASYNC-2)
         self.origin_limiter = trio.CapacityLimiter(origin_threads)
         self.counters = ReaderCounters()
@@ -205,10 +214,10 @@ class CachedReader:
         deadline = trio.current_time() + self.read_timeout
         with trio.move_on_at(deadline):
             while not (state.complete or state.covered >= end):
-                if state.error is not None and not state.filling:
-                    error, state.error = state.error, None
-                    raise OriginUnavailable(f"{state.origin_id}:{state.real_path}: {error}")
-                self._start_fill(state)
+                if (state.error is not None and not state.filling
+                        and trio.current_time() - state.failed_at < FAIL_FAST):
+                    raise OriginUnavailable(f"{state.origin_id}:{state.real_path}: {state.error}")
+                self._start_fill(state)  # an older failure: ask the origin again
                 await state.changed.wait()
             return
         raise OriginUnavailable(
@@ -396,6 +405,7 @@ class CachedReader:
     def _fill_failed(self, state: FileState, exc: BaseException) -> None:
         self.counters.fills_failed += 1
         state.error = exc
+        state.failed_at = trio.current_time()
 
     async def _fill_from(self, state: FileState, start: int) -> None:
         """Fetch in order; cut and hash in a thread; store chunks in parallel behind the fetch.
@@ -405,30 +415,39 @@ class CachedReader:
         which bounds memory and keeps the origin busy.
         """
         chunker = StreamChunker(start)
-        position = start
         slots = trio.Semaphore(STORE_PARALLEL)
-        async with trio.open_nursery() as stores:
-            while position < state.size:
-                data = await self._fetch(state, position, min(FILL_BLOCK, state.size - position))
-                if not data:
-                    raise OriginUnavailable(f"file ended at {position} of {state.size} bytes;"
-                                            " it changed since the scan")
-                position += len(data)
-                items = await trio.to_thread.run_sync(self._cut, chunker, data, position >= state.size,
-                                                      limiter=self.limiter)
-                if not items:
-                    continue
-                for ref, piece in items:
-                    self._pending[ref.address] = piece
-                    state.add(ref)
-                    self.bus.publish(ChunkFetched(state.origin_id, state.real_path, ref.offset, ref.size))
-                self.cache.hold(ref.address for ref, _ in items)
-                state.notify()
-                await slots.acquire()
-                stores.start_soon(self._store, items, slots)
+        try:
+            async with trio.open_nursery() as stores:
+                await self._fetch_blocks(state, start, chunker, stores, slots)
+        except ExceptionGroup as group:  # not BaseExceptionGroup: cancellation passes untouched
+            if len(group.exceptions) == 1:  # the fetch loop's own error (stores handle theirs)
+                raise group.exceptions[0] from None
+            raise
         await trio.to_thread.run_sync(self.cache.save_manifest, state.origin_id, state.real_path,
                                       state.size, state.version, list(state.chunks), limiter=self.limiter)
         state.complete = True
+
+    async def _fetch_blocks(self, state: FileState, position: int, chunker: StreamChunker,
+                            stores: trio.Nursery, slots: trio.Semaphore) -> None:
+        """The fill's loop: fetch a block, cut it, make its chunks readable, queue their writes."""
+        while position < state.size:
+            data = await self._fetch(state, position, min(FILL_BLOCK, state.size - position))
+            if not data:
+                raise OriginUnavailable(f"file ended at {position} of {state.size} bytes;"
+                                        " it changed since the scan")
+            position += len(data)
+            items = await trio.to_thread.run_sync(self._cut, chunker, data, position >= state.size,
+                                                  limiter=self.limiter)
+            if not items:
+                continue
+            for ref, piece in items:
+                self._pending[ref.address] = piece
+                state.add(ref)
+                self.bus.publish(ChunkFetched(state.origin_id, state.real_path, ref.offset, ref.size))
+            self.cache.hold(ref.address for ref, _ in items)
+            state.notify()
+            await slots.acquire()
+            stores.start_soon(self._store, items, slots)
 
     @staticmethod
     def _cut(chunker: StreamChunker, data: bytes, last: bool) -> list[tuple[ChunkRef, bytes]]:
@@ -439,7 +458,7 @@ class CachedReader:
 
     async def _store(self, items: list[tuple[ChunkRef, bytes]], slots: trio.Semaphore) -> None:
         try:
-            await trio.to_thread.run_sync(self._write, items, limiter=self.limiter)
+            await trio.to_thread.run_sync(self._write, items, limiter=self.store_limiter)
         except OSError as exc:  # disk full or gone: the bytes were served; they are not kept
             self.counters.store_errors += 1
             log.error("cannot store chunks in the cache: %s", exc)
