@@ -53,6 +53,11 @@ from .toxics import Chunk, State, Toxic, ToxicError, make_toxic
 
 VERSION = "2.12.0+musicfs"
 READ_SIZE = 32 * 1024
+# Chunks read from a socket but not yet through the toxics, per direction of a connection. Each
+# is stamped when read, so a latency toxic delays a stream without slowing it down; a queue of
+# one would stall the socket reader behind every delayed chunk and cap throughput at
+# READ_SIZE per latency. Bounded, so a stalled peer still pushes back (at most 8 MiB).
+QUEUE_CHUNKS = 256
 ANNOUNCE = "toxiproxy API on "
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +134,7 @@ class Connection:
         return [t for t in self.proxy.toxics if t.stream == stream and self.state(t).enabled]
 
     async def pump(self, stream: str, source: trio.SocketStream, dest: trio.SocketStream) -> None:
-        send, receive = trio.open_memory_channel[Chunk](1)
+        send, receive = trio.open_memory_channel[Chunk](QUEUE_CHUNKS)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.read, source, send)
             nursery.start_soon(self.watch_timeouts, stream)

@@ -1,0 +1,55 @@
+"""What every chaos scenario checks after its faults: nothing wrong was kept.
+
+A fault may cost a read (EIO within its bound) but must never leave a wrong
+byte behind for later: every chunk file matches its address, and every file
+the cache holds a manifest for reassembles, chunk by chunk, into exactly the
+origin's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from musicfs.store.cas import ChunkFiles
+from musicfs.store.chunkdb import ChunkIndex
+from musicfs.store.inspect import cached_files, verify_chunks
+
+
+def cached_file_digests(cache_dir: Path) -> dict[tuple[str, str], str | None]:
+    """(origin id, path) -> sha256 of the file rebuilt from its cached chunks (None: some not on disk)."""
+    rows = list(cached_files(cache_dir))
+    index = ChunkIndex(cache_dir / "chunks.db")
+    files = ChunkFiles(cache_dir)
+    try:
+        result = {}
+        for origin_id, real_path, _size in rows:
+            manifest = index.manifest(origin_id, real_path)
+            digest = hashlib.sha256()
+            for ref in manifest.chunks:
+                data = files.read(ref.address, ref.size)
+                if data is None:
+                    digest = None
+                    break
+                digest.update(data)
+            result[origin_id, real_path] = digest.hexdigest() if digest is not None else None
+        return result
+    finally:
+        index.close()
+
+
+def assert_cache_sound(cache_dir: Path, expected: dict[str, str]) -> int:
+    """No corrupt chunk file, and every cached file (by real path) rebuilds to its expected sha256.
+
+    Returns how many cached files were checked (a scenario may want some).
+    """
+    report = verify_chunks(cache_dir)
+    assert report["corrupt"] == 0, f"damaged chunk files in the cache: {report['corrupt_chunks'][:5]}"
+    checked = 0
+    for (origin_id, real_path), digest in cached_file_digests(cache_dir).items():
+        if digest is None:  # evicted or damaged chunks are a miss, refetched on read: not wrong
+            continue
+        assert real_path in expected, f"{origin_id}:{real_path} cached but not in the library"
+        assert digest == expected[real_path], f"{origin_id}:{real_path}: cached chunks hold wrong bytes"
+        checked += 1
+    return checked
