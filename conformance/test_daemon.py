@@ -208,3 +208,14 @@ def test_background_mount_then_umount(sample_library, good_files, tmp_path):
         again = subprocess.run(musicfs_cmd("--state-dir", str(state), "umount", str(mnt)),
                                check=False, capture_output=True, text=True, timeout=60)
         assert again.returncode != 0 and "nothing is mounted" in again.stderr
+
+
+@pytest.mark.req("ASYNC-1")
+def test_the_kernel_may_send_many_read_aheads_at_once(sample_mount):
+    """The kernel's default of 12 background requests per mount would queue cold reads (ASYNC-2)."""
+    control = Path("/sys/fs/fuse/connections") / daemon._fuse_connection(sample_mount.mountpoint)
+    deadline = time.monotonic() + 10  # raised once the mount has answered its first request
+    while int((control / "max_background").read_text()) != 128 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert int((control / "max_background").read_text()) == 128
+    assert int((control / "congestion_threshold").read_text()) == 96

@@ -105,9 +105,11 @@ async def _stop_on_signal() -> None:
 async def _raise_background_limit(mountpoint: Path) -> None:
     """Once the kernel's INIT handshake is done (a first request answered), allow more read-ahead.
 
-    Set earlier, the INIT reply would put the kernel's default back.
+    Set earlier, the INIT reply would put the kernel's default back. The stat is
+    answered by this daemon's own loop, so it must never hold up a shutdown.
     """
-    await trio.to_thread.run_sync(os.stat, mountpoint)
+    with trio.move_on_after(10):  # abandoned on unmount: once the loop stops, nobody answers it
+        await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     if await trio.to_thread.run_sync(daemon.raise_background_limit, mountpoint, MAX_BACKGROUND):
         log.debug("FUSE background requests raised to %d", MAX_BACKGROUND)
     else:

@@ -194,3 +194,59 @@ def test_corrupt_or_missing_chunks_are_fetched_again(origin_dir, tmp_path):
         assert bus.counts["ChunkCorrupt"] == 9
 
     trio.run(with_reader, cache_dir, LocalOrigin("local", root), verify)
+
+
+class FailingAfter(CountingOrigin):
+    """A local origin that stops answering after its first ``good`` requests (a NAS dropping out)."""
+
+    def __init__(self, *args, good: int):
+        super().__init__(*args)
+        self.good = good
+
+    def read_range(self, path, offset, size):
+        if len(self.requests) >= self.good:
+            raise OriginUnavailable("gone")
+        return super().read_range(path, offset, size)
+
+
+async def with_replicas(cache_dir, origins: dict, body, *, read_timeout=2.0):
+    bus = EventBus()
+    cache = ContentCache(cache_dir, 10**10, bus.publish)
+    try:
+        async with trio.open_nursery() as nursery:
+            reader = CachedReader(origins, cache, bus, nursery, read_timeout=read_timeout,
+                                  replicas=lambda origin_id, path, size: list(origins))
+            result = await body(reader)
+            nursery.cancel_scope.cancel()
+        return result
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-bytes", "different-bytes"])
+def test_a_fill_moves_to_another_replica_only_if_it_holds_the_same_bytes(origin_dir, tmp_path, same):
+    """Failing over mid-file is checked against the chunks already cut: two versions never mix."""
+    root, data = origin_dir
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    copy = bytearray(data)
+    if not same:  # the same size, other bytes from 1 MiB on: a different version of the file
+        copy[1 << 20:] = bytes(len(copy) - (1 << 20))
+    (backup / "song.flac").write_bytes(bytes(copy))
+    primary = FailingAfter("local", str(root), good=2)
+    origins = {"local": primary, "backup": CountingOrigin("backup", str(backup))}
+
+    async def body(reader):
+        handle = await reader.open(track(root))
+        try:
+            return await read_all(reader, handle, SIZE)
+        except OriginUnavailable as exc:
+            return exc
+        finally:
+            reader.release(handle)
+
+    result = trio.run(with_replicas, tmp_path / "cache", origins, body)
+    if same:
+        assert result == data
+    else:
+        assert isinstance(result, OriginUnavailable) and "differs" in str(result)

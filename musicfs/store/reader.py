@@ -63,6 +63,7 @@ class FileState:
     filling: bool = False
     error: BaseException | None = None
     failed_at: float = float("-inf")  # trio time of the last failed fill
+    filled_from: str | None = None  # the replica whose bytes the chunks so far were cut from
     handles: int = 0
     last_end: int = -1  # where the last read of this file ended: sequential access detection
     changed: trio.Event = field(default_factory=trio.Event)
@@ -110,6 +111,7 @@ class ReaderCounters:
     refetched_chunks: int = 0
     store_errors: int = 0
     failovers: int = 0  # reads served by a replica other than the track's own origin
+    replica_mismatches: int = 0  # a fill moved to a replica that held other bytes (and stopped)
 
 
 class CachedReader:
@@ -322,7 +324,10 @@ class CachedReader:
         return await self._fetch(state, start, end - start)
 
     async def _fetch(self, state: FileState, offset: int, size: int) -> bytes:
-        """Bytes from the best replica: healthier first, then by priority (federation, G3).
+        return (await self._fetch_from(state, offset, size))[0]
+
+    async def _fetch_from(self, state: FileState, offset: int, size: int) -> tuple[bytes, str]:
+        """Bytes from the best replica, and which origin served them: healthier first, then by priority (federation, G3).
 
         With several replicas, each but the last gets one attempt within a share of
         the deadline, so a failing or too slow origin fails over at once; the last
@@ -361,7 +366,7 @@ class CachedReader:
             if origin_id != state.origin_id:
                 self.counters.failovers += 1
             self.counters.origin_bytes += len(data)
-            return data
+            return data, origin_id
         raise OriginUnavailable(f"{state.real_path}: no replica could be read ({'; '.join(failures)})")
 
     def _on_origin_error(self, origin_id: str, state: FileState, offset: int):
@@ -431,7 +436,10 @@ class CachedReader:
                             stores: trio.Nursery, slots: trio.Semaphore) -> None:
         """The fill's loop: fetch a block, cut it, make its chunks readable, queue their writes."""
         while position < state.size:
-            data = await self._fetch(state, position, min(FILL_BLOCK, state.size - position))
+            data, served_by = await self._fetch_from(state, position, min(FILL_BLOCK, state.size - position))
+            if state.filled_from not in (None, served_by) and state.chunks:
+                await self._check_replica(state, served_by, state.filled_from)
+            state.filled_from = served_by
             if not data:
                 raise OriginUnavailable(f"file ended at {position} of {state.size} bytes;"
                                         " it changed since the scan")
@@ -448,6 +456,25 @@ class CachedReader:
             state.notify()
             await slots.acquire()
             stores.start_soon(self._store, items, slots)
+
+    async def _check_replica(self, state: FileState, origin_id: str, before: str) -> None:
+        """A fill moved to another replica: it must hold the bytes already cut, or the file would mix two.
+
+        The same path and size on two origins is taken for one file; this proves
+        it on the last chunk cut so far (its hash is its address) before any of
+        the new replica's bytes are kept.
+        """
+        ref = state.chunks[-1]
+        data = await call_with_retry(
+            self.origins[origin_id].read_range, state.real_path, ref.offset, ref.size,
+            limiter=self.origin_limiter, deadline=trio.current_time() + self.read_timeout,
+            on_error=self._on_origin_error(origin_id, state, ref.offset))
+        if len(data) == ref.size and digest(data) == ref.address:
+            return
+        self.counters.replica_mismatches += 1
+        log.error("%s: origins %s and %s hold different bytes at %d; not mixing them (rescan or "
+                  "fix the copies)", state.real_path, before, origin_id, ref.offset)
+        raise OriginUnavailable(f"{state.real_path}: replica {origin_id} differs from {before}")
 
     @staticmethod
     def _cut(chunker: StreamChunker, data: bytes, last: bool) -> list[tuple[ChunkRef, bytes]]:
