@@ -274,8 +274,9 @@ def _stop(mountpoint: Path, proc: subprocess.Popen) -> None:
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
+            daemon.abort_connection(mountpoint)  # frees a daemon blocked on its own mount
             proc.kill()
-            proc.wait(5)
+            proc.wait(10)
     if daemon.is_mounted(mountpoint):
         daemon.fusermount_unmount(mountpoint, lazy=True)
     if daemon.is_mounted(mountpoint):

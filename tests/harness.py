@@ -66,8 +66,9 @@ def unmount(mounted: MountedLibrary, timeout: float = 15.0) -> None:
         try:
             mounted.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            daemon.abort_connection(mounted.mountpoint)  # frees a daemon blocked on its own mount
             mounted.proc.kill()
-            mounted.proc.wait(5)
+            mounted.proc.wait(10)
     if daemon.is_mounted(mounted.mountpoint):
         daemon.fusermount_unmount(mounted.mountpoint, lazy=True)
 
