@@ -8,9 +8,14 @@ origin's bytes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import time
 from pathlib import Path
 
+import pytest
+
+from conformance.expected import sha256_of
 from musicfs.store.cas import ChunkFiles
 from musicfs.store.chunkdb import ChunkIndex
 from musicfs.store.inspect import cached_files, verify_chunks
@@ -53,3 +58,19 @@ def assert_cache_sound(cache_dir: Path, expected: dict[str, str]) -> int:
         assert digest == expected[real_path], f"{origin_id}:{real_path}: cached chunks hold wrong bytes"
         checked += 1
     return checked
+
+
+def assert_exact(expected: dict[str, str], path: Path, real: str) -> None:
+    """The mounted file ``path`` (the origin's ``real``) reads whole to the origin's bytes."""
+    assert sha256_of(path) == expected[real], f"{real}: wrong bytes served"
+
+
+def assert_eio_within(path: Path, bound: float) -> float:
+    """Reading the whole file fails with EIO within ``bound`` seconds; returns how long it took."""
+    started = time.monotonic()
+    with pytest.raises(OSError) as failure:
+        sha256_of(path)
+    elapsed = time.monotonic() - started
+    assert failure.value.errno == errno.EIO, f"expected EIO, got {failure.value!r}"
+    assert elapsed <= bound, f"EIO took {elapsed:.2f} s (bound {bound:.1f} s)"
+    return elapsed

@@ -9,7 +9,6 @@ scenario starts in well under a second with a cold cache of its own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conformance.expected import sha256_of
 from fixtures.bigfile import write_wav
 from tests.harness import MountedLibrary, mount_library, mount_status, musicfs_cmd
 from tests.s3server import MotoServer, aws_env, moto_server
@@ -29,13 +29,6 @@ KINDS = ("s3", "sftp")
 BIG_FILES = 3
 BIG_SIZE = 6 * 1024 * 1024  # several fill blocks: a fault can land in the middle of one file
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_library(root: Path, sample: Path, good_files: list[dict], count: int = 10) -> dict[str, str]:
@@ -50,7 +43,7 @@ def build_library(root: Path, sample: Path, good_files: list[dict], count: int =
         relative = f"Recordings/take {i}.wav"
         (root / "Recordings").mkdir(parents=True, exist_ok=True)
         write_wav(root / relative, BIG_SIZE, seed=100 + i)
-        expected[relative] = sha256_file(root / relative)
+        expected[relative] = sha256_of(root / relative)
     return expected
 
 

@@ -6,7 +6,6 @@ mountpoint) may ever turn into a wrong byte served.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,17 +16,10 @@ import time
 
 import pytest
 
+from conformance.expected import sha256_of
 from fixtures.bigfile import write_wav
 from musicfs import daemon
 from tests.harness import mount_library, settled, start_mount, unmount
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +33,7 @@ def origin(tmp_path_factory):
 @pytest.mark.req("NFR-8.2", "NFR-8.1")
 def test_sigkill_during_fills_then_recovery(origin, tmp_path):
     work = tmp_path / "work"
-    expected = {p.name: sha256(p) for p in origin.iterdir()}
+    expected = {p.name: sha256_of(p) for p in origin.iterdir()}
     mounted = start_mount(origin=origin, work=work)
     try:
         files = [p for p in mounted.mountpoint.rglob("*.wav")]
@@ -81,7 +73,7 @@ def test_sigkill_during_fills_then_recovery(origin, tmp_path):
         assert "recovered a stale mount" in log
         for path in again.mountpoint.rglob("*.wav"):
             real = os.getxattr(path, "user.musicfs.real_path").decode()
-            assert sha256(path) == expected[real]
+            assert sha256_of(path) == expected[real]
         settled(again.mountpoint, timeout=60)  # every fill of this mount has written its chunks
         assert not list(chunks.rglob(".tmp-*"))  # reconciliation (in the background) removed them
     verify = subprocess.run([sys.executable, "-m", "musicfs.cli.inspect", "chunks", "--verify", "--json",

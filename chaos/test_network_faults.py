@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from chaos.checks import assert_cache_sound
-from chaos.remote import KINDS, origin_states, remote_lab, sha256_file, wait_for_state
+from chaos.checks import assert_cache_sound, assert_eio_within, assert_exact
+from chaos.remote import KINDS, origin_states, remote_lab, wait_for_state
 from tests.harness import mount_status, mounted_tracks, settled
 
 READ = 256 * 1024
@@ -44,19 +44,6 @@ def uncached_read(path: Path) -> None:
         os.close(fd)
 
 
-def assert_exact(lab, path: Path, real: str) -> None:
-    assert sha256_file(path) == lab.expected[real], f"{real}: wrong bytes served"
-
-
-def assert_eio_within(path: Path, bound: float) -> float:
-    """Reading the whole file fails with EIO, within ``bound`` seconds; returns how long it took."""
-    started = time.monotonic()
-    with pytest.raises(OSError) as failure:
-        sha256_file(path)
-    elapsed = time.monotonic() - started
-    assert failure.value.errno == errno.EIO, f"expected EIO, got {failure.value!r}"
-    assert elapsed <= bound, f"EIO took {elapsed:.2f} s (bound {bound:.1f} s)"
-    return elapsed
 
 
 def read_until_error(lab, path: Path, real: str, opened) -> tuple[int, OSError | None, float]:
@@ -108,7 +95,7 @@ def test_origin_down_in_the_middle_of_reads(lab, kind, tmp_path):
     with lab.mount(tmp_path / "work", [("remote", kind)], read_timeout=read_timeout) as mounted:
         tracks = mounted_tracks(mounted.mountpoint)
         cached, uncached = TAKE.format(0), TAKE.format(1)
-        assert_exact(lab, tracks[cached], cached)
+        assert_exact(lab.expected, tracks[cached], cached)
         settled(mounted.mountpoint)
         proxy.add_toxic(name="slow", type="bandwidth", attributes={"rate": 1000})
         with open(tracks[uncached], "rb") as f:
@@ -120,14 +107,14 @@ def test_origin_down_in_the_middle_of_reads(lab, kind, tmp_path):
         assert took <= read_timeout + SLACK, f"EIO took {took:.2f} s"
 
         uncached_read(tracks[cached])
-        assert_exact(lab, tracks[cached], cached)  # offline: the cached file plays on
+        assert_exact(lab.expected, tracks[cached], cached)  # offline: the cached file plays on
         assert set(mounted_tracks(mounted.mountpoint)) == set(lab.expected)  # and the tree is whole
         wait_for_state(mounted.mountpoint, "remote", "unhealthy")
 
         proxy.destroy_toxic("slow")
         proxy.enable()  # the origin is back: the same mount serves again, no remount
         wait_for_state(mounted.mountpoint, "remote", "healthy")
-        assert_exact(lab, tracks[uncached], uncached)
+        assert_exact(lab.expected, tracks[uncached], uncached)
         assert mounted.alive()
     assert_cache_sound(mounted.cache_dir, lab.expected)
 
@@ -139,7 +126,7 @@ def test_origin_down_at_mount_serves_the_cache(lab, kind, tmp_path):
     work = tmp_path / "work"
     cached, uncached = TAKE.format(0), TAKE.format(2)
     with lab.mount(work, [("remote", kind)]) as mounted:
-        assert_exact(lab, mounted_tracks(mounted.mountpoint)[cached], cached)
+        assert_exact(lab.expected, mounted_tracks(mounted.mountpoint)[cached], cached)
         settled(mounted.mountpoint)
     proxy.disable()
     read_timeout = 2.0
@@ -147,12 +134,12 @@ def test_origin_down_at_mount_serves_the_cache(lab, kind, tmp_path):
         assert "is not reachable" in mounted.log_text()
         tracks = mounted_tracks(mounted.mountpoint)
         assert set(tracks) == set(lab.expected)  # offline start: the whole tree, from the index
-        assert_exact(lab, tracks[cached], cached)  # from the chunk store (a new mount, no page cache)
+        assert_exact(lab.expected, tracks[cached], cached)  # from the chunk store (a new mount, no page cache)
         assert_eio_within(tracks[uncached], read_timeout + SLACK)
         wait_for_state(mounted.mountpoint, "remote", "unhealthy")
         proxy.enable()
         wait_for_state(mounted.mountpoint, "remote", "healthy")
-        assert_exact(lab, tracks[uncached], uncached)
+        assert_exact(lab.expected, tracks[uncached], uncached)
         assert mounted.alive()
     assert_cache_sound(mounted.cache_dir, lab.expected)
 
@@ -168,7 +155,7 @@ def test_latency_of_two_seconds_with_jitter(lab, kind, tmp_path):
         small = sorted(real for real in lab.expected if not real.startswith("Recordings/"))[0]
         proxy.add_toxic(name="late", type="latency", attributes={"latency": 2000, "jitter": 500})
         started = time.monotonic()
-        assert_exact(lab, tracks[small], small)
+        assert_exact(lab.expected, tracks[small], small)
         elapsed = time.monotonic() - started
         assert elapsed >= 1.5, f"read in {elapsed:.2f} s: the latency was not applied"
         assert mounted.alive()
@@ -192,7 +179,7 @@ def test_a_trickling_origin_counts_as_timed_out_and_fails_over(lab, kind, tmp_pa
         with open(path, "rb") as f:
             assert f.read(READ)
         assert time.monotonic() - started <= read_timeout + SLACK
-        assert_exact(lab, path, real)
+        assert_exact(lab.expected, path, real)
         # the trickling origin is marked down (by the failed read or by its probe), the backup serves
         assert origin_states(mounted.mountpoint)["remote"] in ("degraded", "unhealthy")
         assert mounted.alive()
@@ -227,7 +214,7 @@ def test_black_hole_reads_fail_in_bounded_time_while_the_tree_stays_fast(lab, ki
     with lab.mount(tmp_path / "work", [("remote", kind)], read_timeout=read_timeout) as mounted:
         tracks = mounted_tracks(mounted.mountpoint)
         cached, uncached = TAKE.format(0), TAKE.format(1)
-        assert_exact(lab, tracks[cached], cached)
+        assert_exact(lab.expected, tracks[cached], cached)
         settled(mounted.mountpoint)
         proxy.add_toxic(name="hole", type="timeout", attributes={"timeout": 0})
         outcome = {}
@@ -243,7 +230,7 @@ def test_black_hole_reads_fail_in_bounded_time_while_the_tree_stays_fast(lab, ki
         time.sleep(0.2)  # the read is stuck on the origin now
         times = timed_listing(mounted.mountpoint, rounds=5)
         uncached_read(tracks[cached])
-        assert_exact(lab, tracks[cached], cached)
+        assert_exact(lab.expected, tracks[cached], cached)
         reader.join(read_timeout + 10)
         assert "error" not in outcome, outcome.get("error")
         assert "elapsed" in outcome, "the read of an uncached file never returned"
@@ -252,7 +239,7 @@ def test_black_hole_reads_fail_in_bounded_time_while_the_tree_stays_fast(lab, ki
         assert p99 <= 50, f"listing while the origin hangs: p99 {p99:.1f} ms over {len(times)} calls"
 
         proxy.destroy_toxic("hole")
-        assert_exact(lab, tracks[uncached], uncached)
+        assert_exact(lab.expected, tracks[uncached], uncached)
         assert mounted.alive()
     assert_cache_sound(mounted.cache_dir, lab.expected)
 
@@ -272,7 +259,7 @@ def test_reset_in_the_middle_of_a_body_is_retried(lab, kind, tmp_path):
         cut.start()
         heal.start()
         try:
-            assert_exact(lab, path, real)
+            assert_exact(lab.expected, path, real)
         finally:
             cut.join()
             heal.join()
@@ -294,7 +281,7 @@ def test_transfers_cut_short_fail_cleanly_then_recover(lab, kind, tmp_path):
         assert_eio_within(path, read_timeout + SLACK)
         assert mounted.alive()
         proxy.destroy_toxic("cut")
-        assert_exact(lab, path, real)
+        assert_exact(lab.expected, path, real)
     assert_cache_sound(mounted.cache_dir, lab.expected)
 
 
@@ -307,7 +294,7 @@ def test_sliced_packets_still_give_exact_bytes(lab, kind, tmp_path):
         proxy.add_toxic(name="slices", type="slicer",
                         attributes={"average_size": 700, "size_variation": 600, "delay": 20})
         for real in sorted(r for r in lab.expected if not r.startswith("Recordings/"))[:5]:
-            assert_exact(lab, tracks[real], real)
+            assert_exact(lab.expected, tracks[real], real)
         assert mounted.alive()
     assert_cache_sound(mounted.cache_dir, lab.expected)
 
@@ -352,16 +339,16 @@ def test_primary_down_secondary_serves_then_primary_returns(lab, tmp_path):
         wait_for_state(mounted.mountpoint, "bucket", "healthy")
         wait_for_state(mounted.mountpoint, "server", "healthy")
         first, second, third = (TAKE.format(i) for i in range(3))
-        assert_exact(lab, tracks[first], first)
+        assert_exact(lab.expected, tracks[first], first)
         before = mount_status(mounted.mountpoint)["reader"]
         s3.disable()
-        assert_exact(lab, tracks[second], second)  # no user action: the secondary serves
+        assert_exact(lab.expected, tracks[second], second)  # no user action: the secondary serves
         wait_for_state(mounted.mountpoint, "bucket", "unhealthy")
         after = mount_status(mounted.mountpoint)["reader"]
         assert after["fills_failed"] == before["fills_failed"]
         s3.enable()
         wait_for_state(mounted.mountpoint, "bucket", "healthy")
         sftp.disable()  # now only the primary can serve: it must be in use again
-        assert_exact(lab, tracks[third], third)
+        assert_exact(lab.expected, tracks[third], third)
         assert mounted.alive()
     assert_cache_sound(mounted.cache_dir, lab.expected)

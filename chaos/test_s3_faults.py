@@ -9,7 +9,6 @@ bound), the daemon stays up, and nothing wrong is left in the chunk cache.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.checks import assert_cache_sound
+from chaos.checks import assert_cache_sound, assert_eio_within, assert_exact
 from chaos.httpfaults import FaultProxy, http_fault_proxy
 from fixtures.bigfile import write_wav
 from tests.harness import MountedLibrary, mount_library, mount_status, mounted_tracks, settled
@@ -36,13 +35,6 @@ FIRST_PART = 512 * 1024  # read before a fault; within the first fill block (1 M
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -93,19 +85,6 @@ def proxy(lab) -> Iterator[FaultProxy]:
     lab.proxy.reset()
 
 
-def assert_exact(lab: S3Lab, path: Path, real: str) -> None:
-    assert sha256_file(path) == lab.expected[real], f"{real}: wrong bytes served"
-
-
-def assert_eio_within(path: Path, bound: float) -> float:
-    """Reading the whole file fails with EIO within ``bound`` seconds; returns how long it took."""
-    started = time.monotonic()
-    with pytest.raises(OSError) as failure:
-        sha256_file(path)
-    elapsed = time.monotonic() - started
-    assert failure.value.errno == errno.EIO, f"expected EIO, got {failure.value!r}"
-    assert elapsed <= bound, f"EIO took {elapsed:.2f} s (bound {bound:.1f} s)"
-    return elapsed
 
 
 def reader_counters(mounted: MountedLibrary) -> dict:
@@ -128,7 +107,7 @@ def test_503_with_retry_after_is_waited_out_within_the_deadline(lab, proxy, tmp_
         # two "slow down, retry after 1 s": the read waits them out instead of hammering
         proxy.busy(2, retry_after=1, method="GET", path_prefix=lab.object_path())
         started = time.monotonic()
-        assert_exact(lab, tracks[first], first)
+        assert_exact(lab.expected, tracks[first], first)
         elapsed = time.monotonic() - started
         waits = proxy.waits_after_refusals("GET", lab.object_path(first))
         assert len(waits) == 2, f"expected 2 refused GETs of {first}, then a retry: {waits}"
@@ -146,7 +125,7 @@ def test_503_with_retry_after_is_waited_out_within_the_deadline(lab, proxy, tmp_
 
         proxy.clear()  # the server takes requests again: the same mount reads the same file
         settled(mounted.mountpoint)  # the failed fill has ended (its state is not reused)
-        assert_exact(lab, tracks[second], second)
+        assert_exact(lab.expected, tracks[second], second)
         assert mounted.alive()
     assert assert_cache_sound(mounted.cache_dir, lab.expected) == 2  # both reads were kept, exact
 
@@ -191,7 +170,7 @@ def test_rotated_credentials_are_reloaded_while_files_are_open(lab, proxy, tmp_p
             proxy.release()
             assert start + f.read() == lab.data[held], f"{held}: wrong bytes after the rotation"
         for real in others:
-            assert_exact(lab, tracks[real], real)
+            assert_exact(lab.expected, tracks[real], real)
         after = settled(mounted.mountpoint)["reader"]
         assert mounted.alive()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -10,21 +9,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from conformance.expected import sha256_of
 from fixtures.bigfile import write_wav
 from tests.harness import mount_library, mount_status, settled
 from tests.harness import mounted_tracks as mounted_files
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @pytest.fixture
@@ -42,14 +33,14 @@ def test_whole_library_reads_offline_after_remount(library, good_files, tmp_path
         files = mounted_files(mounted.mountpoint)
         assert set(files) == set(expected)
         for real, path in files.items():
-            assert sha256(path) == expected[real]
+            assert sha256_of(path) == expected[real]
         cache = settled(mounted.mountpoint)["cache"]
         assert cache["manifests"] == len(expected) and cache["limit_bytes"] == 10 * 10**9
     library.rename(tmp_path / "moved-away")
     with mount_library(origin=library, work=work, index=work / "state" / "index.db") as mounted:
         assert not mount_status(mounted.mountpoint)["origins"][0]["reachable"]
         for real, path in mounted_files(mounted.mountpoint).items():
-            assert sha256(path) == expected[real], f"{real} differs when read offline"
+            assert sha256_of(path) == expected[real], f"{real} differs when read offline"
         after = mount_status(mounted.mountpoint)
         assert after["reader"]["origin_requests"] == 0
         assert after["cache"]["hits"] > 0 and after["cache"]["misses"] == 0
@@ -76,7 +67,7 @@ def test_damaged_chunks_are_detected_and_fetched_again(library, good_files, tmp_
             path.unlink()
     with mount_library(origin=library, work=work, index=work / "state" / "index.db") as mounted:
         for real, path in mounted_files(mounted.mountpoint).items():
-            assert sha256(path) == expected[real]
+            assert sha256_of(path) == expected[real]
         cache = mount_status(mounted.mountpoint)["cache"]
         assert cache["corruptions"] == len(damaged)
         assert mount_status(mounted.mountpoint)["reader"]["refetched_chunks"] == len(damaged)
@@ -147,13 +138,13 @@ def big_origin(tmp_path_factory):
 @pytest.mark.req("FR-18.1", "ASYNC-1")
 def test_fifty_concurrent_readers_cause_one_fetch_per_chunk(big_origin, tmp_path):
     source = big_origin / "long take.wav"
-    expected = sha256(source)
+    expected = sha256_of(source)
     with mount_library(origin=big_origin, work=tmp_path / "work") as mounted:
         (path,) = mounted_files(mounted.mountpoint).values()
         results = []
 
         def read_whole():
-            results.append(sha256(path))
+            results.append(sha256_of(path))
 
         threads = [threading.Thread(target=read_whole) for _ in range(50)]
         for t in threads:

@@ -21,7 +21,7 @@ unavailable and may be retried; :class:`OriginBusy` carries a server's
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -55,6 +55,17 @@ class OriginBusy(OriginUnavailable):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def check_seconds(options: dict[str, Any], key: str, fail: Callable[[str], Exception]) -> None:
+    """A config option holding a positive number of seconds (when given); ``fail`` builds the error."""
+    if key not in options:
+        return
+    value = options[key]
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise fail(f"{key} must be a number of seconds, not {type(value).__name__}")
+    if not value > 0:
+        raise fail(f"{key} must be more than 0 seconds, not {value}")
 
 
 class Origin(ABC):

@@ -65,7 +65,7 @@ from botocore.exceptions import (
 )
 
 from ..errors import ConfigError, NotFound, OriginUnavailable
-from .base import Entry, Origin, OriginBusy, Page, register
+from .base import Entry, Origin, OriginBusy, Page, check_seconds, register
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +204,7 @@ class S3Origin(Origin):
                 raise fail(f"page_size must be an integer, not {type(value).__name__}")
             if not 1 <= value <= DEFAULT_PAGE_SIZE:
                 raise fail(f"page_size must be between 1 and {DEFAULT_PAGE_SIZE}, not {value}")
-        if "timeout" in options:
-            value = options["timeout"]
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise fail(f"timeout must be a number of seconds, not {type(value).__name__}")
-            if not value > 0:
-                raise fail(f"timeout must be more than 0 seconds, not {value}")
+        check_seconds(options, "timeout", fail)
         return cls(origin_id, **options)
 
     def __repr__(self) -> str:

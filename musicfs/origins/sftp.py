@@ -41,7 +41,7 @@ from typing import Any
 import paramiko
 
 from ..errors import ConfigError, NotFound, OriginUnavailable
-from .base import Entry, Origin, Page, register
+from .base import Entry, Origin, Page, check_seconds, register
 
 log = logging.getLogger(__name__)
 
@@ -297,12 +297,7 @@ class SftpOrigin(Origin):
                 if value < low or (high is not None and value > high):
                     raise fail(f"{key} must be between {low} and {high}, not {value}" if high is not None
                                else f"{key} must be at least {low}, not {value}")
-        if "timeout" in options:
-            value = options["timeout"]
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise fail(f"timeout must be a number of seconds, not {type(value).__name__}")
-            if not value > 0:
-                raise fail(f"timeout must be more than 0 seconds, not {value}")
+        check_seconds(options, "timeout", fail)
         return cls(origin_id, **options)
 
     @property
