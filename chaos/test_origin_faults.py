@@ -5,12 +5,11 @@ OpenSSH's sshd for SFTP) reached only through the chaos proxy, injects one
 fault, and checks three things: the call returns exactly the requested bytes
 or raises :class:`OriginUnavailable` (never short or wrong bytes), it does so
 within the origin's ``timeout`` plus some slack (a reader abandons a slow call,
-but its thread, its connection or its pooled SFTP session stay taken until the
-call returns), and once the fault is gone the same origin object serves exact
+but its thread and its connection stay taken until the call returns), and once the fault is gone the same origin object serves exact
 bytes again (a broken connection is never reused).
 
-The SFTP origin has a pool of one session, so a session left busy or half-read
-by a fault shows up at once as the next read failing.
+The SFTP origin has a pool of one connection, so a connection left busy or
+half-read by a fault shows up at once as the next read failing.
 """
 
 from __future__ import annotations
@@ -145,10 +144,10 @@ def assert_unavailable(kind: str, result: bytes | Exception, elapsed: float, bou
 def test_a_trickle_gives_up_within_the_timeout_and_frees_its_thread(lab, kind):
     """1 KB/s: every socket wait sees bytes, so only a budget for the whole call ends it.
 
-    The whole 3 MiB file: over SFTP that is more requests than one batch, the
-    case where paramiko's request thread used to outlive a dead connection.
+    The whole 3 MiB file: over SFTP that is more requests than are sent at
+    once, so some go out while the connection is already failing.
     """
-    lab.assert_exact(kind)  # a connection (or pooled session) is open before the fault
+    lab.assert_exact(kind)  # a connection is open before the fault
     threads = threading.active_count()
     lab.proxies[kind].add_toxic(type="bandwidth", name="trickle", attributes={"rate": 1})
     result, elapsed = finished(kind, *read_in_thread(lab, kind, 0, 3 * MiB), within=TIMEOUT + SLACK + 1)
@@ -156,7 +155,7 @@ def test_a_trickle_gives_up_within_the_timeout_and_frees_its_thread(lab, kind):
     assert "too slow" in message and f"{TIMEOUT:g} s" in message, message
     assert elapsed >= TIMEOUT * 0.9, f"{kind}: gave up after {elapsed:.2f} s, before its time"
     lab.proxies[kind].destroy_toxic("trickle")
-    lab.assert_exact(kind)  # with a pool of one, a session still held by the slow read would fail this
+    lab.assert_exact(kind)  # with a pool of one, a connection still busy with the slow read would fail this
     assert wait_until(lambda: threading.active_count() <= threads, 2.0), (
         f"{kind}: {threading.active_count()} threads running, {threads} before the slow read")
 
@@ -238,7 +237,7 @@ def test_tiny_pieces_still_give_exact_bytes(lab, kind):
 @nfr_7_2
 @kinds
 def test_latency_still_gives_exact_bytes(lab, kind):
-    """300 ms on every answer: a few round trips (SFTP: open, stat, read, close), inside the budget.
+    """300 ms on every answer: a few round trips (SFTP: open, then the read), inside the budget.
 
     Reads are small: the proxy delays each 32 KiB it forwards by the latency,
     one after the other, so latency caps its throughput too.

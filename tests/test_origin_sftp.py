@@ -2,8 +2,8 @@
 
 It passes the origin contract unchanged; beyond that these tests check what
 an unattended network mount has to get right: host keys are checked strictly,
-keys are refused cleanly, broken connections are replaced, the pool bounds
-the connections, and a dead or hung server fails within the timeout.
+keys are refused cleanly, broken connections are replaced, many calls share
+a few connections, and a dead or hung server fails within the timeout.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 from musicfs.errors import ConfigError, NotFound, OriginUnavailable
 from musicfs.origins.base import create
-from musicfs.origins.sftp import SftpOrigin
+from musicfs.origins.sftp import SHARE, SftpOrigin
 from tests.origin_contract import PAGE_FILES, OriginContract
 from tests.sshserver import SshServer, ssh_server
 
@@ -248,7 +248,7 @@ def test_paths_cannot_climb_out(server, connect):
 def test_a_closed_transport_is_replaced(server, connect, tmp_path):
     origin = connect(server, path=str(populate(tmp_path / "lib", {"a.flac": b"0123456789"})), pool_size=1)
     assert origin.read_range("a.flac", 2, 3) == b"234"
-    origin._pool._idle[0].client.get_transport().close()
+    origin._pool.connections[0].client.get_transport().close()
     try:
         origin.read_range("a.flac", 0, 1)
     except OriginUnavailable:
@@ -308,15 +308,71 @@ def test_concurrent_reads_are_right_and_bounded_by_the_pool(own_server, connect,
     assert wait_until(lambda: own_server.connections() == 0), "close() left connections open"
 
 
-def test_a_busy_pool_makes_callers_wait_then_gives_up(server, connect):
-    origin = connect(server, pool_size=1, timeout=0.5)
-    held = origin._pool.acquire("test")
-    started = time.monotonic()
-    with pytest.raises(OriginUnavailable, match="all 1 connections stayed busy"):
-        origin.health()
-    assert 0.4 < time.monotonic() - started < 2
-    threading.Timer(0.1, origin._pool.release, args=(held,)).start()
-    origin.health()  # gets the session back as soon as it is released
+def test_many_calls_at_once_share_few_connections(own_server, connect, tmp_path):
+    """Fifty reads and stats at once over a pool of two: every answer right, never a third connection."""
+    rng = random.Random(5)
+    files = {f"t{i:02d}.flac": rng.randbytes(40_000 + 1000 * i) for i in range(50)}
+    origin = connect(own_server, path=str(populate(tmp_path / "lib", files)), pool_size=2)
+    gate = threading.Barrier(len(files))
+    results: dict[str, object] = {}
+
+    def call(name: str) -> None:
+        gate.wait()
+        try:
+            results[name] = (origin.read_range(name, 1000, 200_000), origin.stat(name).size)
+        except Exception as exc:  # reported by the assertion below, not swallowed
+            results[name] = exc
+
+    threads = [threading.Thread(target=call, args=(name,)) for name in files]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {name: (data[1000:], len(data)) for name, data in files.items()}
+    assert 1 <= origin.connections_opened <= 2
+    assert own_server.connections() <= 2
+
+
+def test_a_busy_connection_gets_company_in_the_background(own_server, connect, tmp_path):
+    """Once one connection carries SHARE calls, a second is opened without holding any call up."""
+    files = {f"t{i:02d}.flac": bytes([i]) * 50_000 for i in range(SHARE + 4)}
+    origin = connect(own_server, path=str(populate(tmp_path / "lib", files)), pool_size=2, timeout=5)
+    origin.health()
+    results: dict[str, bytes] = {}
+    with own_server.frozen():  # nothing answers: the calls pile up on the one connection
+        threads = [threading.Thread(target=lambda n=name: results.__setitem__(n, origin.read_range(n, 0, 60_000)))
+                   for name in files]
+        for thread in threads:
+            thread.start()
+        assert wait_until(lambda: origin._pool.connections[0].users == len(files))
+    for thread in threads:
+        thread.join(10)
+    assert results == files
+    assert wait_until(lambda: origin.connections_opened == 2 and len(origin._pool.connections) == 2)
+
+
+def test_callers_wait_for_a_connection_being_opened_within_the_timeout(own_server, connect):
+    """While the only connection is being opened (the server hangs), callers wait for it, boundedly."""
+    origin = connect(own_server, pool_size=1, timeout=1)
+    with own_server.frozen():
+        outcomes: list[tuple[str, float]] = []
+
+        def probe():
+            started = time.monotonic()
+            try:
+                origin.health()
+                outcomes.append(("ok", time.monotonic() - started))
+            except OriginUnavailable as exc:
+                outcomes.append((str(exc), time.monotonic() - started))
+
+        threads = [threading.Thread(target=probe) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert len(outcomes) == 3
+    assert all(message != "ok" and seconds < 2.5 for message, seconds in outcomes), outcomes
+    origin.health()  # the server is back
     assert origin.connections_opened == 1
 
 

@@ -7,16 +7,21 @@ Choices, and why:
 * Strict host key checking: nobody is there to answer "trust this host?",
   and accepting an unknown or changed key would let whoever sits on the path
   serve the library. Such a key is refused with a message saying what to check.
-* A small pool of SFTP sessions: one SFTP session answers one request stream,
-  FUSE reads arrive in parallel, and servers cap sessions per client
-  (``MaxStartups``, ``MaxSessions``), so a few are kept open and reused.
-* No retries here: :mod:`musicfs.origins.retry` retries with backoff. A session
-  whose connection broke is thrown away when it comes back to the pool, and
-  the next call opens a fresh one.
-* A read has ``timeout`` seconds as a whole, not only per wait for a reply:
-  past it, :class:`_Watchdog` closes the read's connection under it, so a
-  transfer that trickles cannot hold a worker thread and a pooled session for
-  minutes after the reader has given up on it.
+* A few connections, each carrying many requests at once
+  (:mod:`musicfs.origins.sftpwire`): FUSE reads arrive in parallel, servers cap
+  sessions per client (``MaxStartups``, ``MaxSessions``), and a read needs two
+  round trips (open, then all its pieces at once), so a hundred reads started
+  together finish in about the time of one instead of queueing for a session.
+  A new connection is opened only while every open one is busy with
+  ``SHARE`` calls; at most ``pool_size`` are kept.
+* No retries here: :mod:`musicfs.origins.retry` retries with backoff. A
+  connection that broke is dropped, and the next call opens a fresh one.
+* A call has ``timeout`` seconds as a whole, not only per wait for a reply, so
+  a transfer that trickles cannot hold a worker thread for minutes after the
+  reader has given up on it. A connection whose call ran out of time is
+  closed rather than trusted again: a slow link would otherwise go on
+  delivering the abandoned answer ahead of every new one. The calls sharing
+  it fail at once and are retried on a new connection.
 
 Errors: a missing file is :class:`~musicfs.errors.NotFound`; everything else
 is :class:`~musicfs.errors.OriginUnavailable` with a message naming the
@@ -25,23 +30,20 @@ server and the operation (and never holding key material).
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import heapq
-import itertools
 import logging
 import os
-import posixpath
 import stat as stat_mode
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import paramiko
 
 from ..errors import ConfigError, NotFound, OriginUnavailable
 from .base import Entry, Origin, Page, check_seconds, register
+from .sftpwire import NO_SUCH_FILE, Attrs, ConnectionLost, SftpChannel, StatusError
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +52,21 @@ __all__ = ["SftpOrigin"]
 DEFAULT_PORT = 22
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_POOL_SIZE = 4
-DEFAULT_TIMEOUT = 10.0  # seconds: connect, handshake, auth, each wait for a reply, and a whole read
+DEFAULT_TIMEOUT = 10.0  # seconds: connect, handshake, auth, and each call as a whole
 DEFAULT_PAGE_SIZE = 1000
 MAX_POOL_SIZE = 64
-PREFETCH_REQUESTS = 64  # read requests in flight for one large read (32 KiB each): 2 MiB per readv
+SHARE = 16  # calls one connection carries before another is opened (while the pool has room)
+GROW_PAUSE = 30.0  # seconds without opening more connections after a server refused one
+# How much the server may send before we acknowledge it: at 100 ms round trips, 4 MiB is 40 MB/s
+# per connection (paramiko's 2 MiB default halves that). The bytes wait in memory until read.
+WINDOW = 16 * 1024 * 1024
+MAX_PACKET = 256 * 1024  # SSH packets this large carry a 64 KiB (or bigger) read answer whole
 KEEPALIVE = 30  # seconds: keeps idle pooled connections through NAT and firewalls
 
-# A broken connection shows up as one of these (or as an OSError subclass: reset, timeout).
-_CONNECTION_ERRORS = (paramiko.SSHException, paramiko.SFTPError, EOFError)
+# Failures of the SSH layer while connecting (a reset or timeout is an OSError subclass).
+_CONNECT_ERRORS = (paramiko.SSHException, EOFError, ConnectionLost)
+
+T = TypeVar("T")
 
 
 class _UnknownHostKey(paramiko.SSHException):
@@ -73,181 +82,151 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
         raise _UnknownHostKey(hostname, key)
 
 
-class _Session:
-    """One SSH connection and the SFTP session on it; used by one thread at a time."""
+@dataclass(eq=False)
+class _Connection:
+    """One SSH connection and the SFTP session on it, shared by the calls that ``users`` counts."""
 
-    def __init__(self, client: paramiko.SSHClient, sftp: paramiko.SFTPClient, generation: int):
-        self.client, self.sftp, self.generation = client, sftp, generation
-        self.transport = client.get_transport()
-        self.broken = False
-        self.cut_off = False  # closed by the watchdog: the operation ran out of time
+    client: paramiko.SSHClient
+    sftp: SftpChannel
+    generation: int
+    users: int = 0
 
-    def cut(self) -> None:
-        """Close the connection under the thread using it (the watchdog's doing), waking its wait."""
-        self.broken = self.cut_off = True
-        with contextlib.suppress(OSError, *_CONNECTION_ERRORS):
-            self.transport.close()
-
-    def alive(self) -> bool:
+    def usable(self) -> bool:
         transport = self.client.get_transport()
-        return (not self.broken and transport is not None and transport.is_active()
-                and not self.sftp.get_channel().closed)
+        return self.sftp.alive and transport is not None and transport.is_active()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, *_CONNECTION_ERRORS):  # it is going away; nothing to report
-            self.sftp.close()
-        with contextlib.suppress(OSError, *_CONNECTION_ERRORS):
-            self.client.close()
-
-
-class _Watchdog:
-    """Cuts the connection of an SFTP operation that outlives its deadline; one thread for all origins.
-
-    Why: paramiko reads a reply packet by looping over its channel until the
-    packet is whole, and the channel's timeout bounds each of those waits, not
-    the packet; a server or a link that trickles (1 KB/s) never trips it. A
-    1 MiB read would then hold its worker thread and its pooled session for 17
-    minutes after the reader gave up on it, and a few such reads take the whole
-    pool. Nothing inside paramiko can be told when to give up; closing the
-    transport from outside can: its channels close, and whatever the reading
-    thread waits in raises at once.
-
-    Why one shared thread rather than a ``threading.Timer`` per read: arming
-    costs a heap push under a lock, not a thread start. The thread starts on
-    first use, sleeps while nothing is due, and starts again after a fork (or
-    if it ever died). A session is cut with the lock held, so once
-    :meth:`disarm` returns, that session is either untouched or already cut:
-    never cut later, when it may be back in the pool and lent to another read.
-    """
-
-    def __init__(self) -> None:
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)  # the thread does not survive a fork
-
-    def _reset(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int]] = []  # (deadline, ticket), the earliest first
-        self._armed: dict[int, _Session] = {}  # ticket -> session, until disarmed or cut
-        self._tickets = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, session: _Session, seconds: float) -> int:
-        """Cut ``session`` in ``seconds`` unless the returned ticket is disarmed first."""
-        with self._cond:
-            ticket = next(self._tickets)
-            self._armed[ticket] = session
-            heapq.heappush(self._heap, (time.monotonic() + seconds, ticket))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="musicfs-sftp-watchdog",
-                                                daemon=True)
-                self._thread.start()
-            elif self._heap[0][1] == ticket:
-                self._cond.notify()  # due before what the thread sleeps towards
-        return ticket
-
-    def disarm(self, ticket: int) -> None:
-        with self._cond:
-            self._armed.pop(ticket, None)
-            self._drop_disarmed()
-
-    def _drop_disarmed(self) -> None:
-        while self._heap and self._heap[0][1] not in self._armed:
-            heapq.heappop(self._heap)
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                self._drop_disarmed()
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                deadline, ticket = self._heap[0]
-                wait = deadline - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                session = self._armed.pop(ticket)
-                log.debug("cutting an SFTP connection whose operation ran out of time")
-                session.cut()
-
-
-_WATCHDOG = _Watchdog()
+        self.sftp.close()
+        self.client.close()
 
 
 class _Pool:
-    """At most ``size`` sessions, opened on demand, reused while they work.
+    """Up to ``size`` connections, opened on demand, each lent to many calls at once.
 
-    A session that comes back broken (or finds its connection gone while idle)
-    is closed and its slot freed, so the next caller opens a new connection.
-    Connecting happens outside the lock, so one slow handshake does not hold
-    up callers that find an idle session.
+    A call takes the connection with the fewest calls on it. When even that
+    one carries ``share`` calls and the pool has room, another connection is
+    opened in the background: the call does not wait a handshake (several
+    round trips) for it, and later calls spread onto it once it is up. Only
+    with no connection open at all does a caller connect itself, while the
+    others wait for it. A failed background connect (a server capping its
+    sessions, say) holds off growing for ``GROW_PAUSE`` seconds. Broken
+    connections are dropped as they are found. ``close`` closes them all;
+    calls under way on them fail.
     """
 
-    def __init__(self, connect, size: int, wait: float):
-        self._connect, self.size, self._wait = connect, size, wait
+    def __init__(self, connect: Callable[[str, int], _Connection], size: int, wait: float,
+                 share: int = SHARE):
+        self._connect, self.size, self._wait, self._share = connect, size, wait, share
         self._cond = threading.Condition()
-        self._idle: list[_Session] = []
-        self._open = 0  # idle + lent out + being opened
-        self._generation = 0  # bumped by close(): older sessions are not taken back
+        self._open: list[_Connection] = []
+        self._opening = 0
+        self._grow_after = 0.0  # monotonic time before which no connection is added in the background
+        self._generation = 0  # bumped by close(): connections of an older one are not taken back
         self.opened = 0  # connections made so far (for status and tests)
 
-    def acquire(self, operation: str) -> _Session:
+    @property
+    def connections(self) -> list[_Connection]:
+        with self._cond:
+            return list(self._open)
+
+    def acquire(self, operation: str) -> _Connection:
         deadline = time.monotonic() + self._wait
-        stale: list[_Session] = []
+        broken: list[_Connection] = []
         try:
             with self._cond:
                 while True:
-                    while self._idle:
-                        session = self._idle.pop()
-                        if session.alive():
-                            return session
-                        self._open -= 1
-                        stale.append(session)
-                    if self._open < self.size:
-                        self._open += 1
+                    broken += [c for c in self._open if not c.usable()]
+                    self._open = [c for c in self._open if c.usable()]
+                    if self._open:
+                        least = min(self._open, key=lambda c: c.users)
+                        if least.users >= self._share:
+                            self._grow()
+                        least.users += 1
+                        return least
+                    if self._opening == 0:
+                        self._opening += 1
                         generation = self._generation
                         break
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise OriginUnavailable(f"{operation}: all {self.size} connections stayed busy "
-                                                f"for {self._wait:g} s")
+                        raise OriginUnavailable(f"{operation}: no connection could be made ready within "
+                                                f"{self._wait:g} s")
                     self._cond.wait(remaining)
         finally:
-            for session in stale:
-                log.debug("dropping a pooled SFTP connection that has gone away")
-                session.close()
-        try:
-            session = self._connect(operation, generation)
-        except BaseException:
-            with self._cond:
-                self._open -= 1
-                self._cond.notify()
-            raise
-        with self._cond:
-            self.opened += 1
-        return session
+            for connection in broken:
+                log.debug("dropping an SFTP connection that has gone away")
+                connection.close()
+        return self._connect_now(operation, generation)
 
-    def release(self, session: _Session) -> None:
+    def _connect_now(self, operation: str, generation: int) -> _Connection:
+        """Connect in the caller's thread (nothing is open yet); a failure is the caller's error."""
+        try:
+            connection = self._connect(operation, generation)
+        except BaseException:
+            self._settle(None)
+            raise
+        self._settle(connection, users=1)
+        return connection
+
+    def _grow(self) -> None:
+        """Open one more connection in the background, if there is room (called with the lock held)."""
+        if len(self._open) + self._opening >= self.size or time.monotonic() < self._grow_after:
+            return
+        self._opening += 1
+        threading.Thread(target=self._connect_in_background, args=(self._generation,),
+                         name="musicfs-sftp-connect", daemon=True).start()
+
+    def _connect_in_background(self, generation: int) -> None:
+        connection = None
+        try:
+            connection = self._connect("connect", generation)
+        except OriginUnavailable as exc:
+            log.info("could not open another SFTP connection (going on with those open): %s", exc)
+            with self._cond:
+                self._grow_after = time.monotonic() + GROW_PAUSE
+        finally:
+            self._settle(connection, users=0)
+
+    def _settle(self, connection: _Connection | None, users: int = 0) -> None:
+        """A connect ended: a new connection joins the pool with ``users`` calls, unless the pool was closed since."""
         with self._cond:
-            keep = session.generation == self._generation and session.alive()
-            if keep:
-                self._idle.append(session)
-            else:
-                self._open -= 1
-            self._cond.notify()
-        if not keep:
-            session.close()
+            self._opening -= 1
+            current = connection is not None and connection.generation == self._generation
+            if connection is not None:
+                self.opened += 1
+                connection.users = users
+                if current:
+                    self._open.append(connection)
+            self._cond.notify_all()
+        if connection is not None and not current and users == 0:
+            connection.close()
+
+    def release(self, connection: _Connection) -> None:
+        with self._cond:
+            connection.users -= 1
+            keep = connection.generation == self._generation and connection.usable()
+            if not keep and connection in self._open:
+                self._open.remove(connection)
+            self._cond.notify_all()
+        if not keep and connection.users <= 0:
+            connection.close()
+
+    def discard(self, connection: _Connection) -> None:
+        """Close a connection that is not to be trusted again (calls on it fail at once)."""
+        with self._cond:
+            if connection in self._open:
+                self._open.remove(connection)
+            self._cond.notify_all()
+        connection.close()
 
     def close(self) -> None:
-        """Close the idle sessions; sessions lent out now are closed when they come back."""
+        """Close every connection; calls under way on them fail, later calls open new ones."""
         with self._cond:
-            idle, self._idle = self._idle, []
-            self._open -= len(idle)
+            connections, self._open = self._open, []
             self._generation += 1
             self._cond.notify_all()
-        for session in idle:
-            session.close()
+        for connection in connections:
+            connection.close()
 
 
 @register
@@ -314,9 +293,8 @@ class SftpOrigin(Origin):
     # -- the origin interface ------------------------------------------------------------------
 
     def stat(self, path: str) -> Entry:
-        with self._session("stat", path) as sftp:
-            attrs = sftp.stat(self._remote(path))
-        return Entry(path, attrs.st_size or 0, _mtime_ns(attrs))
+        attrs = self._run("stat", path, lambda sftp, deadline: sftp.stat(self._remote(path), deadline))
+        return Entry(path, attrs.size or 0, _mtime_ns(attrs))
 
     def list_page(self, prefix: str = "", token: str | None = None) -> Page:
         """Files and folders directly under ``prefix``, ``page_size`` names at a time.
@@ -327,78 +305,63 @@ class SftpOrigin(Origin):
         """
         start = _offset(token)
         base = prefix if not prefix or prefix.endswith("/") else f"{prefix}/"
-        with self._session("list", prefix) as sftp:
-            folder = self._remote(prefix)
-            names = sorted(sftp.listdir_attr(folder), key=lambda a: a.filename)
+        folder = self._remote(prefix)
+
+        def page(sftp: SftpChannel, deadline: float) -> Page:
+            entries = sorted(sftp.listdir(folder, deadline))
             files, dirs = [], []
-            for attrs in names[start:start + self.page_size]:
-                name, mode = attrs.filename, attrs.st_mode or 0
+            for name, attrs in entries[start:start + self.page_size]:
+                mode = attrs.mode or 0
                 if stat_mode.S_ISLNK(mode):  # follow links to files, not to folders (no loops)
                     try:
-                        target = sftp.stat(posixpath.join(folder, name))
-                    except FileNotFoundError:
-                        continue  # a dangling link
-                    if not stat_mode.S_ISREG(target.st_mode or 0):
+                        attrs = sftp.stat(f"{folder.rstrip('/')}/{name}", deadline)
+                    except StatusError as exc:
+                        if exc.code == NO_SUCH_FILE:
+                            continue  # a dangling link
+                        raise
+                    if not stat_mode.S_ISREG(attrs.mode or 0):
                         continue
-                    attrs, mode = target, target.st_mode or 0
+                    mode = attrs.mode or 0
                 if stat_mode.S_ISDIR(mode):
                     dirs.append(name)
                 elif stat_mode.S_ISREG(mode):
-                    files.append(Entry(f"{base}{name}", attrs.st_size or 0, _mtime_ns(attrs)))
-        end = start + self.page_size
-        return Page(files, dirs, str(end) if end < len(names) else None)
+                    files.append(Entry(f"{base}{name}", attrs.size or 0, _mtime_ns(attrs)))
+            end = start + self.page_size
+            return Page(files, dirs, str(end) if end < len(entries) else None)
+
+        return self._run("list", prefix, page)
 
     def read_range(self, path: str, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset``; fewer at the end of the file, ``b""`` beyond it.
 
-        Large ranges are read with pipelined requests (paramiko's ``readv``),
-        so a 1 MiB read costs about one round trip rather than 32. At most
-        ``PREFETCH_REQUESTS`` go out per ``readv`` and all at once: paramiko's
-        sending thread waits (polling, forever) for room under a cap, even
-        after the connection died, so the cap is applied by splitting instead.
-
-        Once it has a session, the read has ``timeout`` seconds in all; past
-        them :class:`_Watchdog` cuts its connection and the read raises
-        :class:`OriginUnavailable` (too slow). Any failure leaves the session
-        broken, so it is closed rather than reused half-read.
+        Two round trips whatever the size: open, then every piece of the range
+        asked for at once (see :meth:`SftpChannel.read`); the handle is closed
+        without waiting. The whole call has ``timeout`` seconds.
         """
         if offset < 0 or size < 0:
             raise ValueError(f"bad range: offset {offset}, size {size}")
-        with (self._session("read", path, budget=self.timeout) as sftp,
-              sftp.open(self._remote(path), "rb") as remote):
-            length = max(0, min(size, (remote.stat().st_size or 0) - offset))
-            if length == 0:
-                return b""
-            parts = []
-            if length > remote.MAX_REQUEST_SIZE:
-                step = remote.MAX_REQUEST_SIZE * PREFETCH_REQUESTS
-                for start in range(offset, offset + length, step):
-                    parts += remote.readv([(start, min(step, offset + length - start))])
-            else:
-                remote.seek(offset)
-                parts = [remote.read(length)]
-            got = sum(map(len, parts))
-            while got < length:  # a server may answer short; ask for the rest until EOF
-                remote.seek(offset + got)
-                more = remote.read(length - got)
-                if not more:
-                    break
-                parts.append(more)
-                got += len(more)
-        return b"".join(parts)
+        remote = self._remote(path)
+
+        def read(sftp: SftpChannel, deadline: float) -> bytes:
+            handle = sftp.open(remote, deadline)
+            try:
+                return sftp.read(handle, offset, size, deadline) if size else b""
+            finally:
+                sftp.close_handle(handle)
+
+        return self._run("read", path, read)
 
     def health(self) -> None:
-        """A stat of the root folder: reaches the server, logs in (if no session is open) and checks the path."""
-        with self._session("health check", "") as sftp:
-            attrs = sftp.stat(self.root or ".")
-        if not stat_mode.S_ISDIR(attrs.st_mode or 0):
+        """A stat of the root folder: reaches the server, logs in (if no connection is open) and checks the path."""
+        attrs = self._run("health check", "", lambda sftp, deadline: sftp.stat(self.root or ".", deadline))
+        if not stat_mode.S_ISDIR(attrs.mode or 0):
             raise OriginUnavailable(f"{self._where()}: {self.root!r} is not a folder")
 
     def statistics(self) -> dict:
         return {"connections_opened": self.connections_opened}
 
     def close(self) -> None:
-        """Close the pooled connections (those in use close when their call ends); a later call reconnects."""
+        """Close the connections (calls under way on them fail); a later call reconnects."""
         self._pool.close()
 
     # -- connections and errors ----------------------------------------------------------------
@@ -418,68 +381,54 @@ class SftpOrigin(Origin):
             return self.root
         return f"{self.root.rstrip('/')}/{rel}"
 
-    @contextlib.contextmanager
-    def _session(self, operation: str, path: str, budget: float | None = None
-                 ) -> Iterator[paramiko.SFTPClient]:
-        """A pooled SFTP session for one operation, with the server's answers mapped to our errors.
+    def _run(self, operation: str, path: str, work: Callable[[SftpChannel, float], T]) -> T:
+        """``work(sftp, deadline)`` on a pooled connection, with the server's answers mapped to our errors.
 
         ``path`` is relative to the root; ``""`` is the root itself, whose absence
-        means the origin is unavailable, not that a file is missing. With a
-        ``budget`` (seconds), the watchdog cuts the session's connection when
-        the operation takes longer, and the error says so.
+        means the origin is unavailable, not that a file is missing. The call has
+        ``timeout`` seconds once it has a connection.
         """
-        session = self._pool.acquire(operation)
-        ticket = None
+        connection = self._pool.acquire(operation)
+        started = time.monotonic()
         try:
-            if budget is not None:
-                ticket = _WATCHDOG.arm(session, budget)
-            yield session.sftp
-        except OSError as exc:
-            if session.cut_off:
-                raise self._too_slow(operation, path, budget) from None
-            if not _is_reply(exc):
-                session.broken = True
-            elif exc.errno == errno.ENOENT:
-                if not path or self._root_missing(session):
+            return work(connection.sftp, started + self.timeout)
+        except StatusError as exc:
+            if exc.code == NO_SUCH_FILE:
+                if not path or self._root_missing(connection):
                     raise OriginUnavailable(f"{self._where()}: {operation}: the root folder "
                                             f"{self.root or '(login directory)'!r} is missing") from None
                 raise NotFound(path) from None
-            raise self._unavailable(operation, path, exc) from exc
-        except _CONNECTION_ERRORS as exc:
-            session.broken = True
-            if session.cut_off:
-                raise self._too_slow(operation, path, budget) from None
-            raise self._unavailable(operation, path, exc) from exc
+            raise self._unavailable(operation, path, f"the server answered: {exc}") from None
+        except TimeoutError:
+            self._pool.discard(connection)
+            what = f"{operation} {path!r}" if path else operation
+            if connection.sftp.last_heard < started:
+                raise OriginUnavailable(f"{self._where()}: {what}: no answer within {self.timeout:g} s") from None
+            raise OriginUnavailable(f"{self._where()}: {what} took longer than {self.timeout:g} s (too slow); "
+                                    f"gave up") from None
+        except (ConnectionLost, OSError, EOFError, paramiko.SSHException) as exc:
+            self._pool.discard(connection)
+            raise self._unavailable(operation, path, f"the connection broke ({type(exc).__name__}: {exc})"
+                                    ) from None
         finally:
-            if ticket is not None:
-                _WATCHDOG.disarm(ticket)
-            self._pool.release(session)
+            self._pool.release(connection)
 
-    def _root_missing(self, session: _Session) -> bool:
+    def _root_missing(self, connection: _Connection) -> bool:
         """Whether the whole root is gone (the share is offline), rather than one file."""
         if not self.root:
             return False
         try:
-            session.sftp.stat(self.root)
-        except OSError as exc:
-            session.broken = not _is_reply(exc)
-            return isinstance(exc, FileNotFoundError)
-        except _CONNECTION_ERRORS:
-            session.broken = True
+            connection.sftp.stat(self.root, time.monotonic() + self.timeout)
+        except StatusError as exc:
+            return exc.code == NO_SUCH_FILE
+        except (TimeoutError, ConnectionLost):
+            return False
         return False
 
-    def _too_slow(self, operation: str, path: str, budget: float | None) -> OriginUnavailable:
-        what = f"{operation} {path!r}" if path else operation
-        return OriginUnavailable(f"{self._where()}: {what} took longer than {budget:g} s (too slow); "
-                                 f"gave up")
-
-    def _unavailable(self, operation: str, path: str, exc: BaseException) -> OriginUnavailable:
+    def _unavailable(self, operation: str, path: str, detail: str) -> OriginUnavailable:
         if path:
             operation = f"{operation} {path!r}"
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        if isinstance(exc, TimeoutError):
-            detail = f"no answer within {self.timeout:g} s"
-        return OriginUnavailable(f"{self._where()}: {operation} failed: {type(exc).__name__}: {detail}")
+        return OriginUnavailable(f"{self._where()}: {operation} failed: {detail}")
 
     def _load_key(self, operation: str) -> paramiko.PKey:
         try:
@@ -493,7 +442,7 @@ class SftpOrigin(Origin):
                                     f"unencrypted ed25519, ECDSA or RSA private key (passphrase-protected "
                                     f"keys are not supported)") from None
 
-    def _connect(self, operation: str, generation: int) -> _Session:
+    def _connect(self, operation: str, generation: int) -> _Connection:
         """Open one SSH connection and an SFTP session on it, checking the host key strictly."""
         where = f"{self._where()}: {operation}"
         pkey = self._load_key(operation)
@@ -512,9 +461,12 @@ class SftpOrigin(Origin):
             client.connect(self.host, self.port, username=self.user, pkey=pkey, timeout=self.timeout,
                            banner_timeout=self.timeout, auth_timeout=self.timeout,
                            channel_timeout=self.timeout, allow_agent=False, look_for_keys=False)
-            sftp = client.open_sftp()
-            sftp.get_channel().settimeout(self.timeout)
-            client.get_transport().set_keepalive(KEEPALIVE)
+            transport = client.get_transport()
+            channel = transport.open_session(window_size=WINDOW, max_packet_size=MAX_PACKET,
+                                             timeout=self.timeout)
+            channel.invoke_subsystem("sftp")
+            sftp = SftpChannel(channel, self.timeout, name=f"sftp-{self.id}")
+            transport.set_keepalive(KEEPALIVE)
             ok = True
         except _UnknownHostKey as exc:
             raise OriginUnavailable(
@@ -531,7 +483,7 @@ class SftpOrigin(Origin):
         except paramiko.AuthenticationException:
             raise OriginUnavailable(f"{where}: the server refused key file {self.key_file} for user "
                                     f"{self.user!r}") from None
-        except (OSError, *_CONNECTION_ERRORS) as exc:
+        except (OSError, *_CONNECT_ERRORS) as exc:
             # A server that accepts TCP but never speaks surfaces as one of several
             # paramiko errors, depending on which of its waits ran out first.
             if isinstance(exc, TimeoutError) or time.monotonic() - started >= self.timeout:
@@ -542,25 +494,12 @@ class SftpOrigin(Origin):
             if not ok:
                 client.close()
         log.debug("%s: opened an SFTP connection", self._where())
-        return _Session(client, sftp, generation)
+        return _Connection(client, sftp, generation)
 
 
-def _is_reply(exc: OSError) -> bool:
-    """Whether ``exc`` is the server's answer (the session is fine) rather than trouble on the wire.
-
-    paramiko raises SFTP status replies as OSError(ENOENT) (a FileNotFoundError),
-    OSError(EACCES) (a PermissionError) or a plain OSError without errno; resets,
-    broken pipes and timeouts are other subclasses. A closed channel also raises
-    a plain OSError, but :meth:`_Session.alive` catches that on release.
-    """
-    if isinstance(exc, FileNotFoundError | PermissionError):
-        return True
-    return type(exc) is OSError and exc.errno is None
-
-
-def _mtime_ns(attrs: paramiko.SFTPAttributes) -> int:
+def _mtime_ns(attrs: Attrs) -> int:
     """SFTP (version 3) carries whole seconds only."""
-    return int(attrs.st_mtime or 0) * 1_000_000_000
+    return (attrs.mtime or 0) * 1_000_000_000
 
 
 def _offset(token: str | None) -> int:
