@@ -22,14 +22,15 @@ import pytest
 from chaos.checks import assert_cache_sound, assert_eio_within, assert_exact
 from chaos.httpfaults import FaultProxy, http_fault_proxy
 from fixtures.bigfile import write_wav
+from musicfs.store.reader import FIRST_BLOCK
 from tests.harness import MountedLibrary, mount_library, mount_status, mounted_tracks, settled
 from tests.s3server import MotoServer, aws_env, moto_server, write_credentials
 
 PREFIX = "music/"
-BIG_SIZE = 6 * 1024 * 1024  # six fill blocks: reads after a fault need bytes not fetched before it
+BIG_SIZE = 6 * 1024 * 1024  # several fill blocks: reads after a fault need bytes not fetched before it
 TAKES = [f"Recordings/take-{i}.wav" for i in range(3)]  # no spaces: their URL paths are literal
 SLACK = 1.0  # seconds allowed beyond read_timeout for an EIO to reach the reader
-FIRST_PART = 512 * 1024  # read before a fault; within the first fill block (1 MiB)
+FIRST_PART = FIRST_BLOCK // 2  # read before a fault: the first fill block always yields this much
 
 
 def sha256(data: bytes) -> str:
@@ -146,7 +147,7 @@ def test_rotated_credentials_are_reloaded_while_files_are_open(lab, proxy, tmp_p
     A GET of the open file is parked in the proxy while the key is rotated, so
     it reaches the server signed with the deleted key: the rotation really
     meets a request in flight, and every byte read afterwards comes from the
-    origin (the fill had fetched one block of six), not from the cache.
+    origin (the fill had fetched only its first block), not from the cache.
     """
     held, others = TAKES[0], TAKES[1:]
     user = f"musicfs-{uuid.uuid4().hex[:8]}"

@@ -16,7 +16,7 @@ from musicfs.errors import OriginUnavailable
 from musicfs.events import EventBus
 from musicfs.origins.local import LocalOrigin
 from musicfs.store.cache import ContentCache
-from musicfs.store.reader import CachedReader
+from musicfs.store.reader import FILL_BLOCK, FIRST_BLOCK, CachedReader
 
 SIZE = 5 * 1024 * 1024 + 12345
 
@@ -116,6 +116,27 @@ def test_fifty_concurrent_readers_share_one_fetch(origin_dir, tmp_path):
         assert fetched == SIZE, "every byte fetched once"
         assert len({offset for offset, _ in origin.requests}) == len(origin.requests)
         assert bus.counts["FillCompleted"] == 1 and bus.counts["ChunkFetched"] > 50
+
+    trio.run(with_reader, tmp_path / "cache", origin, body)
+
+
+def test_a_first_read_waits_for_a_small_first_block_only(origin_dir, tmp_path):
+    """The fill starts with FIRST_BLOCK and then asks FILL_BLOCK at a time; the first read
+    (128 KiB, as the kernel sends) is answered from the first block alone."""
+    root, data = origin_dir
+    origin = CountingOrigin("local", root, delay=0.3)  # each origin call is slow
+
+    async def body(reader, bus):
+        handle = await reader.open(track(root))
+        started = trio.current_time()
+        for offset in (0, 128 * 1024):
+            assert await reader.read(handle, offset, 128 * 1024) == data[offset:offset + 128 * 1024]
+        assert trio.current_time() - started < 0.55, "the first reads waited for a second origin call"
+        assert origin.requests[0] == (0, FIRST_BLOCK)
+        await fills_done(reader)
+        sizes = [size for _, size in origin.requests]
+        assert sizes == [FIRST_BLOCK] + [FILL_BLOCK] * (len(sizes) - 2) + [SIZE - FIRST_BLOCK - FILL_BLOCK * (len(sizes) - 2)]
+        reader.release(handle)
 
     trio.run(with_reader, tmp_path / "cache", origin, body)
 

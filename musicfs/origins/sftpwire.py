@@ -248,6 +248,8 @@ class SftpChannel:
                     break
                 raise
             data = fields.string()
+            if len(data) > length:
+                raise ConnectionLost(f"the server answered a read of {length} bytes with {len(data)}")
             parts.append(data)
             position += len(data)
             if len(data) < length:  # short: ask again from here; what was sent beyond is dropped

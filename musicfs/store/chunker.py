@@ -5,7 +5,7 @@ around it and no others (delta sync, dedup). :class:`StreamChunker` takes the
 stream in pieces of any size and cuts exactly the chunks FastCDC cuts over the
 whole file at once: a chunk is only emitted once at least ``MAX_SIZE`` bytes
 after its start are known (or the stream has ended), which is all FastCDC ever
-looks at. Memory stays below two maximum chunks plus one piece.
+looks at. Memory stays below one maximum chunk plus one piece.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class StreamChunker:
     def feed(self, data: bytes) -> list[Piece]:
         """Add the next bytes of the stream; return the chunks that are now final."""
         self._buffer += data
-        if len(self._buffer) < 2 * MAX_SIZE:
+        if len(self._buffer) < MAX_SIZE:  # not even the first chunk could be final yet
             return []
         return self._cut(final=False)
 

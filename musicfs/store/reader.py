@@ -37,7 +37,14 @@ from .digest import digest
 
 log = logging.getLogger(__name__)
 
-FILL_BLOCK = 1024 * 1024  # bytes asked of the origin per fill step
+FILL_BLOCK = 1024 * 1024  # bytes asked of the origin per fill step, once under way
+# The first step of a fill asks for half as much, then FILL_BLOCK: a player waits for the first
+# block before its first byte, so it should be small, yet it must yield the chunks a first read
+# needs. A chunk is final once the largest chunk size (256 KiB) past its start is known, so
+# 512 KiB always yields chunks reaching past 256 KiB: more than a first read (128 KiB) asks.
+# A hundred tracks starting at once then need 50 MiB to cross the link before every player
+# has sound, not 100 MiB.
+FIRST_BLOCK = 512 * 1024
 AHEAD = 4 * 1024 * 1024  # a read within this distance of the fill waits for it; further is a seek
 RECENT_BYTES = 16 * 1024 * 1024  # verified chunks kept in memory for adjacent reads
 READ_AHEAD = 24  # chunks loaded beyond a read that had to go to disk
@@ -435,8 +442,10 @@ class CachedReader:
     async def _fetch_blocks(self, state: FileState, position: int, chunker: StreamChunker,
                             stores: trio.Nursery, slots: trio.Semaphore) -> None:
         """The fill's loop: fetch a block, cut it, make its chunks readable, queue their writes."""
+        step = FIRST_BLOCK
         while position < state.size:
-            data, served_by = await self._fetch_from(state, position, min(FILL_BLOCK, state.size - position))
+            data, served_by = await self._fetch_from(state, position, min(step, state.size - position))
+            step = min(2 * step, FILL_BLOCK)
             if state.filled_from not in (None, served_by) and state.chunks:
                 await self._check_replica(state, served_by, state.filled_from)
             state.filled_from = served_by
