@@ -160,6 +160,33 @@ def test_fifty_concurrent_readers_cause_one_fetch_per_chunk(big_origin, tmp_path
         assert events["FillCompleted"] == 1 and events["ChunkStored"] >= 48 * 1024 * 1024 // (256 * 1024)
 
 
+@pytest.mark.req("FS-11")
+def test_reading_the_heads_of_tracks_fetches_their_heads_not_the_tracks(tmp_path):
+    """A tag scanner opens every track, reads its head and closes it: the fills stop; a player resumes one."""
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    sizes = {}
+    for i in range(6):
+        path = write_wav(origin / f"take {i}.wav", 6 * 1024 * 1024, seed=40 + i)
+        sizes[path.name] = path.stat().st_size
+    with mount_library(origin=origin, work=tmp_path / "work") as mounted:
+        files = mounted_files(mounted.mountpoint)
+        for path in files.values():
+            with open(path, "rb") as f:
+                assert len(f.read(4096)) == 4096
+        status = settled(mounted.mountpoint)
+        reader = status["reader"]
+        assert reader["fills_stopped"] == len(sizes) and reader["fills_completed"] == 0
+        assert reader["origin_bytes"] <= len(sizes) * 1.6 * 1024 * 1024, reader  # not 36 MiB
+        assert status["events"]["published"]["FillStopped"] == len(sizes)
+
+        played = files["take 0.wav"]
+        assert sha256_of(played) == sha256_of(origin / "take 0.wav")
+        reader = settled(mounted.mountpoint)["reader"]
+        assert reader["fills_completed"] == 1
+        assert reader["origin_bytes"] <= (len(sizes) * 1.6 + 6.3) * 1024 * 1024, "the head was fetched again"
+
+
 @pytest.mark.req("FS-10")
 def test_inspect_manifest_and_cache_tools_on_a_running_mount(library, tmp_path):
     work = tmp_path / "work"

@@ -63,6 +63,16 @@ class FillCompleted(Event):
 
 
 @dataclass(frozen=True)
+class FillStopped(Event):
+    """A fill ended early because nobody has the file open; reads resume it from ``covered``."""
+
+    origin_id: str
+    path: str
+    covered: int
+    size: int
+
+
+@dataclass(frozen=True)
 class ChunkEvicted(Event):
     address: str
     size: int

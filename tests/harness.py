@@ -143,7 +143,7 @@ def settled(mountpoint: Path, timeout: float = 20.0) -> dict:
     while True:
         current = mount_status(mountpoint)
         reader = current["reader"]
-        if reader["fills_started"] == reader["fills_completed"] + reader["fills_failed"]:
+        if reader["fills_started"] == reader["fills_completed"] + reader["fills_failed"] + reader["fills_stopped"]:
             return current
         if time.monotonic() > deadline:
             raise AssertionError(f"fills still running after {timeout} s: {reader}")

@@ -16,6 +16,7 @@ from musicfs.errors import OriginUnavailable
 from musicfs.events import EventBus
 from musicfs.origins.local import LocalOrigin
 from musicfs.store.cache import ContentCache
+from musicfs.store.chunker import MAX_SIZE
 from musicfs.store.reader import FILL_BLOCK, FIRST_BLOCK, CachedReader
 
 SIZE = 5 * 1024 * 1024 + 12345
@@ -136,6 +137,46 @@ def test_a_first_read_waits_for_a_small_first_block_only(origin_dir, tmp_path):
         await fills_done(reader)
         sizes = [size for _, size in origin.requests]
         assert sizes == [FIRST_BLOCK] + [FILL_BLOCK] * (len(sizes) - 2) + [SIZE - FIRST_BLOCK - FILL_BLOCK * (len(sizes) - 2)]
+        reader.release(handle)
+
+    trio.run(with_reader, tmp_path / "cache", origin, body)
+
+
+async def fills_ended(reader):
+    with trio.fail_after(10):
+        while reader.counters.fills_started > (reader.counters.fills_completed + reader.counters.fills_failed
+                                               + reader.counters.fills_stopped):
+            await trio.sleep(0.01)
+
+
+@pytest.mark.req("FS-11")
+def test_a_fill_stops_after_the_last_close_and_the_next_read_resumes_it(origin_dir, tmp_path):
+    """Reading a file's head fetches its head, not the file; reading on picks up where the fill stopped."""
+    root, data = origin_dir
+    origin = CountingOrigin("local", root, delay=0.05)
+
+    async def body(reader, bus):
+        handle = await reader.open(track(root))
+        assert await reader.read(handle, 0, 4096) == data[:4096]  # a tag scanner reads the head...
+        reader.release(handle)  # ...and closes
+        await fills_ended(reader)
+        assert reader.counters.fills_stopped == 1 and bus.counts["FillStopped"] == 1
+        assert sum(size for _, size in origin.requests) < 2 * FILL_BLOCK  # the block in hand, maybe one more
+        assert reader.statistics()["partial_files"] == 1
+
+        handle = await reader.open(track(root))  # a player starts the track
+        assert await read_all(reader, handle, SIZE) == data
+        await fills_done(reader)
+        # resumed at the last chunk boundary: only the uncut tail of the first fill is fetched again
+        assert origin.requests[1][0] > 0
+        assert sum(size for _, size in origin.requests) < SIZE + MAX_SIZE
+        reader.release(handle)
+        assert reader.statistics()["partial_files"] == 0
+
+        handle = await reader.open(track(root))  # complete now: the manifest serves it
+        before = len(origin.requests)
+        assert await read_all(reader, handle, SIZE) == data
+        assert len(origin.requests) == before
         reader.release(handle)
 
     trio.run(with_reader, tmp_path / "cache", origin, body)

@@ -3,7 +3,12 @@
 For each file version being read there is one :class:`FileState`, shared by
 all its handles. The first read that misses starts one *fill*: a task that
 streams the file from the origin in order, cuts it into chunks, stores them
-and advances ``covered``. Readers whose range the fill will reach soon wait
+and advances ``covered``. A fill goes on while the file is open, so a track
+played once is cached whole; once the last handle is closed it stops after
+the block in hand, so a scanner reading the tags of ten thousand tracks
+fetches their heads, not the library. What a stopped fill covered is
+remembered (for the last ``PARTIAL_KEPT`` such files), and the next read
+of the file resumes it from there. Readers whose range the fill will reach soon wait
 only for the bytes they need; a read far ahead of the fill (a seek) is served
 by a ranged fetch of its own instead of waiting for the prefix. Concurrent
 readers of one file therefore cause one origin fetch per chunk.
@@ -28,7 +33,7 @@ from typing import Any
 import trio
 
 from ..errors import MusicFSError, NotFound, OriginUnavailable
-from ..events import ChunkFetched, EventBus, FetchStarted, FillCompleted, OriginError
+from ..events import ChunkFetched, EventBus, FetchStarted, FillCompleted, FillStopped, OriginError
 from ..origins.retry import call_with_retry
 from .cache import ContentCache
 from .chunkdb import ChunkRef
@@ -54,6 +59,7 @@ STORE_THREADS = 8  # threads writing chunk files at once, across all fills
 # another fill: one read() of an application is several FUSE requests, and each waiting out
 # its own read_timeout would multiply the time before the application sees EIO.
 FAIL_FAST = 1.0
+PARTIAL_KEPT = 256  # files read in part whose chunks so far are remembered after the last close
 
 
 @dataclass
@@ -112,6 +118,7 @@ class ReaderCounters:
     fills_started: int = 0
     fills_completed: int = 0
     fills_failed: int = 0
+    fills_stopped: int = 0  # ended early: nobody had the file open any more
     direct_reads: int = 0
     origin_requests: int = 0
     origin_bytes: int = 0
@@ -146,6 +153,7 @@ class CachedReader:
         self.origin_limiter = trio.CapacityLimiter(origin_threads)
         self.counters = ReaderCounters()
         self._states: dict[tuple[str, str, str], FileState] = {}
+        self._partial: OrderedDict[tuple[str, str, str], FileState] = OrderedDict()  # closed, in part cached
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._pending: dict[str, bytes] = {}  # cut by a fill, not yet written to disk
         self._loading: dict[str, trio.Event] = {}  # chunk loads under way (single-flight)
@@ -160,7 +168,7 @@ class CachedReader:
             return CachedHandle(track["id"], state, direct=await self.direct.open(track))
         version = track.get("version") or f"{track['size']}:{track['mtime_ns']}"
         key = (track["origin_id"], track["real_path"], version)
-        state = self._states.get(key)
+        state = self._states.get(key) or self._resume(key)
         if state is None:
             state = FileState(track["origin_id"], track["real_path"], track["size"], version)
             state.replicas = (self.replicas(state.origin_id, state.real_path, state.size)
@@ -185,9 +193,24 @@ class CachedReader:
         if state.handles <= 0 and not state.filling:
             self._forget(state)
 
+    def _resume(self, key: tuple[str, str, str]) -> FileState | None:
+        """The state of a file read in part before, to go on from where its fill stopped."""
+        state = self._partial.pop(key, None)
+        if state is not None:
+            state.error = None  # a new open is a new attempt
+            self.cache.hold(r.address for r in state.chunks)
+            self._states[key] = state
+        return state
+
     def _forget(self, state: FileState) -> None:
-        self._states.pop((state.origin_id, state.real_path, state.version), None)
+        key = (state.origin_id, state.real_path, state.version)
+        self._states.pop(key, None)
         self.cache.unhold(r.address for r in state.chunks)
+        if state.chunks and not state.complete:  # its chunks may be evicted meanwhile: then refetched
+            self._partial[key] = state
+            self._partial.move_to_end(key)
+            if len(self._partial) > PARTIAL_KEPT:
+                self._partial.popitem(last=False)
         if self.cache.size > self.cache.limit:  # chunks spared while in use may go now
             self.nursery.start_soon(self._evict)
 
@@ -396,7 +419,7 @@ class CachedReader:
         started = time.monotonic()
         self.bus.publish(FetchStarted(state.origin_id, state.real_path, state.covered))
         try:
-            await self._fill_from(state, state.covered)
+            finished = await self._fill_from(state, state.covered)
         except (MusicFSError, OSError) as exc:
             self._fill_failed(state, exc)
             log.warning("filling %s:%s stopped at %d bytes: %s", state.origin_id, state.real_path,
@@ -405,9 +428,13 @@ class CachedReader:
             self._fill_failed(state, exc)
             log.exception("filling %s:%s failed unexpectedly", state.origin_id, state.real_path)
         else:
-            self.counters.fills_completed += 1
-            self.bus.publish(FillCompleted(state.origin_id, state.real_path, state.size,
-                                           len(state.chunks), time.monotonic() - started))
+            if finished:
+                self.counters.fills_completed += 1
+                self.bus.publish(FillCompleted(state.origin_id, state.real_path, state.size,
+                                               len(state.chunks), time.monotonic() - started))
+            else:
+                self.counters.fills_stopped += 1
+                self.bus.publish(FillStopped(state.origin_id, state.real_path, state.covered, state.size))
         finally:
             state.filling = False
             state.notify()
@@ -419,29 +446,37 @@ class CachedReader:
         state.error = exc
         state.failed_at = trio.current_time()
 
-    async def _fill_from(self, state: FileState, start: int) -> None:
+    async def _fill_from(self, state: FileState, start: int) -> bool:
         """Fetch in order; cut and hash in a thread; store chunks in parallel behind the fetch.
 
         Chunks become readable from memory as soon as they are cut; up to
         ``STORE_PARALLEL`` blocks are being written while the next is fetched,
-        which bounds memory and keeps the origin busy.
+        which bounds memory and keeps the origin busy. Returns False if the
+        fill stopped before the end (nobody has the file open).
         """
         chunker = StreamChunker(start)
         slots = trio.Semaphore(STORE_PARALLEL)
         try:
             async with trio.open_nursery() as stores:
-                await self._fetch_blocks(state, start, chunker, stores, slots)
+                finished = await self._fetch_blocks(state, start, chunker, stores, slots)
         except ExceptionGroup as group:  # not BaseExceptionGroup: cancellation passes untouched
             if len(group.exceptions) == 1:  # the fetch loop's own error (stores handle theirs)
                 raise group.exceptions[0] from None
             raise
+        if not finished:
+            return False
         await trio.to_thread.run_sync(self.cache.save_manifest, state.origin_id, state.real_path,
                                       state.size, state.version, list(state.chunks), limiter=self.limiter)
         state.complete = True
+        return True
 
     async def _fetch_blocks(self, state: FileState, position: int, chunker: StreamChunker,
-                            stores: trio.Nursery, slots: trio.Semaphore) -> None:
-        """The fill's loop: fetch a block, cut it, make its chunks readable, queue their writes."""
+                            stores: trio.Nursery, slots: trio.Semaphore) -> bool:
+        """The fill's loop: fetch a block, cut it, make its chunks readable, queue their writes.
+
+        Returns True at the end of the file, False when it stops early: after a
+        block, if nobody has the file open any more.
+        """
         step = FIRST_BLOCK
         while position < state.size:
             data, served_by = await self._fetch_from(state, position, min(step, state.size - position))
@@ -465,6 +500,9 @@ class CachedReader:
             state.notify()
             await slots.acquire()
             stores.start_soon(self._store, items, slots)
+            if state.handles <= 0 and position < state.size:
+                return False
+        return True
 
     async def _check_replica(self, state: FileState, origin_id: str, before: str) -> None:
         """A fill moved to another replica: it must hold the bytes already cut, or the file would mix two.
@@ -523,5 +561,5 @@ class CachedReader:
         self.cache.close()
 
     def statistics(self) -> dict:
-        return {**self.counters.__dict__, "open_files": len(self._states),
+        return {**self.counters.__dict__, "open_files": len(self._states), "partial_files": len(self._partial),
                 "memory_chunk_bytes": self._recent_bytes}
