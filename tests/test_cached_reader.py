@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import threading
 import time
 
 import pytest
@@ -17,24 +18,33 @@ from musicfs.events import EventBus
 from musicfs.origins.local import LocalOrigin
 from musicfs.store.cache import ContentCache
 from musicfs.store.chunker import MAX_SIZE
-from musicfs.store.reader import FILL_BLOCK, FIRST_BLOCK, CachedReader
+from musicfs.store.reader import FETCH_WINDOW, FILL_BLOCK, FIRST_BLOCK, CachedReader
 
 SIZE = 5 * 1024 * 1024 + 12345
 
 
 class CountingOrigin(LocalOrigin):
-    """A local origin that counts the bytes asked of it, per offset."""
+    """A local origin that counts the bytes asked of it, per offset, and the calls in flight at once."""
 
     def __init__(self, *args, delay: float = 0.0):
         super().__init__(*args)
         self.requests: list[tuple[int, int]] = []
         self.delay = delay
+        self.in_flight = self.most_in_flight = 0
+        self._lock = threading.Lock()
 
     def read_range(self, path, offset, size):
-        self.requests.append((offset, size))
-        if self.delay:
-            time.sleep(self.delay)
-        return super().read_range(path, offset, size)
+        with self._lock:
+            self.requests.append((offset, size))
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            return super().read_range(path, offset, size)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
 
 @pytest.fixture
@@ -135,7 +145,7 @@ def test_a_first_read_waits_for_a_small_first_block_only(origin_dir, tmp_path):
         assert trio.current_time() - started < 0.55, "the first reads waited for a second origin call"
         assert origin.requests[0] == (0, FIRST_BLOCK)
         await fills_done(reader)
-        sizes = [size for _, size in origin.requests]
+        sizes = [size for _, size in sorted(origin.requests)]
         assert sizes == [FIRST_BLOCK] + [FILL_BLOCK] * (len(sizes) - 2) + [SIZE - FIRST_BLOCK - FILL_BLOCK * (len(sizes) - 2)]
         reader.release(handle)
 
@@ -177,6 +187,41 @@ def test_a_fill_stops_after_the_last_close_and_the_next_read_resumes_it(origin_d
         before = len(origin.requests)
         assert await read_all(reader, handle, SIZE) == data
         assert len(origin.requests) == before
+        reader.release(handle)
+
+    trio.run(with_reader, tmp_path / "cache", origin, body)
+
+
+def test_a_reader_waiting_on_the_fill_gets_its_blocks_fetched_side_by_side(origin_dir, tmp_path):
+    """A copy reads as fast as blocks come: several are asked for at once, so round trips overlap."""
+    root, data = origin_dir
+    origin = CountingOrigin("local", root, delay=0.2)  # a far origin: every call waits 200 ms
+    blocks = 1 + -(-(SIZE - FIRST_BLOCK) // FILL_BLOCK)
+
+    async def body(reader, bus):
+        handle = await reader.open(track(root))
+        started = trio.current_time()
+        assert await read_all(reader, handle, SIZE) == data
+        elapsed = trio.current_time() - started
+        assert 2 <= origin.most_in_flight <= FETCH_WINDOW
+        assert elapsed < 0.6 * blocks * origin.delay, f"{blocks} blocks one after another: {elapsed:.2f} s"
+        assert sum(size for _, size in origin.requests) == SIZE  # each block once
+        reader.release(handle)
+
+    trio.run(with_reader, tmp_path / "cache", origin, body)
+
+
+def test_a_player_reading_at_its_own_pace_keeps_one_block_in_flight(origin_dir, tmp_path):
+    """A reader slower than the fill never waits after the first block: no block is asked ahead for it."""
+    root, data = origin_dir
+    origin = CountingOrigin("local", root, delay=0.02)
+
+    async def body(reader, bus):
+        handle = await reader.open(track(root))
+        for offset in range(0, 2 * FILL_BLOCK, 128 * 1024):  # 2.5 MB/s: a fast player, a slow copy
+            assert await reader.read(handle, offset, 128 * 1024) == data[offset:offset + 128 * 1024]
+            await trio.sleep(0.05)
+        assert origin.most_in_flight == 1
         reader.release(handle)
 
     trio.run(with_reader, tmp_path / "cache", origin, body)

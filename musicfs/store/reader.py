@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +59,31 @@ STORE_THREADS = 8  # threads writing chunk files at once, across all fills
 # another fill: one read() of an application is several FUSE requests, and each waiting out
 # its own read_timeout would multiply the time before the application sees EIO.
 FAIL_FAST = 1.0
+FETCH_WINDOW = 4  # blocks one fill asks for at once while a reader waits on it
+AHEAD_TOTAL = 32  # blocks asked ahead across all fills (memory: 32 MiB at most)
 PARTIAL_KEPT = 256  # files read in part whose chunks so far are remembered after the last close
+
+
+@dataclass
+class _Fetch:
+    """One block of a fill, asked of the origin; taken in file order once ``done``."""
+
+    offset: int
+    size: int
+    extra: bool  # beyond the first in flight: holds one of the AHEAD_TOTAL shared places
+    done: trio.Event = field(default_factory=trio.Event)
+    result: tuple[bytes, str] | None = None  # the bytes and the origin that served them
+    error: BaseException | None = None
+
+
+def _blocks(position: int, size: int):
+    """The blocks a fill asks for from ``position``: FIRST_BLOCK, then FILL_BLOCK at a time."""
+    step = FIRST_BLOCK
+    while position < size:
+        length = min(step, size - position)
+        yield position, length
+        position += length
+        step = FILL_BLOCK
 
 
 @dataclass
@@ -76,9 +100,11 @@ class FileState:
     filling: bool = False
     error: BaseException | None = None
     failed_at: float = float("-inf")  # trio time of the last failed fill
-    filled_from: str | None = None  # the replica whose bytes the chunks so far were cut from
+    filled_from: str | None = None  # the replica whose bytes the last block taken was cut from
+    agreeing: set[str] = field(default_factory=set)  # replicas proven to hold the bytes cut so far
     handles: int = 0
     last_end: int = -1  # where the last read of this file ended: sequential access detection
+    wanted: int = 0  # the furthest byte a reader has waited for the fill to reach
     changed: trio.Event = field(default_factory=trio.Event)
 
     def add(self, ref: ChunkRef) -> None:
@@ -159,6 +185,7 @@ class CachedReader:
         self._loading: dict[str, trio.Event] = {}  # chunk loads under way (single-flight)
         self._bad: set[str] = set()  # found missing or corrupt on disk; fetched again when needed
         self._recent_bytes = 0
+        self._ahead = 0  # blocks in flight beyond the first of each fill (at most AHEAD_TOTAL)
 
     # -- handles ----------------------------------------------------------
     async def open(self, track: dict) -> CachedHandle:
@@ -243,6 +270,7 @@ class CachedReader:
         return data
 
     async def _wait_for(self, state: FileState, end: int) -> None:
+        state.wanted = max(state.wanted, end)
         deadline = trio.current_time() + self.read_timeout
         with trio.move_on_at(deadline):
             while not (state.complete or state.covered >= end):
@@ -472,26 +500,86 @@ class CachedReader:
 
     async def _fetch_blocks(self, state: FileState, position: int, chunker: StreamChunker,
                             stores: trio.Nursery, slots: trio.Semaphore) -> bool:
-        """The fill's loop: fetch a block, cut it, make its chunks readable, queue their writes.
+        """The fill's loop: fetch blocks, cut them in order, make their chunks readable, queue their writes.
 
-        Returns True at the end of the file, False when it stops early: after a
-        block, if nobody has the file open any more.
+        One block is in flight at a time until a reader has waited for two of
+        them (the first always has a reader waiting): then up to
+        ``FETCH_WINDOW``, so a slow origin's round trips overlap for a reader
+        that keeps catching up with the fill (a copy), while a player reading
+        at its own pace, or a scanner that wanted the head, costs no more. Returns True at the end
+        of the file, False when it stops early: after a block, if nobody has
+        the file open any more.
         """
-        step = FIRST_BLOCK
-        while position < state.size:
-            data, served_by = await self._fetch_from(state, position, min(step, state.size - position))
-            step = min(2 * step, FILL_BLOCK)
-            if state.filled_from not in (None, served_by) and state.chunks:
-                await self._check_replica(state, served_by, state.filled_from)
-            state.filled_from = served_by
-            if not data:
-                raise OriginUnavailable(f"file ended at {position} of {state.size} bytes;"
-                                        " it changed since the scan")
-            position += len(data)
-            items = await trio.to_thread.run_sync(self._cut, chunker, data, position >= state.size,
-                                                  limiter=self.limiter)
-            if not items:
-                continue
+        plan = _blocks(position, state.size)
+        window: deque[_Fetch] = deque()
+        starved = 0  # blocks a reader was already waiting for when they arrived
+        failure: BaseException | None = None
+        finished = False
+        try:
+            async with trio.open_nursery() as fetches:
+                self._widen(fetches, state, plan, window, 1)
+                while window:
+                    fetch = window[0]
+                    await fetch.done.wait()
+                    window.popleft()
+                    self._ahead -= fetch.extra
+                    starved += state.wanted > state.covered  # a reader was waiting for it when it came
+                    try:
+                        position = await self._take(state, fetch, chunker, stores, slots)
+                    except (MusicFSError, OSError) as exc:
+                        failure = exc
+                        break
+                    if state.handles <= 0 and position < state.size:
+                        break
+                    self._widen(fetches, state, plan, window, FETCH_WINDOW if starved >= 2 else 1)
+                else:
+                    finished = True
+                fetches.cancel_scope.cancel()  # blocks asked for but no longer wanted
+        finally:
+            self._ahead -= sum(fetch.extra for fetch in window)
+        if failure is not None:
+            raise failure
+        return finished
+
+    def _widen(self, fetches: trio.Nursery, state: FileState, plan, window: deque[_Fetch], most: int) -> None:
+        """Ask for more blocks: up to ``most`` in flight; beyond the first, only while shared room is left."""
+        while len(window) < most:
+            extra = bool(window)
+            if extra and self._ahead >= AHEAD_TOTAL:
+                return
+            block = next(plan, None)
+            if block is None:
+                return
+            fetch = _Fetch(*block, extra=extra)
+            self._ahead += extra
+            window.append(fetch)
+            fetches.start_soon(self._fetch_into, state, fetch)
+
+    async def _fetch_into(self, state: FileState, fetch: _Fetch) -> None:
+        try:
+            fetch.result = await self._fetch_from(state, fetch.offset, fetch.size)
+        except (MusicFSError, OSError) as exc:
+            fetch.error = exc
+        finally:
+            fetch.done.set()
+
+    async def _take(self, state: FileState, fetch: _Fetch, chunker: StreamChunker, stores: trio.Nursery,
+                    slots: trio.Semaphore) -> int:
+        """One fetched block, in file order: checked, cut, readable, queued for writing; the new position."""
+        if fetch.error is not None:
+            raise fetch.error
+        data, served_by = fetch.result
+        if state.chunks and served_by not in state.agreeing | {state.filled_from}:
+            await self._check_replica(state, served_by, state.filled_from)
+        state.agreeing.add(served_by)
+        state.filled_from = served_by
+        if len(data) < fetch.size:
+            raise OriginUnavailable(f"file ended at {fetch.offset + len(data)} of {state.size} bytes;"
+                                    " it changed since the scan")
+        position = fetch.offset + fetch.size
+        items = await trio.to_thread.run_sync(self._cut, chunker, data, position >= state.size,
+                                              limiter=self.limiter)
+        if items:
             for ref, piece in items:
                 self._pending[ref.address] = piece
                 state.add(ref)
@@ -500,9 +588,7 @@ class CachedReader:
             state.notify()
             await slots.acquire()
             stores.start_soon(self._store, items, slots)
-            if state.handles <= 0 and position < state.size:
-                return False
-        return True
+        return position
 
     async def _check_replica(self, state: FileState, origin_id: str, before: str) -> None:
         """A fill moved to another replica: it must hold the bytes already cut, or the file would mix two.
