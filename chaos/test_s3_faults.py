@@ -22,7 +22,7 @@ import pytest
 from chaos.checks import assert_cache_sound, assert_eio_within, assert_exact
 from chaos.httpfaults import FaultProxy, http_fault_proxy
 from fixtures.bigfile import write_wav
-from musicfs.store.reader import FIRST_BLOCK
+from musicfs.store.fill import FIRST_BLOCK
 from tests.harness import MountedLibrary, mount_library, mount_status, mounted_tracks, settled
 from tests.s3server import MotoServer, aws_env, moto_server, write_credentials
 

@@ -18,7 +18,8 @@ from musicfs.events import EventBus
 from musicfs.origins.local import LocalOrigin
 from musicfs.store.cache import ContentCache
 from musicfs.store.chunker import MAX_SIZE
-from musicfs.store.reader import FETCH_WINDOW, FILL_BLOCK, FIRST_BLOCK, CachedReader
+from musicfs.store.fill import FETCH_WINDOW, FILL_BLOCK, FIRST_BLOCK
+from musicfs.store.reader import CachedReader
 
 SIZE = 5 * 1024 * 1024 + 12345
 

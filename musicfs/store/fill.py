@@ -1,0 +1,267 @@
+"""Fills: streaming a file from its origin into the chunk cache, in order, while someone reads it.
+
+A fill fetches blocks (``FIRST_BLOCK``, then ``FILL_BLOCK`` at a time), cuts
+them into chunks in a thread, makes the chunks readable from memory at once
+and writes them behind the fetch. It goes on while the file is open, so a
+track played once is cached whole, and stops after the block in hand once
+the last handle is closed, so a scanner reading the tags of ten thousand
+tracks fetches their heads, not the library. A reader that keeps catching
+up with the fill (a copy) gets several blocks asked for at once.
+
+When a fill moves to another replica mid-file, that replica must first
+return the last chunk cut so far, byte for byte: two versions of a file
+never mix. A finished fill saves the file's manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..errors import MusicFSError, OriginUnavailable
+from ..events import ChunkFetched, EventBus, FetchStarted, FillCompleted, FillStopped
+from .cache import ContentCache
+from .chunkdb import ChunkRef
+from .chunker import StreamChunker
+from .digest import digest
+from .fetch import ReplicaFetcher
+from .filestate import FileState, ReaderCounters
+
+log = logging.getLogger(__name__)
+
+FILL_BLOCK = 1024 * 1024  # bytes asked of the origin per fill step, once under way
+# The first step of a fill asks for half as much, then FILL_BLOCK: a player waits for the first
+# block before its first byte, so it should be small, yet it must yield the chunks a first read
+# needs. A chunk is final once the largest chunk size (256 KiB) past its start is known, so
+# 512 KiB always yields chunks reaching past 256 KiB: more than a first read (128 KiB) asks.
+# A hundred tracks starting at once then need 50 MiB to cross the link before every player
+# has sound, not 100 MiB.
+FIRST_BLOCK = 512 * 1024
+FETCH_WINDOW = 4  # blocks one fill asks for at once while a reader waits on it
+AHEAD_TOTAL = 32  # blocks asked ahead across all fills (memory: 32 MiB at most)
+STORE_PARALLEL = 8  # blocks of chunks being written while the fill fetches the next
+STORE_THREADS = 8  # threads writing chunk files at once, across all fills
+
+
+@dataclass
+class _Fetch:
+    """One block of a fill, asked of the origin; taken in file order once ``done``."""
+
+    offset: int
+    size: int
+    extra: bool  # beyond the first in flight: holds one of the AHEAD_TOTAL shared places
+    done: trio.Event = field(default_factory=trio.Event)
+    result: tuple[bytes, str] | None = None  # the bytes and the origin that served them
+    error: BaseException | None = None
+
+
+def _blocks(position: int, size: int):
+    """The blocks a fill asks for from ``position``: FIRST_BLOCK, then FILL_BLOCK at a time."""
+    step = FIRST_BLOCK
+    while position < size:
+        length = min(step, size - position)
+        yield position, length
+        position += length
+        step = FILL_BLOCK
+
+
+class Filler:
+    def __init__(self, fetcher: ReplicaFetcher, cache: ContentCache, bus: EventBus, counters: ReaderCounters,
+                 nursery: trio.Nursery, *, limiter: trio.CapacityLimiter, pending: dict[str, bytes],
+                 on_idle: Callable[[FileState], None]):
+        """``pending`` holds the chunks cut and not yet on disk (the reader serves them from
+        there); ``on_idle(state)`` is called when a fill ends with the file no longer open."""
+        self.fetcher = fetcher
+        self.cache = cache
+        self.bus = bus
+        self.counters = counters
+        self.nursery = nursery
+        self.limiter = limiter
+        # chunk writes wait on fsync: they get threads of their own, so an open()'s manifest
+        # lookup or a fill's chunking never queues behind the disk
+        self.store_limiter = trio.CapacityLimiter(STORE_THREADS)
+        self.on_idle = on_idle
+        self._pending = pending
+        self._ahead = 0  # blocks in flight beyond the first of each fill (at most AHEAD_TOTAL)
+
+    def start(self, state: FileState) -> None:
+        """Start filling ``state`` from what it covers, unless a fill runs or it is complete."""
+        if state.filling or state.complete:
+            return
+        state.filling = True
+        state.error = None
+        self.counters.fills_started += 1
+        self.nursery.start_soon(self._fill, state)
+
+    async def _fill(self, state: FileState) -> None:
+        started = time.monotonic()
+        self.bus.publish(FetchStarted(state.origin_id, state.real_path, state.covered))
+        try:
+            finished = await self._fill_from(state, state.covered)
+        except (MusicFSError, OSError) as exc:
+            self._fill_failed(state, exc)
+            log.warning("filling %s:%s stopped at %d bytes: %s", state.origin_id, state.real_path,
+                        state.covered, exc)
+        except Exception as exc:
+            self._fill_failed(state, exc)
+            log.exception("filling %s:%s failed unexpectedly", state.origin_id, state.real_path)
+        else:
+            if finished:
+                self.counters.fills_completed += 1
+                self.bus.publish(FillCompleted(state.origin_id, state.real_path, state.size,
+                                               len(state.chunks), time.monotonic() - started))
+            else:
+                self.counters.fills_stopped += 1
+                self.bus.publish(FillStopped(state.origin_id, state.real_path, state.covered, state.size))
+        finally:
+            state.filling = False
+            state.notify()
+            if state.handles <= 0:
+                self.on_idle(state)
+
+    def _fill_failed(self, state: FileState, exc: BaseException) -> None:
+        self.counters.fills_failed += 1
+        state.error = exc
+        state.failed_at = trio.current_time()
+
+    async def _fill_from(self, state: FileState, start: int) -> bool:
+        """Fetch in order; cut and hash in a thread; store chunks in parallel behind the fetch.
+
+        Chunks become readable from memory as soon as they are cut; up to
+        ``STORE_PARALLEL`` blocks are being written while the next is fetched,
+        which bounds memory and keeps the origin busy. Returns False if the
+        fill stopped before the end (nobody has the file open).
+        """
+        chunker = StreamChunker(start)
+        slots = trio.Semaphore(STORE_PARALLEL)
+        try:
+            async with trio.open_nursery() as stores:
+                finished = await self._fetch_blocks(state, start, chunker, stores, slots)
+        except ExceptionGroup as group:  # not BaseExceptionGroup: cancellation passes untouched
+            if len(group.exceptions) == 1:  # the fetch loop's own error (stores handle theirs)
+                raise group.exceptions[0] from None
+            raise
+        if not finished:
+            return False
+        await trio.to_thread.run_sync(self.cache.save_manifest, state.origin_id, state.real_path,
+                                      state.size, state.version, list(state.chunks), limiter=self.limiter)
+        state.complete = True
+        return True
+
+    async def _fetch_blocks(self, state: FileState, position: int, chunker: StreamChunker,
+                            stores: trio.Nursery, slots: trio.Semaphore) -> bool:
+        """The fill's loop: fetch blocks, cut them in order, make their chunks readable, queue their writes.
+
+        One block is in flight at a time until a reader has waited for two of
+        them (the first always has a reader waiting): then up to
+        ``FETCH_WINDOW``, so a slow origin's round trips overlap for a reader
+        that keeps catching up with the fill (a copy), while a player reading
+        at its own pace, or a scanner that wanted the head, costs no more. Returns True at the end
+        of the file, False when it stops early: after a block, if nobody has
+        the file open any more.
+        """
+        plan = _blocks(position, state.size)
+        window: deque[_Fetch] = deque()
+        starved = 0  # blocks a reader was already waiting for when they arrived
+        failure: BaseException | None = None
+        finished = False
+        try:
+            async with trio.open_nursery() as fetches:
+                self._widen(fetches, state, plan, window, 1)
+                while window:
+                    fetch = window[0]
+                    await fetch.done.wait()
+                    window.popleft()
+                    self._ahead -= fetch.extra
+                    starved += state.wanted > state.covered  # a reader was waiting for it when it came
+                    try:
+                        position = await self._take(state, fetch, chunker, stores, slots)
+                    except (MusicFSError, OSError) as exc:
+                        failure = exc
+                        break
+                    if state.handles <= 0 and position < state.size:
+                        break
+                    self._widen(fetches, state, plan, window, FETCH_WINDOW if starved >= 2 else 1)
+                else:
+                    finished = True
+                fetches.cancel_scope.cancel()  # blocks asked for but no longer wanted
+        finally:
+            self._ahead -= sum(fetch.extra for fetch in window)
+        if failure is not None:
+            raise failure
+        return finished
+
+    def _widen(self, fetches: trio.Nursery, state: FileState, plan, window: deque[_Fetch], most: int) -> None:
+        """Ask for more blocks: up to ``most`` in flight; beyond the first, only while shared room is left."""
+        while len(window) < most:
+            extra = bool(window)
+            if extra and self._ahead >= AHEAD_TOTAL:
+                return
+            block = next(plan, None)
+            if block is None:
+                return
+            fetch = _Fetch(*block, extra=extra)
+            self._ahead += extra
+            window.append(fetch)
+            fetches.start_soon(self._fetch_into, state, fetch)
+
+    async def _fetch_into(self, state: FileState, fetch: _Fetch) -> None:
+        try:
+            fetch.result = await self.fetcher.fetch(state, fetch.offset, fetch.size)
+        except (MusicFSError, OSError) as exc:
+            fetch.error = exc
+        finally:
+            fetch.done.set()
+
+    async def _take(self, state: FileState, fetch: _Fetch, chunker: StreamChunker, stores: trio.Nursery,
+                    slots: trio.Semaphore) -> int:
+        """One fetched block, in file order: checked, cut, readable, queued for writing; the new position."""
+        if fetch.error is not None:
+            raise fetch.error
+        data, served_by = fetch.result
+        if state.chunks and served_by not in state.agreeing | {state.filled_from}:
+            await self.fetcher.check_replica(state, served_by, state.filled_from)
+        state.agreeing.add(served_by)
+        state.filled_from = served_by
+        if len(data) < fetch.size:
+            raise OriginUnavailable(f"file ended at {fetch.offset + len(data)} of {state.size} bytes;"
+                                    " it changed since the scan")
+        position = fetch.offset + fetch.size
+        items = await trio.to_thread.run_sync(self._cut, chunker, data, position >= state.size,
+                                              limiter=self.limiter)
+        if items:
+            for ref, piece in items:
+                self._pending[ref.address] = piece
+                state.add(ref)
+                self.bus.publish(ChunkFetched(state.origin_id, state.real_path, ref.offset, ref.size))
+            self.cache.hold(ref.address for ref, _ in items)
+            state.notify()
+            await slots.acquire()
+            stores.start_soon(self._store, items, slots)
+        return position
+
+    @staticmethod
+    def _cut(chunker: StreamChunker, data: bytes, last: bool) -> list[tuple[ChunkRef, bytes]]:
+        pieces = chunker.feed(data)
+        if last:
+            pieces += chunker.finish()
+        return [(ChunkRef(p.offset, len(p.data), digest(p.data)), p.data) for p in pieces]
+
+    async def _store(self, items: list[tuple[ChunkRef, bytes]], slots: trio.Semaphore) -> None:
+        try:
+            await trio.to_thread.run_sync(self._write, items, limiter=self.store_limiter)
+        except OSError as exc:  # disk full or gone: the bytes were served; they are not kept
+            self.counters.store_errors += 1
+            log.error("cannot store chunks in the cache: %s", exc)
+        finally:
+            for ref, _ in items:
+                self._pending.pop(ref.address, None)
+            slots.release()
+
+    def _write(self, items: list[tuple[ChunkRef, bytes]]) -> None:
+        self.cache.store_chunks([(ref.address, data) for ref, data in items])
