@@ -362,6 +362,9 @@ class SftpChannel:
             self._fail_all(exc)
         except (OSError, EOFError, struct.error) as exc:
             self._fail_all(ConnectionLost(f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # a bug here must not leave every caller waiting out its deadline
+            log.exception("the SFTP reader thread failed; closing the session")
+            self._fail_all(ConnectionLost(f"the reader failed: {type(exc).__name__}: {exc}"))
 
     def _deliver(self, packet: bytes) -> None:
         request_id = _U32.unpack_from(packet, 1)[0]
