@@ -49,6 +49,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.processes import die_with_parent
+
 from .toxics import Chunk, State, Toxic, ToxicError, make_toxic
 
 VERSION = "2.12.0+musicfs"
@@ -483,7 +485,8 @@ def toxiproxy_server(host: str = "127.0.0.1", timeout: float = 20.0) -> Iterator
             cmd = [sys.executable, "-m", "chaos.proxy", "--host", host, "--port", "0"]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                stdout=log if binary else subprocess.PIPE, stderr=log)
+                                stdout=log if binary else subprocess.PIPE, stderr=log,
+                                preexec_fn=die_with_parent)
         try:
             deadline = time.monotonic() + timeout
             try:

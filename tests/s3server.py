@@ -17,11 +17,9 @@ files, no instance metadata service).
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +33,8 @@ from pathlib import Path
 
 import boto3
 from botocore.config import Config
+
+from tests.processes import die_with_parent
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
@@ -136,11 +136,6 @@ class MotoServer:
             self._post("/moto-api/reset-auth", b"0")
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM the server if the test process dies without cleaning up."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -191,7 +186,7 @@ def moto_server() -> Iterator[MotoServer]:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    env=_server_env(), preexec_fn=_die_with_parent)
+                    env=_server_env(), preexec_fn=die_with_parent)
             deadline = time.monotonic() + START_TIMEOUT
             while proc.poll() is None and not _answers(port):
                 if time.monotonic() > deadline:

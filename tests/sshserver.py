@@ -15,7 +15,6 @@ listener; only processes this fixture started are ever signalled.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pwd
 import shutil
@@ -28,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.processes import die_with_parent
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")  # sshd must be run by absolute path
 PRIVSEP_DIR = Path("/run/sshd")  # Debian's sshd refuses to start without it
@@ -159,11 +160,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM sshd if the test process dies without cleaning up."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
 
 def _sshd() -> str:
     for candidate in SSHD_CANDIDATES:
@@ -247,7 +243,7 @@ def ssh_server() -> Iterator[SshServer]:
             with open(log, "ab") as out:
                 proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(tmp / "sshd_config")],
                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=die_with_parent)
             server = SshServer("127.0.0.1", port, user, tmp / "client_ed25519", tmp / "known_hosts",
                                tmp / "root", tmp / "client_rsa", tmp / "stranger", tmp, log, proc)
             try:
