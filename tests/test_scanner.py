@@ -190,3 +190,22 @@ def test_template_change_rebuilds_tree(sample_library, tmp_path):
     top = {r[0] for r in index.conn.execute("SELECT name FROM nodes WHERE parent = 1")}
     genres = {r[0] or "Unknown Genre" for r in index.conn.execute("SELECT DISTINCT genre FROM tracks")}
     assert top == {g.replace("/", "_") for g in genres}
+
+
+@pytest.mark.req("NFR-7.4")
+def test_a_file_name_that_is_not_utf8_is_skipped_not_fatal(sample_library, good_files, tmp_path):
+    """The index holds text: such a name is skipped with its bad bytes shown, the rest is indexed."""
+    root = tmp_path / "library"
+    root.mkdir()
+    good = sample_library[0] / next(f["path"] for f in good_files if f["path"].endswith(".flac"))
+    shutil.copy(good, root / "good.flac")
+    shutil.copy(good, os.path.join(os.fsencode(root), b"bad-\xff-name.flac"))
+    index = LibraryIndex(tmp_path / "index.db")
+    report = scan(index, root)
+    assert report.complete and report.skipped_reasons == {"bad-name": 1}
+    rows = index.conn.execute("SELECT real_path, reason FROM skipped").fetchall()
+    assert [tuple(row) for row in rows] == [("bad-\\xff-name.flac", "bad-name")]
+    assert [r[0] for r in index.conn.execute("SELECT real_path FROM tracks")] == ["good.flac"]
+    again = scan(index, root)
+    assert again.unchanged == 2 and again.skipped_reasons == {"bad-name": 1}
+    index.close()

@@ -5,7 +5,8 @@
   (so a fresh library always gets the same node ids and names) in batched
   transactions, each holding tracks and their tree nodes together.
 * A malformed file is recorded in ``skipped`` with a reason and the scan goes
-  on (NFR-7.4). It is retried only when its size or mtime changes.
+  on (NFR-7.4). It is retried only when its size or mtime changes. So is a
+  file whose name is not valid UTF-8 (reason ``bad-name``).
 * Killed half-way, every finished batch is in the index; the next scan finds
   those files unchanged and carries on from there (NFR-8.3).
 * Only a walk that completes removes tracks whose files are gone.
@@ -19,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 from ..errors import NotFound, OriginUnavailable
@@ -62,6 +63,23 @@ class _Pending:
     result: Future
 
 
+def _storable(entry: Entry) -> Entry:
+    """The entry, or for a name that is not UTF-8 (the index stores text) one with the bad bytes
+    written as ``\\xff``: such a file is skipped, and shows under a name that can be printed."""
+    try:
+        entry.path.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = entry.path.encode("utf-8", "surrogateescape")
+        return replace(entry, path=raw.decode("utf-8", "backslashreplace"))
+    return entry
+
+
+def _bad_name() -> Future:
+    done: Future = Future()
+    done.set_result(MalformedAudio("bad-name", "the file name is not valid UTF-8; rename the file"))
+    return done
+
+
 class Scanner:
     """Scans one origin into one index. ``read`` is injectable for tests that count opens."""
 
@@ -100,14 +118,15 @@ class Scanner:
                     report.ignored += 1
                     continue
                 report.seen += 1
-                known = self._known(entry)
+                named = _storable(entry)
+                known = self._known(named)
                 if known is not None and known[2]:
                     report.unchanged += 1
                     seen_ids.append((known[0], known[1]))
                 else:
                     track_id = known[1] if known and known[0] == "tracks" else None
-                    future = pool.submit(self._read, entry)
-                    pending.append(_Pending(entry, track_id, future))
+                    future = pool.submit(self._read, entry) if named is entry else _bad_name()
+                    pending.append(_Pending(named, track_id, future))
                 if len(pending) >= self.batch_size or len(seen_ids) >= 10 * self.batch_size:
                     self._flush(pending, seen_ids, tree, scan_id, report, entry.path)
             self._flush(pending, seen_ids, tree, scan_id, report, None)
