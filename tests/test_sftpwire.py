@@ -89,6 +89,8 @@ class ScriptedServer:
                 self.send(103, request_id, _string(piece))
             else:
                 self.send(101, request_id, struct.pack(">I", EOF) + _string(b"end") + _string(b""))
+        elif kind == 17:  # STAT: attributes that say a size follows, and stop
+            self.send(105, request_id, struct.pack(">I", 1))
         elif kind == 200:  # EXTENDED: limits@openssh.com
             self.send(201, request_id, struct.pack(">QQQQ", 1 << 18, self.limits, 1 << 18, 64))
 
@@ -215,3 +217,9 @@ def test_garbage_on_the_wire_breaks_the_channel_not_the_process(pair):
     server.sock.sendall(b"\xff\xff\xff\xff garbage")
     thread.join(5)
     assert waiter and not sftp.alive
+
+
+def test_a_truncated_answer_is_a_broken_session_not_a_crash(pair):
+    sftp, _ = pair()
+    with pytest.raises(ConnectionLost, match="malformed"):
+        sftp.stat("/song.flac", soon())

@@ -135,8 +135,9 @@ class _Pool:
         try:
             with self._cond:
                 while True:
-                    broken += [c for c in self._open if not c.usable()]
-                    self._open = [c for c in self._open if c.usable()]
+                    usable = [c for c in self._open if c.usable()]
+                    broken += [c for c in self._open if c not in usable]
+                    self._open = usable
                     if self._open:
                         least = min(self._open, key=lambda c: c.users)
                         if least.users >= self._share:

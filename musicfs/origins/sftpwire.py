@@ -85,13 +85,17 @@ class _Fields:
         self.data, self.pos = data, pos
 
     def u32(self) -> int:
-        value = _U32.unpack_from(self.data, self.pos)[0]
-        self.pos += 4
-        return value
+        return self._unpack(_U32)
 
     def u64(self) -> int:
-        value = _U64.unpack_from(self.data, self.pos)[0]
-        self.pos += 8
+        return self._unpack(_U64)
+
+    def _unpack(self, field: struct.Struct) -> int:
+        try:
+            value = field.unpack_from(self.data, self.pos)[0]
+        except struct.error:
+            raise ConnectionLost("a malformed SFTP message (it ends inside a field)") from None
+        self.pos += field.size
         return value
 
     def string(self) -> bytes:
