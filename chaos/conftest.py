@@ -46,3 +46,12 @@ def toxiproxy_cleanup(request):
         if name not in before:
             proxy.destroy()
     client.reset()
+
+
+@pytest.fixture
+def proxy(lab):
+    """The module's ``lab`` fault proxy (chaos.s3lab), with no fault and nothing seen yet; whatever
+    a test set is cleared after it."""
+    lab.proxy.reset()
+    yield lab.proxy
+    lab.proxy.reset()

@@ -10,9 +10,17 @@ when told to, refuses or parks requests instead:
 
 * :meth:`FaultProxy.busy` answers the next ``count`` matching requests with an
   S3-style XML error (``SlowDown``) and a ``Retry-After`` header, then lets
-  them through again;
+  them through again; :meth:`FaultProxy.error` answers with any other S3-style
+  error (``ExpiredToken``, ``expired_auth_token``), :meth:`FaultProxy.page` with
+  an HTML page (a load balancer's "502 Bad Gateway", a captive portal's
+  "200 Please Login"), :meth:`FaultProxy.missing` with 404 ``NoSuchKey`` (an
+  origin that lost its objects) and :meth:`FaultProxy.drop` not at all (the
+  connection is closed unanswered: a backend that is down);
 * :meth:`FaultProxy.hold` parks matching requests until :meth:`FaultProxy.release`,
-  so a test can change the world (rotate keys) while a request is in flight.
+  so a test can change the world (rotate keys) while a request is in flight;
+* :meth:`FaultProxy.corrupt` flips one bit of the body of matching answers (a
+  bad NIC, a broken middlebox, a disk rotting under the server): status,
+  headers and length stay right, so only a checksum can tell.
 
 Every request is recorded (:class:`Seen`: arrival time, method, path, status),
 so a test can check how a client behaved, e.g. that it waited at least the
@@ -40,6 +48,9 @@ HOLD_LIMIT = 60.0  # a parked request goes on by itself after this long: a faile
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "expect"})
 REASONS = {429: "Too Many Requests", 503: "Slow Down"}
+LOGIN_PAGE = b"<html>Please Login</html>"  # what a captive portal answers to every request
+BAD_GATEWAY_PAGE = (b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
+                    b"</h1></center><hr><center>nginx</center></body></html>")
 
 
 @dataclass(frozen=True)
@@ -49,8 +60,29 @@ class Seen:
     at: float  # time.monotonic() when it arrived (before any hold)
     method: str
     path: str  # without the query string
-    status: int  # what the client was answered (502: the upstream failed)
-    refused: bool  # answered by busy() rather than by the upstream
+    status: int  # what the client was answered (502: the upstream failed; 0: dropped unanswered)
+    refused: bool  # answered (or dropped) by a fault rather than by the upstream
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What a fault answers instead of the upstream: a status, headers and a body, or nothing."""
+
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    drop: bool = False  # close the connection without answering
+
+
+def _s3_error(status: int, code: str, message: str, retry_after: float | None = None) -> _Answer:
+    """An error as S3 gives it: an XML document naming the code (the resource is filled in later)."""
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{escape(code)}</Code>'
+            f"<Message>{escape(message)}</Message><Resource>{{resource}}</Resource>"
+            f"<RequestId>{{request_id}}</RequestId></Error>").encode()
+    headers = [("Content-Type", "application/xml")]
+    if retry_after is not None:
+        headers.append(("Retry-After", f"{retry_after:g}"))
+    return _Answer(status, body, tuple(headers))
 
 
 @dataclass
@@ -76,27 +108,66 @@ class FaultProxy:
         self.endpoint = ""  # set once listening
         self._lock = threading.Condition()
         self._seen: list[Seen] = []
-        self._busy: _Rule | None = None
-        self._busy_left: int | None = None  # None: until clear()
-        self._busy_answer = (503, "SlowDown", 1.0)
+        self._fault: _Rule | None = None  # requests answered by _answer instead of the upstream
+        self._fault_left: int | None = None  # None: until clear()
+        self._answer = _Answer(503)
         self._hold: _Rule | None = None
         self._hold_skip = 0
         self._held = 0  # requests parked so far (they may have been released since)
+        self._corrupt: _Rule | None = None
+        self._corrupted = 0  # answers whose body had a bit flipped
 
     # -- controls ------------------------------------------------------------------------------
 
     def busy(self, count: int | None, retry_after: float = 1.0, status: int = 503, *,
              method: str | None = None, path_prefix: str | None = None, code: str = "SlowDown") -> None:
-        """Refuse the next ``count`` matching requests (None: all until :meth:`clear`)."""
+        """Refuse the next ``count`` matching requests (None: all until :meth:`clear`) as throttled."""
+        self._set_fault(count, method, path_prefix, _s3_error(
+            status, code, "Please reduce your request rate (fault injected by the test).", retry_after))
+
+    def error(self, count: int | None, status: int, code: str, message: str = "fault injected by the test",
+              *, method: str | None = None, path_prefix: str | None = None) -> None:
+        """Answer the next ``count`` matching requests with an S3-style XML error ``code``."""
+        self._set_fault(count, method, path_prefix, _s3_error(status, code, message))
+
+    def page(self, count: int | None, status: int, body: bytes = LOGIN_PAGE, *,
+             content_type: str = "text/html", method: str | None = None,
+             path_prefix: str | None = None) -> None:
+        """Answer the next ``count`` matching requests with a web page (``status`` may well be 200)."""
+        self._set_fault(count, method, path_prefix,
+                        _Answer(status, body, (("Content-Type", content_type),)))
+
+    def missing(self, *, method: str | None = None, path_prefix: str | None = None) -> None:
+        """Answer every matching request with 404 ``NoSuchKey`` until :meth:`clear`."""
+        self._set_fault(None, method, path_prefix,
+                        _s3_error(404, "NoSuchKey", "The specified key does not exist."))
+
+    def drop(self, *, method: str | None = None, path_prefix: str | None = None) -> None:
+        """Close the connection of every matching request without an answer until :meth:`clear`."""
+        self._set_fault(None, method, path_prefix, _Answer(0, drop=True))
+
+    def _set_fault(self, count: int | None, method: str | None, path_prefix: str | None,
+                   answer: _Answer) -> None:
         with self._lock:
-            self._busy = _Rule(method, path_prefix)
-            self._busy_left = count
-            self._busy_answer = (status, code, retry_after)
+            self._fault = _Rule(method, path_prefix)
+            self._fault_left = count
+            self._answer = answer
 
     def hold(self, *, method: str | None = None, path_prefix: str | None = None, skip: int = 0) -> None:
         """Park matching requests, after letting ``skip`` of them through, until :meth:`release`."""
         with self._lock:
             self._hold, self._hold_skip, self._held = _Rule(method, path_prefix), skip, 0
+
+    def corrupt(self, *, method: str | None = "GET", path_prefix: str | None = None) -> None:
+        """Flip one bit in the middle of the body of every matching answer until :meth:`clear`."""
+        with self._lock:
+            self._corrupt = _Rule(method, path_prefix)
+
+    @property
+    def corrupted(self) -> int:
+        """Answers whose body had a bit flipped so far."""
+        with self._lock:
+            return self._corrupted
 
     def release(self) -> None:
         """Let parked requests go on to the upstream, and park no more."""
@@ -107,7 +178,8 @@ class FaultProxy:
     def clear(self) -> None:
         """Back to a plain pass-through proxy."""
         with self._lock:
-            self._busy = None
+            self._fault = None
+            self._corrupt = None
         self.release()
 
     def reset(self) -> None:
@@ -116,6 +188,7 @@ class FaultProxy:
         with self._lock:
             self._seen.clear()
             self._held = 0
+            self._corrupted = 0
 
     def wait_held(self, count: int = 1, timeout: float = 10.0) -> None:
         """Block until ``count`` requests have been parked by :meth:`hold`."""
@@ -149,8 +222,8 @@ class FaultProxy:
 
     # -- called by the handler threads ---------------------------------------------------------
 
-    def _admit(self, method: str, path: str) -> tuple[int, str, float] | None:
-        """Park the request if a hold says so; then (status, code, retry_after) to refuse it, or None."""
+    def _admit(self, method: str, path: str) -> _Answer | None:
+        """Park the request if a hold says so; then the answer a fault gives it, or None to forward it."""
         with self._lock:
             if self._hold is not None and self._hold.matches(method, path):
                 if self._hold_skip > 0:
@@ -159,13 +232,21 @@ class FaultProxy:
                     self._held += 1
                     self._lock.notify_all()
                     self._lock.wait_for(lambda: self._hold is None, HOLD_LIMIT)
-            if self._busy is None or not self._busy.matches(method, path):
+            if self._fault is None or not self._fault.matches(method, path):
                 return None
-            if self._busy_left is not None:
-                self._busy_left -= 1
-                if self._busy_left <= 0:
-                    self._busy = None
-            return self._busy_answer
+            if self._fault_left is not None:
+                self._fault_left -= 1
+                if self._fault_left <= 0:
+                    self._fault = None
+            return self._answer
+
+    def _flip_at(self, method: str, path: str, length: int | None) -> int | None:
+        """Where to flip a bit of this answer's body (its middle), or None to leave it alone."""
+        with self._lock:
+            if self._corrupt is None or not self._corrupt.matches(method, path) or not length:
+                return None
+            self._corrupted += 1
+            return length // 2
 
     def _record(self, seen: Seen) -> None:
         with self._lock:
@@ -188,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
         faults = self.server.faults
         refusal = faults._admit(self.command, path)
         if refusal is not None:
-            status = self._refuse(*refusal)
+            status = self._refuse(refusal)
         else:
             status = self._forward()
         faults._record(Seen(arrived, self.command, path, status, refusal is not None))
@@ -198,21 +279,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _request_length(self) -> int:
         return int(self.headers.get("Content-Length") or 0)
 
-    def _refuse(self, status: int, code: str, retry_after: float) -> int:
-        """Answer as S3 does when throttling: an XML error and how long to wait."""
+    def _refuse(self, answer: _Answer) -> int:
+        """Give a fault's answer instead of the upstream's (or none: the connection just closes)."""
         self._drain(self._request_length())
-        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{escape(code)}</Code>'
-                f"<Message>Please reduce your request rate (fault injected by the test).</Message>"
-                f"<Resource>{escape(self.path)}</Resource><RequestId>{uuid.uuid4().hex}</RequestId>"
-                f"</Error>").encode()
-        self.send_response_only(status, REASONS.get(status))
-        self.send_header("Content-Type", "application/xml")
+        if answer.drop:
+            self.close_connection = True
+            return 0
+        body = answer.body
+        if b"{resource}" in body:  # an S3 error names the resource and a request id
+            body = body.replace(b"{resource}", escape(self.path).encode()).replace(
+                b"{request_id}", uuid.uuid4().hex.encode())
+        self.send_response_only(answer.status, REASONS.get(answer.status))
+        for name, value in answer.headers:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Retry-After", f"{retry_after:g}")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        return status
+        return answer.status
 
     def _drain(self, left: int) -> None:
         """Read a request body we will not forward, so the connection stays usable."""
@@ -272,8 +356,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
+        length = response.getheader("Content-Length")
+        flip = None if bodiless else self.server.faults._flip_at(
+            self.command, urlsplit(self.path).path, int(length) if length else None)
+        sent = 0
         while piece := response.read(BLOCK):
+            if flip is not None and sent <= flip < sent + len(piece):
+                piece = bytearray(piece)
+                piece[flip - sent] ^= 0x10
             self.wfile.write(piece)
+            sent += len(piece)
         self.wfile.flush()
 
 

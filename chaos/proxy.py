@@ -147,6 +147,8 @@ class Connection:
             async with receive:
                 async for chunk in receive:
                     await self.through(self.chain(stream), chunk, dest)
+            for toxic in self.chain(stream):  # slow_close: the end reaches the other side late
+                await toxic.closing(self.state(toxic))
             # one side is done: close both, as Toxiproxy does (no half-open connections)
             await self.abort()
 

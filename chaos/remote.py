@@ -48,9 +48,16 @@ def build_library(root: Path, sample: Path, good_files: list[dict], count: int =
 
 
 def origin_lines(origin_id: str, kind: str, options: dict, priority: int = 1) -> list[str]:
+    """The TOML lines of one ``[[origins]]`` table."""
     lines = ["[[origins]]", f'id = "{origin_id}"', f'type = "{kind}"', f"priority = {priority}"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in options.items()]
     return lines + [""]
+
+
+def write_origin(path: Path, origin_id: str, kind: str, options: dict) -> Path:
+    """A config file with this one origin."""
+    path.write_text("\n".join(origin_lines(origin_id, kind, options)))
+    return path
 
 
 @dataclass

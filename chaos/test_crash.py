@@ -30,8 +30,8 @@ def origin(tmp_path_factory):
     return root
 
 
-@pytest.mark.req("NFR-8.2", "NFR-8.1")
-def test_sigkill_during_fills_then_recovery(origin, tmp_path):
+@pytest.mark.req("FAULT-24", "NFR-8.2", "NFR-8.1")
+def test_f24_sigkill_during_fills_leaves_no_partial_chunk_and_recovers(origin, tmp_path):
     work = tmp_path / "work"
     expected = {p.name: sha256_of(p) for p in origin.iterdir()}
     mounted = start_mount(origin=origin, work=work)

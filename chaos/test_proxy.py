@@ -259,6 +259,29 @@ def test_slicer_delivers_exact_bytes_in_small_pieces(toxiproxy, bulk_upstream, e
         assert first + recv_exactly(sock, len(message) - len(first)) == message
 
 
+def test_slow_close_delays_only_the_close(toxiproxy, bulk_upstream, echo_upstream):
+    """Data flows at once; the end of the stream (the server's close) arrives ``delay`` ms late."""
+    proxy = toxiproxy.create(upstream=bulk_upstream, name="lingering")
+    proxy.add_toxic(type="slow_close", attributes={"delay": 800})
+    started = time.monotonic()
+    with connect(proxy) as sock:
+        assert recv_exactly(sock, len(PAYLOAD)) == PAYLOAD
+        data_at = time.monotonic() - started
+        assert sock.recv(100) == b""  # the upstream closed right after sending: we hear it late
+        closed_at = time.monotonic() - started
+    assert data_at < 0.5, f"the data took {data_at:.2f} s: slow_close must not delay it"
+    assert 0.8 <= closed_at <= 2.0, f"closed after {closed_at:.2f} s, not after the 0.8 s delay"
+
+    both = toxiproxy.create(upstream=echo_upstream, name="lingering-echo")  # upstream: our close is late
+    both.add_toxic(type="slow_close", stream="upstream", attributes={"delay": 600})
+    with connect(both) as sock:
+        assert round_trip(sock) < 0.5
+        started = time.monotonic()
+        sock.shutdown(socket.SHUT_WR)  # the echo server ends when it sees our end, 0.6 s later
+        assert read_all(sock) == b""
+        assert 0.6 <= time.monotonic() - started <= 2.0
+
+
 def test_disabled_proxy_refuses_and_comes_back_on_the_same_port(toxiproxy, echo_upstream):
     proxy = toxiproxy.create(upstream=echo_upstream, name="flaky")
     listen = proxy.listen

@@ -12,6 +12,10 @@ latency injected into a long-lived SFTP session must slow that session.
 Attributes and their units follow Toxiproxy's JSON exactly (latency in ms,
 rate in KB/s of 1000 bytes, slicer delay in microseconds) so that the same
 test drives this proxy or a real ``toxiproxy-server`` unchanged.
+
+Most toxics act on data; ``slow_close`` acts on the end of a stream: when
+its source closes, the connection is closed only ``delay`` ms later
+(:meth:`Toxic.closing`, awaited by the proxy before it closes anything).
 """
 
 from __future__ import annotations
@@ -91,6 +95,10 @@ class Toxic:
 
     async def pipe(self, link: Link, state: State, chunk: Chunk, emit: Emit) -> None:
         raise NotImplementedError
+
+    async def closing(self, state: State) -> None:
+        """The stream's source has closed: return when the connection may be closed (now, by default)."""
+        return None
 
 
 class Latency(Toxic):
@@ -206,8 +214,27 @@ class Slicer(Toxic):
             await emit(Chunk(chunk.data[start:end], chunk.read_at))
 
 
+class SlowClose(Toxic):
+    """Data passes untouched; when the source closes, the connection is closed ``delay`` ms later.
+
+    A server that finishes an answer and closes (``Connection: close``, as
+    moto and many HTTP/1.0 peers do) is seen by the client to close late: a
+    client that waits for the close instead of reading by length stalls, and
+    one that keeps such connections around runs out of them.
+    """
+
+    type = "slow_close"
+    fields = {"delay": 0}
+
+    async def pipe(self, link, state, chunk, emit):
+        await emit(chunk)
+
+    async def closing(self, state):
+        await trio.sleep(self.attributes["delay"] / 1000)
+
+
 KINDS: dict[str, type[Toxic]] = {cls.type: cls for cls in (Latency, Bandwidth, Timeout, ResetPeer,
-                                                            LimitData, Slicer)}
+                                                            LimitData, Slicer, SlowClose)}
 
 
 def make_toxic(body: dict[str, Any]) -> Toxic:

@@ -48,34 +48,92 @@ def test_whole_library_reads_offline_after_remount(library, good_files, tmp_path
         assert after["cache"]["hits"] > 0 and after["cache"]["misses"] == 0
 
 
-@pytest.mark.req("NFR-8.1", "NFR-8.4")
-def test_damaged_chunks_are_detected_and_fetched_again(library, good_files, tmp_path):
-    work = tmp_path / "work"
-    expected = {f["path"]: f["sha256"] for f in good_files}
-    with mount_library(origin=library, work=work) as mounted:
-        for path in mounted_files(mounted.mountpoint).values():
-            path.read_bytes()
-    chunks = sorted(p for p in (work / "cache" / "chunks").rglob("*") if p.is_file())
-    damaged = chunks[::7][:15]
-    for i, path in enumerate(damaged):
-        if i % 3 == 0:
+def inspect_chunks(cache_dir, *flags: str) -> tuple[int, dict | str]:
+    """``musicfs-inspect chunks FLAGS --json`` on a cache: (exit code, report, or the error said)."""
+    done = subprocess.run([sys.executable, "-m", "musicfs.cli.inspect", "chunks", *flags, "--json",
+                           "--cache-dir", str(cache_dir)], capture_output=True, text=True)
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else done.stderr
+
+
+def damage(chunks: list, flip: bool = True, truncate: bool = True, delete: bool = True) -> dict[str, list]:
+    """Damage every seventh chunk file in turn by a flipped bit, a cut and a removal."""
+    kinds = [k for k, wanted in (("flip", flip), ("truncate", truncate), ("delete", delete)) if wanted]
+    done: dict[str, list] = {k: [] for k in kinds}
+    for i, path in enumerate(chunks[::7][:15]):
+        kind = kinds[i % len(kinds)]
+        if kind == "flip":
             raw = bytearray(path.read_bytes())
             raw[len(raw) // 3] ^= 0x40  # one flipped bit
             path.write_bytes(raw)
-        elif i % 3 == 1:
+        elif kind == "truncate":
             with open(path, "r+b") as f:
                 f.truncate(f.seek(0, 2) // 2)
         else:
             path.unlink()
+        done[kind].append(path.name)
+    return done
+
+
+def cache_whole_library(library, work):
+    """Mount, read every track whole (so every chunk is stored), unmount."""
+    with mount_library(origin=library, work=work) as mounted:
+        for path in mounted_files(mounted.mountpoint).values():
+            path.read_bytes()
+        settled(mounted.mountpoint)
+
+
+@pytest.mark.req("FAULT-17", "NFR-8.1", "NFR-8.4")
+def test_f17_chunk_corrupted_at_rest_is_detected_and_fetched_again(library, good_files, tmp_path):
+    """Bits flipped in chunk files: each is caught by its hash when read, counted, dropped, fetched
+    again from the origin; every file reads exact and the store is whole again."""
+    work = tmp_path / "work"
+    expected = {f["path"]: f["sha256"] for f in good_files}
+    cache_whole_library(library, work)
+    chunks = sorted(p for p in (work / "cache" / "chunks").rglob("*") if p.is_file())
+    flipped = damage(chunks, truncate=False, delete=False)["flip"]
     with mount_library(origin=library, work=work, index=work / "state" / "index.db") as mounted:
         for real, path in mounted_files(mounted.mountpoint).items():
             assert sha256_of(path) == expected[real]
-        cache = mount_status(mounted.mountpoint)["cache"]
-        assert cache["corruptions"] == len(damaged)
-        assert mount_status(mounted.mountpoint)["reader"]["refetched_chunks"] == len(damaged)
-    verify = subprocess.run([sys.executable, "-m", "musicfs.cli.inspect", "chunks", "--verify", "--json",
-                             "--cache-dir", str(work / "cache")], capture_output=True, text=True)
-    assert json.loads(verify.stdout)["verify"]["corrupt"] == 0
+        status = settled(mounted.mountpoint)
+        assert status["cache"]["corruptions"] == len(flipped)
+        assert status["reader"]["refetched_chunks"] == len(flipped)
+        log = mounted.log_text()
+        assert all(f"chunk {name} is corrupt on disk" in log for name in flipped)
+    assert inspect_chunks(work / "cache", "--verify")[1]["verify"]["corrupt"] == 0
+
+
+@pytest.mark.req("FAULT-19", "NFR-8.1", "FS-10")
+def test_f19_truncated_or_deleted_chunks_are_reported_repaired_and_fetched_again(library, good_files,
+                                                                                 tmp_path):
+    """Chunk files cut short or removed: the offline check reports them and exits non-zero before
+    any repair, --repair removes them (refused while a mount uses the cache), and a mount reads
+    every file exact, fetching the damaged chunks again."""
+    work = tmp_path / "work"
+    expected = {f["path"]: f["sha256"] for f in good_files}
+    cache_whole_library(library, work)
+    with mount_library(origin=library, work=work, index=work / "state" / "index.db"):
+        code, said = inspect_chunks(work / "cache", "--repair")
+        assert code == 2 and "already in use" in said, "a repair under a running mount must be refused"
+    chunks = sorted(p for p in (work / "cache" / "chunks").rglob("*") if p.is_file())
+    damaged = damage(chunks, flip=False)
+
+    code, report = inspect_chunks(work / "cache", "--verify")
+    assert code == 1
+    assert sorted(report["verify"]["corrupt_chunks"]) == sorted(damaged["truncate"])
+    assert sorted(report["verify"]["missing_chunks"]) == sorted(damaged["delete"])
+    assert all((work / "cache" / "chunks" / n[:2] / n).exists() for n in damaged["truncate"]), \
+        "--verify alone changed the store"
+    code, report = inspect_chunks(work / "cache", "--repair")
+    assert code == 1 and report["repair"]["files_removed"] == len(damaged["truncate"])
+    code, report = inspect_chunks(work / "cache", "--verify")
+    assert code == 0 and report["verify"]["corrupt"] == report["verify"]["missing"] == 0
+
+    with mount_library(origin=library, work=work, index=work / "state" / "index.db") as mounted:
+        for real, path in mounted_files(mounted.mountpoint).items():
+            assert sha256_of(path) == expected[real]
+        status = settled(mounted.mountpoint)
+        assert status["reader"]["refetched_chunks"] == sum(len(v) for v in damaged.values())
+    assert inspect_chunks(work / "cache", "--verify")[0] == 0
 
 
 @pytest.mark.req("NFR-5.2")
@@ -137,8 +195,8 @@ def big_origin(tmp_path_factory):
     return root
 
 
-@pytest.mark.req("FR-18.1", "ASYNC-1")
-def test_fifty_concurrent_readers_cause_one_fetch_per_chunk(big_origin, tmp_path):
+@pytest.mark.req("FAULT-39", "FR-18.1", "ASYNC-1")
+def test_f39_fifty_readers_of_one_uncached_file_cause_one_fetch_per_chunk(big_origin, tmp_path):
     source = big_origin / "long take.wav"
     expected = sha256_of(source)
     with mount_library(origin=big_origin, work=tmp_path / "work") as mounted:
@@ -149,7 +207,7 @@ def test_fifty_concurrent_readers_cause_one_fetch_per_chunk(big_origin, tmp_path
             results.append(sha256_of(path))
 
         threads = [threading.Thread(target=read_whole) for _ in range(50)]
-        for t in threads:
+        for t in threads:  # all at once: the file is uncached when the first opens it
             t.start()
         for t in threads:
             t.join()

@@ -1,5 +1,6 @@
-"""The daemon's life: clean stops on signals, one daemon per mountpoint and index, stale mounts
-recovered, background mode with pid files and ``musicfs umount``.
+"""The daemon's life: clean stops on signals (FAULT-26), one daemon per mountpoint, index and
+cache (FAULT-27), stale mounts recovered after a kill (FAULT-25), background mode with pid files
+and ``musicfs umount``.
 
 Every process a test starts is killed and every mountpoint unmounted in ``finally`` blocks.
 """
@@ -11,86 +12,15 @@ import os
 import signal
 import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from chaos.checks import assert_cache_sound
+from conformance.daemons import cleanup, finish, integrity, mount_args, running, wait_serving
 from conformance.expected import assign, forget_assignment, sha256_of, walk_dirs, walk_files
 from musicfs import daemon
-from tests.harness import musicfs_cmd
-
-
-@contextmanager
-def cleanup(*mountpoints: Path):
-    """Yields a list to put Popen objects and pids in; kills them and unmounts at the end."""
-    spawned: list = []
-    try:
-        yield spawned
-    finally:
-        for item in spawned:
-            if isinstance(item, subprocess.Popen):
-                if item.poll() is None:
-                    item.kill()
-                    item.wait(10)
-            elif running(item) and _is_our_daemon(item, mountpoints):
-                os.kill(item, signal.SIGKILL)  # only that daemon: the pid may have been reused
-        for mountpoint in mountpoints:
-            if daemon.is_mounted(mountpoint):
-                daemon.fusermount_unmount(mountpoint, lazy=True)
-            if daemon.is_mounted(mountpoint):
-                daemon.abort_connection(mountpoint)
-                daemon.fusermount_unmount(mountpoint, lazy=True)
-
-
-def _is_our_daemon(pid: int, mountpoints: tuple[Path, ...]) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = [os.fsdecode(a) for a in f.read().split(b"\0")]
-    except OSError:
-        return False
-    return "musicfs.cli.main" in argv and any(str(m) in argv for m in mountpoints)
-
-
-def mount_args(state: Path, index: Path, origin: Path, cache: Path, mountpoint: Path,
-               foreground: bool = True) -> list[str]:
-    return musicfs_cmd("--state-dir", str(state), "mount", *(["--foreground"] if foreground else []),
-                       "--index", str(index), "--cache-dir", str(cache), "--origin", str(origin),
-                       str(mountpoint))
-
-
-def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
-    """Wait for a process that should exit by itself; fail (it is killed later) if it does not."""
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{proc.args} did not exit within {timeout} s")
-    return proc.returncode, out
-
-
-def wait_serving(mountpoint: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Until a live (not stale) musicfs mount answers at ``mountpoint``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"musicfs exited with {proc.returncode}:\n{proc.stdout.read() if proc.stdout else ''}")
-        if daemon.is_mounted(mountpoint) and not daemon.is_stale(mountpoint):
-            try:
-                os.listdir(mountpoint)
-                return
-            except OSError:
-                pass
-        time.sleep(0.02)
-    pytest.fail(f"nothing serving at {mountpoint} after {timeout} s")
-
-
-def running(pid: int) -> bool:
-    """The process exists and has not exited (an exited child not yet reaped is a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+from tests.harness import musicfs_cmd, settled
 
 
 def check_tracks(mountpoint: Path, good_files: list[dict]) -> None:
@@ -100,25 +30,70 @@ def check_tracks(mountpoint: Path, good_files: list[dict]) -> None:
     forget_assignment(mountpoint)
 
 
+def wal_bytes(database: Path) -> int:
+    """Bytes in the database's WAL: what the next open would have to recover (0: none)."""
+    wal = Path(f"{database}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def expected_by_path(good_files: list[dict]) -> dict[str, str]:
+    return {f["path"]: f["sha256"] for f in good_files}
+
+
+def chunk_files(cache_dir: Path) -> list[str]:
+    return sorted(p.name for p in (cache_dir / "chunks").rglob("*") if p.is_file() and
+                  not p.name.startswith("."))
+
+
+RECOVERY_WORDS = ("checking library index", "reconcil", "recovered", "damaged", "stale")
+
+
+@pytest.mark.req("FAULT-26")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_unmounts_cleanly(mount_factory, sample_library, signum):
-    """SIGTERM and SIGINT unmount and exit 0 (README; no catalogue requirement states it yet)."""
-    mounted = mount_factory(origin=sample_library[0])
+def test_f26_graceful_signal_unmounts_exits_0_and_leaves_nothing_to_recover(
+        mount_factory, sample_library, good_files, tmp_path, signum):
+    """SIGTERM/SIGINT: clean unmount, exit 0, both SQLite files checkpointed (no WAL left), and a
+    second mount of the same state logs no recovery of any kind."""
+    mounted = mount_factory(origin=sample_library[0], work=tmp_path / "first", extra_args=("-v",))
     pidfile = daemon.RunFiles.for_mountpoint(mounted.state_dir, mounted.mountpoint).pid
     assert json.loads(pidfile.read_text())["pid"] == mounted.pid
-    os.listdir(mounted.mountpoint)
+    check_tracks(mounted.mountpoint, good_files)  # the cache fills: chunks.db is written to
 
     mounted.proc.send_signal(signum)
     assert mounted.proc.wait(15) == 0, mounted.log_text()
     assert not daemon.is_mounted(mounted.mountpoint)
     assert not pidfile.exists(), "the pid file outlived the daemon"
     assert os.listdir(mounted.mountpoint) == [], "the mountpoint is not back to the empty folder"
-    assert "Traceback" not in mounted.log_text()
+    first_log = mounted.log_text()
+    assert "Traceback" not in first_log
+    chunk_index = mounted.cache_dir / "chunks.db"
+    for database in (mounted.index, chunk_index):
+        assert database.exists(), database
+        assert wal_bytes(database) == 0, f"{database.name}: the stop left a WAL for the next mount to recover"
+        assert integrity(database) == ["ok"], database
+    assert_cache_sound(mounted.cache_dir, expected_by_path(good_files), sample_library[0])
+
+    again = mount_factory(origin=sample_library[0], work=tmp_path / "first", index=mounted.index,
+                          cache_dir=mounted.cache_dir, extra_args=("-v",))
+    log = again.log_text()[len(first_log):]  # the same log file: only the second run's lines
+    assert "mounted" in log, log
+    found = [line for line in log.splitlines() if any(w in line.lower() for w in RECOVERY_WORDS)]
+    assert not found, f"the mount after a clean stop recovered something: {found}"
+    check_tracks(again.mountpoint, good_files)
+    assert again.log_text().count("Traceback") == 0
 
 
-def test_second_daemon_is_refused(mount_factory, sample_library, good_files, tmp_path):
-    """One daemon per mountpoint and per index (no catalogue requirement states it yet)."""
+@pytest.mark.req("FAULT-27")
+def test_f27_second_daemon_is_refused_and_the_first_keeps_serving(mount_factory, sample_library,
+                                                                  good_files, tmp_path):
+    """A second daemon on the same mountpoint, the same index or the same cache (each with
+    everything else its own) is refused with a message naming what is in use and by whom;
+    it changes nothing of the first's, which keeps serving the same bytes."""
     first = mount_factory(origin=sample_library[0])
+    check_tracks(first.mountpoint, good_files)  # something in the cache to lose
+    settled(first.mountpoint)
+    chunks_before = chunk_files(first.cache_dir)
+    log_before = first.log_text()
     other_mnt = tmp_path / "other-mnt"
     other_mnt.mkdir()
     origin = sample_library[0]
@@ -128,7 +103,11 @@ def test_second_daemon_is_refused(mount_factory, sample_library, good_files, tmp
                                           first.mountpoint),
             "same mountpoint, background": mount_args(tmp_path / "s3", tmp_path / "s3" / "i.db", origin,
                                                       tmp_path / "c3", first.mountpoint, foreground=False),
-            "same index": mount_args(first.state_dir, first.index, origin, tmp_path / "c4", other_mnt),
+            "same index": mount_args(tmp_path / "s4", first.index, origin, tmp_path / "c4", other_mnt),
+            "same index, background": mount_args(tmp_path / "s5", first.index, origin, tmp_path / "c5",
+                                                 other_mnt, foreground=False),
+            "same cache": mount_args(tmp_path / "s6", tmp_path / "s6" / "i.db", origin, first.cache_dir,
+                                     other_mnt),
         }
         for what, cmd in attempts.items():
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -136,21 +115,33 @@ def test_second_daemon_is_refused(mount_factory, sample_library, good_files, tmp
             code, out = finish(proc)
             assert code != 0, f"{what}: a second daemon was accepted:\n{out}"
             message = " ".join(out.split())
+            assert "Traceback" not in out, f"{what}: {out}"
             if what.startswith("same mountpoint"):
                 assert "already mounted" in message and str(first.mountpoint) in message, message
             else:
+                resource = "index" if what.startswith("same index") else "cache"
+                assert f"{resource} " in message, message
                 assert f"already in use by musicfs pid {first.pid}" in message, message
                 assert not daemon.is_mounted(other_mnt)
+        assert not (tmp_path / "s6" / "i.db").exists(), "the refused daemon scanned anyway"
 
         # the first one never noticed
         assert first.alive() and daemon.is_mounted(first.mountpoint)
         pidfile = daemon.RunFiles.for_mountpoint(first.state_dir, first.mountpoint).pid
         assert json.loads(pidfile.read_text())["pid"] == first.pid
         check_tracks(first.mountpoint, good_files)
+        settled(first.mountpoint)
+        assert chunk_files(first.cache_dir) == chunks_before, "a refused daemon changed the first's cache"
+        assert first.log_text()[len(log_before):].count("ERROR") == 0, first.log_text()
 
 
-@pytest.mark.req("NFR-8.2")
-def test_stale_mount_left_by_sigkill_is_recovered(mount_factory, sample_library, good_files, tmp_path):
+@pytest.mark.req("FAULT-25", "NFR-8.2")
+@pytest.mark.parametrize("foreground", [True, False], ids=["foreground", "background"])
+def test_f25_stale_mount_left_by_sigkill_is_recovered(mount_factory, sample_library, good_files, tmp_path,
+                                                      foreground):
+    """After SIGKILL the mountpoint is stale (ENOTCONN); the next ``musicfs mount`` (in the
+    foreground, or the background command users type) clears it, says so, and serves the same
+    tree, inodes and bytes, with index and cache sound."""
     killed = mount_factory(origin=sample_library[0])
     mnt = killed.mountpoint
     check_tracks(mnt, good_files)  # fills the content cache too
@@ -163,20 +154,34 @@ def test_stale_mount_left_by_sigkill_is_recovered(mount_factory, sample_library,
     with pytest.raises(OSError):
         os.listdir(mnt)
 
+    files = daemon.RunFiles.for_mountpoint(killed.state_dir, mnt)
     with cleanup(mnt) as spawned:
-        proc = subprocess.Popen(mount_args(killed.state_dir, killed.index, sample_library[0], killed.cache_dir,
-                                           mnt), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cmd = mount_args(killed.state_dir, killed.index, sample_library[0], killed.cache_dir, mnt,
+                         foreground=foreground)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         spawned.append(proc)
-        wait_serving(mnt, proc)
+        if foreground:
+            wait_serving(mnt, proc)
+        else:
+            code, out = finish(proc, timeout=120)
+            assert code == 0, out
+            spawned.append(daemon.read_pidfile(files)["pid"])
         assert {d: os.listdir(mnt / d) for d in walk_dirs(mnt)} == listing
         assert {p: os.stat(mnt / p).st_ino for p in walk_files(mnt)} == inodes
         check_tracks(mnt, good_files)
 
-        proc.send_signal(signal.SIGTERM)
-        code, out = finish(proc)
-        assert code == 0, out
+        if foreground:
+            proc.send_signal(signal.SIGTERM)
+            code, out = finish(proc)
+            assert code == 0, out
+        else:
+            stopped = subprocess.run(musicfs_cmd("--state-dir", str(killed.state_dir), "umount", str(mnt)),
+                                     capture_output=True, text=True, timeout=60)
+            assert stopped.returncode == 0, stopped.stderr
         assert "recovered a stale mount" in " ".join(out.split())
         assert not daemon.is_mounted(mnt)
+    assert integrity(killed.index) == ["ok"]
+    assert_cache_sound(killed.cache_dir, expected_by_path(good_files), sample_library[0])
 
 
 def test_background_mount_then_umount(sample_library, good_files, tmp_path):

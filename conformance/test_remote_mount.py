@@ -10,18 +10,9 @@ import time
 
 import pytest
 
+from chaos.remote import write_origin
 from tests.harness import mount_library, mounted_tracks
 from tests.sshserver import ssh_server
-
-
-def toml_value(value) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(value)
-
-
-def origin_config(path, origin_id: str, kind: str, options: dict) -> None:
-    lines = ["[[origins]]", f'id = "{origin_id}"', f'type = "{kind}"']
-    lines += [f"{key} = {toml_value(value)}" for key, value in options.items()]
-    path.write_text("\n".join(lines) + "\n")
 
 
 def read_every_track(mountpoint, expected: dict[str, str]) -> list[float]:
@@ -50,7 +41,7 @@ def sftp_library(sample_library, tmp_path):
         root = server.root / "music"
         shutil.copytree(sample_library[0], root)
         config = tmp_path / "musicfs.toml"
-        origin_config(config, "nas", "sftp", server.options(path=str(root)))
+        write_origin(config, "nas", "sftp", server.options(path=str(root)))
         yield server, config
 
 
@@ -86,7 +77,7 @@ def s3_library(sample_library, tmp_path):
     with moto_server() as server:
         bucket = server.create_bucket(files, prefix="music/")
         config = tmp_path / "musicfs.toml"
-        origin_config(config, "bucket", "s3", {"bucket": bucket, "endpoint": server.endpoint,
+        write_origin(config, "bucket", "s3", {"bucket": bucket, "endpoint": server.endpoint,
                                                "prefix": "music/", "region": "us-east-1"})
         yield server, config, aws_env(tmp_path / "aws-home")
 

@@ -26,6 +26,11 @@ def snapshot(mnt: Path) -> tuple[dict[str, int], dict[str, list[str]]]:
     return inodes, order
 
 
+def shows(mnt: Path) -> dict[str, str]:
+    """Mounted path -> the origin file it shows, for every file."""
+    return {rel: os.getxattr(mnt / rel, "user.musicfs.real_path").decode() for rel in walk_files(mnt)}
+
+
 def inspect_tree(state: Path, index: Path) -> dict[str, int]:
     """path -> id for every node, as ``musicfs-inspect tree --json`` shows them."""
     out = subprocess.run([sys.executable, "-m", "musicfs.cli.inspect", "--state-dir", str(state), "tree",
@@ -49,12 +54,14 @@ def library_copy(sample_library, tmp_path) -> Path:
     return root
 
 
-@pytest.mark.req("FS-6", "B2-8", "FS-10")
-def test_inodes_and_order_survive_remount_and_rescan(mount_factory, library_copy, tmp_path, good_files,
-                                                    broken_files):
+@pytest.mark.req("FAULT-30", "FS-6", "B2-8", "FS-10")
+def test_f30_names_inodes_and_order_survive_remount_and_rescan(mount_factory, library_copy, tmp_path,
+                                                               good_files, broken_files):
+    """Every name (the colliding ones numbered), the file it shows, its inode and the listing order."""
     work = tmp_path / "lib"
     first = mount_factory(origin=library_copy, work=work)
     inodes, order = snapshot(first.mountpoint)
+    shown = shows(first.mountpoint)
     assert inodes[""] == 1, "the root is inode 1"
     assert len(set(inodes.values())) == len(inodes), "two paths share an inode number"
     assert set(walk_files(first.mountpoint)) <= set(inodes) and len(walk_files(first.mountpoint)) == len(good_files)
@@ -63,6 +70,7 @@ def test_inodes_and_order_survive_remount_and_rescan(mount_factory, library_copy
 
     second = mount_factory(origin=library_copy, work=work)
     assert snapshot(second.mountpoint) == (inodes, order), "a remount changed inode numbers or order"
+    assert shows(second.mountpoint) == shown, "a remount moved a file to another name"
     unmount(second)
 
     report = json.loads(scan(library_copy, first.state_dir, first.index, "--json").stdout)
@@ -72,6 +80,7 @@ def test_inodes_and_order_survive_remount_and_rescan(mount_factory, library_copy
 
     third = mount_factory(origin=library_copy, work=work)
     assert snapshot(third.mountpoint) == (inodes, order), "a rescan changed inode numbers or order"
+    assert shows(third.mountpoint) == shown, "a rescan moved a file to another name"
 
 
 @pytest.mark.req("FS-6")

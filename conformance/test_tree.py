@@ -36,8 +36,12 @@ def test_every_track_is_at_its_template_path(sample_mount, good_files):
             assert len(twins) == len(entries) - 1, f"{path!r}: {len(entries)} tracks, numbered {twins}"
 
 
-@pytest.mark.req("FS-3")
-def test_every_name_is_legal_and_unique(sample_mount):
+@pytest.mark.req("FAULT-30", "FAULT-29", "FS-3")
+def test_f30_sample_library_names_are_legal_and_listed_once(sample_mount):
+    """The sample library's collision groups (Either/Or vs Either_Or, Hello vs HELLO, twins) and
+    hostile tags (NUL, '..', 300-byte values) give legal names, each listed once.
+
+    conformance/test_f30_name_collisions.py and test_f29_hostile_tags.py go further."""
     mnt = sample_mount.mountpoint
     names = [p for p in walk_files(mnt) + walk_dirs(mnt) if p]
     illegal = [p for p in names if not all(is_legal(part) for part in p.split("/"))]

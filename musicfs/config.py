@@ -5,6 +5,9 @@ Example::
     [library]
     template = "$artist/$album ($year) [$format_upper]/$track - $title.$format"
 
+    [mount]
+    allow_other = false   # true: other users may read it too (modes are then enforced)
+
     [[origins]]
     id = "nas"
     type = "local"
@@ -79,6 +82,8 @@ class Config:
     scan_workers: int = 4
     read_timeout: float = 5.0
     health_interval: float = 30.0
+    # let other users in (FUSE allow_other); the kernel then checks the modes shown (default_permissions)
+    allow_other: bool = False
     source: str | None = None
 
     def library_name(self) -> str:
@@ -151,7 +156,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
              index: int | None = None) -> ConfigError:
         return ConfigError(message, source=source, line=where.line_of(table, key, index))
 
-    unknown = set(data) - {"library", "cache", "scan", "health", "origins"}
+    unknown = set(data) - {"library", "cache", "scan", "health", "mount", "origins"}
     if unknown:
         name = sorted(unknown)[0]
         raise fail(f"unknown section or key {name!r}", None, name) if not isinstance(
@@ -160,7 +165,9 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     cache = _table(data, "cache", fail)
     scan = _table(data, "scan", fail)
     health = _table(data, "health", fail)
+    mount = _table(data, "mount", fail)
     _only(health, {"interval"}, "health", fail)
+    _only(mount, {"allow_other"}, "mount", fail)
     if "interval" in health:
         interval = health["interval"]
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.1 <= interval <= 86400:
@@ -172,6 +179,8 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     _only(cache, {"dir", "size", "read_timeout"}, "cache", fail)
     _only(scan, {"workers"}, "scan", fail)
     kwargs: dict[str, Any] = {"source": source}
+    if "allow_other" in mount:
+        kwargs["allow_other"] = _typed(mount, "allow_other", bool, "mount", fail)
     if kwargs_health is not None:
         kwargs["health_interval"] = kwargs_health
     if "template" in library:

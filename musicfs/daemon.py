@@ -1,7 +1,11 @@
 """Running the mount as a daemon: locks, pid files, stale mounts, background start, stop.
 
-* One daemon per index and per mountpoint: each holds an exclusive ``flock``
-  on a lock file; a second one is refused with the pid of the first.
+* One daemon per index, per chunk cache and per mountpoint: each holds an
+  exclusive ``flock`` on a lock file; a second one is refused with the pid of
+  the first (FAULT-27). Two daemons sharing a cache would each evict and
+  reconcile the other's chunks.
+* The soft limit on open files is raised to the hard limit at start: a
+  thousand open handles must never end in EMFILE (FAULT-37).
 * A mountpoint left behind by a killed daemon ("Transport endpoint is not
   connected") is detected and lazily unmounted before mounting again (NFR-8.2).
 * Background mode starts ``musicfs mount --foreground`` in a new session with
@@ -15,7 +19,9 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -23,7 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dirs import make_private
 from .errors import MusicFSError
+
+log = logging.getLogger(__name__)
 
 
 class DaemonError(MusicFSError):
@@ -168,8 +177,25 @@ class Lock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        make_private(self.path.parent)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            # on a filesystem turned read-only (a failing cache disk) nothing can be changed there,
+            # by us or a second daemon: an existing lock file is still locked, a missing one is moot
+            if not self.path.exists():
+                log.warning("%s is on a read-only filesystem: not locked", self.what)
+                return
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise DaemonError(f"{self.what} is already in use by another musicfs") from None
+            self._fd = fd
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -186,8 +212,37 @@ class Lock:
             self._fd = None
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Lift this process's soft RLIMIT_NOFILE to its hard limit; return (before, after).
+
+    The soft limit is often 1024 while the hard one is far higher. Open FUSE
+    handles cost the daemon no descriptor of their own, but what serves them
+    does (origin files read straight through, SQLite, sockets to remote
+    origins, chunk files being read), and a daemon that hits EMFILE fails
+    requests it could have served. An unlimited hard limit is capped at the
+    kernel's ``fs.nr_open``, the most a process may set.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            with open("/proc/sys/fs/nr_open", encoding="ascii") as nr_open:
+                target = int(nr_open.read())
+        except (OSError, ValueError):
+            return soft, soft
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open files limit from %d to %d: %s", soft, target, exc)
+            return soft, soft
+        log.debug("open files limit raised from %d to %d", soft, target)
+        return soft, target
+    return soft, soft
+
+
 def write_pidfile(files: RunFiles, mountpoint: Path, index: Path, **extra: str) -> None:
-    files.pid.parent.mkdir(parents=True, exist_ok=True)
+    make_private(files.pid.parent)
     tmp = files.pid.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "mountpoint": str(canonical(mountpoint)),
                                "index": str(index), "log": str(files.log), **extra}))
@@ -244,7 +299,7 @@ def _alive(pid: int) -> bool:
 
 def start_background(argv: list[str], files: RunFiles, mountpoint: Path, timeout: float = 60.0) -> int:
     """Run ``musicfs <argv> --foreground`` detached; return its pid once the mount answers."""
-    files.log.parent.mkdir(parents=True, exist_ok=True)
+    make_private(files.log.parent)
     with open(files.log, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "musicfs.cli.main", *argv], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, start_new_session=True, close_fds=True)

@@ -86,6 +86,15 @@ class ChunkCorrupt(Event):
 
 
 @dataclass(frozen=True)
+class ChecksumMismatch(Event):
+    """An origin served bytes that fail a checksum: its own (ETag) or the file's known chunk map."""
+
+    origin_id: str
+    path: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class OriginError(Event):
     origin_id: str
     path: str

@@ -7,11 +7,12 @@ through constructors. :func:`serve` returns once the filesystem is unmounted
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import trio
 
 from . import daemon
 from .config import Config
+from .dirs import make_private
 from .events import EventBus
 from .fuse.attrs import AttrPolicy
 from .fuse.operations import Operations
@@ -49,7 +51,26 @@ class MountSettings:
     read_timeout: float = 5.0  # an uncached read of an unreachable origin fails (EIO) after this
     health_interval: float = 30.0  # seconds between origin health probes
     max_tasks: int = MAX_TASKS
+    allow_other: bool = False  # other users may enter the mount; the kernel enforces the modes shown
     debug_fuse: bool = False
+
+
+def fuse_options(settings: MountSettings) -> set[str]:
+    """The mount options: read-only, a constant fsname (never an origin's address, let alone its
+    credentials: /proc/mounts is world-readable), and the kernel checking permissions.
+
+    ``default_permissions`` is always on: the kernel decides access from the modes
+    shown (files 0444, folders 0555), so a request from another user never
+    reaches code that would have to decide it. Without ``allow_other`` the
+    kernel refuses every other user (EACCES) before looking at modes at all.
+    """
+    options = set(pyfuse3.default_options) | {"fsname=musicfs", "subtype=musicfs", "ro",
+                                               "default_permissions"}
+    if settings.allow_other:
+        options.add("allow_other")
+    if settings.debug_fuse:
+        options.add("debug")
+    return options
 
 
 def _origins(config: Config) -> dict[str, Origin]:
@@ -117,6 +138,30 @@ async def _raise_background_limit(mountpoint: Path) -> None:
                  "cold reads from slow origins will overlap at most 12 at a time")
 
 
+async def _supervised(name: str, task: Callable[..., Awaitable[None]], *args: object,
+                      restart: bool = True) -> None:
+    """Run a background service of the mount so that a bug in it cannot take the mount down.
+
+    An exception escaping a task of the mount's nursery would cancel the nursery,
+    and with it ``pyfuse3.main``: every file would vanish because, say, a health
+    probe met an error nobody foresaw. Such an exception is logged once with its
+    traceback, and the service is started again after a pause that doubles each
+    time (1 s up to 5 min), so a bug that fails every time does not flood the log.
+    """
+    pause = 1.0
+    while True:
+        try:
+            await task(*args)
+            return
+        except Exception:  # the point: anything a service did not foresee; logged with its traceback
+            log.exception("%s failed unexpectedly; %s", name,
+                          f"restarting it in {pause:g} s" if restart else "not restarting it")
+        if not restart:
+            return
+        await trio.sleep(pause)
+        pause = min(pause * 2, 300.0)
+
+
 async def _reconcile(cache: ContentCache) -> None:
     """Align the chunk index with the chunk files after an unclean stop, off the mount's path."""
     await trio.to_thread.run_sync(cache.reconcile)
@@ -130,6 +175,7 @@ def serve(config: Config, settings: MountSettings, *, on_mounted: Callable[[], N
 async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[], None] | None) -> None:
     started = time.time()
     index = LibraryIndex(settings.index_path)
+    make_private(settings.cache_dir)  # before the store creates anything in it
     bus = EventBus()
     cache = ContentCache(settings.cache_dir, config.cache_size, bus.publish)
     origins = _origins(config)
@@ -155,19 +201,22 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             components["raw_views"] = raw.statistics
             ops = Operations(index, reader, hidden, policy, raw)
             components["fuse"] = ops.statistics
-            options = set(pyfuse3.default_options) | {"fsname=musicfs", "subtype=musicfs", "ro"}
-            if settings.debug_fuse:
-                options.add("debug")
-            pyfuse3.init(ops, str(settings.mountpoint), options)
+            try:
+                pyfuse3.init(ops, str(settings.mountpoint), fuse_options(settings))
+            except RuntimeError as exc:  # fusermount3 printed why (on stderr, in the log)
+                hint = (" (allow_other needs user_allow_other in /etc/fuse.conf for users other than root)"
+                        if settings.allow_other and os.getuid() != 0 else "")
+                raise daemon.DaemonError(f"mounting {settings.mountpoint} failed: {exc}{hint}") from None
             mounted = True
             log.info("mounted %s at %s", settings.index_path, settings.mountpoint)
             if on_mounted:
                 on_mounted()
             nursery.start_soon(_stop_on_signal)
             nursery.start_soon(_raise_background_limit, settings.mountpoint)
-            nursery.start_soon(reader.flush_periodically)
-            nursery.start_soon(_reconcile, cache)
-            nursery.start_soon(health.run)
+            nursery.start_soon(_supervised, "cache access-time flush", reader.flush_periodically)
+            nursery.start_soon(functools.partial(_supervised, "cache reconciliation", _reconcile, cache,
+                                                 restart=False))
+            nursery.start_soon(_supervised, "origin health probes", health.run)
             await pyfuse3.main(min_tasks=4, max_tasks=settings.max_tasks)
             await reader.drain(timeout=settings.read_timeout)
             nursery.cancel_scope.cancel()

@@ -97,3 +97,16 @@ class OriginContract:
     def test_health_and_location(self, origin):
         origin.health()
         assert origin.location and origin.kind
+
+
+def add_hostile_links(root, outside) -> None:
+    """Links in ``root`` to ``real/a.flac`` inside it, and out of it to ``outside`` (whose
+    ``secret.flac`` they name, as the parent's ``outside`` folder), chains, a folder, loops."""
+    (root / "inside.flac").symlink_to("real/a.flac")
+    (root / "abs.flac").symlink_to(outside / "secret.flac")
+    (root / "rel.flac").symlink_to("../outside/secret.flac")
+    (root / "chain.flac").symlink_to("rel.flac")
+    (root / "outdir").symlink_to(outside)
+    (root / "loop-a.flac").symlink_to("loop-b.flac")
+    (root / "loop-b.flac").symlink_to("loop-a.flac")
+    (root / "self").symlink_to(".")

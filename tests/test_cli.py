@@ -75,3 +75,47 @@ def test_missing_origin_folder_is_a_clear_error(tmp_path):
     result = run("musicfs.cli.main", "--state-dir", str(tmp_path), "scan", "--origin", str(tmp_path / "nope"),
                  check=False)
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_a_health_probe_failing_unexpectedly_counts_as_unreachable_and_is_logged(caplog):
+    """A mount goes ahead on its cache whatever an origin's probe raises; a bug is logged in full."""
+    import logging
+
+    from musicfs.cli.main import probe
+    from musicfs.errors import OriginUnavailable
+
+    class Origin:
+        id = "b2"
+
+        def __init__(self, error):
+            self.error = error
+
+        def health(self):
+            if self.error:
+                raise self.error
+
+    with caplog.at_level(logging.ERROR):
+        assert probe(Origin(None)) is None
+        assert probe(Origin(OriginUnavailable("no answer within 5 s"))) == "no answer within 5 s"
+        assert not caplog.records
+        assert probe(Origin(RecursionError("redirected forever"))) == "unexpected RecursionError"
+    (record,) = caplog.records
+    assert record.exc_info is not None and "b2" in record.getMessage()
+
+
+@pytest.mark.req("FAULT-27")
+def test_locks_are_taken_all_or_none(tmp_path):
+    from musicfs import daemon
+    from musicfs.cli.main import _acquire
+
+    held = daemon.Lock(tmp_path / "cache.lock", "cache")
+    held.acquire()
+    try:
+        index, cache = daemon.Lock(tmp_path / "index.lock", "index"), daemon.Lock(tmp_path / "cache.lock", "cache")
+        with pytest.raises(daemon.DaemonError, match="cache is already in use by musicfs pid"):
+            _acquire([index, cache])
+        again = daemon.Lock(tmp_path / "index.lock", "index")
+        again.acquire()  # the index lock was given back when the cache lock was refused
+        again.release()
+    finally:
+        held.release()

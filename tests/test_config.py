@@ -100,3 +100,23 @@ def test_folder_config_defaults(tmp_path):
     assert config.cache_size == 10 * 10**9  # NFR-5.2 default
     # the same folder always maps to the same index: a second mount reuses it
     assert config.resolved_index_path(tmp_path) == config_for_folder(tmp_path).resolved_index_path(tmp_path)
+
+
+ORIGIN = '[[origins]]\nid = "a"\ntype = "local"\npath = "/m"\n'
+
+
+@pytest.mark.req("FAULT-35")
+def test_allow_other_is_off_unless_asked_for():
+    assert parse_config(ORIGIN).allow_other is False
+    assert config_for_folder("/m").allow_other is False
+    assert parse_config("[mount]\nallow_other = true\n" + ORIGIN).allow_other is True
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ('[mount]\nallow_other = "yes"\n', "allow_other must be bool"),
+    ("[mount]\nallow_other = 1\n", "allow_other must be bool"),
+    ("[mount]\nallow_root = true\n", "unknown key 'allow_root' in [mount]"),
+])
+def test_bad_mount_options_are_named(text, words):
+    error = _error(text + ORIGIN)
+    assert words in str(error) and error.line == 2

@@ -16,6 +16,7 @@ import pyfuse3
 import pytest
 import trio
 
+from musicfs.errors import OriginUnavailable
 from musicfs.fuse.attrs import AttrPolicy
 from musicfs.fuse.operations import Operations
 from musicfs.index.library import LibraryIndex
@@ -237,8 +238,10 @@ def test_hidden_files_are_generated_when_read(ops):
 
 
 # -- failures never escape as anything but an errno ----------------------------
-def test_unexpected_exception_becomes_eio(ops, monkeypatch, caplog):
-    """A bug in a component answers EIO with one log line; the filesystem keeps answering."""
+@pytest.mark.req("FAULT-40")
+def test_unexpected_exception_becomes_eio_with_one_record_and_its_traceback(ops, monkeypatch, caplog):
+    """A bug in a component answers EIO with one log record carrying the traceback; the
+    filesystem keeps answering. (On a real mount: conformance/test_f40_handler_exception.py.)"""
     def broken(*args):
         raise RuntimeError("index went away")
 
@@ -246,9 +249,23 @@ def test_unexpected_exception_becomes_eio(ops, monkeypatch, caplog):
     with caplog.at_level(logging.ERROR, logger="musicfs.fuse.operations"):
         assert fuse_errno(ops.lookup, ROOT_ID, b"anything") == errno.EIO
     assert ops.error_counts["lookup"] == 1
-    assert any("lookup" in r.getMessage() and "index went away" in r.getMessage() for r in caplog.records)
+    (record,) = caplog.records
+    assert "lookup" in record.getMessage() and "index went away" in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError, "no traceback logged"
     # the operations object still answers afterwards
     assert call(ops.getattr, ROOT_ID).st_ino == ROOT_ID
+
+
+def test_expected_failure_is_one_line_without_traceback(ops, monkeypatch, caplog):
+    """An origin that cannot serve is not a bug: EIO with (at most) one plain line, no traceback."""
+    def unavailable(*args):
+        raise OriginUnavailable("origin nas: no answer within 5 s")
+
+    monkeypatch.setattr(ops.resolver, "lookup", unavailable)
+    with caplog.at_level(logging.DEBUG, logger="musicfs.fuse.operations"):
+        assert fuse_errno(ops.lookup, ROOT_ID, b"anything") == errno.EIO
+    assert len(caplog.records) <= 1
+    assert all("no answer within 5 s" in r.getMessage() and r.exc_info is None for r in caplog.records)
 
 
 def test_reader_failure_becomes_eio_and_missing_origin_file_enoent(ops, monkeypatch, tmp_path):

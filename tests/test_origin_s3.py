@@ -189,9 +189,32 @@ def test_reads_ask_for_exactly_the_range(server, connect):
 def test_a_server_that_ignores_range_still_gives_the_right_bytes(server, connect):
     data = random.Random(2).randbytes(10_000)
     origin = connect(server, server.create_bucket({"a.flac": data}, prefix=PREFIX))
-    origin.client.meta.events.register("before-send.s3.GetObject", answer(200, data))
+    origin.client.meta.events.register("before-send.s3.GetObject", answer(200, data, {"etag": '"a1"'}))
     assert origin.read_range("a.flac", 3000, 100) == data[3000:3100]
     assert origin.read_range("a.flac", 9990, 100) == data[9990:]
+
+
+@pytest.mark.parametrize("headers", [{"content-type": "text/html; charset=utf-8", "etag": '"5f1a-19"'},
+                                     {"content-type": "application/octet-stream"}])
+def test_a_page_instead_of_the_object_is_an_error_not_data(server, connect, headers):
+    """A captive portal answers every request with 200 and its login page: never taken for the file."""
+    origin = connect(server, server.create_bucket({"a.flac": b"x" * 10_000}, prefix=PREFIX))
+    origin.client.meta.events.register("before-send.s3.GetObject",
+                                       answer(200, b"<html>Please Login</html>", headers))
+    with pytest.raises(OriginUnavailable, match="not the object"):
+        origin.read_range("a.flac", 0, 4096)
+
+
+@pytest.mark.parametrize(("status", "code"), [(400, "ExpiredToken"), (401, "expired_auth_token")])
+def test_an_expired_token_reloads_the_credentials_once(server, connect, status, code):
+    data = b"still here"
+    origin = connect(server, server.create_bucket({"a.flac": data}, prefix=PREFIX))
+    origin.client.meta.events.register("before-send.s3.GetObject", answer(status, s3_error(code), times=1))
+    with pytest.raises(OriginUnavailable, match="credentials refused"):
+        origin.read_range("a.flac", 0, 100)
+    assert origin.credential_reloads == 1
+    assert origin.read_range("a.flac", 0, 100) == data  # signed by the new client: accepted
+    assert origin.credential_reloads == 1
 
 
 def test_parallel_reads_share_the_client(server, connect):
@@ -269,7 +292,7 @@ def test_call_with_retry_waits_for_retry_after(server, connect):
     async def main():
         return await call_with_retry(origin.read_range, "a.flac", 0, 100, deadline=trio.current_time() + 10,
                                      limiter=trio.CapacityLimiter(1),
-                                     on_error=lambda exc, attempt: errors.append(exc))
+                                     on_error=lambda failure: errors.append(failure.error))
 
     assert trio.run(main) == data
     assert len(hook.calls) == 2 and hook.calls[1] - hook.calls[0] >= 1.0  # not the schedule's 100 ms
@@ -355,7 +378,7 @@ def _retrying(origin, errors: list):
         async def main():
             return await call_with_retry(origin.read_range, path, offset, size,
                                          deadline=trio.current_time() + 10, limiter=trio.CapacityLimiter(1),
-                                         on_error=lambda exc, attempt: errors.append(exc))
+                                         on_error=lambda failure: errors.append(failure.error))
         return trio.run(main)
     return read
 

@@ -20,7 +20,7 @@ import pytest
 from musicfs.errors import ConfigError, NotFound, OriginUnavailable
 from musicfs.origins.base import create
 from musicfs.origins.sftp import SHARE, SftpOrigin
-from tests.origin_contract import PAGE_FILES, OriginContract
+from tests.origin_contract import PAGE_FILES, OriginContract, add_hostile_links
 from tests.sshserver import SshServer, ssh_server
 
 
@@ -229,6 +229,48 @@ def test_links_to_files_are_files_links_to_folders_are_skipped(server, connect, 
     page = connect(server, path=str(root)).list_page("")
     assert [(e.path, e.size) for e in page.files] == [("link.flac", 3)]
     assert page.dirs == ["real"]
+
+
+@pytest.mark.req("FAULT-31")
+def test_links_out_of_the_root_are_not_listed_nor_read_and_loops_end(server, connect, tmp_path):
+    """The server follows any link for us: the origin asks where each leads and refuses the outside."""
+    root = populate(tmp_path / "lib", {"real/a.flac": b"abc"})
+    outside = populate(tmp_path / "outside", {"secret.flac": b"secret!"})
+    add_hostile_links(root, outside)
+    origin = connect(server, path=str(root))
+    page = origin.list_page("")
+    assert [(e.path, e.size) for e in page.files] == [("inside.flac", 3)]
+    assert page.dirs == ["real"]
+    assert [e.path for e in origin.walk()] == ["inside.flac", "real/a.flac"]
+    assert origin.read_range("inside.flac", 0, 10) == b"abc"
+    for path in ("abs.flac", "rel.flac", "chain.flac", "outdir/secret.flac"):
+        with pytest.raises(NotFound):
+            origin.read_range(path, 0, 10)
+        with pytest.raises(NotFound):
+            origin.stat(path)
+    with pytest.raises((NotFound, OriginUnavailable)):
+        origin.read_range("loop-a.flac", 0, 10)
+
+
+@pytest.mark.req("FAULT-31")
+def test_names_no_folder_can_hold_are_dropped_from_listings(server, connect, tmp_path, monkeypatch, caplog):
+    """What a hostile server might list ('..', 'a/../../x', NUL) never becomes a path."""
+    from musicfs.origins import sftp as sftp_module
+
+    origin = connect(server, path=str(populate(tmp_path / "lib", {"real.flac": b"abc"})))
+    real_listdir = sftp_module.SftpChannel.listdir
+
+    def hostile(self, path, deadline):
+        entries = real_listdir(self, path, deadline)
+        attrs = entries[0][1]
+        return entries + [(name, attrs) for name in ("..", ".", "", "../../etc/passwd", "a/b.flac", "x\x00y.flac")]
+
+    monkeypatch.setattr(sftp_module.SftpChannel, "listdir", hostile)
+    page = origin.list_page("")
+    assert [e.path for e in page.files] == ["real.flac"] and page.dirs == []
+    assert "names no folder can hold" in caplog.text
+    with pytest.raises(ValueError):
+        origin.read_range("../../etc/passwd", 0, 10)
 
 
 def test_large_reads_at_odd_offsets(server, connect, tmp_path):

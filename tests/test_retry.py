@@ -9,7 +9,7 @@ import trio
 
 from musicfs.errors import NotFound, OriginUnavailable
 from musicfs.origins.base import OriginBusy
-from musicfs.origins.retry import call_with_retry
+from musicfs.origins.retry import Failure, call_with_retry
 
 pytestmark = pytest.mark.req("NFR-7.3")
 
@@ -27,13 +27,15 @@ class Flaky:
         return b"ok"
 
 
-def run(flaky: Flaky, deadline: float = 30.0):
-    errors = []  # real time: a mock clock would jump ahead while the worker thread runs
+def run(flaky, deadline: float = 30.0) -> tuple[bytes, list[Failure]]:
+    """Call ``flaky`` with retries (real time: a mock clock would jump ahead while a worker thread
+    runs); returns its answer and the failures reported on the way."""
+    errors = []
 
     async def main():
         return await call_with_retry(
             lambda: flaky(), deadline=trio.current_time() + deadline, limiter=trio.CapacityLimiter(1),
-            on_error=lambda exc, attempt: errors.append(attempt))
+            on_error=lambda failure: errors.append(failure))
 
     return trio.run(main), errors
 
@@ -45,7 +47,8 @@ def gaps(calls):
 def test_backoff_schedule_with_jitter():
     flaky = Flaky(failures=3)
     result, errors = run(flaky)
-    assert result == b"ok" and errors == [1, 2, 3]
+    assert result == b"ok" and [e.attempt for e in errors] == [1, 2, 3]
+    assert not any(e.final for e in errors)  # each was retried
     for gap, base in zip(gaps(flaky.calls), (0.1, 0.5, 2.0)):
         assert base <= gap <= base * 1.1 + 0.05  # jitter, plus scheduling slack
 
@@ -75,7 +78,7 @@ def test_a_missing_file_is_not_retried():
 def test_retry_after_of_a_busy_origin_is_honoured():
     flaky = Flaky(failures=1, error=OriginBusy("slow down", retry_after=0.8))
     result, errors = run(flaky)
-    assert result == b"ok" and errors == [1]
+    assert result == b"ok" and [e.attempt for e in errors] == [1]
     (gap,) = gaps(flaky.calls)
     assert 0.8 <= gap <= 0.8 + 0.2  # the server's wait, not the schedule's 100 ms
 
@@ -95,3 +98,45 @@ def test_retry_after_past_the_deadline_is_cut_at_the_deadline():
         run(flaky, deadline=0.5)
     assert len(flaky.calls) == 1
     assert time.monotonic() - started < 2  # gave up at the deadline, not after 60 s
+
+
+def failures_of(flaky, deadline: float = 30.0) -> list[Failure]:
+    failures = []
+
+    async def main():
+        await call_with_retry(lambda: flaky(), deadline=trio.current_time() + deadline,
+                              limiter=trio.CapacityLimiter(1), on_error=failures.append)
+
+    with pytest.raises(OriginUnavailable):
+        trio.run(main)
+    return failures
+
+
+def test_the_attempt_that_gives_up_is_reported_as_final_with_the_times_of_all():
+    flaky = Flaky(failures=10)
+    failures = failures_of(flaky)
+    assert [(f.attempt, f.final) for f in failures] == [(1, False), (2, False), (3, False), (4, True)]
+    last = failures[-1]
+    expected = [call - flaky.calls[0] for call in flaky.calls]
+    assert all(abs(a - b) < 0.05 for a, b in zip(last.started, expected)), (last.started, expected)
+    assert last.elapsed >= last.started[-1]
+    line = last.describe("reading a.flac at 0")
+    assert line.startswith("reading a.flac at 0 failed after 4 attempts in ") and "connection reset" in line
+    assert failures[0].describe("x") == "x failed (attempt 1), retrying: connection reset"
+
+
+def test_a_deadline_that_ends_a_wait_reports_the_last_failure_as_final():
+    flaky = Flaky(failures=10)
+    failures = failures_of(flaky, deadline=1.0)  # attempts at 0, 0.1, 0.6 s; the wait for 2.6 s is cut
+    assert [(f.attempt, f.final) for f in failures] == [(1, False), (2, False), (3, False), (3, True)]
+    assert "connection reset" in str(failures[-1].error)
+
+
+def test_a_deadline_that_ends_a_hanging_attempt_reports_it_as_final():
+    def hang():
+        time.sleep(2)  # abandoned by the deadline (the thread finishes on its own)
+
+    failures = failures_of(hang, deadline=0.3)
+    assert [(f.attempt, f.final) for f in failures] == [(1, True)]
+    assert "no answer before the deadline" in str(failures[0].error)
+    assert 0.25 <= failures[0].elapsed <= 1.0

@@ -209,3 +209,68 @@ def test_a_file_name_that_is_not_utf8_is_skipped_not_fatal(sample_library, good_
     again = scan(index, root)
     assert again.unchanged == 2 and again.skipped_reasons == {"bad-name": 1}
     index.close()
+
+
+@pytest.mark.req("FAULT-28", "NFR-7.4")
+def test_whatever_a_reader_raises_costs_one_file_not_the_scan(sample_library, good_files, tmp_path):
+    """mutagen on hostile bytes raises more than MutagenError (RecursionError, OverflowError, ...)."""
+    root = tmp_path / "library"
+    root.mkdir()
+    good = sample_library[0] / next(f["path"] for f in good_files if f["path"].endswith(".flac"))
+    kinds = {"recursion": RecursionError, "overflow": OverflowError, "memory": MemoryError,
+             "zero": ZeroDivisionError, "attribute": AttributeError, "unicode": UnicodeDecodeError}
+    for name in [*kinds, "fine"]:
+        shutil.copy(good, root / f"{name}.flac")
+
+    def reader(path: str) -> dict:
+        kind = kinds.get(os.path.basename(path)[:-5])
+        if kind is UnicodeDecodeError:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        if kind is not None:
+            raise kind("raised by a parser on hostile bytes")
+        return read_tags(path)
+
+    index = LibraryIndex(tmp_path / "index.db")
+    report = scan(index, root, reader)
+    assert report.complete and report.added == 1 and report.skipped_reasons == {"parser failure": len(kinds)}
+    details = dict(index.conn.execute("SELECT real_path, detail FROM skipped").fetchall())
+    for name, kind in kinds.items():
+        assert details[f"{name}.flac"].startswith(kind.__name__), details
+    assert report.slowest_path and 0 < report.slowest_seconds < 10
+
+
+@pytest.mark.req("FAULT-28")
+def test_hostile_headers_are_malformed_whatever_the_parser_raises(tmp_path):
+    from fixtures.broken import mp4_claiming_huge_atom, nested_mp4_atoms
+    from musicfs.index.tags import MalformedAudio
+
+    for name, data, reason in (("nested.m4a", nested_mp4_atoms(), "parser failure"),
+                               ("huge.m4a", mp4_claiming_huge_atom(), "corrupt audio")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(MalformedAudio) as info:
+            read_tags(tmp_path / name)
+        assert info.value.reason == reason, info.value
+        assert info.value.__context__ is None and info.value.__cause__ is None  # no parser frames kept
+
+
+@pytest.mark.req("FAULT-31")
+def test_a_file_swapped_for_a_link_out_of_the_origin_is_skipped_not_fatal(sample_library, good_files, tmp_path):
+    root, outside = tmp_path / "library", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    good = sample_library[0] / next(f["path"] for f in good_files if f["path"].endswith(".flac"))
+    shutil.copy(good, root / "good.flac")
+    shutil.copy(good, outside / "secret.flac")
+    origin = LocalOrigin("local", root)
+    walked = list(origin.walk())
+    (root / "good.flac").unlink()  # between the walk and the read
+    (root / "good.flac").symlink_to(outside / "secret.flac")
+
+    class Replay(LocalOrigin):
+        def walk(self, on_error=None):
+            return iter(walked)
+
+    index = LibraryIndex(tmp_path / "index.db")
+    report = Scanner(index, Replay("local", root), PathTemplate(), workers=1, read=read_tags).run()
+    assert report.complete and report.skipped_reasons == {"outside the origin": 1}
+    assert index.conn.execute("SELECT COUNT(*) FROM tracks").fetchone()[0] == 0

@@ -160,3 +160,82 @@ def test_default_cache_limit_is_ten_gigabytes():
     from musicfs.config import config_for_folder
 
     assert config_for_folder("/").cache_size == 10 * 10**9
+
+
+def _mapped(sizes: list[int]) -> list[ChunkRef]:
+    refs, offset = [], 0
+    for size in sizes:
+        data = random.Random(offset).randbytes(size)
+        refs.append(ChunkRef(offset, size, digest(data)))
+        offset += size
+    return refs
+
+
+@pytest.mark.req("FAULT-20")
+def test_chunk_maps_that_cannot_describe_their_file_are_refused(tmp_path):
+    index = ChunkIndex(tmp_path / "chunks.db")
+    refs = _mapped([20_000, 30_000, 10_000])
+    index.save_manifest("o", "ok", 60_000, "v", refs)
+    assert index.manifest("o", "ok").problem() is None
+    bad = {
+        "gap": [refs[0], ChunkRef(refs[1].offset + 1, refs[1].size, refs[1].address), refs[2]],
+        "huge": [refs[0], ChunkRef(refs[1].offset, 2**63 - 1, refs[1].address)],
+        "empty": [refs[0], ChunkRef(refs[1].offset, 0, refs[1].address), refs[2]],
+        "short": refs[:2],
+    }
+    for name, chunks in bad.items():
+        index.save_manifest("o", name, 60_000, "v", chunks)
+        assert index.manifest("o", name) is None, name  # refused, and dropped: fetched again
+        assert index.conn.execute("SELECT COUNT(*) FROM manifests WHERE real_path = ?", (name,)).fetchone()[0] == 0
+    files = ChunkFiles(tmp_path)
+    assert files.load(refs[0].address, 2**63 - 1) == (None, "corrupt")  # never read with that length
+    assert files.load(refs[0].address, -1) == (None, "corrupt")
+    index.close()
+
+
+@pytest.mark.req("FAULT-24", "NFR-8.3")
+def test_partial_chunk_maps_grow_in_place_and_never_undo_a_complete_one(tmp_path):
+    index = ChunkIndex(tmp_path / "chunks.db")
+    refs = _mapped([20_000] * 6)
+    index.save_manifest("o", "f", 120_000, "v", refs[:2], complete=False)
+    index.save_manifest("o", "f", 120_000, "v", refs[:4], complete=False)
+    partial = index.manifest("o", "f")
+    assert not partial.complete and partial.covered == 80_000 and list(partial.chunks) == refs[:4]
+    first_id = partial.id
+    index.save_manifest("o", "f", 120_000, "v", refs)
+    whole = index.manifest("o", "f")
+    assert whole.complete and whole.id == first_id and list(whole.chunks) == refs
+    index.save_manifest("o", "f", 120_000, "v", refs[:5], complete=False)  # a save that came late
+    assert index.manifest("o", "f").complete
+    index.save_manifest("o", "f", 120_000, "v2", refs[:1], complete=False)  # a new version starts over
+    again = index.manifest("o", "f")
+    assert again.version == "v2" and not again.complete and list(again.chunks) == refs[:1]
+    index.close()
+
+
+@pytest.mark.req("FAULT-23")
+def test_a_cache_that_cannot_be_written_serves_on_and_says_so_once(tmp_path, caplog, monkeypatch):
+    cache = ContentCache(tmp_path, 10**9, EventBus().publish, write_retry=0.3)
+    data = b"x" * 40_000
+    assert cache.store_chunks([(digest(data), data)]) == 1
+    real_write = cache.files.write
+
+    def full(address, chunk):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache.files, "write", full)
+    others = [bytes([i]) * 30_000 for i in range(5)]
+    for chunk in others:
+        assert cache.store_chunks([(digest(chunk), chunk)]) == 0  # not an error: just not kept
+    stats = cache.statistics()
+    assert stats["writable"] is False and stats["write_failures"] == 1 and stats["skipped_writes"] == 4
+    assert [r.message for r in caplog.records].count(
+        [r.message for r in caplog.records if "cannot be written" in r.message][0]) == 1
+    monkeypatch.setattr(cache.files, "write", real_write)
+    time.sleep(0.35)
+    assert cache.store_chunks([(digest(others[0]), others[0])]) == 1
+    assert cache.statistics()["writable"] is True
+    assert any("caching resumed" in r.message for r in caplog.records)
+    assert cache.statistics()["evictions"] == 1  # the disk was full: the old chunk made way
+    assert cache.read_chunk(ChunkRef(0, len(others[0]), digest(others[0]))) == others[0]
+    cache.close()

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.req("FS-1", "FS-2", "FS-3")
 tag_text = st.one_of(
     st.none(),
     st.text(max_size=300),
+    st.text(alphabet=st.sampled_from("./\\ \x00\x01\x7f\x85\u0301\u202e\u2066\ufeffa"), max_size=40),
     st.sampled_from([".", "..", "/", "a/b", ".hidden", "\x00", "x\x00y", " ", "é" * 200,
                      "Bjo\u0308rk", "Björk", "AC/DC", "$artist", "()", "[]"]),
 )
@@ -87,6 +88,9 @@ def test_hostile_values_are_cleaned():
     parts = PathTemplate("$artist/$album/$title").render(
         {"artist": "..", "album": ".hidden", "title": "a/b\x00c", "format": "flac", "real_path": "z.flac"})
     assert parts == ("_.", "_hidden", "a_bc.flac")
+    controls = PathTemplate("$artist/$title").render(
+        {"artist": "C1\x85\x9fend", "title": "evil\u202egalf\u2066x\u2069", "format": "flac", "real_path": "z.flac"})
+    assert controls == ("C1end", "evilgalfx.flac")  # C1 controls and bidi overrides/isolates dropped
     long = PathTemplate().render({"title": "ü" * 300, "artist": "x" * 400, "format": "flac",
                                   "real_path": "z.flac"})
     assert all(len(p.encode()) <= NAME_MAX for p in long)

@@ -16,7 +16,7 @@ from .. import daemon
 from ..config import state_home
 from ..errors import MusicFSError
 from ..index.library import LibraryIndex
-from ..store.inspect import chunk_summary, clear_cache, manifest_map, verify_chunks
+from ..store.inspect import chunk_summary, clear_cache, manifest_map, repair_chunks, verify_chunks
 from ..vfs.resolver import Node, Resolver
 from .common import (
     add_library_options,
@@ -110,25 +110,47 @@ def _state(args: argparse.Namespace) -> Path:
 
 
 def cmd_chunks(args: argparse.Namespace) -> int:
+    """Counts; with --verify every chunk checked (exit 1 if any is damaged or missing); --repair
+    then removes what is damaged, while no daemon uses the cache."""
     cache_dir = _cache_dir(args)
-    summary = chunk_summary(cache_dir)
-    if args.verify:
-        with Progress(TextColumn("verifying chunks"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      console=err_console, disable=args.json or not sys.stderr.isatty()) as bar:
-            task = bar.add_task("verify", total=summary["files_on_disk"])
-            summary["verify"] = verify_chunks(cache_dir, lambda done, total: bar.update(task, completed=done))
+    lock = None
+    if args.repair:
+        lock = daemon.Lock(cache_dir / "musicfs.lock", f"cache {cache_dir}")
+        try:
+            lock.acquire()
+        except daemon.DaemonError as exc:
+            err_console.print(f"[red]musicfs-inspect: {exc}: unmount it first (a running mount "
+                              f"checks every chunk it reads and fetches damaged ones again)")
+            return 2
+    try:
+        summary = chunk_summary(cache_dir)
+        if args.verify or args.repair:
+            with Progress(TextColumn("verifying chunks"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          console=err_console, disable=args.json or not sys.stderr.isatty()) as bar:
+                task = bar.add_task("verify", total=summary["files_on_disk"])
+                summary["verify"] = verify_chunks(cache_dir, lambda done, total: bar.update(task, completed=done))
+            if args.repair:
+                summary["repair"] = repair_chunks(cache_dir, summary["verify"])
+    finally:
+        if lock is not None:
+            lock.release()
+    damaged = "verify" in summary and (summary["verify"]["corrupt"] or summary["verify"]["missing"])
     if args.json:
         print_json(summary)
-        return 1 if args.verify and summary["verify"]["corrupt"] else 0
+        return 1 if damaged else 0
     table = Table(title=f"chunks in {cache_dir}", show_header=False)
     for key in ("chunks", "bytes", "files_on_disk", "bytes_on_disk", "manifests", "logical_bytes",
                 "dedup_ratio", "pinned"):
         table.add_row(key, str(summary[key]))
-    if args.verify:
+    if "verify" in summary:
         table.add_row("verified", str(summary["verify"]["checked"]))
         table.add_row("corrupt", str(summary["verify"]["corrupt"]))
+        table.add_row("missing (indexed, no file)", str(summary["verify"]["missing"]))
+    if "repair" in summary:
+        table.add_row("repaired", f"{summary['repair']['files_removed']} files removed, "
+                                  f"{summary['repair']['rows_dropped']} index rows dropped")
     console.print(table)
-    return 1 if args.verify and summary["verify"]["corrupt"] else 0
+    return 1 if damaged else 0
 
 
 def _locate(args: argparse.Namespace) -> tuple[Path, str, str]:
@@ -226,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--json", action="store_true", help="machine-readable output")
         cmd.set_defaults(func=func)
         if name == "chunks":
-            cmd.add_argument("--verify", action="store_true", help="read and check every chunk")
+            cmd.add_argument("--verify", action="store_true",
+                             help="read and check every chunk (exit 1 if any is damaged or missing)")
+            cmd.add_argument("--repair", action="store_true",
+                             help="verify, then remove damaged chunks (the mount must be stopped)")
         elif name == "manifest":
             cmd.add_argument("path", type=Path, help="a file in a mount, or a virtual path with --origin")
         else:

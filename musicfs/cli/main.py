@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .common import (
     setup_logging,
 )
 
+log = logging.getLogger("musicfs.cli")  # not __name__: run as -m, that is "__main__"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musicfs", description=__doc__)
@@ -32,16 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     scan = sub.add_parser("scan", help="index a library's tags and build its virtual tree")
     add_library_options(scan)
+    _add_verbose(scan)
     scan.add_argument("--json", action="store_true", help="print the report as JSON")
     scan.add_argument("--batch-size", type=int, default=200, help=argparse.SUPPRESS)
     scan.set_defaults(func=cmd_scan)
 
     mount = sub.add_parser("mount", help="mount a library (scanning it first if it has no index)")
     add_library_options(mount)
+    _add_verbose(mount)
     mount.add_argument("mountpoint", type=Path)
     mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     mount.add_argument("--rescan", action="store_true", help="scan for changes before mounting")
     mount.add_argument("--cache-dir", type=Path, help="content cache directory (overrides the config)")
+    mount.add_argument("--allow-other", action="store_true",
+                       help="let other users read the mount too (the kernel then enforces its modes)")
     mount.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
     mount.set_defaults(func=cmd_mount)
 
@@ -56,6 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def probe(origin) -> str | None:
+    """Why ``origin`` does not answer a health probe now, or None when it does.
+
+    Any failure means "not reachable now" (a mount goes ahead on its cache), but
+    one that is not an origin error is a bug somewhere below: it is logged with
+    its traceback instead of ending the command.
+    """
+    try:
+        origin.health()
+    except (MusicFSError, OSError) as exc:
+        return str(exc)
+    except Exception as exc:  # the point: an unforeseen failure must not stop a mount; logged in full
+        log.exception("origin %s: the health probe failed unexpectedly", origin.id)
+        return f"unexpected {type(exc).__name__}"
+    return None
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """``-v`` after the command too (``musicfs mount -v ...``); SUPPRESS keeps a ``-v`` given before it."""
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more log lines (-vv: debug)")
+
+
 def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200) -> list:
     """Scan every origin of ``config`` into the index at ``path``."""
     # imported here: a mount of an existing index needs neither mutagen nor progress bars
@@ -67,10 +97,9 @@ def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200)
     with LibraryIndex(path) as index:
         for origin_cfg in config.origins:
             origin = create(origin_cfg.id, origin_cfg.type, origin_cfg.options)
-            try:
-                origin.health()
-            except (MusicFSError, OSError) as exc:
-                err_console.print(f"[yellow]origin {origin.id} is not reachable ({exc}); not scanned")
+            problem = probe(origin)
+            if problem is not None:
+                err_console.print(f"[yellow]origin {origin.id} is not reachable ({problem}); not scanned")
                 origin.close()
                 continue
             with Progress(TextColumn("[bold]scanning {task.fields[origin]}"), BarColumn(),
@@ -148,56 +177,78 @@ def _unreachable(config) -> list[str]:
     for origin_cfg in config.origins:
         origin = create(origin_cfg.id, origin_cfg.type, origin_cfg.options)
         try:
-            origin.health()
-        except (MusicFSError, OSError):
-            down.append(origin_cfg.id)
+            if probe(origin) is not None:
+                down.append(origin_cfg.id)
         finally:
             origin.close()
     return down
 
 
+def _locks(path: Path, cache_dir: Path, files: daemon.RunFiles, mountpoint: Path) -> list[daemon.Lock]:
+    """One daemon per index, per chunk cache and per mountpoint (FAULT-27), in that order."""
+    return [daemon.Lock(path.with_name(path.name + ".lock"), f"index {path}"),
+            daemon.Lock(cache_dir / "musicfs.lock", f"cache {cache_dir}"),
+            daemon.Lock(files.lock, f"mountpoint {mountpoint}")]
+
+
+def _acquire(locks: list[daemon.Lock]) -> None:
+    """Take every lock or none: a refusal releases what was already taken."""
+    taken = []
+    try:
+        for lock in locks:
+            lock.acquire()
+            taken.append(lock)
+    except BaseException:
+        for lock in taken:
+            lock.release()
+        raise
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     config = resolve_config(args, origin_must_exist=False)
     path = index_path(args, config)
-    unreachable = _unreachable(config)
-    if unreachable and not path.exists():
-        raise daemon.DaemonError(f"origin {unreachable[0]} is not reachable and there is no index to"
-                                 " mount from yet")
-    for origin_id in unreachable:
-        err_console.print(f"[yellow]origin {origin_id} is not reachable: serving what is cached")
     state = args.state_dir or state_home()
     mountpoint = daemon.canonical(args.mountpoint)
     files = daemon.RunFiles.for_mountpoint(state, mountpoint)
+    cache_dir = (args.cache_dir or config.resolved_cache_dir()).expanduser().absolute()
+    allow_other = args.allow_other or config.allow_other
     if daemon.recover_stale(mountpoint):
         err_console.print(f"[yellow]recovered a stale mount at {mountpoint} left by a stopped daemon")
     if daemon.is_mounted(mountpoint):
         raise daemon.DaemonError(f"{mountpoint} is already mounted")
     if not mountpoint.is_dir():
         raise daemon.DaemonError(f"mountpoint {mountpoint} is not a directory")
-    if not args.foreground:
-        _prepare_index(config, path, args.rescan)
-        argv = [*(["--state-dir", str(state)] if args.state_dir else []), *(["-v"] * args.verbose),
-                "mount", "--foreground", "--index", str(path), *_library_argv(args),
-                *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else []), str(mountpoint)]
-        pid = daemon.start_background(argv, files, mountpoint)
-        console.print(f"musicfs pid {pid} mounted {mountpoint} (log: {files.log})")
-        return 0
-    index_lock = daemon.Lock(path.with_name(path.name + ".lock"), f"index {path}")
-    mount_lock = daemon.Lock(files.lock, f"mountpoint {mountpoint}")
-    index_lock.acquire()
+    locks = _locks(path, cache_dir, files, mountpoint)
+    _acquire(locks)  # before anything is scanned: a second daemon must not touch the first's index
     try:
-        mount_lock.acquire()
+        unreachable = _unreachable(config)
+        if unreachable and not path.exists():
+            raise daemon.DaemonError(f"origin {unreachable[0]} is not reachable and there is no index to"
+                                     " mount from yet")
+        for origin_id in unreachable:
+            err_console.print(f"[yellow]origin {origin_id} is not reachable: serving what is cached")
         _prepare_index(config, path, args.rescan)
-        cache_dir = (args.cache_dir or config.resolved_cache_dir()).expanduser().absolute()
+        if not args.foreground:
+            for lock in locks:  # the daemon takes them again itself
+                lock.release()
+            argv = [*(["--state-dir", str(state)] if args.state_dir else []), *(["-v"] * args.verbose),
+                    "mount", "--foreground", "--index", str(path), *_library_argv(args),
+                    "--cache-dir", str(cache_dir), *(["--allow-other"] if allow_other else []),
+                    str(mountpoint)]
+            pid = daemon.start_background(argv, files, mountpoint)
+            console.print(f"musicfs pid {pid} mounted {mountpoint} (log: {files.log})")
+            return 0
+        daemon.raise_open_files_limit()
         settings = MountSettings(mountpoint=mountpoint, index_path=path, debug_fuse=args.debug_fuse,
                                  cache_dir=cache_dir, read_timeout=config.read_timeout,
-                                 health_interval=config.health_interval)
+                                 health_interval=config.health_interval, allow_other=allow_other)
         serve(config, settings, on_mounted=lambda: daemon.write_pidfile(
             files, mountpoint, path.absolute(), cache_dir=str(cache_dir)))
     finally:
-        files.pid.unlink(missing_ok=True)
-        mount_lock.release()
-        index_lock.release()
+        if args.foreground:
+            files.pid.unlink(missing_ok=True)
+        for lock in reversed(locks):
+            lock.release()
     return 0
 
 

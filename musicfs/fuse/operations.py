@@ -3,8 +3,11 @@
 Node lookups go to the :class:`~musicfs.vfs.resolver.Resolver`, bytes to the
 reader, generated files to :class:`~musicfs.vfs.hidden.HiddenFiles`. Every
 handler is wrapped by :func:`_op`, the one place where exceptions become errno
-values: a known error answers its errno, anything unexpected answers EIO with
-one log line, and nothing takes the filesystem down. Mutations answer EROFS.
+values: a known error answers its errno (one log line when it is EIO), anything
+unexpected answers EIO with one log record carrying its traceback, and nothing
+takes the filesystem down (pyfuse3 itself only catches ``FUSEError``: any other
+exception would end ``pyfuse3.main`` and with it the mount). Mutations answer
+EROFS.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import pyfuse3
 
-from ..errors import NotFound, errno_for
+from ..errors import MusicFSError, NotFound, OriginUnavailable, errno_for
 from ..index.library import LibraryIndex
 from ..index.schema import ROOT_ID
 from ..vfs.hidden import HIDDEN_DIR_NAME, HiddenFiles
@@ -50,13 +53,18 @@ def _op(func: Callable) -> Callable:
         except pyfuse3.FUSEError:
             self.error_counts[name] += 1
             raise
-        except Exception as exc:
+        except (MusicFSError, OSError) as exc:  # an expected failure: its message says it all
             self.error_counts[name] += 1
             code = errno_for(exc)
-            if code == errno.EIO:
-                log.error("%s%r failed: %s: %s", name, args[:2], type(exc).__name__, exc,
-                          exc_info=not isinstance(exc, (OSError,)) and log.isEnabledFor(logging.DEBUG))
+            if code == errno.EIO:  # an origin that cannot serve is logged by the origins' health, once
+                log.log(logging.INFO if isinstance(exc, OriginUnavailable) else logging.ERROR,
+                        "%s%r failed: %s: %s", name, args[:2], type(exc).__name__, exc)
             raise pyfuse3.FUSEError(code) from None
+        except Exception as exc:  # a bug: answer EIO, keep serving, and keep the traceback to fix it
+            self.error_counts[name] += 1
+            log.error("%s%r failed unexpectedly: %s: %s", name, args[:2], type(exc).__name__, exc,
+                      exc_info=exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
 
@@ -228,8 +236,10 @@ class Operations(pyfuse3.Operations):
         track = self.index.track(node.track_id)
         if track is None:
             raise NotFound(f"track of inode {inode} left the index")
-        self._handles[fh] = await self.reader.open(track)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        handle = self._handles[fh] = await self.reader.open(track)
+        # the kernel keeps what it read of an unchanged file, unless those bytes failed a check
+        # (a reader whose handles do not say, the plain pass-through one, checks nothing)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache)
 
     @_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -273,7 +283,7 @@ class Operations(pyfuse3.Operations):
         value = self._xattrs(inode).get(os.fsdecode(name))
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
-        return value.encode()
+        return value.encode("utf-8", "surrogateescape")  # a raw path need not be UTF-8
 
     @_op
     async def listxattr(self, inode: int, ctx=None) -> list[bytes]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .db import connect, migrate, transaction
+from .db import checkpoint, connect, open_checked, transaction
 from .schema import ROOT_ID
 
 TRACK_FIELDS = (
@@ -29,19 +29,28 @@ class SkippedFile:
 class LibraryIndex:
     """Owns the connection to one index file; everything else asks it.
 
-    Opening migrates the schema; ``readonly=True`` never writes (inspection
-    tools use it while a daemon may be mounted).
+    Opening migrates the schema and, when the file may have changed behind
+    musicfs's back, checks it: a damaged file is set aside and a new, empty
+    index takes its place (``set_aside_as`` says where the old one went, and
+    :meth:`is_complete` is False until a scan fills it). ``readonly=True``
+    never writes nor checks (inspection tools use it while a daemon may be
+    mounted). Closing checkpoints the WAL, so a clean stop leaves nothing for
+    the next open to recover.
     """
 
     def __init__(self, path: Path | str, *, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
-        self.conn: sqlite3.Connection = connect(self.path, readonly=readonly)
+        self.set_aside_as: Path | None = None
+        if readonly:
+            self.conn: sqlite3.Connection = connect(self.path, readonly=True)
+        else:
+            self.conn, self.set_aside_as = open_checked(self.path)
         self.conn.row_factory = sqlite3.Row
-        if not readonly:
-            migrate(self.conn)
 
     def close(self) -> None:
+        if not self.readonly:
+            checkpoint(self.conn)
         self.conn.close()
 
     def __enter__(self) -> LibraryIndex:

@@ -4,9 +4,13 @@
 * Tags are read by a pool of threads; results are written in the walk's order
   (so a fresh library always gets the same node ids and names) in batched
   transactions, each holding tracks and their tree nodes together.
-* A malformed file is recorded in ``skipped`` with a reason and the scan goes
-  on (NFR-7.4). It is retried only when its size or mtime changes. So is a
-  file whose name is not valid UTF-8 (reason ``bad-name``).
+* A malformed file is recorded in ``skipped`` with a reason, logged once, and
+  the scan goes on (NFR-7.4), whatever the tag reader raised on it: hostile
+  bytes must cost one file, never the scan. It is retried only when its size
+  or mtime changes. So is a file whose name is not valid UTF-8 (reason
+  ``bad-name``), and one whose path turned out to lead out of its origin.
+* Each file's read is timed; the report names the slowest, so a file that
+  costs a scan seconds shows (the tag reader bounds what one file may cost).
 * Killed half-way, every finished batch is in the index; the next scan finds
   those files unchanged and carries on from there (NFR-8.3).
 * Only a walk that completes removes tracks whose files are gone.
@@ -49,6 +53,8 @@ class ScanReport:
     unreadable: int = 0  # files the origin failed to deliver (tried again next scan)
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    slowest_seconds: float = 0.0  # the longest time one file's tags took to read
+    slowest_path: str = ""
     complete: bool = False
 
 
@@ -60,7 +66,7 @@ class Progress(Protocol):
 class _Pending:
     entry: Entry
     track_id: int | None  # existing track row to update, if any
-    result: Future
+    result: Future  # of (tags or the reason it failed, seconds the read took)
 
 
 def _storable(entry: Entry) -> Entry:
@@ -76,7 +82,7 @@ def _storable(entry: Entry) -> Entry:
 
 def _bad_name() -> Future:
     done: Future = Future()
-    done.set_result(MalformedAudio("bad-name", "the file name is not valid UTF-8; rename the file"))
+    done.set_result((MalformedAudio("bad-name", "the file name is not valid UTF-8; rename the file"), 0.0))
     return done
 
 
@@ -125,7 +131,7 @@ class Scanner:
                     seen_ids.append((known[0], known[1]))
                 else:
                     track_id = known[1] if known and known[0] == "tracks" else None
-                    future = pool.submit(self._read, entry) if named is entry else _bad_name()
+                    future = pool.submit(self._timed_read, entry) if named is entry else _bad_name()
                     pending.append(_Pending(named, track_id, future))
                 if len(pending) >= self.batch_size or len(seen_ids) >= 10 * self.batch_size:
                     self._flush(pending, seen_ids, tree, scan_id, report, entry.path)
@@ -143,30 +149,52 @@ class Scanner:
     def _walk_error(self, path: str, exc: OSError) -> None:
         log.warning("origin %s: cannot read %s: %s", self.origin.id, path, exc)
 
-    def _read(self, entry: Entry) -> dict | MalformedAudio:
+    def _timed_read(self, entry: Entry) -> tuple[dict | Exception, float]:
+        started = time.monotonic()
+        result = self._read(entry)
+        return result, time.monotonic() - started
+
+    def _read(self, entry: Entry) -> dict | MalformedAudio | OriginUnavailable | NotFound:
         """Tags of one file: by path for a local origin, through ranged reads for any other."""
         try:
             local_path = getattr(self.origin, "local_path", None)
             if local_path is not None:
-                return self.read(str(local_path(entry.path)))
+                try:
+                    where = str(local_path(entry.path))
+                except ValueError as exc:  # swapped for a link out of the origin since the walk
+                    return MalformedAudio("outside the origin", str(exc))
+                return self.read(where)
             from ..origins.rangefile import RangeFile
 
             with RangeFile(self.origin, entry.path, entry.size) as source:
                 return self.read(source)
-        except MalformedAudio as exc:
-            return exc
+        except MalformedAudio as exc:  # kept until the batch is written: without the frames it holds
+            return exc.with_traceback(None)
         except (OriginUnavailable, NotFound) as exc:  # the origin failed, not the file
-            return exc
+            return exc.with_traceback(None)
+        except Exception as exc:  # the point: whatever a file makes the reader raise costs that file only
+            log.debug("reading the tags of %s:%s failed", self.origin.id, entry.path, exc_info=exc)
+            return MalformedAudio("parser failure", f"{type(exc).__name__}: {exc}"[:500])
 
     def _known(self, entry: Entry) -> tuple[str, int, bool] | None:
         """(table, row id, unchanged?) for a path already in the index."""
-        for table in ("tracks", "skipped"):
-            row = self.conn.execute(
-                f"SELECT id, size, mtime_ns FROM {table} WHERE origin_id = ? AND real_path = ?",
-                (self.origin.id, entry.path),
-            ).fetchone()
-            if row is not None:
-                return table, row[0], (row[1], row[2]) == (entry.size, entry.mtime_ns)
+        row = self.conn.execute(
+            "SELECT id, size, mtime_ns, version FROM tracks WHERE origin_id = ? AND real_path = ?",
+            (self.origin.id, entry.path),
+        ).fetchone()
+        if row is not None:
+            # a version (an ETag) catches a replaced object of the same size and second; an
+            # index made before versions were kept has '' there: it is filled in, not a change
+            unchanged = (row[1], row[2]) == (entry.size, entry.mtime_ns) and row[3] in ("", entry.version)
+            if unchanged and row[3] != entry.version:
+                self.conn.execute("UPDATE tracks SET version = ? WHERE id = ?", (entry.version, row[0]))
+            return "tracks", row[0], unchanged
+        row = self.conn.execute(
+            "SELECT id, size, mtime_ns FROM skipped WHERE origin_id = ? AND real_path = ?",
+            (self.origin.id, entry.path),
+        ).fetchone()
+        if row is not None:
+            return "skipped", row[0], (row[1], row[2]) == (entry.size, entry.mtime_ns)
         return None
 
     # -- writing ----------------------------------------------------------
@@ -197,7 +225,10 @@ class Scanner:
             seen_ids.clear()
             while pending:
                 item = pending.popleft()
-                self._write(item, item.result.result(), tree, scan_id, now, report)
+                result, seconds = item.result.result()
+                if seconds > report.slowest_seconds:
+                    report.slowest_seconds, report.slowest_path = seconds, item.entry.path
+                self._write(item, result, tree, scan_id, now, report)
         if self.progress:
             self.progress(report, current)
 
@@ -232,7 +263,7 @@ class Scanner:
         self.conn.execute("DELETE FROM skipped WHERE origin_id = ? AND real_path = ?", key)
         values = {name: result.get(name) for name in TRACK_FIELDS}
         row = {**values, "origin_id": self.origin.id, "real_path": entry.path, "size": entry.size,
-               "mtime_ns": entry.mtime_ns, "scan_id": scan_id, "indexed_at": now}
+               "mtime_ns": entry.mtime_ns, "version": entry.version, "scan_id": scan_id, "indexed_at": now}
         if item.track_id is None:
             cols = ", ".join(row)
             marks = ", ".join("?" for _ in row)

@@ -101,9 +101,16 @@ def _v2_replicas(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX tracks_path_size ON tracks(real_path, size)")  # replicas across origins
 
 
+def _v3_versions(db: sqlite_utils.Database) -> None:
+    # the origin's version of the file (an S3 ETag: the MD5 of a one-part upload, which reads are
+    # checked against); '' when size and mtime are the version (local folders, SFTP)
+    db.execute("ALTER TABLE tracks ADD COLUMN version TEXT NOT NULL DEFAULT ''")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema: tracks, skipped, nodes, scans", _v1_initial),
     (2, "index tracks by path and size to find replicas on other origins", _v2_replicas),
+    (3, "keep each track's version at its origin (an S3 ETag)", _v3_versions),
 ]
 
 LATEST = MIGRATIONS[-1][0]

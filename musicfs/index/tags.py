@@ -3,10 +3,21 @@
 :func:`read_tags` returns the FR-6 fields of a file or raises
 :class:`MalformedAudio` with a short reason; the scanner records the reason and
 carries on (NFR-7.4). It runs in worker threads: mutagen is blocking I/O.
+
+A library holds hostile files too, and mutagen on hostile bytes can raise
+almost anything (``RecursionError`` on nested MP4 atoms, ``OverflowError``,
+``MemoryError``), read whatever a header asks for, or spin. So it reads each
+file within the budgets of :mod:`musicfs.index.budget`: at most
+:data:`READ_LIMIT` bytes of the file (the tags and stream headers of any sane
+file fit; FLAC itself caps a metadata block at 16 MiB) and :data:`CPU_LIMIT`
+seconds of CPU. Whatever the parser raises then becomes a
+:class:`MalformedAudio` (an origin's failure stays the origin's); the file is
+skipped with one log line, and the scan goes on.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from struct import error as struct_error  # mutagen lets these through on garbage input
@@ -15,6 +26,15 @@ from typing import Any, BinaryIO
 import mutagen
 from mutagen.id3 import ID3
 from mutagen.mp4 import MP4Tags
+
+from .budget import BudgetedFile, Watchdog
+
+log = logging.getLogger(__name__)
+
+READ_LIMIT = 16 * 1024 * 1024  # bytes of one file a tag reader may read in all
+CPU_LIMIT = 3.0  # seconds of CPU reading one file's tags may cost (a sane file takes milliseconds)
+TEXT_LIMIT = 4096  # characters of one tag value kept; a multi-MB "title" is not a title
+MAX_SECONDS = 1e9  # a longer "duration" (31 years) comes from a damaged header
 
 AUDIO_EXTENSIONS = frozenset(
     {".flac", ".mp3", ".ogg", ".oga", ".opus", ".wav", ".m4a", ".mp4", ".aac", ".aif", ".aiff"}
@@ -40,7 +60,8 @@ _VORBIS_KEYS = {
     "date": ("date", "year", "originaldate"), "tracknumber": ("tracknumber", "track"),
     "discnumber": ("discnumber", "disc"),
 }
-_LEADING_INT = re.compile(r"\s*(\d+)")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_LEADING_INT = re.compile(r"\s*(\d{1,12})(?!\d)")  # longer numbers are garbage (and overflow SQLite)
 
 
 class MalformedAudio(Exception):
@@ -57,7 +78,8 @@ def _first(value: Any) -> str | None:
         value = value[0] if value else None
     if value is None:
         return None
-    text = str(value)  # kept exactly as tagged; names are cleaned by the template, not here
+    text = str(value)[:TEXT_LIMIT]  # kept as tagged; names are cleaned by the template, not here
+    text = _SURROGATE.sub("\ufffd", text)  # a half-decoded UTF-16 pair is not text SQLite can store
     return text if text.strip() else None
 
 
@@ -93,6 +115,50 @@ def _raw_tags(tags: Any) -> dict[str, str | None]:
     }
 
 
+WATCHDOG = Watchdog(CPU_LIMIT)
+
+
+def _parse(guard: BudgetedFile) -> Any:
+    """``mutagen.File`` on the budgeted file; any failure becomes :class:`MalformedAudio`.
+
+    Parsers wrap exceptions in their own (MP4 turns anything into
+    ``MP4MetadataError``), so the file's own record of a refusal or an origin
+    failure decides first. Anything else a parser raises on hostile bytes is
+    the file's fault, whatever its type: the file is skipped, the scan goes on.
+    The error is raised once the parser's exception is gone: chained to it, it
+    would keep the parser's frames alive, and with them whatever they had read
+    (16 MiB per file), for as long as the scanner keeps the result.
+    """
+    try:
+        WATCHDOG.start(guard)
+        try:
+            return mutagen.File(guard)
+        finally:
+            WATCHDOG.stop(guard)
+    except Exception as exc:  # the point: no parser failure may end a scan
+        failure = _failure(guard, exc)
+    failure.__traceback__ = None
+    raise failure
+
+
+def _failure(guard: BudgetedFile, exc: Exception) -> Exception:
+    """What a parser's exception means: the origin's error, or why the file is malformed."""
+    if guard.origin_error is not None:
+        return guard.origin_error
+    if guard.refused is not None:
+        return MalformedAudio(*guard.refused)
+    if isinstance(exc, OSError):
+        return MalformedAudio("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}")
+    message = str(exc).replace(repr(guard.name), "file").replace(str(guard.name), "file")
+    if isinstance(exc, (mutagen.MutagenError, ValueError, EOFError, IndexError, KeyError, struct_error)):
+        if isinstance(exc, struct_error) or not message:  # a header points past the data that exists
+            message = f"truncated or inconsistent header{f' ({message})' if message else ''}"
+        return MalformedAudio("corrupt audio", message[:500])
+    # not an error mutagen means to raise: a parser bug met on hostile bytes
+    log.debug("tag parser failed on %s", guard.name, exc_info=exc)
+    return MalformedAudio("parser failure", f"{type(exc).__name__}: {message}"[:500])
+
+
 def read_tags(path: str | os.PathLike[str] | BinaryIO) -> dict[str, Any]:
     """FR-6 fields of an audio file; raises :class:`MalformedAudio`.
 
@@ -103,18 +169,17 @@ def read_tags(path: str | os.PathLike[str] | BinaryIO) -> dict[str, Any]:
     is_file = hasattr(path, "read")
     name = path.name if is_file else os.fspath(path)
     try:
-        if (path.size if is_file else os.path.getsize(path)) == 0:
-            raise MalformedAudio("empty file", "0 bytes")
-        audio = mutagen.File(path)
-    except MalformedAudio:
-        raise
+        source = path if is_file else open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise MalformedAudio("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}") from None
-    except (mutagen.MutagenError, ValueError, EOFError, IndexError, KeyError, struct_error) as exc:
-        message = str(exc).replace(repr(name), "file").replace(str(name), "file")
-        if isinstance(exc, struct_error) or not message:  # a header points past the data that exists
-            message = f"truncated or inconsistent header{f' ({message})' if message else ''}"
-        raise MalformedAudio("corrupt audio", message) from None
+    try:
+        size = path.size if is_file else os.fstat(source.fileno()).st_size
+        if size == 0:
+            raise MalformedAudio("empty file", "0 bytes")
+        audio = _parse(BudgetedFile(source, str(name), size, READ_LIMIT))
+    finally:
+        if not is_file:
+            source.close()
     if audio is None:
         raise MalformedAudio("unrecognised format", "no audio header mutagen knows")
     info = getattr(audio, "info", None)
@@ -122,8 +187,10 @@ def read_tags(path: str | os.PathLike[str] | BinaryIO) -> dict[str, Any]:
     kind = _FORMATS.get(type(audio).__name__)
     # Opus always decodes at 48 kHz; mutagen gives no sample rate for it
     sample_rate = int(getattr(info, "sample_rate", 0) or (48000 if kind == "opus" else 0))
-    if length <= 0 or sample_rate <= 0:
+    if not length > 0 or sample_rate <= 0:  # also NaN
         raise MalformedAudio("no audio stream", f"{type(audio).__name__} header without audio frames")
+    if not length < MAX_SECONDS:  # also infinity: the header's numbers are not a stream's
+        raise MalformedAudio("corrupt audio", f"the stream header claims {length:g} s of audio")
     raw = _raw_tags(audio.tags)
     date = raw.get("date")
     ext = os.path.splitext(str(name))[1].lower().lstrip(".")
@@ -137,8 +204,8 @@ def read_tags(path: str | os.PathLike[str] | BinaryIO) -> dict[str, Any]:
         "track": _leading_int(raw.get("tracknumber")),
         "disc": _leading_int(raw.get("discnumber")),
         "duration_ms": int(round(length * 1000)),
-        "bitrate": int(getattr(info, "bitrate", 0) or 0),
-        "sample_rate": sample_rate,
+        "bitrate": min(int(getattr(info, "bitrate", 0) or 0), 1 << 40),
+        "sample_rate": min(sample_rate, 1 << 40),
         "format": kind or ext or "audio",
     }
 

@@ -43,6 +43,15 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Checksum:
+    """A checksum of a whole file that its origin vouches for (an S3 ETag is the MD5 of the body)."""
+
+    algorithm: str  # a hashlib name
+    hexdigest: str
+    source: str  # where it comes from, for messages ("ETag")
+
+
+@dataclass(frozen=True)
 class Page:
     files: list[Entry]
     dirs: list[str]  # names of sub-folders (not paths)
@@ -95,6 +104,12 @@ class Origin(ABC):
         """Return if the origin answers; raise :class:`OriginUnavailable` (or OSError) if not."""
 
     def close(self) -> None:
+        return None
+
+    def whole_checksum(self, version: str) -> Checksum | None:
+        """The checksum of a whole file this origin vouches for, given the file's ``version``
+        (from :meth:`stat` or a listing), or None when it offers none. A cache checks a
+        file against it once all of it has arrived."""
         return None
 
     def statistics(self) -> dict:

@@ -6,6 +6,17 @@ origin *unhealthy*; a slow probe (over ``slow_ms``) or a recent read failure
 on an otherwise answering origin makes it *degraded*. A success clears it.
 Readers ask :meth:`HealthMonitor.ranked` for the order to try replicas in;
 status.json and metrics read :meth:`statistics`. Nothing here blocks the loop.
+
+The monitor also keeps the log readable through an outage (a storm of
+reads of an unreachable origin must not become a storm of log lines):
+
+* going offline (unhealthy) and coming back (healthy or degraded) are
+  logged once per transition, both at WARNING, so a log filtered at
+  WARNING never shows an origin offline for good after it came back;
+* a failed attempt that is retried is logged at INFO (:meth:`attempt_failed`);
+* a read that gives up is logged at WARNING with the times of its attempts,
+  at most once per ``quiet`` seconds per origin: the others are counted,
+  and the next line (or the "recovered" line) says how many there were.
 """
 
 from __future__ import annotations
@@ -13,15 +24,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
 from ..errors import MusicFSError
 from .base import Health, Origin
+from .retry import Failure
 
 log = logging.getLogger(__name__)
 
 _RANK = {"healthy": 0, "unknown": 1, "degraded": 2, "unhealthy": 3}
+QUIET = 60.0  # seconds: at most one WARNING per origin about reads that gave up in this long
+
+
+@dataclass
+class _Record:
+    """What the monitor counts of one origin's reads, beyond its state."""
+
+    failed_attempts: int = 0  # origin calls made for reads that failed (each retry counts)
+    failed_reads: int = 0  # reads that gave up on this origin after their attempts
+    offline_since: float | None = None  # time.time() it went offline; None while reachable
+    outage_failures: int = 0  # reads that gave up since it went offline
+    unlogged: int = 0  # reads that gave up and were only counted (not logged) so far
+    unlogged_since: float = 0.0  # time.time() of the first of those
+    logged_at: float = float("-inf")  # time.monotonic() of the last WARNING about a read giving up
 
 
 class HealthMonitor:
@@ -35,6 +62,8 @@ class HealthMonitor:
         self.slow_ms = slow_ms
         self.on_change = on_change
         self.health = {origin_id: Health() for origin_id in origins}
+        self.records = {origin_id: _Record() for origin_id in origins}
+        self.quiet = QUIET
         self.limiter = trio.CapacityLimiter(max(1, len(origins)))
 
     def _set(self, origin_id: str, state: str, error: str | None = None,
@@ -47,10 +76,63 @@ class HealthMonitor:
         health.failures = 0 if state == "healthy" else health.failures + 1
         if state != before:
             health.history = (health.history + [f"{time.strftime('%H:%M:%S')} {state}"])[-10:]
-            log.log(logging.INFO if state == "healthy" else logging.WARNING,
-                    "origin %s is %s%s", origin_id, state, f": {error}" if error else "")
+            self._log_transition(origin_id, before, state, error)
             if self.on_change:
                 self.on_change(origin_id, before, state)
+
+    def _log_transition(self, origin_id: str, before: str, state: str, error: str | None) -> None:
+        """Offline and back are WARNINGs, once each per outage; other changes (degraded...) are INFO."""
+        record = self.records[origin_id]
+        if state == "unhealthy" and record.offline_since is None:
+            record.offline_since, record.outage_failures = time.time(), 0
+            log.warning("origin %s is offline: %s", origin_id, error or "no answer")
+        elif state in ("healthy", "degraded") and record.offline_since is not None:
+            lasted = time.time() - record.offline_since
+            failed = record.outage_failures
+            record.offline_since = None
+            record.unlogged, record.logged_at = 0, float("-inf")  # counted here; a new outage logs anew
+            log.warning("origin %s recovered (%s) after %.1f s offline; %d read%s failed meanwhile",
+                        origin_id, state, lasted, failed, "" if failed == 1 else "s")
+        else:
+            log.info("origin %s is %s (was %s)%s", origin_id, state, before, f": {error}" if error else "")
+
+    def attempt_failed(self, origin_id: str, what: str, failure: Failure) -> None:
+        """A read's call to the origin failed (``what``: which read): count it, and log it quietly.
+
+        Retried attempts are INFO. A read that gives up is a WARNING, with its
+        attempts' times, unless one was logged for this origin in the last
+        ``quiet`` seconds: then it is counted, and the next WARNING says so.
+        """
+        record = self.records.get(origin_id)
+        if record is None:
+            log.log(logging.WARNING if failure.final else logging.INFO, "origin %s: %s", origin_id,
+                    failure.describe(what))
+            return
+        record.failed_attempts += 1
+        if not failure.final:
+            log.info("origin %s: %s", origin_id, failure.describe(what))
+            return
+        record.failed_reads += 1
+        if record.offline_since is not None:
+            record.outage_failures += 1
+        now = time.monotonic()
+        if now - record.logged_at < self.quiet:
+            if not record.unlogged:
+                record.unlogged_since = time.time()
+            record.unlogged += 1
+            log.info("origin %s: %s", origin_id, failure.describe(what))
+            return
+        record.logged_at = now
+        more = self._unlogged_note(record)
+        log.warning("origin %s: %s%s", origin_id, failure.describe(what), more)
+
+    def _unlogged_note(self, record: _Record) -> str:
+        if not record.unlogged:
+            return ""
+        note = (f" ({record.unlogged} more read{'s' if record.unlogged != 1 else ''} of it gave up since "
+                f"{time.strftime('%H:%M:%S', time.localtime(record.unlogged_since))}, not logged one by one)")
+        record.unlogged = 0
+        return note
 
     async def probe(self, origin_id: str) -> str:
         origin = self.origins[origin_id]
@@ -62,6 +144,9 @@ class HealthMonitor:
             self._set(origin_id, "unhealthy", f"no answer within {self.timeout:g} s")
         except (MusicFSError, OSError) as exc:
             self._set(origin_id, "unhealthy", str(exc))
+        except Exception as exc:  # a bug in an origin's client: the origin is not usable, the mount goes on
+            log.error("origin %s: health probe failed unexpectedly", origin_id, exc_info=exc)
+            self._set(origin_id, "unhealthy", f"{type(exc).__name__} in the probe")
         else:
             latency = (time.monotonic() - started) * 1000
             self._set(origin_id, "degraded" if latency > self.slow_ms else "healthy", None, latency)
@@ -94,5 +179,8 @@ class HealthMonitor:
                             "checked_at": h.checked_at, "priority": self.priorities.get(origin_id),
                             "kind": self.origins[origin_id].kind,
                             "location": self.origins[origin_id].location,
+                            "offline_since": self.records[origin_id].offline_since,
+                            "failed_attempts": self.records[origin_id].failed_attempts,
+                            "failed_reads": self.records[origin_id].failed_reads,
                             **self.origins[origin_id].statistics()}
                 for origin_id, h in self.health.items()}

@@ -1,8 +1,26 @@
-"""The local origin: a folder on this machine, or an NFS/SMB share mounted as one."""
+"""The local origin: a folder on this machine, or an NFS/SMB share mounted as one.
+
+Nothing outside the folder is ever served, whatever its entries are: the
+folder may be shared with people who can plant a link to ``/etc`` or to the
+mount owner's ``~/.ssh`` in it. So:
+
+* a symlink is followed only when everything it resolves to lies inside the
+  folder; a link leading out of it is neither listed nor read (a scan logs it
+  once, the raw view does not show it);
+* links to directories are never followed, so neither a loop of links nor a
+  link to an ancestor makes a walk endless; a link loop on a file is an entry
+  that cannot be read, logged by a scan and skipped;
+* every read resolves its path and checks it again, then opens it without
+  following a final link, so an entry swapped for a link since it was listed
+  is refused too.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import stat as stat_mode
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +29,8 @@ from ..errors import NotFound, OriginUnavailable
 from .base import Entry, Origin, Page, register
 
 __all__ = ["Entry", "LocalOrigin"]
+
+log = logging.getLogger(__name__)
 
 
 @register
@@ -32,17 +52,52 @@ class LocalOrigin(Origin):
     def location(self) -> str:
         return str(self.root)
 
+    def _inside(self, resolved: str) -> bool:
+        root = str(self.root)
+        return resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep)
+
     def local_path(self, path: str) -> Path:
-        """Where ``path`` lives on disk; refuses paths that climb out of the root."""
-        full = (self.root / path).resolve()
-        if full != self.root and self.root not in full.parents:
+        """Where ``path`` lives on disk, links resolved; refuses paths that lead out of the root.
+
+        Raises ``ValueError`` for those (``..`` parts, an absolute path, a link
+        pointing outside): they are not files of this origin.
+        """
+        full = os.path.realpath(self.root / path)  # a link loop stays unresolved: opening it fails
+        if not self._inside(full):
             raise ValueError(f"path escapes the origin: {path!r}")
-        return full
+        return Path(full)
+
+    def _within(self, path: str) -> Path:
+        """:meth:`local_path` for a read: a path leading out of the root is no file of this origin."""
+        try:
+            return self.local_path(path)
+        except ValueError:
+            log.warning("origin %s: not followed: %r leads outside %s", self.id, path, self.root)
+            raise NotFound(path) from None
+
+    def _listed(self, entry: os.DirEntry) -> tuple[str, os.stat_result | None] | None:
+        """('dir', None) or ('file', its stat) for an entry of the origin; None for anything else.
+
+        Links are followed to regular files inside the root only; raises
+        ``OSError`` for a link that loops, dangles or leads outside the root.
+        """
+        if entry.is_dir(follow_symlinks=False):
+            return "dir", None
+        if entry.is_file(follow_symlinks=False):
+            return "file", entry.stat(follow_symlinks=False)
+        if not entry.is_symlink():
+            return None  # sockets, fifos, devices: not music
+        target = os.path.realpath(entry.path)
+        if not self._inside(target):
+            raise PermissionError(errno.EACCES, f"not followed: the link leads outside the origin (to {target})")
+        st = os.stat(target)  # ELOOP for a loop, ENOENT for a dangling link
+        return ("file", st) if stat_mode.S_ISREG(st.st_mode) else None  # links to folders: not followed
 
     def read_range(self, path: str, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer at the end of the file). Blocking."""
         try:
-            fd = os.open(self.local_path(path), os.O_RDONLY | os.O_CLOEXEC)
+            # resolved and checked above; a final link swapped in since then is not followed
+            fd = os.open(self._within(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             self.health()  # the whole folder gone is the origin offline, not a missing file
             raise NotFound(path) from None
@@ -53,7 +108,7 @@ class LocalOrigin(Origin):
 
     def stat(self, path: str) -> Entry:
         try:
-            st = os.stat(self.local_path(path))
+            st = os.stat(self._within(path))
         except FileNotFoundError:
             self.health()
             raise NotFound(path) from None
@@ -68,11 +123,17 @@ class LocalOrigin(Origin):
             self.health()
             raise NotFound(prefix) from None
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
+            try:
+                listed = self._listed(entry)
+            except OSError as exc:  # shown as it is: absent (a raw view lists this often; a scan logs it)
+                log.debug("origin %s: %s%s not listed: %s", self.id, prefix, entry.name, exc)
+                continue
+            if listed is None:
+                continue
+            if listed[0] == "dir":
                 dirs.append(entry.name)
-            elif entry.is_file():
-                st = entry.stat()
-                files.append(Entry(f"{prefix}{entry.name}", st.st_size, st.st_mtime_ns))
+            else:
+                files.append(Entry(f"{prefix}{entry.name}", listed[1].st_size, listed[1].st_mtime_ns))
         return Page(sorted(files, key=lambda e: e.path), sorted(dirs))
 
     def health(self) -> None:
@@ -83,8 +144,9 @@ class LocalOrigin(Origin):
     def walk(self, on_error=None) -> Iterator[Entry]:
         """Every regular file below the root, in sorted order (a stable scan order).
 
-        Unreadable directories are reported to ``on_error(path, exc)`` and skipped;
-        symlinks are followed for files, not for directories (no loops).
+        Unreadable directories, link loops and links out of the origin are
+        reported to ``on_error(path, exc)`` and skipped; links are followed to
+        files inside the origin, never to directories (no endless walks).
         """
         stack = [""]
         while stack:
@@ -100,12 +162,15 @@ class LocalOrigin(Origin):
             for entry in entries:
                 child = f"{rel}/{entry.name}" if rel else entry.name
                 try:
-                    if entry.is_dir(follow_symlinks=False):
-                        subdirs.append(child)
-                    elif entry.is_file():
-                        st = entry.stat()
-                        yield Entry(child, st.st_size, st.st_mtime_ns)
+                    listed = self._listed(entry)
                 except OSError as exc:
                     if on_error:
                         on_error(child, exc)
+                    continue
+                if listed is None:
+                    continue
+                if listed[0] == "dir":
+                    subdirs.append(child)
+                else:
+                    yield Entry(child, listed[1].st_size, listed[1].st_mtime_ns)
             stack.extend(reversed(subdirs))

@@ -10,12 +10,18 @@ A server that answers "slow down" with a ``Retry-After`` (an
 :class:`~musicfs.origins.base.OriginBusy` with ``retry_after``) is given at
 least that long before the next attempt; asking again sooner would only earn
 another refusal. The deadline still wins: the wait never runs past it.
+
+Each failed attempt is reported to ``on_error`` as a :class:`Failure` that
+says whether another attempt follows, so a caller can log the attempts that
+are retried quietly and only the one that gives up loudly, with the times of
+all of them (what a user needs to see that the backoff was kept).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import tenacity
@@ -29,6 +35,25 @@ T = TypeVar("T")
 
 BACKOFF = (0.1, 0.5, 2.0)
 JITTER = 0.1  # up to 10 % added to each wait
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt, as :func:`call_with_retry` reports it."""
+
+    error: BaseException
+    attempt: int  # 1 for the first
+    final: bool  # no attempt follows: the attempts or the time ran out
+    started: tuple[float, ...]  # when each attempt so far began, in seconds after the first
+    elapsed: float  # seconds from the start of the first attempt to this failure
+
+    def describe(self, what: str) -> str:
+        """One line about it: ``what`` failed, on which attempt, and (when final) when each was made."""
+        if not self.final:
+            return f"{what} failed (attempt {self.attempt}), retrying: {self.error}"
+        times = ", ".join(f"{t:.2f}" for t in self.started)
+        tries = f"{self.attempt} attempt{'s' if self.attempt != 1 else ''}"
+        return f"{what} failed after {tries} in {self.elapsed:.2f} s (started at {times} s): {self.error}"
 
 
 class _Wait(tenacity.wait.wait_base):
@@ -53,28 +78,48 @@ class _Wait(tenacity.wait.wait_base):
 
 async def call_with_retry(func: Callable[..., T], *args, deadline: float, limiter: trio.CapacityLimiter,
                           attempts: int = len(BACKOFF) + 1, schedule: tuple[float, ...] = BACKOFF,
-                          on_error: Callable[[BaseException, int], None] | None = None) -> T:
+                          on_error: Callable[[Failure], None] | None = None) -> T:
     """Run ``func(*args)`` in a thread; retry transient failures on the schedule until ``deadline``.
 
     ``deadline`` is a trio clock time. A missing file is final (not retried).
-    Raises :class:`OriginUnavailable` when attempts or time run out.
+    Raises :class:`OriginUnavailable` when attempts or time run out; ``on_error``
+    hears of every failed attempt, the last one (``final``) included, also when
+    the deadline cut an attempt or a wait short.
     """
 
     last: BaseException | None = None
+    started: list[float] = []  # trio time each attempt began
+    reported = False  # the final failure has been told to on_error
+    failed = 0  # attempts reported as failed
+
+    def report(exc: BaseException, final: bool) -> None:
+        nonlocal reported, failed
+        reported = reported or final
+        failed += 1
+        if on_error:
+            now = trio.current_time()
+            first = started[0] if started else now
+            on_error(Failure(exc, max(1, len(started)), final, tuple(t - first for t in started), now - first))
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         nonlocal last
         exc = state.outcome.exception() if state.outcome else None
         if exc is not None:
             last = exc  # if the deadline ends the wait, the answer still says why
-            if on_error:
-                on_error(exc, state.attempt_number)
+            report(exc, final=False)
+
+    async def attempt_once() -> T:
+        await trio.lowlevel.checkpoint_if_cancelled()  # a wait ended by the deadline starts no attempt
+        started.append(trio.current_time())
+        return await trio.to_thread.run_sync(func, *args, limiter=limiter, abandon_on_cancel=True)
 
     retrying = tenacity.AsyncRetrying(
         sleep=trio.sleep,
         stop=tenacity.stop_after_attempt(attempts),
         wait=_Wait(schedule, JITTER, deadline),
-        retry=tenacity.retry_if_exception(lambda e: not isinstance(e, (FileNotFoundError, NotFound))),
+        # Cancelled (the deadline, or an interrupted reader) is no failure of the origin: never retried
+        retry=tenacity.retry_if_exception(
+            lambda e: isinstance(e, Exception) and not isinstance(e, (FileNotFoundError, NotFound))),
         before_sleep=before_sleep,
         reraise=True,
     )
@@ -82,16 +127,18 @@ async def call_with_retry(func: Callable[..., T], *args, deadline: float, limite
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await trio.to_thread.run_sync(func, *args, limiter=limiter,
-                                                         abandon_on_cancel=True)
+                    return await attempt_once()
         except FileNotFoundError as exc:
             raise NotFound(str(exc)) from None
         except NotFound:
             raise
         except (OSError, MusicFSError) as exc:  # the last attempt failed too: say so, then give up
             last = exc
-            if on_error:
-                on_error(exc, retrying.statistics.get("attempt_number", attempts))
+            report(exc, final=True)
+    if not reported:  # the deadline ended an attempt in flight, or a wait
+        hung = len(started) > failed
+        report(OriginUnavailable("no answer before the deadline") if hung or last is None else last,
+               final=True)
     if last is None:
         raise OriginUnavailable("origin timed out")
     raise OriginUnavailable(f"origin failed after retries: {last}")

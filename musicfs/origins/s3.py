@@ -33,6 +33,14 @@ Choices, and why:
 * A read has ``timeout`` seconds as a whole, not only per wait on the socket
   (see :class:`_Body`): a body that trickles in must not hold a worker thread
   and a connection for minutes after the reader has given up on it.
+* The endpoint's host name must resolve within 1.5 s (:mod:`musicfs.origins.resolve`)
+  before a request is sent: a resolver that does not answer would otherwise
+  hold every request for the C library's 10 s and more, which no timeout of
+  botocore's covers.
+* An answer that is not the object is an error, not data: a ranged GET
+  answered 200 with a web page (a captive portal's "Please Login", a proxy's
+  error page) instead of 206 with the range would otherwise read as a file
+  that ends after a few hundred bytes.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import boto3
 import botocore.session
@@ -65,7 +74,8 @@ from botocore.exceptions import (
 )
 
 from ..errors import ConfigError, NotFound, OriginUnavailable
-from .base import Entry, Origin, OriginBusy, Page, check_seconds, register
+from .base import Checksum, Entry, Origin, OriginBusy, Page, check_seconds, register
+from .resolve import NameCheck, needs_lookup
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +91,14 @@ BODY_PIECE = 1 << 20  # the most one read of a body asks for (it returns what ha
 # without urllib3's read1 (before 2.3), a read waits for all it asks: ask little, to check the clock often
 FALLBACK_PIECE = 16 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/")
+_MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
 
 # Codes that mean "these credentials are no good (any more)": reload them before the next attempt.
+# (B2 says "expired_auth_token" or "bad_auth_token", with HTTP 401)
 _CREDENTIAL_CODES = frozenset({
     "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId", "InvalidClientTokenId",
-    "InvalidToken", "SignatureDoesNotMatch", "TokenRefreshRequired",
+    "InvalidToken", "SignatureDoesNotMatch", "TokenRefreshRequired", "expired_auth_token",
+    "bad_auth_token",
 })
 _BUSY_CODES = frozenset({"SlowDown", "TooManyRequests", "Throttling", "ThrottlingException",
                          "RequestLimitExceeded", "ServiceUnavailable"})
@@ -142,13 +155,14 @@ class S3Origin(Origin):
     kind = "s3"
     required = frozenset({"bucket"})
     optional = frozenset({"endpoint", "prefix", "region", "credentials_file", "profile", "page_size",
-                          "timeout"})
+                          "timeout", "verify_etag"})
 
     def __init__(self, origin_id: str, *, bucket: str, endpoint: str | None = None, prefix: str = "",
                  region: str | None = None, credentials_file: str | None = None,
                  profile: str | None = None, page_size: int = DEFAULT_PAGE_SIZE,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float = DEFAULT_TIMEOUT, verify_etag: bool = True):
         super().__init__(origin_id)
+        self.verify_etag = verify_etag  # check whole objects against their ETag (off for SSE-KMS/SSE-C)
         self.bucket, self.endpoint, self.region = bucket, endpoint, region
         self.prefix = "/".join(part for part in prefix.split("/") if part)
         self.prefix += "/" if self.prefix else ""
@@ -164,6 +178,7 @@ class S3Origin(Origin):
             self._client = self._build_client()
         except BotoCoreError as exc:
             raise self._config_error(self._setup_problem(exc)) from None
+        self._names = self._name_check(self._client.meta.endpoint_url)
 
     @classmethod
     def from_options(cls, origin_id: str, options: dict[str, Any]) -> S3Origin:
@@ -205,6 +220,8 @@ class S3Origin(Origin):
             if not 1 <= value <= DEFAULT_PAGE_SIZE:
                 raise fail(f"page_size must be between 1 and {DEFAULT_PAGE_SIZE}, not {value}")
         check_seconds(options, "timeout", fail)
+        if "verify_etag" in options and not isinstance(options["verify_etag"], bool):
+            raise fail(f"verify_etag must be true or false, not {options['verify_etag']!r}")
         return cls(origin_id, **options)
 
     def __repr__(self) -> str:
@@ -296,6 +313,18 @@ class S3Origin(Origin):
         with self._request("ListObjectsV2", None) as client:
             client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
 
+    def whole_checksum(self, version: str) -> Checksum | None:
+        """The ETag of an object uploaded in one part is the MD5 of its body (AWS, B2, MinIO).
+
+        A multipart upload's ETag ("<md5 of part md5s>-<parts>") and an object
+        encrypted with SSE-KMS or SSE-C have ETags that are not the body's MD5:
+        the first is recognised by its form and left unchecked; the second
+        needs ``verify_etag = false``.
+        """
+        if self.verify_etag and _MD5.match(version):
+            return Checksum("md5", version.lower(), "ETag")
+        return None
+
     def statistics(self) -> dict:
         return {"credential_reloads": self.credential_reloads}
 
@@ -312,6 +341,17 @@ class S3Origin(Origin):
         if not path or path.startswith("/") or any(p in (".", "..") for p in parts):
             raise ValueError(f"not a path inside the origin: {path!r}")
         return self.prefix + path
+
+    def _name_check(self, url: str) -> NameCheck | None:
+        """A bounded lookup of the endpoint's host before each request (none for an IP, or via a proxy)."""
+        parts = urlsplit(url)
+        host = parts.hostname
+        if not host or not needs_lookup(host):
+            return None
+        if getproxies().get(parts.scheme) and not proxy_bypass(host):
+            return None  # the proxy resolves the name
+        return NameCheck(host, parts.port or (443 if parts.scheme == "https" else 80),
+                         f"s3 origin {self.id!r}")
 
     def _config_error(self, message: str) -> ConfigError:
         return ConfigError(f"s3 origin {self.id!r}: {message}")
@@ -366,6 +406,8 @@ class S3Origin(Origin):
     @contextlib.contextmanager
     def _request(self, operation: str, key: str | None) -> Iterator[Any]:
         """Run one request with the current client; turn whatever botocore raises into our errors."""
+        if self._names is not None:
+            self._names.check()  # fails within seconds if the endpoint's name does not resolve
         client = self._client
         try:
             yield client
@@ -386,6 +428,9 @@ class S3Origin(Origin):
         except BotoCoreError as exc:  # connection refused or reset, cut-off answers
             raise OriginUnavailable(f"{self._what(operation, key)}: {type(exc).__name__} "
                                     f"talking to {self.endpoint or 'AWS'}") from None
+        except RecursionError:  # botocore's region redirector follows an endpoint's redirects without end
+            raise OriginUnavailable(f"{self._what(operation, key)}: {self.endpoint or 'AWS'} answers with "
+                                    f"redirects (check the endpoint URL and region)") from None
 
     def _client_error(self, exc: ClientError, operation: str, key: str | None, client) -> Exception:
         error = exc.response.get("Error", {})
@@ -400,7 +445,7 @@ class S3Origin(Origin):
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             return OriginBusy(f"{what}: the server asks to slow down", _retry_after(headers))
         message = str(error.get("Message", ""))
-        if code in _CREDENTIAL_CODES or (status in (400, 403) and "expired" in message.lower()):
+        if code in _CREDENTIAL_CODES or (status in (400, 401, 403) and "expired" in message.lower()):
             self._reload_credentials(client)
             return OriginUnavailable(f"{what}: credentials refused; reloaded for the next attempt")
         if status == 403 and bare:  # expired keys or no permission: a HEAD cannot say which
@@ -464,8 +509,24 @@ class _Body:
                                         f"{content_range!r}, not a range from byte {offset}")
             return True
         if status == 200:  # a server that ignores Range answers with the whole object
+            self._check_whole_object(headers)
             return self.skip(offset)
         raise OriginUnavailable(f"{self.what}: unexpected HTTP {status} to a ranged GET")
+
+    def _check_whole_object(self, headers: dict[str, str]) -> None:
+        """A 200 to a ranged GET must be the object itself, not a page put in its place.
+
+        Every S3-compatible store answers a range with 206; a 200 comes from a
+        server that ignores Range (then it is the whole object, with its ETag)
+        or from something in between: a captive portal's login page, a proxy's
+        error page. Those are HTML and carry no object ETag; taking them for
+        the object would read as a file cut short after a few hundred bytes.
+        """
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind in ("text/html", "application/xhtml+xml") or not headers.get("etag"):
+            raise OriginUnavailable(f"{self.what}: answered a ranged GET with a whole "
+                                    f"{kind or 'untyped'} document{'' if headers.get('etag') else ' without an ETag'}"
+                                    f", not the object (a captive portal or a proxy's page?)")
 
     def skip(self, count: int) -> bool:
         """Read past ``count`` bytes; False if the body ends first."""

@@ -23,6 +23,15 @@ Choices, and why:
   delivering the abandoned answer ahead of every new one. The calls sharing
   it fail at once and are retried on a new connection.
 
+* Nothing outside ``path`` is served, though the server would follow any link
+  for us (an SFTP login usually sees far more than the library: the home
+  folder, ``~/.ssh``, ``/etc``). Every read and stat asks the server where the
+  path really leads (``SSH_FXP_REALPATH``), sent together with the request it
+  guards so it costs no extra round trip, and refuses an answer outside the
+  root's own real path. Listings show a link only when it leads to a file
+  inside the root, never links to folders (no loops), and never names a
+  server could not mean (``.``, ``..``, anything holding ``/`` or NUL).
+
 Errors: a missing file is :class:`~musicfs.errors.NotFound`; everything else
 is :class:`~musicfs.errors.OriginUnavailable` with a message naming the
 server and the operation (and never holding key material).
@@ -43,6 +52,7 @@ import paramiko
 
 from ..errors import ConfigError, NotFound, OriginUnavailable
 from .base import Entry, Origin, Page, check_seconds, register
+from .resolve import NameCheck, needs_lookup
 from .sftpwire import NO_SUCH_FILE, Attrs, ConnectionLost, SftpChannel, StatusError
 
 log = logging.getLogger(__name__)
@@ -67,6 +77,16 @@ KEEPALIVE = 30  # seconds: keeps idle pooled connections through NAT and firewal
 _CONNECT_ERRORS = (paramiko.SSHException, EOFError, ConnectionLost)
 
 T = TypeVar("T")
+
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _plausible(name: str) -> bool:
+    """A name a real folder can hold: what else a server sends must not become a path."""
+    return name not in ("", ".", "..") and "/" not in name and "\x00" not in name
 
 
 class _UnknownHostKey(paramiko.SSHException):
@@ -247,6 +267,8 @@ class SftpOrigin(Origin):
         self.known_hosts = os.path.expanduser(known_hosts)
         self.root = path.rstrip("/") or ("/" if path.startswith("/") else "")
         self.timeout, self.page_size = float(timeout), page_size
+        # a host name that does not resolve fails a connection within seconds, not the resolver's minutes
+        self._names = NameCheck(host, port, f"sftp origin {origin_id!r}") if needs_lookup(host) else None
         self._pool = _Pool(self._connect, pool_size, self.timeout)
 
     @classmethod
@@ -294,7 +316,15 @@ class SftpOrigin(Origin):
     # -- the origin interface ------------------------------------------------------------------
 
     def stat(self, path: str) -> Entry:
-        attrs = self._run("stat", path, lambda sftp, deadline: sftp.stat(self._remote(path), deadline))
+        remote = self._remote(path)
+
+        def stat(sftp: SftpChannel, deadline: float):
+            inside = self._check(sftp, remote)
+            attrs = sftp.stat(remote, deadline)
+            inside(deadline, path)
+            return attrs
+
+        attrs = self._run("stat", path, stat)
         return Entry(path, attrs.size or 0, _mtime_ns(attrs))
 
     def list_page(self, prefix: str = "", token: str | None = None) -> Page:
@@ -309,17 +339,33 @@ class SftpOrigin(Origin):
         folder = self._remote(prefix)
 
         def page(sftp: SftpChannel, deadline: float) -> Page:
-            entries = sorted(sftp.listdir(folder, deadline))
+            listed = sftp.listdir(folder, deadline)
+            odd = [name for name, _attrs in listed if not _plausible(name)]
+            if odd:
+                log.warning("%s: the server listed names no folder can hold in %r; ignored: %s",
+                            self._where(), folder, ", ".join(repr(name) for name in odd[:5]))
+            entries = sorted((name, attrs) for name, attrs in listed if _plausible(name))
+            shown = entries[start:start + self.page_size]
+            root = sftp.ask_realpath(self.root or ".") if sftp.root is None else None
+            links = {name: sftp.ask_realpath(f"{folder.rstrip('/')}/{name}")  # all in one round trip
+                     for name, attrs in shown if stat_mode.S_ISLNK(attrs.mode or 0)}
+            if root is not None:
+                sftp.root = sftp.realpath(root, deadline)
             files, dirs = [], []
-            for name, attrs in entries[start:start + self.page_size]:
+            for name, attrs in shown:
                 mode = attrs.mode or 0
-                if stat_mode.S_ISLNK(mode):  # follow links to files, not to folders (no loops)
+                if stat_mode.S_ISLNK(mode):  # links to files inside the root only; never to folders
+                    link = f"{folder.rstrip('/')}/{name}"
                     try:
-                        attrs = sftp.stat(f"{folder.rstrip('/')}/{name}", deadline)
-                    except StatusError as exc:
-                        if exc.code == NO_SUCH_FILE:
-                            continue  # a dangling link
-                        raise
+                        target = sftp.realpath(links[name], deadline)
+                        if not _within(target, sftp.root):
+                            log.debug("%s: %s not listed: it leads outside the root (to %s)",
+                                      self._where(), link, target)
+                            continue
+                        attrs = sftp.stat(target, deadline)
+                    except StatusError as exc:  # dangling, a loop, or not ours to see
+                        log.debug("%s: %s not listed: %s", self._where(), link, exc)
+                        continue
                     if not stat_mode.S_ISREG(attrs.mode or 0):
                         continue
                     mode = attrs.mode or 0
@@ -344,8 +390,10 @@ class SftpOrigin(Origin):
         remote = self._remote(path)
 
         def read(sftp: SftpChannel, deadline: float) -> bytes:
+            inside = self._check(sftp, remote)
             handle = sftp.open(remote, deadline)
             try:
+                inside(deadline, path)
                 return sftp.read(handle, offset, size, deadline) if size else b""
             finally:
                 sftp.close_handle(handle)
@@ -381,6 +429,26 @@ class SftpOrigin(Origin):
         if not rel:
             return self.root
         return f"{self.root.rstrip('/')}/{rel}"
+
+    def _check(self, sftp: SftpChannel, remote: str) -> Callable[[float, str], None]:
+        """Ask now where ``remote`` (and, once per session, the root) really leads; the returned
+        ``inside(deadline, path)`` waits for the answers and raises NotFound if it leads out of the root.
+
+        The questions go out ahead of the request they guard and are answered
+        with it: the check costs no round trip of its own.
+        """
+        root = sftp.ask_realpath(self.root or ".") if sftp.root is None else None
+        question = sftp.ask_realpath(remote)
+
+        def inside(deadline: float, path: str) -> None:
+            if root is not None:
+                sftp.root = sftp.realpath(root, deadline)
+            target = sftp.realpath(question, deadline)
+            if not _within(target, sftp.root):
+                log.warning("%s: not followed: %r leads outside the root (to %s)", self._where(), path, target)
+                raise NotFound(path)
+
+        return inside
 
     def _run(self, operation: str, path: str, work: Callable[[SftpChannel, float], T]) -> T:
         """``work(sftp, deadline)`` on a pooled connection, with the server's answers mapped to our errors.
@@ -446,6 +514,8 @@ class SftpOrigin(Origin):
     def _connect(self, operation: str, generation: int) -> _Connection:
         """Open one SSH connection and an SFTP session on it, checking the host key strictly."""
         where = f"{self._where()}: {operation}"
+        if self._names is not None:
+            self._names.check()
         pkey = self._load_key(operation)
         client = paramiko.SSHClient()
         try:

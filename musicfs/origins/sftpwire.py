@@ -38,7 +38,7 @@ __all__ = ["Attrs", "ConnectionLost", "SftpChannel", "StatusError", "NO_SUCH_FIL
 
 # message types (draft-ietf-secsh-filexfer-02, which OpenSSH speaks)
 _INIT, _VERSION, _OPEN, _CLOSE, _READ = 1, 2, 3, 4, 5
-_LSTAT, _OPENDIR, _READDIR, _STAT, _EXTENDED = 7, 11, 12, 17, 200
+_LSTAT, _OPENDIR, _READDIR, _REALPATH, _STAT, _EXTENDED = 7, 11, 12, 16, 17, 200
 _STATUS, _HANDLE, _DATA, _NAME, _ATTRS, _EXTENDED_REPLY = 101, 102, 103, 104, 105, 201
 # status codes
 EOF, NO_SUCH_FILE, PERMISSION_DENIED = 1, 2, 3
@@ -158,6 +158,7 @@ class SftpChannel:
         self._next_id = 1
         self._lost: BaseException | None = None
         self.last_heard = time.monotonic()  # when the server last sent anything
+        self.root: str | None = None  # the real path of the folder its user works under, once asked
         self.extensions = self._handshake(timeout)
         self.read_size = SAFE_READ_SIZE
         self._reader = threading.Thread(target=self._read_loop, name=f"musicfs-{name}-reader", daemon=True)
@@ -200,6 +201,17 @@ class SftpChannel:
 
     def lstat(self, path: str, deadline: float) -> Attrs:
         return self._call(_LSTAT, _string(path), _ATTRS, deadline).attrs()
+
+    def ask_realpath(self, path: str) -> _Pending:
+        """Ask where ``path`` really leads (links resolved) without waiting: the request it guards can
+        go out right behind it, and :meth:`realpath` collects the answer, so the check costs no round trip."""
+        return self._send([(_REALPATH, _string(path))])[0]
+
+    def realpath(self, question: _Pending, deadline: float) -> str:
+        fields = self._answer(question, _NAME, deadline)
+        if fields.u32() < 1:
+            raise ConnectionLost("the server answered a realpath request with no name")
+        return fields.string().decode("utf-8", "surrogateescape")
 
     def listdir(self, path: str, deadline: float) -> list[tuple[str, Attrs]]:
         """Every entry of the folder ``path`` but '.' and '..', with the attributes the listing gives."""

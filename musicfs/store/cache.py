@@ -3,12 +3,22 @@
 Everything here is blocking (disk and SQLite) and runs in worker threads,
 called from the reader. Eviction never removes a chunk that is pinned or that
 belongs to a file currently open (``in_use``); it runs after each store that
-takes the cache over its limit (NFR-5.2, default 10 GB).
+takes the cache over its limit (NFR-5.2, default 10 GB), and before a store
+that the disk has no room for, whatever the limit says.
+
+A cache that cannot be written (its disk full with nothing left to evict,
+its filesystem remounted read-only, its index refusing writes) is not an
+error for readers: the bytes were fetched, they are served, they are just not
+kept. The first failure is logged once; writes are skipped for
+``WRITE_RETRY`` seconds, then tried again, and success is logged once too.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +31,27 @@ from .chunkdb import ChunkIndex, ChunkRef
 
 log = logging.getLogger(__name__)
 
+WRITE_RETRY = 5.0  # seconds without cache writes after one failed, before trying again
+# room kept free on the cache's filesystem (the index's WAL and the temp files need some)
+FREE_RESERVE = 4 * 1024 * 1024
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class CacheWriteError(Exception):
+    """A chunk or the index could not be written (disk full, read-only, I/O error)."""
+
+    def __init__(self, message: str, *, no_room: bool):
+        super().__init__(message)
+        self.no_room = no_room
+
+
+def _describe(exc: BaseException) -> tuple[str, bool]:
+    """A short reason for a failed write, and whether freeing space could help."""
+    if isinstance(exc, OSError):
+        return (os.strerror(exc.errno) if exc.errno else str(exc)), exc.errno in _NO_ROOM
+    text = str(exc)
+    return text, "full" in text.lower()
+
 
 @dataclass
 class CacheCounters:
@@ -28,14 +59,20 @@ class CacheCounters:
     misses: int = 0  # reads that needed the origin
     evictions: int = 0
     evicted_bytes: int = 0
-    corruptions: int = 0  # chunk files missing or failing their checksum on read
+    corruptions: int = 0  # chunk files failing their checksum (or unreadable) on read
+    missing: int = 0  # chunk files not there on read (evicted, never stored, removed)
     stored: int = 0
     deduplicated: int = 0  # chunks not written because the same bytes were already there
+    write_failures: int = 0  # stores that failed (disk full, read-only): those bytes were not kept
+    skipped_writes: int = 0  # chunks not even tried while the cache was unwritable
+    purged: int = 0  # chunks removed because the bytes they came with failed a checksum
 
 
 class ContentCache:
-    def __init__(self, directory: Path | str, limit_bytes: int, publish: Callable[[Event], None]):
+    def __init__(self, directory: Path | str, limit_bytes: int, publish: Callable[[Event], None], *,
+                 write_retry: float = WRITE_RETRY):
         self.directory = Path(directory)
+        self.write_retry = write_retry
         self.limit = limit_bytes
         self.publish = publish
         self.files = ChunkFiles(self.directory)
@@ -46,70 +83,176 @@ class ContentCache:
         self._access: dict[str, float] = {}
         self._in_use: dict[str, int] = {}
         self.size = self.index.total_bytes()
+        self.write_problem: str | None = None  # why the cache cannot be written now, if it cannot
+        self._write_again_at = 0.0  # time.monotonic() from which writes are tried again
+        if self.index.readonly:
+            self._write_failed(OSError(errno.EROFS, os.strerror(errno.EROFS)))
+
+    # -- writability ------------------------------------------------------
+    @property
+    def writable(self) -> bool:
+        return time.monotonic() >= self._write_again_at
+
+    def _write_failed(self, exc: BaseException) -> None:
+        reason, _ = _describe(exc)
+        self.counters.write_failures += 1
+        self._write_again_at = time.monotonic() + self.write_retry
+        if self.write_problem is None:
+            log.error("cache %s cannot be written (%s): reads are served from the origins without "
+                      "being kept until it can (tried again every %g s)", self.directory, reason, self.write_retry)
+        self.write_problem = reason
+
+    def _write_succeeded(self) -> None:
+        if self.write_problem is not None:
+            log.warning("cache %s can be written again; caching resumed", self.directory)
+            self.write_problem = None
+
+    def _make_room(self, needed: int) -> None:
+        """Evict until the cache's filesystem has ``needed`` bytes free beyond the reserve, if it can."""
+        try:
+            fs = os.statvfs(self.directory)
+        except OSError:
+            return
+        free = fs.f_bavail * fs.f_frsize
+        short = needed + FREE_RESERVE - free
+        if short > 0:
+            self.evict(max(0, self.size - short))
 
     # -- start-up ---------------------------------------------------------
     def reconcile(self) -> dict[str, int]:
         """Align index and disk after an unclean stop (NFR-8.2); removes temp files."""
         started = time.time()
-        on_disk = dict(self.files.scan(remove_temp_before=self.opened_at))
-        with self._lock:
-            result = self.index.reconcile(on_disk, older_than=started)
-            self.size = self.index.total_bytes()
+        try:
+            on_disk = dict(self.files.scan(remove_temp_before=self.opened_at))
+            with self._lock:
+                result = self.index.reconcile(on_disk, older_than=started)
+                self.size = self.index.total_bytes()
+        except (OSError, sqlite3.Error) as exc:  # a read-only cache: reads check every chunk anyway
+            self._write_failed(exc)
+            return {}
         if any(result.values()):
             log.info("cache reconciled: %s", result)
         return result
 
     # -- reading and writing ----------------------------------------------
     def read_chunk(self, ref: ChunkRef) -> bytes | None:
-        data = self.files.read(ref.address, ref.size)
+        data, problem = self.files.load(ref.address, ref.size)
         if data is None:
-            self.counters.corruptions += 1
-            self.publish(ChunkCorrupt(ref.address))
-            with self._lock:
-                self.index.forget_chunk(ref.address)
+            if problem == "corrupt":
+                self.counters.corruptions += 1
+                self.publish(ChunkCorrupt(ref.address))
+            else:  # evicted, never stored (a full disk), or removed by hand
+                self.counters.missing += 1
+            try:
+                with self._lock:
+                    self.index.forget_chunk(ref.address)
+            except sqlite3.Error as exc:  # a read-only cache: the row is dropped at the next start
+                log.debug("cannot drop the row of chunk %s: %s", ref.address, exc)
             return None
         self._access[ref.address] = time.time()
         return data
 
-    def store_chunk(self, address: str, data: bytes) -> None:
-        written = self.files.write(address, data)
-        with self._lock:
-            self.index.add_chunk(address, len(data))
-            if written:
-                self.size += len(data)
-        if written:
-            self.counters.stored += 1
-            self.publish(ChunkStored(address, len(data)))
-        else:
-            self.counters.deduplicated += 1
-        if self.size > self.limit:
-            self.evict()
+    def store_chunk(self, address: str, data: bytes) -> bool:
+        return self.store_chunks([(address, data)]) == 1
 
-    def manifest(self, origin_id: str, real_path: str):
-        with self._lock:
-            return self.index.manifest(origin_id, real_path)
+    def store_chunks(self, items: list[tuple[str, bytes]]) -> int:
+        """Store chunks: each file written and fsynced, then one index transaction.
 
-    def save_manifest(self, origin_id: str, real_path: str, size: int, version: str,
-                      chunks: list[ChunkRef]):
-        with self._lock:
-            return self.index.save_manifest(origin_id, real_path, size, version, chunks)
-
-    def drop_manifest(self, origin_id: str, real_path: str) -> None:
-        with self._lock:
-            self.index.drop_manifest(origin_id, real_path)
-
-    def store_chunks(self, items: list[tuple[str, bytes]]) -> None:
-        """Store several chunks: each file written and fsynced, then one index transaction."""
-        written = [(address, data) for address, data in items if self.files.write(address, data)]
-        with self._lock:
-            self.index.add_chunks([(address, len(data)) for address, data in items])
-            self.size += sum(len(data) for _, data in written)
+        Returns how many are in the cache afterwards (written now or already
+        there); 0 when the cache cannot be written, which is logged once and
+        is not an error for the caller: the bytes were served, just not kept.
+        A disk without room gets LRU chunks evicted and one more try.
+        """
+        if not items:
+            return 0
+        if not self.writable:
+            self.counters.skipped_writes += len(items)
+            return 0
+        self._make_room(sum(len(data) for _, data in items))
+        try:
+            try:
+                written = self._store(items)
+            except CacheWriteError as exc:
+                if not exc.no_room:
+                    raise
+                self.evict(max(0, self.size - 2 * sum(len(d) for _, d in items) - FREE_RESERVE))
+                written = self._store(items)
+        except CacheWriteError as exc:
+            self._write_failed(exc.__cause__ or exc)
+            return 0
+        self._write_succeeded()
         self.counters.stored += len(written)
         self.counters.deduplicated += len(items) - len(written)
         for address, data in written:
             self.publish(ChunkStored(address, len(data)))
         if self.size > self.limit:
             self.evict()
+        return len(items)
+
+    def _store(self, items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """Write the files, then their rows; on any failure nothing new stays (files removed)."""
+        written: list[tuple[str, bytes]] = []
+        try:
+            for address, data in items:
+                if self.files.write(address, data):
+                    written.append((address, data))
+            with self._lock:
+                self.index.add_chunks([(address, len(data)) for address, data in items])
+                self.size += sum(len(data) for _, data in written)
+        except (OSError, sqlite3.Error) as exc:
+            for address, _ in written:  # rows never made: do not leave files the index does not know
+                try:
+                    self.files.discard(address)
+                except OSError:
+                    pass
+            _, no_room = _describe(exc)
+            raise CacheWriteError(str(exc), no_room=no_room) from exc
+        return written
+
+    def purge(self, addresses: Iterable[str]) -> int:
+        """Remove chunks that came with bytes found wrong: those no saved map lists and nobody holds.
+
+        Chunks are content-addressed, so a chunk listed by another file's map
+        holds that file's right bytes and stays. Returns how many were removed.
+        """
+        removed = 0
+        try:
+            with self._lock:
+                candidates = [a for a in dict.fromkeys(addresses) if a not in self._in_use]
+                for address in self.index.unreferenced(candidates):
+                    freed = self.files.discard(address)
+                    self.index.forget_chunk(address)
+                    self.size -= freed
+                    removed += 1
+        except (OSError, sqlite3.Error) as exc:
+            log.error("cannot remove chunks of bytes found wrong from the cache %s: %s; they are "
+                      "unreferenced and never served for that file", self.directory, exc)
+        self.counters.purged += removed
+        return removed
+
+    def manifest(self, origin_id: str, real_path: str):
+        with self._lock:
+            return self.index.manifest(origin_id, real_path)
+
+    def save_manifest(self, origin_id: str, real_path: str, size: int, version: str,
+                      chunks: list[ChunkRef], *, complete: bool = True) -> bool:
+        """Save a chunk map; False (logged once) if the cache cannot be written now."""
+        if not self.writable:
+            return False
+        try:
+            with self._lock:
+                self.index.save_manifest(origin_id, real_path, size, version, chunks, complete=complete)
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            return False
+        return True
+
+    def drop_manifest(self, origin_id: str, real_path: str) -> None:
+        try:
+            with self._lock:
+                self.index.drop_manifest(origin_id, real_path)
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
 
     def has(self, ref: ChunkRef) -> bool:
         return self.files.exists(ref.address)
@@ -138,8 +281,12 @@ class ContentCache:
                 if not candidates:
                     break
                 for address, size in candidates:
-                    self.files.discard(address)
-                    self.index.forget_chunk(address)
+                    try:
+                        self.files.discard(address)
+                        self.index.forget_chunk(address)
+                    except (OSError, sqlite3.Error) as exc:  # a read-only cache evicts nothing
+                        self._write_failed(exc)
+                        return freed
                     self.size -= size
                     freed += size
                     self.counters.evictions += 1
@@ -154,7 +301,12 @@ class ContentCache:
 
     def _flush_access(self) -> None:
         stamps, self._access = self._access, {}
-        self.index.touch(stamps)
+        if not self.writable:
+            return  # last-access times only order eviction: losing some costs nothing
+        try:
+            self.index.touch(stamps)
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
 
     def flush(self) -> None:
         with self._lock:
@@ -189,7 +341,13 @@ class ContentCache:
             "evictions": counters.evictions,
             "evicted_bytes": counters.evicted_bytes,
             "corruptions": counters.corruptions,
+            "missing": counters.missing,
             "stored": counters.stored,
             "deduplicated": counters.deduplicated,
+            "writable": self.write_problem is None,
+            "write_problem": self.write_problem,
+            "write_failures": counters.write_failures,
+            "skipped_writes": counters.skipped_writes,
+            "purged": counters.purged,
             "directory": str(self.directory),
         }

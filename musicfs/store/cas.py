@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .chunker import MAX_SIZE
 from .digest import digest, is_address
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,9 @@ class CasStats:
 class ChunkFiles:
     def __init__(self, root: Path | str):
         self.root = Path(root) / "chunks"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for shard in range(256):
-            (self.root / f"{shard:02x}").mkdir(exist_ok=True)
+            (self.root / f"{shard:02x}").mkdir(mode=0o700, exist_ok=True)
         self.stats = CasStats()
         self._prefix = f"{self.root}/"  # string paths on the hot path: no Path objects per read
 
@@ -84,7 +85,21 @@ class ChunkFiles:
 
     def read(self, address: str, size: int) -> bytes | None:
         """The chunk's bytes if the file is whole and matches its address, else None."""
+        return self.load(address, size)[0]
+
+    def load(self, address: str, size: int) -> tuple[bytes | None, str | None]:
+        """(bytes, None) if the file is whole and matches its address, else (None, "missing" or "corrupt").
+
+        ``size`` comes from the chunk index, which a damaged or hostile file
+        may have changed: a size no chunk can have (the chunker never cuts
+        more than ``MAX_SIZE``) is a miss, never an allocation of that size.
+        """
         self.stats.reads += 1
+        if not 0 < size <= MAX_SIZE or not is_address(address):
+            self.stats.corrupt += 1
+            log.warning("chunk %r has an impossible size %r in the chunk index: treated as missing",
+                        address, size)
+            return None, "corrupt"
         try:
             fd = os.open(f"{self._prefix}{address[:2]}/{address}", os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -93,18 +108,21 @@ class ChunkFiles:
                 os.close(fd)
         except FileNotFoundError:
             self.stats.missing += 1
-            return None
+            return None, "missing"
         except OSError as exc:
             log.warning("chunk %s unreadable: %s", address, exc)
             self.stats.corrupt += 1
-            return None
+            return None, "corrupt"
         if len(data) != size or digest(data) != address:
             self.stats.corrupt += 1
             log.warning("chunk %s is corrupt on disk (%d bytes, expected %d): it will be fetched again",
                         address, len(data), size)
-            self.discard(address)
-            return None
-        return data
+            try:
+                self.discard(address)
+            except OSError as exc:  # a read-only cache: the file stays, and is checked at every read
+                log.debug("cannot remove corrupt chunk %s: %s", address, exc)
+            return None, "corrupt"
+        return data, None
 
     def discard(self, address: str) -> int:
         """Remove a chunk file; returns the bytes freed (0 if it was not there)."""

@@ -9,6 +9,7 @@ files (manifests are lost; files are fetched again), instead of failing the moun
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..index.db import transaction
+from .chunker import MAX_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,8 @@ _SCHEMA = [
         real_path  TEXT NOT NULL,        -- path inside the origin
         size       INTEGER NOT NULL,     -- file size in bytes
         version    TEXT NOT NULL,        -- size:mtime_ns, or an ETag: a new version replaces the map
-        created_at REAL NOT NULL         -- unix time the map was completed
+        created_at REAL NOT NULL,        -- unix time the map was saved
+        complete   INTEGER NOT NULL DEFAULT 1  -- 0: the chunks cover a prefix (a fill stopped or was cut off)
     )""",
     "CREATE UNIQUE INDEX IF NOT EXISTS manifests_file ON manifests(origin_id, real_path)",
     """CREATE TABLE IF NOT EXISTS manifest_chunks (
@@ -68,6 +71,32 @@ class Manifest:
     size: int
     version: str
     chunks: tuple[ChunkRef, ...]
+    complete: bool = True  # False: the chunks cover the file's first bytes only
+
+    @property
+    def covered(self) -> int:
+        return self.chunks[-1].end if self.chunks else 0
+
+    def problem(self) -> str | None:
+        """Why this map cannot describe its file (a damaged or hostile index), or None.
+
+        The chunks must tile the file from byte 0 without gaps or overlaps,
+        each no larger than the chunker ever cuts, and end at the file's size
+        when complete. Anything else would make a read assemble the wrong
+        bytes, or ask for an absurd amount of memory.
+        """
+        if self.size < 0:
+            return f"negative size {self.size}"
+        position = 0
+        for ref in self.chunks:
+            if ref.offset != position:
+                return f"chunk at {ref.offset} where {position} was expected"
+            if not 0 < ref.size <= MAX_SIZE:
+                return f"chunk of impossible size {ref.size} at {ref.offset}"
+            position = ref.end
+        if position > self.size or (self.complete and position != self.size):
+            return f"chunks cover {position} bytes of {self.size}"
+        return None
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -81,7 +110,41 @@ def _open(path: Path) -> sqlite3.Connection:
         raise sqlite3.DatabaseError(f"integrity check: {row[0]}")
     for statement in _SCHEMA:
         conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(manifests)")}
+    if "complete" not in columns:  # a cache made before partial maps were kept
+        conn.execute("ALTER TABLE manifests ADD COLUMN complete INTEGER NOT NULL DEFAULT 1")
     return conn
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """The index of a cache that cannot be written, read as it is; an empty one if unusable."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True, check_same_thread=False,
+                               isolation_level=None)
+        if conn.execute("PRAGMA quick_check").fetchone()[0] == "ok" and conn.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('chunks', 'manifests', 'manifest_chunks')"
+        ).fetchone()[0] == 3:
+            return conn
+        conn.close()
+    except sqlite3.DatabaseError as exc:
+        log.warning("chunk index %s cannot be read (%s): the cache starts empty", path, exc)
+    conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    return conn
+
+
+def _drop_impossible_rows(conn: sqlite3.Connection, path: Path) -> None:
+    """Chunk rows whose size no chunk can have (a damaged or hostile index) are dropped at open.
+
+    Their size would count towards the cache's total and drive eviction, or
+    be used as a read length; the chunk file, if any, is adopted again by
+    reconciliation with its real size.
+    """
+    dropped = conn.execute("DELETE FROM chunks WHERE size <= 0 OR size > ? OR typeof(size) != 'integer'"
+                           " OR length(address) != 32", (MAX_SIZE,)).rowcount
+    if dropped:
+        log.error("chunk index %s: dropped %d row(s) with impossible sizes or addresses", path, dropped)
 
 
 class ChunkIndex:
@@ -89,12 +152,22 @@ class ChunkIndex:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rebuilt = False
+        # a cache on a filesystem turned read-only (disk errors) is still read: every write fails,
+        # and the cache says so once (ContentCache) instead of failing the mount
+        self.readonly = not os.access(self.path.parent, os.W_OK)
+        if self.readonly:
+            self.conn = _open_readonly(self.path)
+            return
         try:
             self.conn = _open(self.path)
         except sqlite3.DatabaseError as exc:
             self._set_aside(exc)
             self.conn = _open(self.path)
             self.rebuilt = True
+        try:
+            _drop_impossible_rows(self.conn, self.path)
+        except sqlite3.OperationalError as exc:  # a read-only cache (said once by the cache): sizes
+            log.debug("chunk index %s: cannot drop damaged rows: %s", self.path, exc)  # are checked on use
 
     def _set_aside(self, exc: Exception) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -127,6 +200,11 @@ class ChunkIndex:
     def forget_chunk(self, address: str) -> None:
         self.conn.execute("DELETE FROM chunks WHERE address = ?", (address,))
 
+    def unreferenced(self, addresses: Iterable[str]) -> list[str]:
+        """Those of ``addresses`` that no saved chunk map lists (safe to purge)."""
+        return [a for a in addresses if self.conn.execute(
+            "SELECT 1 FROM manifest_chunks WHERE address = ? LIMIT 1", (a,)).fetchone() is None]
+
     def touch(self, stamps: dict[str, float]) -> None:
         """Record last-access times gathered in memory (one write per flush, not per read)."""
         if stamps:
@@ -153,8 +231,14 @@ class ChunkIndex:
 
     # -- manifests --------------------------------------------------------
     def manifest(self, origin_id: str, real_path: str) -> Manifest | None:
+        """The file's chunk map, complete or a prefix; None if there is none or it is damaged.
+
+        A map that cannot describe its file (see :meth:`Manifest.problem`) is
+        dropped with a log line: the file is then fetched again, as if it had
+        never been cached.
+        """
         row = self.conn.execute(
-            "SELECT id, size, version FROM manifests WHERE origin_id = ? AND real_path = ?",
+            "SELECT id, size, version, complete FROM manifests WHERE origin_id = ? AND real_path = ?",
             (origin_id, real_path),
         ).fetchone()
         if row is None:
@@ -162,23 +246,64 @@ class ChunkIndex:
         chunks = tuple(ChunkRef(*r) for r in self.conn.execute(
             "SELECT offset, size, address FROM manifest_chunks WHERE manifest_id = ? ORDER BY seq",
             (row[0],)))
-        return Manifest(row[0], origin_id, real_path, row[1], row[2], chunks)
+        manifest = Manifest(row[0], origin_id, real_path, row[1], row[2], chunks, bool(row[3]))
+        problem = manifest.problem()
+        if problem is not None:
+            log.error("chunk map of %s:%s is damaged (%s); dropped, the file will be fetched again",
+                      origin_id, real_path, problem)
+            try:
+                self.drop_manifest(origin_id, real_path)
+            except sqlite3.OperationalError as exc:  # read-only: ignored all the same
+                log.warning("cannot drop the damaged chunk map: %s", exc)
+            return None
+        return manifest
 
     def save_manifest(self, origin_id: str, real_path: str, size: int, version: str,
-                      chunks: Sequence[ChunkRef]) -> Manifest:
-        """Replace the file's chunk map with a new version; chunk refs follow."""
+                      chunks: Sequence[ChunkRef], *, complete: bool = True) -> Manifest:
+        """Save the file's chunk map; ``complete=False`` saves the prefix a fill has stored so far.
+
+        A prefix saved before for the same version is extended in place (a
+        fill saves its progress many times; rewriting the whole map each time
+        would cost quadratic time on long files); any other map of the file
+        is replaced. Chunk refs follow.
+        """
         with transaction(self.conn):
-            self._drop_manifest(origin_id, real_path)
-            cur = self.conn.execute(
-                "INSERT INTO manifests (origin_id, real_path, size, version, created_at)"
-                " VALUES (?, ?, ?, ?, ?)", (origin_id, real_path, size, version, time.time()))
-            manifest_id = int(cur.lastrowid)
+            row = self.conn.execute(
+                "SELECT id, version, complete FROM manifests WHERE origin_id = ? AND real_path = ?",
+                (origin_id, real_path)).fetchone()
+            start = 0
+            if row is not None and row[1] == version and row[2] and not complete:
+                # progress saved late: the map is already complete, and stays so
+                return Manifest(row[0], origin_id, real_path, size, version, tuple(chunks), True)
+            if row is not None and row[1] == version and not row[2]:
+                manifest_id = row[0]
+                start = self.conn.execute("SELECT COUNT(*) FROM manifest_chunks WHERE manifest_id = ?",
+                                          (manifest_id,)).fetchone()[0]
+                known = self.conn.execute(
+                    "SELECT address FROM manifest_chunks WHERE manifest_id = ? AND seq = ?",
+                    (manifest_id, start - 1)).fetchone()
+                if start > len(chunks) or (start and (known is None or known[0] != chunks[start - 1].address)):
+                    self._drop_manifest(origin_id, real_path)  # not a prefix of this map: start over
+                    row, start = None, 0
+                else:
+                    self.conn.execute("UPDATE manifests SET complete = ?, created_at = ? WHERE id = ?",
+                                      (int(complete), time.time(), manifest_id))
+            elif row is not None:
+                self._drop_manifest(origin_id, real_path)
+                row = None
+            if row is None:
+                cur = self.conn.execute(
+                    "INSERT INTO manifests (origin_id, real_path, size, version, created_at, complete)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (origin_id, real_path, size, version, time.time(), int(complete)))
+                manifest_id = int(cur.lastrowid)
+            added = chunks[start:]
             self.conn.executemany(
                 "INSERT INTO manifest_chunks (manifest_id, seq, offset, size, address) VALUES (?, ?, ?, ?, ?)",
-                [(manifest_id, i, c.offset, c.size, c.address) for i, c in enumerate(chunks)])
+                [(manifest_id, start + i, c.offset, c.size, c.address) for i, c in enumerate(added)])
             self.conn.executemany("UPDATE chunks SET refs = refs + 1 WHERE address = ?",
-                                  [(c.address,) for c in chunks])
-        return Manifest(manifest_id, origin_id, real_path, size, version, tuple(chunks))
+                                  [(c.address,) for c in added])
+        return Manifest(manifest_id, origin_id, real_path, size, version, tuple(chunks), complete)
 
     def drop_manifest(self, origin_id: str, real_path: str) -> None:
         with transaction(self.conn):
@@ -234,6 +359,7 @@ class ChunkIndex:
             "chunks": chunks,
             "bytes": stored,
             "manifests": q("SELECT COUNT(*) FROM manifests").fetchone()[0],
+            "partial_manifests": q("SELECT COUNT(*) FROM manifests WHERE complete = 0").fetchone()[0],
             "logical_bytes": logical,  # bytes of all mapped files, counting shared chunks each time
             "dedup_ratio": round(1 - referenced / logical, 4) if logical else 0.0,
             "pinned": q("SELECT COUNT(*) FROM chunks WHERE pinned = 1").fetchone()[0],

@@ -1,16 +1,24 @@
 """What the reader knows of one file version being read, shared by its handles and its fill.
 
 ``covered`` grows as a fill cuts chunks; readers wait on ``changed`` for it.
-The counters are the reader's and its fills' together (``statistics()``).
+When the origin offers a checksum of the whole file (``expected``), the fill
+hashes the chunks it cuts, in order (``hasher`` holds the hash of the first
+``hashed`` bytes), and checks it once the file is complete. A file whose
+replica served bytes failing that check is filled "verify first" next time:
+its chunks are cut but not readable (``covered`` stays put) until the whole
+file has passed. The counters are the reader's and its fills' together
+(``statistics()``).
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
+from ..origins.base import Checksum
 from .chunkdb import ChunkRef
 
 
@@ -34,11 +42,40 @@ class FileState:
     last_end: int = -1  # where the last read of this file ended: sequential access detection
     wanted: int = 0  # the furthest byte a reader has waited for the fill to reach
     changed: trio.Event = field(default_factory=trio.Event)
+    expected: Checksum | None = None  # the origin's checksum of the whole file, if it offers one
+    hasher: Any = None  # hashlib object over the first ``hashed`` bytes of the chunks, in order
+    hashed: int = 0
+    verify_first: bool = False  # chunks stay unreadable until the whole file has passed its check
+    suspects: frozenset[str] = frozenset()  # replicas that served this file wrong bytes before
+    saved: int = 0  # chunks of ``chunks`` already in the saved partial chunk map
+    saved_at: float = float("-inf")  # trio time of the last save of the partial map
+    save_due: bool = False  # a save of the partial map is scheduled
+
+    @property
+    def cut(self) -> int:
+        """Bytes cut into chunks so far (readable or not)."""
+        return self.chunks[-1].end if self.chunks else 0
 
     def add(self, ref: ChunkRef) -> None:
         self.chunks.append(ref)
         self.offsets.append(ref.offset)
-        self.covered = ref.end
+        if not self.verify_first:
+            self.covered = ref.end
+
+    def reveal(self) -> None:
+        """The whole file passed its check: every chunk cut becomes readable."""
+        self.covered = self.cut
+
+    def reset(self) -> list[ChunkRef]:
+        """Forget every chunk (they held wrong or unverified bytes); returns them."""
+        dropped = self.chunks
+        self.chunks, self.offsets = [], []
+        self.covered = self.hashed = self.saved = 0
+        self.hasher = None
+        self.complete = False
+        self.filled_from = None
+        self.agreeing = set()
+        return dropped
 
     def notify(self) -> None:
         self.changed.set()
@@ -72,3 +109,5 @@ class ReaderCounters:
     store_errors: int = 0
     failovers: int = 0  # reads served by a replica other than the track's own origin
     replica_mismatches: int = 0  # a fill moved to a replica that held other bytes (and stopped)
+    checksum_mismatches: int = 0  # bytes an origin served failed its own checksum or the chunk map
+    verified_files: int = 0  # fills checked against the origin's whole-file checksum and passed

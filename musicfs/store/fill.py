@@ -10,7 +10,11 @@ up with the fill (a copy) gets several blocks asked for at once.
 
 When a fill moves to another replica mid-file, that replica must first
 return the last chunk cut so far, byte for byte: two versions of a file
-never mix. A finished fill saves the file's manifest.
+never mix. A finished fill is checked against the origin's checksum of the
+whole file where there is one (:mod:`musicfs.store.verify`), then saves the
+file's manifest. While it runs, the prefix whose chunks are on disk is saved
+as a partial manifest every ``SAVE_EVERY`` seconds and when it stops, so a
+fill cut off by a crash resumes without fetching those chunks again.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from .cache import ContentCache
 from .chunkdb import ChunkRef
 from .chunker import StreamChunker
 from .digest import digest
-from .fetch import ReplicaFetcher
+from .fetch import ReplicaDiffers, ReplicaFetcher
 from .filestate import FileState, ReaderCounters
+from .verify import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ FETCH_WINDOW = 4  # blocks one fill asks for at once while a reader waits on it
 AHEAD_TOTAL = 32  # blocks asked ahead across all fills (memory: 32 MiB at most)
 STORE_PARALLEL = 8  # blocks of chunks being written while the fill fetches the next
 STORE_THREADS = 8  # threads writing chunk files at once, across all fills
+SAVE_EVERY = 1.0  # seconds between saves of a running fill's progress (its partial manifest)
 
 
 @dataclass
@@ -71,12 +77,13 @@ def _blocks(position: int, size: int):
 
 
 class Filler:
-    def __init__(self, fetcher: ReplicaFetcher, cache: ContentCache, bus: EventBus, counters: ReaderCounters,
-                 nursery: trio.Nursery, *, limiter: trio.CapacityLimiter, pending: dict[str, bytes],
-                 on_idle: Callable[[FileState], None]):
+    def __init__(self, fetcher: ReplicaFetcher, verifier: Verifier, cache: ContentCache, bus: EventBus,
+                 counters: ReaderCounters, nursery: trio.Nursery, *, limiter: trio.CapacityLimiter,
+                 pending: dict[str, bytes], on_idle: Callable[[FileState], None]):
         """``pending`` holds the chunks cut and not yet on disk (the reader serves them from
         there); ``on_idle(state)`` is called when a fill ends with the file no longer open."""
         self.fetcher = fetcher
+        self.verifier = verifier
         self.cache = cache
         self.bus = bus
         self.counters = counters
@@ -100,13 +107,16 @@ class Filler:
 
     async def _fill(self, state: FileState) -> None:
         started = time.monotonic()
-        self.bus.publish(FetchStarted(state.origin_id, state.real_path, state.covered))
+        self.bus.publish(FetchStarted(state.origin_id, state.real_path, state.cut))
         try:
-            finished = await self._fill_from(state, state.covered)
+            await self.verifier.prepare(state, state.cut)
+            finished = await self._fill_from(state, state.cut)
         except (MusicFSError, OSError) as exc:
             self._fill_failed(state, exc)
-            log.warning("filling %s:%s stopped at %d bytes: %s", state.origin_id, state.real_path,
-                        state.covered, exc)
+            # an origin that cannot serve is logged once per outage by the health monitor
+            log.log(logging.INFO if isinstance(exc, OriginUnavailable) else logging.WARNING,
+                    "filling %s:%s stopped at %d bytes: %s", state.origin_id, state.real_path,
+                    state.covered, exc)
         except Exception as exc:
             self._fill_failed(state, exc)
             log.exception("filling %s:%s failed unexpectedly", state.origin_id, state.real_path)
@@ -119,10 +129,42 @@ class Filler:
                 self.counters.fills_stopped += 1
                 self.bus.publish(FillStopped(state.origin_id, state.real_path, state.covered, state.size))
         finally:
+            with trio.CancelScope(shield=True):  # also on unmount: what is on disk is kept for next time
+                await self._wrap_up(state)
             state.filling = False
             state.notify()
             if state.handles <= 0:
                 self.on_idle(state)
+
+    async def _wrap_up(self, state: FileState) -> None:
+        """After a fill that did not complete: drop unverified chunks, or save the progress made."""
+        if state.complete:
+            return
+        if state.verify_first:
+            if state.chunks:
+                await self.verifier.discard(state, "the fill stopped before the file could be checked")
+            return
+        await self._save_progress(state)
+
+    async def _save_progress(self, state: FileState) -> None:
+        """Save the chunks of the file's prefix that are on disk as a partial manifest."""
+        if len(state.chunks) <= state.saved or state.complete:
+            return
+        saved = await trio.to_thread.run_sync(self._save_prefix, state.origin_id, state.real_path, state.size,
+                                              state.version, list(state.chunks), state.saved,
+                                              limiter=self.limiter)
+        state.saved = max(state.saved, saved)
+
+    def _save_prefix(self, origin_id: str, real_path: str, size: int, version: str,
+                     chunks: list[ChunkRef], saved: int) -> int:
+        """In a worker thread: save the chunks from the first up to the first not on disk; how many."""
+        durable = saved
+        while durable < len(chunks) and self.cache.has(chunks[durable]):
+            durable += 1
+        if durable > saved and self.cache.save_manifest(origin_id, real_path, size, version,
+                                                        chunks[:durable], complete=False):
+            return durable
+        return saved
 
     def _fill_failed(self, state: FileState, exc: BaseException) -> None:
         self.counters.fills_failed += 1
@@ -148,8 +190,10 @@ class Filler:
             raise
         if not finished:
             return False
+        await self.verifier.check(state)  # raises (having dropped what was stored) on a mismatch
         await trio.to_thread.run_sync(self.cache.save_manifest, state.origin_id, state.real_path,
                                       state.size, state.version, list(state.chunks), limiter=self.limiter)
+        state.reveal()
         state.complete = True
         return True
 
@@ -225,15 +269,24 @@ class Filler:
             raise fetch.error
         data, served_by = fetch.result
         if state.chunks and served_by not in state.agreeing | {state.filled_from}:
-            await self.fetcher.check_replica(state, served_by, state.filled_from)
+            try:
+                await self.fetcher.check_replica(state, served_by, state.filled_from)
+            except ReplicaDiffers:  # go on with the replica the file was cut from, if it answers
+                state.suspects |= {served_by}
+                data, served_by = await self.fetcher.fetch(state, fetch.offset, fetch.size)
+                if served_by not in state.agreeing | {state.filled_from}:
+                    raise
         state.agreeing.add(served_by)
         state.filled_from = served_by
         if len(data) < fetch.size:
             raise OriginUnavailable(f"file ended at {fetch.offset + len(data)} of {state.size} bytes;"
                                     " it changed since the scan")
         position = fetch.offset + fetch.size
-        items = await trio.to_thread.run_sync(self._cut, chunker, data, position >= state.size,
+        hasher = state.hasher if state.hasher is not None and state.hashed == state.cut else None
+        items = await trio.to_thread.run_sync(self._cut, chunker, data, position >= state.size, hasher,
                                               limiter=self.limiter)
+        if hasher is not None:
+            state.hashed += sum(ref.size for ref, _ in items)
         if items:
             for ref, piece in items:
                 self._pending[ref.address] = piece
@@ -242,26 +295,40 @@ class Filler:
             self.cache.hold(ref.address for ref, _ in items)
             state.notify()
             await slots.acquire()
-            stores.start_soon(self._store, items, slots)
+            stores.start_soon(self._store, state, items, slots)
         return position
 
     @staticmethod
-    def _cut(chunker: StreamChunker, data: bytes, last: bool) -> list[tuple[ChunkRef, bytes]]:
+    def _cut(chunker: StreamChunker, data: bytes, last: bool, hasher) -> list[tuple[ChunkRef, bytes]]:
+        """Cut a block into chunks (in a worker thread), feeding them to the file's running hash."""
         pieces = chunker.feed(data)
         if last:
             pieces += chunker.finish()
+        if hasher is not None:
+            for piece in pieces:
+                hasher.update(piece.data)
         return [(ChunkRef(p.offset, len(p.data), digest(p.data)), p.data) for p in pieces]
 
-    async def _store(self, items: list[tuple[ChunkRef, bytes]], slots: trio.Semaphore) -> None:
+    async def _store(self, state: FileState, items: list[tuple[ChunkRef, bytes]], slots: trio.Semaphore) -> None:
+        """Write a block's chunks; a cache that cannot be written keeps none (logged by the cache)."""
         try:
-            await trio.to_thread.run_sync(self._write, items, limiter=self.store_limiter)
-        except OSError as exc:  # disk full or gone: the bytes were served; they are not kept
-            self.counters.store_errors += 1
-            log.error("cannot store chunks in the cache: %s", exc)
+            stored = await trio.to_thread.run_sync(self._write, items, limiter=self.store_limiter)
+            if not stored:
+                self.counters.store_errors += 1
+            elif not state.verify_first and not state.save_due:
+                state.save_due = True  # progress on disk: saved within SAVE_EVERY (not per block)
+                self.nursery.start_soon(self._save_soon, state)
         finally:
             for ref, _ in items:
                 self._pending.pop(ref.address, None)
             slots.release()
 
-    def _write(self, items: list[tuple[ChunkRef, bytes]]) -> None:
-        self.cache.store_chunks([(ref.address, data) for ref, data in items])
+    async def _save_soon(self, state: FileState) -> None:
+        await trio.sleep_until(state.saved_at + SAVE_EVERY)
+        state.save_due = False
+        state.saved_at = trio.current_time()
+        if not state.complete and not state.verify_first:
+            await self._save_progress(state)
+
+    def _write(self, items: list[tuple[ChunkRef, bytes]]) -> int:
+        return self.cache.store_chunks([(ref.address, data) for ref, data in items])

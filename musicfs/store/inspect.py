@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..index.db import transaction
 from .cas import TMP_PREFIX, ChunkFiles
 from .chunkdb import ChunkIndex
 from .digest import digest
@@ -36,7 +37,12 @@ def chunk_summary(cache_dir: Path) -> dict:
 
 
 def verify_chunks(cache_dir: Path, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Read every chunk file and check it against its address."""
+    """Read every chunk file and check it against its address; list indexed chunks with no file.
+
+    Changes nothing (a running daemon may be using the cache): ``corrupt``
+    files fail their hash or are unreadable, ``missing`` ones are in the
+    chunk index but not on disk. :func:`repair_chunks` acts on the report.
+    """
     files = ChunkFiles(cache_dir)
     entries = list(files.scan())
     bad = []
@@ -50,7 +56,32 @@ def verify_chunks(cache_dir: Path, progress: Callable[[int, int], None] | None =
             bad.append(address)
         if progress:
             progress(done, len(entries))
-    return {"checked": len(entries), "corrupt": len(bad), "corrupt_chunks": bad}
+    on_disk = {address for address, _ in entries}
+    missing = []
+    if (cache_dir / "chunks.db").exists():
+        conn = sqlite3.connect(f"file:{cache_dir / 'chunks.db'}?mode=ro", uri=True)
+        try:
+            missing = sorted(a for (a,) in conn.execute("SELECT address FROM chunks") if a not in on_disk)
+        finally:
+            conn.close()
+    return {"checked": len(entries), "corrupt": len(bad), "corrupt_chunks": bad,
+            "missing": len(missing), "missing_chunks": missing}
+
+
+def repair_chunks(cache_dir: Path, report: dict) -> dict:
+    """Remove the corrupt chunk files of a :func:`verify_chunks` report and the index rows of
+    corrupt and missing ones. Chunk maps stay: their chunks are fetched again when read."""
+    files = ChunkFiles(cache_dir)
+    index = _index(cache_dir)
+    try:
+        for address in report["corrupt_chunks"]:
+            files.discard(address)
+        with transaction(index.conn):
+            for address in report["corrupt_chunks"] + report["missing_chunks"]:
+                index.forget_chunk(address)
+    finally:
+        index.close()
+    return {"files_removed": report["corrupt"], "rows_dropped": report["corrupt"] + report["missing"]}
 
 
 def manifest_map(cache_dir: Path, origin_id: str, real_path: str) -> dict | None:
@@ -67,14 +98,30 @@ def manifest_map(cache_dir: Path, origin_id: str, real_path: str) -> dict | None
                "cached": files.exists(c.address)} for c in manifest.chunks]
     cached_bytes = sum(c["size"] for c in chunks if c["cached"])
     return {"origin": origin_id, "real_path": real_path, "size": manifest.size,
-            "version": manifest.version, "chunks": chunks,
+            "version": manifest.version, "complete": manifest.complete, "chunks": chunks,
             "percent_cached": round(100 * cached_bytes / manifest.size, 2) if manifest.size else 100.0}
 
 
-def cached_files(cache_dir: Path) -> Iterator[tuple[str, str, int]]:
+def cached_files(cache_dir: Path) -> Iterator[tuple[str, str, int, bool]]:
+    """(origin id, real path, size, complete) of every file with a chunk map; partial maps cover a prefix."""
     conn = sqlite3.connect(f"file:{cache_dir / 'chunks.db'}?mode=ro", uri=True)
     try:
-        yield from conn.execute("SELECT origin_id, real_path, size FROM manifests ORDER BY 1, 2")
+        for origin_id, real_path, size, complete in conn.execute(
+                "SELECT origin_id, real_path, size, complete FROM manifests ORDER BY 1, 2"):
+            yield origin_id, real_path, size, bool(complete)
+    finally:
+        conn.close()
+
+
+def partial_files(cache_dir: Path) -> dict[tuple[str, str], int]:
+    """(origin id, real path) -> bytes covered, of every partial chunk map (a fill that stopped)."""
+    if not (cache_dir / "chunks.db").exists():
+        return {}
+    conn = sqlite3.connect(f"file:{cache_dir / 'chunks.db'}?mode=ro", uri=True)
+    try:
+        return {(origin_id, real_path): covered for origin_id, real_path, covered in conn.execute(
+            "SELECT m.origin_id, m.real_path, COALESCE(SUM(c.size), 0) FROM manifests m"
+            " JOIN manifest_chunks c ON c.manifest_id = m.id WHERE m.complete = 0 GROUP BY m.id")}
     finally:
         conn.close()
 

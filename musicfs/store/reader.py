@@ -13,9 +13,12 @@ stopped.
 
 A finished fill saves the file's manifest; later opens find it and read
 without touching the origin, so cached files keep playing offline (NFR-7.1).
-A chunk missing or corrupt on disk is fetched again and checked against its
-address (NFR-8.1, NFR-8.4). Reads that need an unreachable origin fail with
-EIO after a bounded time (``read_timeout``), never hang.
+A fill that stopped early (or was cut off by a crash) leaves a partial
+manifest, and the next read resumes from its end. A chunk missing or corrupt
+on disk is fetched again, from whichever replica returns exactly the bytes
+its address names (NFR-8.1, NFR-8.4); wrong bytes are never served from a
+known map. Reads that need an unreachable origin fail with EIO after a
+bounded time (``read_timeout``), never hang.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .digest import digest
 from .fetch import ReplicaFetcher
 from .filestate import FileState, ReaderCounters
 from .fill import Filler
+from .verify import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,9 @@ class CachedHandle:
     state: FileState
     direct: Any = None  # the pass-through handle when the origin's policy is cache = "never"
     passthrough: bool = False  # cache = "never" on a non-local origin: ranged reads, nothing kept
+    # False when the file's bytes failed a checksum before: the kernel must drop what it cached
+    # of it (the wrong bytes a first reader was served) instead of serving them again
+    keep_cache: bool = True
 
 
 class CachedReader:
@@ -84,8 +91,11 @@ class CachedReader:
         self._pending: dict[str, bytes] = {}  # cut by a fill, not yet written to disk
         self._loading: dict[str, trio.Event] = {}  # chunk loads under way (single-flight)
         self._bad: set[str] = set()  # found missing or corrupt on disk; fetched again when needed
+        self._refetching: dict[str, trio.Event] = {}  # chunks being fetched again (single-flight)
+        self._refetch_failed: dict[str, tuple[float, BaseException]] = {}  # when and why, recently
         self._recent_bytes = 0
-        self.filler = Filler(self.fetcher, cache, bus, self.counters, nursery, limiter=self.limiter,
+        self.verifier = Verifier(cache, bus, self.counters, limiter=self.limiter, load_chunk=self._chunk)
+        self.filler = Filler(self.fetcher, self.verifier, cache, bus, self.counters, nursery, limiter=self.limiter,
                              pending=self._pending, on_idle=self._forget)
 
     # -- handles ----------------------------------------------------------
@@ -101,16 +111,19 @@ class CachedReader:
             state = FileState(track["origin_id"], track["real_path"], track["size"], version)
             state.replicas = (self.replicas(state.origin_id, state.real_path, state.size)
                               if self.replicas else [state.origin_id])
+            origin = self.origins.get(state.origin_id)
+            state.expected = origin.whole_checksum(version) if origin is not None else None
             if not never:
                 manifest = await trio.to_thread.run_sync(self.cache.manifest, *key[:2], limiter=self.limiter)
                 if manifest is not None and manifest.version == version and manifest.size == state.size:
                     for ref in manifest.chunks:
                         state.add(ref)
-                    state.complete = True
+                    state.complete = manifest.complete
+                    state.saved = len(manifest.chunks)
                     self.cache.hold(r.address for r in state.chunks)
             state = self._states.setdefault(key, state)
         state.handles += 1
-        return CachedHandle(track["id"], state, passthrough=never)
+        return CachedHandle(track["id"], state, passthrough=never, keep_cache=not self.verifier.suspected(state))
 
     def release(self, handle: CachedHandle) -> None:
         if handle.direct is not None:
@@ -161,7 +174,7 @@ class CachedReader:
                 self.cache.counters.hits += 1
                 return data
         self.cache.counters.misses += 1
-        if offset > state.covered + AHEAD and not state.complete:
+        if offset > state.covered + AHEAD and not state.complete and not state.verify_first:
             self.filler.start(state)
             return await self._direct(state, offset, end)
         await self._wait_for(state, end)
@@ -267,13 +280,40 @@ class CachedReader:
             self._recent_bytes -= len(old)
 
     async def _refetch(self, state: FileState, ref: ChunkRef) -> bytes:
-        """A chunk is missing or corrupt on disk: fetch its range again and check it."""
+        """A chunk is missing or corrupt on disk: fetch its range again, accepting only its own bytes.
+
+        A replica answering with other bytes (corrupt, or the file changed
+        since it was mapped) is failed over like an unreachable one; when none
+        has the bytes, the read fails with EIO, and the map is kept: it is
+        what the file held, and a rescan replaces it if the file did change.
+        """
+        failed = self._refetch_failed.get(ref.address)
+        if failed is not None and trio.current_time() - failed[0] < FAIL_FAST:
+            raise OriginUnavailable(f"{state.origin_id}:{state.real_path}: {failed[1]}")
+        running = self._refetching.get(ref.address)
+        if running is not None:  # single-flight: the kernel asks for one range in several requests
+            await running.wait()
+            data = self._in_memory(ref.address)
+            if data is not None:
+                return data
+            return await self._refetch(state, ref)
+        self._refetching[ref.address] = trio.Event()
         self.counters.refetched_chunks += 1
-        data = await self._fetch(state, ref.offset, ref.size)
-        if len(data) != ref.size or digest(data) != ref.address:
-            await trio.to_thread.run_sync(self.cache.drop_manifest, state.origin_id, state.real_path)
-            raise OriginUnavailable(f"{state.origin_id}:{state.real_path} changed since it was cached;"
-                                    " rescan the library")
+
+        def accept(data: bytes) -> bool:
+            return len(data) == ref.size and digest(data) == ref.address
+
+        try:
+            data, _ = await self.fetcher.fetch(state, ref.offset, ref.size, accept=accept)
+        except OriginUnavailable as exc:
+            self._refetch_failed[ref.address] = (trio.current_time(), exc)
+            if len(self._refetch_failed) > PARTIAL_KEPT:
+                self._refetch_failed.pop(next(iter(self._refetch_failed)))
+            raise
+        finally:
+            self._refetching.pop(ref.address).set()
+        self._refetch_failed.pop(ref.address, None)
+        self._remember(ref.address, data)
         await trio.to_thread.run_sync(self.cache.store_chunk, ref.address, data, limiter=self.limiter)
         self._bad.discard(ref.address)
         return data

@@ -7,8 +7,10 @@ word, or hundreds of bytes. Every component that reaches the tree goes through
 :func:`legal_name` (for the finished component), so the kernel and every
 client always see a name they can handle:
 
-* no ``/`` and no NUL (``/`` becomes ``_``; NUL and other control characters
-  are dropped),
+* no ``/`` and no NUL (``/`` becomes ``_``; NUL and other control characters,
+  C0 and C1, are dropped, and so are the bidirectional overrides and isolates
+  that would let a name display as something else (U+202E makes
+  ``evil`` + U+202E + ``galf.flac`` show as ``evilcalf.flag``),
 * never ``.`` or ``..``, never a leading dot (hidden files are reserved for
   musicfs' own ``/.musicfs``),
 * NFC normal form, so ``Björk`` typed either way lands in one directory,
@@ -22,7 +24,7 @@ import re
 import unicodedata
 
 NAME_MAX = 255
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _SPACES = re.compile(r"\s+")
 
 
@@ -36,7 +38,7 @@ def clean_value(value: str) -> str:
 
 def truncate_utf8(text: str, limit: int) -> str:
     """Cut ``text`` to at most ``limit`` bytes of UTF-8 without splitting a character."""
-    raw = text.encode("utf-8")
+    raw = text.encode("utf-8", "surrogateescape")  # an origin's own name may hold undecodable bytes
     if len(raw) <= limit:
         return text
     return raw[:limit].decode("utf-8", errors="ignore")

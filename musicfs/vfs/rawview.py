@@ -17,7 +17,7 @@ import trio
 
 from ..errors import MusicFSError, NotADirectory, NotFound
 from .hidden import HIDDEN_BASE
-from .names import NAME_MAX, legal_name
+from .names import NAME_MAX, legal_name, with_suffix_number
 
 
 def raw_name(name: str) -> str:
@@ -25,6 +25,28 @@ def raw_name(name: str) -> str:
     if name in ("", ".", "..") or "\x00" in name or "/" in name or len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
         return legal_name(name)
     return name
+
+
+def unique_names(entries: list[tuple[str, bool, str]]) -> list[str]:
+    """Names for (raw name, is a folder, path) entries, each listed once in a folder.
+
+    Names can meet: a bucket holds an object ``a`` and objects under ``a/``;
+    names made legal can coincide. A folder keeps the name, then the first
+    path in sorted order; the others are numbered like colliding tracks.
+    """
+    order = sorted(range(len(entries)), key=lambda i: (entries[i][0], not entries[i][1], entries[i][2]))
+    taken: set[str] = set()
+    names = [""] * len(entries)
+    for i in order:
+        name, is_dir, _path = entries[i]
+        candidate, number = name, 1
+        while candidate in taken:
+            number += 1
+            stem, _, tail = name.rpartition(".")
+            candidate = with_suffix_number(name, number, f".{tail}" if stem and tail and not is_dir else "")
+        taken.add(candidate)
+        names[i] = candidate
+    return names
 
 RAW_DIR_NAME = ".origins"
 RAW_BASE = HIDDEN_BASE + (1 << 40)
@@ -93,11 +115,14 @@ class RawView:
         prefix = f"{node.path}/" if node.path else ""
         files, dirs = origin.list_all(prefix)
         self.listings_fetched += 1
-        nodes = [self._node(node.origin_id, f"{prefix}{name}", raw_name(name), True) for name in dirs]
-        for entry in files:
-            name = entry.path.rsplit("/", 1)[-1]
-            nodes.append(self._node(node.origin_id, entry.path, raw_name(name), False, entry.size,
-                                    entry.mtime_ns, entry.version))
+        entries = [(raw_name(name), True, f"{prefix}{name}") for name in dirs]
+        entries += [(raw_name(entry.path.rsplit("/", 1)[-1]), False, entry.path) for entry in files]
+        names = unique_names(entries)
+        nodes = [self._node(node.origin_id, path, name, True)
+                 for name, (_, _, path) in zip(names, entries[:len(dirs)])]
+        for name, entry in zip(names[len(dirs):], files):
+            nodes.append(self._node(node.origin_id, entry.path, name, False, entry.size, entry.mtime_ns,
+                                    entry.version))
         return sorted(nodes, key=lambda n: n.name)
 
     async def lookup(self, parent: int, name: str) -> RawNode:

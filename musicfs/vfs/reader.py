@@ -43,6 +43,7 @@ class Handle:
     real_path: str
     size: int
     _file: _OpenFile | None = field(default=None, repr=False)
+    keep_cache: bool = True  # the origin's file is read as it is: the kernel may keep what it read
 
 
 class DirectReader:
