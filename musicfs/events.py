@@ -102,6 +102,72 @@ class OriginError(Event):
     attempt: int
 
 
+# -- the design's event types (FR-18.1): what a user watching a mount wants to know -----------
+
+
+@dataclass(frozen=True)
+class FileAccessed(Event):
+    """A track was opened (once per open, not per read)."""
+
+    origin_id: str
+    path: str  # the origin's path (real_path)
+    size: int
+
+
+@dataclass(frozen=True)
+class FileAdded(Event):
+    """A rescan found a new track; it shows in the mount from now on."""
+
+    origin_id: str
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FileRemoved(Event):
+    origin_id: str
+    path: str
+
+
+@dataclass(frozen=True)
+class FileModified(Event):
+    """A rescan found a track changed (its bytes, or its tags: its place in the tree may have moved)."""
+
+    origin_id: str
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class OriginConnected(Event):
+    """An origin answers again (or for the first time): a health transition."""
+
+    origin_id: str
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class OriginDisconnected(Event):
+    origin_id: str
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class SyncStarted(Event):
+    origin_id: str
+
+
+@dataclass(frozen=True)
+class SyncCompleted(Event):
+    origin_id: str
+    added: int = 0
+    removed: int = 0
+    modified: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
 class EventBus:
     """Owned by the mount. ``publish`` may be called from the trio thread or a worker thread."""
 

@@ -21,14 +21,18 @@ import trio
 
 from . import daemon
 from .config import Config
+from .control.server import ControlServer
+from .control.services import ControlServices
 from .dirs import make_private
 from .events import EventBus
 from .fuse.attrs import AttrPolicy
 from .fuse.operations import Operations
 from .index.library import LibraryIndex
+from .lifecycle import Lifecycle
 from .origins.base import Origin, create
 from .origins.health import HealthMonitor
 from .origins.local import LocalOrigin
+from .status import StatusService
 from .store.cache import ContentCache
 from .store.reader import CachedReader
 from .vfs.hidden import HiddenFiles
@@ -52,6 +56,7 @@ class MountSettings:
     health_interval: float = 30.0  # seconds between origin health probes
     max_tasks: int = MAX_TASKS
     allow_other: bool = False  # other users may enter the mount; the kernel enforces the modes shown
+    control_socket: Path | None = None  # where the control API listens (none: no API)
     debug_fuse: bool = False
 
 
@@ -87,40 +92,39 @@ def _replicas(index: LibraryIndex) -> Callable[[str, str, int], list[str]]:
     return replicas
 
 
-def _status(index: LibraryIndex, health: HealthMonitor, settings: MountSettings,
-            started: float, components: dict[str, Callable[[], dict]]) -> Callable[[], dict]:
-    def status() -> dict:
-        stats = index.statistics()
-        finished = stats["last_scan_finished_at"]
-        return {
-            "mountpoint": str(settings.mountpoint),
-            "pid": os.getpid(),
-            "uptime_seconds": round(time.time() - started, 3),
-            "index": {"path": stats["index_path"], "tracks": stats["tracks"],
-                      "directories": stats["directories"], "files": stats["files"],
-                      "bytes": stats["bytes"], "skipped": stats["skipped"],
-                      "template": stats["template"],
-                      "age_seconds": round(time.time() - finished, 3) if finished else None},
-            "origins": [{"id": origin_id, **state, "reachable": state["state"] in ("healthy", "degraded")}
-                        for origin_id, state in health.statistics().items()],
-            **{name: stats_fn() for name, stats_fn in components.items()},
-        }
-    return status
-
-
-def _errors(index: LibraryIndex) -> Callable[[], dict]:
-    def errors() -> dict:
-        skipped = index.skipped()
-        return {"skipped": [s.__dict__ for s in skipped], "count": len(skipped)}
-    return errors
-
-
-async def _stop_on_signal() -> None:
+async def _stop_on_signal(lifecycle: Lifecycle) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal %s: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
+            lifecycle.request_shutdown(force=True, reason=signal.Signals(signum).name)
             return
+
+
+async def _stop_when_asked(lifecycle: Lifecycle, ops: Operations) -> None:
+    """Unmount once asked (API, signal): requests in flight finish first, within the drain time."""
+    request = await lifecycle.wait_shutdown()
+    if not request.force:
+        with trio.move_on_after(request.drain_timeout):
+            while ops.in_flight:
+                await trio.sleep(0.02)
+    log.info("unmounting (asked by %s)", request.reason)
+    pyfuse3.terminate()
+
+
+def _control_app(services: ControlServices):
+    """Build the control API (in a worker thread: FastAPI is imported now, on first use)."""
+    from .control.api import build_app
+
+    return build_app(services)
+
+
+async def _serve_control(server: ControlServer) -> None:
+    """The control API, supervised like the other services; its socket goes with the mount."""
+    try:
+        await _supervised("control API", server.run)
+    finally:
+        with trio.CancelScope(shield=True):
+            await server.close()
 
 
 async def _raise_background_limit(mountpoint: Path) -> None:
@@ -182,6 +186,9 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
     direct = DirectReader({k: o for k, o in origins.items() if isinstance(o, LocalOrigin)})
     health = HealthMonitor(origins, {o.id: o.priority for o in config.origins},
                            interval=settings.health_interval, timeout=settings.read_timeout)
+    lifecycle = Lifecycle(degraded=health.any_unhealthy)
+    status = StatusService(mountpoint=settings.mountpoint, index=index, health=health, lifecycle=lifecycle,
+                           started=started)
     mounted = False
     try:
         async with trio.open_nursery() as nursery:
@@ -192,15 +199,25 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             finished = (index.last_scan() or {}).get("finished_at") or started
             policy = AttrPolicy(entry_timeout=settings.entry_timeout, attr_timeout=settings.attr_timeout,
                                 dir_mtime_ns=int(finished * 10**9))
-            components: dict[str, Callable[[], dict]] = {
-                "reader": reader.statistics, "direct": direct.statistics, "cache": cache.statistics,
-                "events": bus.statistics}
-            hidden = HiddenFiles({"status.json": _status(index, health, settings, started, components),
-                                  "errors.json": _errors(index)})
+            hidden = HiddenFiles({"status.json": status.status, "errors.json": status.errors})
             raw = RawView(origins)
-            components["raw_views"] = raw.statistics
             ops = Operations(index, reader, hidden, policy, raw)
-            components["fuse"] = ops.statistics
+            for name, statistics in (("reader", reader.statistics), ("direct", direct.statistics),
+                                     ("cache", cache.statistics), ("events", bus.statistics),
+                                     ("raw_views", raw.statistics), ("fuse", ops.statistics)):
+                status.register(name, statistics)
+            control = None
+            if settings.control_socket is not None:
+                services = ControlServices(status=status, lifecycle=lifecycle, cache=cache, bus=bus,
+                                           limiter=trio.CapacityLimiter(4))
+                control = ControlServer(settings.control_socket, functools.partial(_control_app, services))
+                try:
+                    control.bind()
+                except OSError as exc:  # the mount serves on; only the API is missing
+                    log.error("control API unavailable: cannot listen on %s: %s", settings.control_socket, exc)
+                    control = None
+                else:
+                    status.register("control", control.statistics)
             try:
                 pyfuse3.init(ops, str(settings.mountpoint), fuse_options(settings))
             except RuntimeError as exc:  # fusermount3 printed why (on stderr, in the log)
@@ -211,13 +228,18 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             log.info("mounted %s at %s", settings.index_path, settings.mountpoint)
             if on_mounted:
                 on_mounted()
-            nursery.start_soon(_stop_on_signal)
+            lifecycle.mounted()
+            nursery.start_soon(_stop_on_signal, lifecycle)
+            nursery.start_soon(_stop_when_asked, lifecycle, ops)
             nursery.start_soon(_raise_background_limit, settings.mountpoint)
             nursery.start_soon(_supervised, "cache access-time flush", reader.flush_periodically)
             nursery.start_soon(functools.partial(_supervised, "cache reconciliation", _reconcile, cache,
                                                  restart=False))
             nursery.start_soon(_supervised, "origin health probes", health.run)
+            if control is not None:
+                nursery.start_soon(_serve_control, control)
             await pyfuse3.main(min_tasks=4, max_tasks=settings.max_tasks)
+            lifecycle.request_shutdown(force=True, reason="unmount")  # fusermount -u, umount: state says so
             await reader.drain(timeout=settings.read_timeout)
             nursery.cancel_scope.cancel()
     finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import daemon
 from ..config import state_home
+from ..control.sockets import socket_path
 from ..errors import MusicFSError
 from ..index.library import LibraryIndex
 from ..mount import MountSettings, serve
@@ -239,11 +240,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
             console.print(f"musicfs pid {pid} mounted {mountpoint} (log: {files.log})")
             return 0
         daemon.raise_open_files_limit()
+        control = socket_path(state, files.pid.stem)
         settings = MountSettings(mountpoint=mountpoint, index_path=path, debug_fuse=args.debug_fuse,
                                  cache_dir=cache_dir, read_timeout=config.read_timeout,
-                                 health_interval=config.health_interval, allow_other=allow_other)
+                                 health_interval=config.health_interval, allow_other=allow_other,
+                                 control_socket=control)
         serve(config, settings, on_mounted=lambda: daemon.write_pidfile(
-            files, mountpoint, path.absolute(), cache_dir=str(cache_dir)))
+            files, mountpoint, path.absolute(), cache_dir=str(cache_dir), socket=str(control)))
     finally:
         if args.foreground:
             files.pid.unlink(missing_ok=True)

@@ -48,6 +48,7 @@ def _op(func: Callable) -> Callable:
     @functools.wraps(func)
     async def wrapper(self: Operations, *args: Any) -> Any:
         self.op_counts[name] += 1
+        self.in_flight += 1
         try:
             return await func(self, *args)
         except pyfuse3.FUSEError:
@@ -65,6 +66,8 @@ def _op(func: Callable) -> Callable:
             log.error("%s%r failed unexpectedly: %s: %s", name, args[:2], type(exc).__name__, exc,
                       exc_info=exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            self.in_flight -= 1
 
     return wrapper
 
@@ -95,6 +98,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = InodeTable()
         self.op_counts: Counter[str] = Counter()
         self.error_counts: Counter[str] = Counter()
+        self.in_flight = 0  # requests being answered now (a shutdown lets them finish)
         self._handles: dict[int, Any] = {}
         self._fh = itertools.count(1)
 
@@ -320,5 +324,6 @@ class Operations(pyfuse3.Operations):
             "ops": dict(self.op_counts),
             "errors": dict(self.error_counts),
             "open_handles": len(self._handles),
+            "in_flight": self.in_flight,
             **self.inodes.statistics(),
         }

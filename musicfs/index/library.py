@@ -102,6 +102,21 @@ class LibraryIndex:
         row = self.conn.execute("SELECT 1 FROM scans WHERE finished_at IS NOT NULL LIMIT 1")
         return row.fetchone() is not None
 
+    def origin_statistics(self) -> dict[str, dict[str, Any]]:
+        """Per origin: tracks, bytes, skipped files and when its last complete scan finished."""
+        q = self.conn.execute
+        result: dict[str, dict[str, Any]] = {
+            row[0]: {"kind": row[1], "location": row[2], "tracks": 0, "bytes": 0, "skipped": 0,
+                     "last_sync": None} for row in q("SELECT id, kind, location FROM origins")}
+        for origin_id, tracks, size in q("SELECT origin_id, COUNT(*), COALESCE(SUM(size), 0) FROM tracks"
+                                         " GROUP BY origin_id"):
+            result.setdefault(origin_id, {}).update(tracks=tracks, bytes=size)
+        for origin_id, skipped in q("SELECT origin_id, COUNT(*) FROM skipped GROUP BY origin_id"):
+            result.setdefault(origin_id, {})["skipped"] = skipped
+        for origin_id, finished in q("SELECT origin_id, MAX(finished_at) FROM scans GROUP BY origin_id"):
+            result.setdefault(origin_id, {})["last_sync"] = finished
+        return result
+
     def statistics(self) -> dict[str, Any]:
         """Counts for status.json, ``musicfs-inspect index`` and metrics."""
         q = self.conn.execute

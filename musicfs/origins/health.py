@@ -174,6 +174,9 @@ class HealthMonitor:
         return sorted(origin_ids, key=lambda o: (_RANK.get(self.health[o].state, 1) if o in self.health
                                                  else 3, self.priorities.get(o, 99), o))
 
+    def any_unhealthy(self) -> bool:
+        return any(h.state == "unhealthy" for h in self.health.values())
+
     def statistics(self) -> dict:
         return {origin_id: {"state": h.state, "latency_ms": h.latency_ms, "error": h.error,
                             "checked_at": h.checked_at, "priority": self.priorities.get(origin_id),

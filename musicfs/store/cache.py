@@ -312,6 +312,23 @@ class ContentCache:
         with self._lock:
             self._flush_access()
 
+    def clear_selected(self, origin_id: str | None = None, *, dry_run: bool = False) -> dict:
+        """Remove an origin's cached files (every origin's if None), never a chunk of a file being read.
+
+        A chunk another origin's file shares stays. Returns what was (or, with
+        ``dry_run``, would be) removed: chunk maps, chunks and bytes.
+        """
+        with self._lock:
+            manifests, chunks = self.index.clearable(origin_id, set(self._in_use))
+            freed = sum(size for _, size in chunks)
+            if not dry_run:
+                for address, _ in chunks:
+                    self.files.discard(address)
+                self.index.forget(manifests, [a for a, _ in chunks])
+                self.size = self.index.total_bytes()
+        return {"origin": origin_id, "dry_run": dry_run, "manifests": len(manifests), "chunks": len(chunks),
+                "bytes": freed}
+
     def clear(self) -> int:
         """Drop every chunk and manifest (``musicfs-inspect cache clear``)."""
         with self._lock:

@@ -320,6 +320,49 @@ class ChunkIndex:
         self.conn.execute("DELETE FROM manifest_chunks WHERE manifest_id = ?", (row[0],))
         self.conn.execute("DELETE FROM manifests WHERE id = ?", (row[0],))
 
+    def clearable(self, origin_id: str | None, spare: set[str]) -> tuple[list[int], list[tuple[str, int]]]:
+        """What clearing ``origin_id``'s cache (every origin's if None) would remove, sparing ``spare``.
+
+        Returns (manifest ids, [(chunk address, size)]): the origin's chunk maps
+        that list no spared chunk, and the chunks only those maps list (a chunk
+        another origin's file shares stays). With no origin, chunks no map lists
+        (strays of stopped fills) go too.
+        """
+        q = self.conn.execute
+        where, args = ("", ()) if origin_id is None else (" WHERE m.origin_id = ?", (origin_id,))
+        listed: dict[int, set[str]] = {}
+        for manifest_id, address in q("SELECT m.id, c.address FROM manifests m LEFT JOIN manifest_chunks c"
+                                      " ON c.manifest_id = m.id" + where, args):
+            listed.setdefault(manifest_id, set()).update([address] if address else [])
+        chosen = [m for m, addresses in listed.items() if not addresses & spare]  # open files stay whole
+        addresses = set().union(*(listed[m] for m in chosen)) if chosen else set()
+        kept = set(listed) - set(chosen)
+        others = {row[0] for row in q("SELECT DISTINCT address FROM manifest_chunks c JOIN manifests m"
+                                      " ON c.manifest_id = m.id" + ("" if origin_id is None else
+                                                                    " WHERE m.origin_id != ?"), args)}
+        if origin_id is None:
+            marks = ",".join("?" * len(kept))  # the maps of open files: a few
+            others = {row[0] for row in q(f"SELECT address FROM manifest_chunks WHERE manifest_id IN ({marks})",
+                                          tuple(kept))} if kept else set()
+            addresses |= {row[0] for row in q(
+                "SELECT address FROM chunks WHERE address NOT IN (SELECT address FROM manifest_chunks)")}
+        else:
+            others |= set().union(*(listed[m] for m in kept)) if kept else set()
+        sizes = dict(q("SELECT address, size FROM chunks").fetchall()) if addresses else {}
+        chunks = [(a, sizes[a]) for a in sorted(addresses - others - spare) if a in sizes]
+        return chosen, chunks
+
+    def forget(self, manifest_ids: list[int], addresses: list[str]) -> None:
+        """Drop chunk maps and chunk rows (what :meth:`clearable` chose), in one transaction."""
+        with transaction(self.conn):
+            for manifest_id in manifest_ids:
+                self.conn.execute(
+                    "UPDATE chunks SET refs = MAX(refs - 1, 0) WHERE address IN"
+                    " (SELECT address FROM manifest_chunks WHERE manifest_id = ?)", (manifest_id,))
+                self.conn.execute("DELETE FROM manifest_chunks WHERE manifest_id = ?", (manifest_id,))
+                self.conn.execute("DELETE FROM manifests WHERE id = ?", (manifest_id,))
+            self.conn.executemany("DELETE FROM chunks WHERE address = ?", [(a,) for a in addresses])
+
     def clear(self) -> None:
         with transaction(self.conn):
             for table in ("manifest_chunks", "manifests", "chunks"):

@@ -1,0 +1,114 @@
+"""Serving the control API on the mount's Unix socket, inside the daemon's trio loop.
+
+The HTTP side is hypercorn's (its trio connection handler speaks HTTP/1.1 and
+drives the ASGI app); this module only owns the listening socket, so that
+each connection's peer can be checked before hypercorn sees it: a process of
+another user is refused (the socket's mode already keeps it out; this is the
+second lock) and the refusal is logged.
+
+The API costs nothing until it is used: the socket is bound at mount, but
+FastAPI, pydantic and hypercorn (some 20 MB and a third of a second) are
+imported, in a worker thread so the filesystem keeps answering, only when
+the first client connects. A daemon nobody asks stays small.
+
+Hostile clients: headers are capped by hypercorn (16 KiB), bodies by the
+app, an idle or half-open connection is dropped after ``IDLE_TIMEOUT``, and a
+request that fails inside the app is a 500 for that request only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .sockets import bind_private, peer_uid
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT = 10.0  # seconds an open connection may send nothing before it is dropped
+GRACEFUL = 1.0  # seconds requests in flight get when the server stops
+
+
+class _PeerChecked(trio.abc.Listener[trio.SocketStream]):
+    """A listener that hands on only connections from its own user (or root)."""
+
+    def __init__(self, inner: trio.SocketListener, uid: int):
+        self.inner, self.uid = inner, uid
+        self.refused = 0
+
+    async def accept(self) -> trio.SocketStream:
+        while True:
+            stream = await self.inner.accept()
+            uid = peer_uid(stream.socket)
+            if uid is None or uid in (self.uid, 0):
+                return stream
+            self.refused += 1
+            log.warning("control socket: refused a connection from uid %d (only uid %d may use it)",
+                        uid, self.uid)
+            await stream.aclose()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class ControlServer:
+    def __init__(self, path: Path, make_app: Callable[[], Any]):
+        """``make_app()`` builds the ASGI app; it is called in a worker thread, on first use."""
+        self.path = path
+        self.make_app = make_app
+        self.started = False  # the app was built (someone connected)
+        self._app: Any = None
+        self._sock: trio.socket.SocketType | None = None
+        self._ino = 0
+        self._listener: _PeerChecked | None = None
+
+    def bind(self) -> None:
+        """Make the socket (mode 0600 in a 0700 folder); a socket a killed daemon left is replaced."""
+        self._sock = trio.socket.from_stdlib_socket(bind_private(self.path))
+        self._ino = os.stat(self.path).st_ino
+        self._listener = _PeerChecked(trio.SocketListener(self._sock), os.getuid())
+
+    async def run(self) -> None:
+        """Serve the bound socket until cancelled (may be run again after a failure)."""
+        assert self._sock is not None and self._listener is not None, "bind() first"
+        if self._app is None:
+            await trio.lowlevel.wait_readable(self._sock)  # the first client knocks: now load the API
+            self._app = await trio.to_thread.run_sync(self.make_app)
+            self.started = True
+        await trio.serve_listeners(self._handler(self._app), [self._listener])
+
+    async def close(self) -> None:
+        """Close the socket and remove its file (if it is still ours, not a successor's)."""
+        if self._listener is not None:
+            await self._listener.aclose()
+        try:
+            if os.stat(self.path).st_ino == self._ino:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    @staticmethod
+    def _handler(app: Any):
+        from hypercorn.config import Config
+        from hypercorn.trio.tcp_server import TCPServer
+        from hypercorn.trio.worker_context import WorkerContext
+        from hypercorn.utils import wrap_app
+
+        config = Config()
+        config.keep_alive_timeout = IDLE_TIMEOUT
+        config.read_timeout = int(IDLE_TIMEOUT)
+        config.graceful_timeout = GRACEFUL
+        config.accesslog = None
+        config.errorlog = logging.getLogger("musicfs.control.http")
+        return partial(TCPServer, wrap_app(app, config.wsgi_max_body_size, "asgi"), config,
+                       WorkerContext(None), {})
+
+    def statistics(self) -> dict:
+        return {"socket": str(self.path), "api_loaded": self.started,
+                "connections_refused": self._listener.refused if self._listener else 0}

@@ -1,0 +1,45 @@
+"""What the control API is given: the mount's services, built by the composition root.
+
+The same objects serve the filesystem; the API holds no state of its own and
+writes no SQL. This module imports nothing heavy: the daemon builds the
+services at mount, and the API module (FastAPI and friends) is imported only
+when a client first connects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from ..events import EventBus
+from ..lifecycle import Lifecycle
+from ..status import StatusService
+from ..store.cache import ContentCache
+
+
+class SyncService(Protocol):
+    """Live rescans: ``rescan`` yields progress documents until the rescan has committed."""
+
+    def origin_ids(self) -> list[str]: ...
+
+    def rescan(self, origin_id: str) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class MetricsSource(Protocol):
+    """Prometheus exposition: (body, content type)."""
+
+    def render(self) -> tuple[bytes, str]: ...
+
+
+@dataclass(frozen=True)
+class ControlServices:
+    status: StatusService
+    lifecycle: Lifecycle
+    cache: ContentCache
+    bus: EventBus
+    limiter: trio.CapacityLimiter  # worker threads for blocking calls (SQLite, disk)
+    sync: SyncService | None = None
+    metrics: MetricsSource | None = None
