@@ -101,11 +101,12 @@ async def _stop_on_signal(lifecycle: Lifecycle) -> None:
 
 
 async def _stop_when_asked(lifecycle: Lifecycle, ops: Operations) -> None:
-    """Unmount once asked (API, signal): requests in flight finish first, within the drain time."""
+    """Unmount once asked (API, signal): reads under way finish first (requests in flight, files
+    open: a read() is many requests), within the drain time."""
     request = await lifecycle.wait_shutdown()
     if not request.force:
         with trio.move_on_after(request.drain_timeout):
-            while ops.in_flight:
+            while ops.busy():
                 await trio.sleep(0.02)
     log.info("unmounting (asked by %s)", request.reason)
     pyfuse3.terminate()

@@ -319,6 +319,10 @@ class Operations(pyfuse3.Operations):
     @_read_only
     async def removexattr(self, inode, name, ctx): ...
 
+    def busy(self) -> bool:
+        """True while a request is being answered or a file is open (a graceful shutdown waits)."""
+        return bool(self.in_flight or self._handles)
+
     def statistics(self) -> dict[str, Any]:
         return {
             "ops": dict(self.op_counts),
