@@ -19,7 +19,8 @@ import pytest
 
 from musicfs.errors import ConfigError, NotFound, OriginUnavailable
 from musicfs.origins.base import create
-from musicfs.origins.sftp import SHARE, SftpOrigin
+from musicfs.origins.sftp import SftpOrigin
+from musicfs.origins.sftppool import SHARE
 from tests.origin_contract import PAGE_FILES, OriginContract, add_hostile_links
 from tests.sshserver import SshServer, ssh_server
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import trio
 
 from ..errors import MusicFSError
+from ..events import EventBus, OriginConnected, OriginDisconnected
 from .base import Health, Origin
 from .retry import Failure
 
@@ -54,8 +55,11 @@ class _Record:
 class HealthMonitor:
     def __init__(self, origins: dict[str, Origin], priorities: dict[str, int], *, interval: float = 30.0,
                  timeout: float = 5.0, slow_ms: float = 1000.0,
-                 on_change: Callable[[str, str, str], None] | None = None):
+                 on_change: Callable[[str, str, str], None] | None = None, bus: EventBus | None = None):
+        """``bus`` gets an OriginDisconnected when an origin goes offline and an OriginConnected
+        when it answers again (or first answers): once per transition, like the log lines."""
         self.origins = origins
+        self.bus = bus
         self.priorities = priorities
         self.interval = interval
         self.timeout = timeout
@@ -77,6 +81,8 @@ class HealthMonitor:
         if state != before:
             health.history = (health.history + [f"{time.strftime('%H:%M:%S')} {state}"])[-10:]
             self._log_transition(origin_id, before, state, error)
+            probed = health.latency_ms if latency_ms is not None else None  # this probe's, not an old one
+            self._publish_transition(origin_id, before, state, error, probed)
             if self.on_change:
                 self.on_change(origin_id, before, state)
 
@@ -95,6 +101,16 @@ class HealthMonitor:
                         origin_id, state, lasted, failed, "" if failed == 1 else "s")
         else:
             log.info("origin %s is %s (was %s)%s", origin_id, state, before, f": {error}" if error else "")
+
+    def _publish_transition(self, origin_id: str, before: str, state: str, error: str | None,
+                            latency_ms: float | None) -> None:
+        """Offline, and reachable again; healthy <-> degraded is no connection change."""
+        if self.bus is None:
+            return
+        if state == "unhealthy":
+            self.bus.publish(OriginDisconnected(origin_id, error or "no answer"))
+        elif before in ("unhealthy", "unknown"):
+            self.bus.publish(OriginConnected(origin_id, latency_ms))
 
     def attempt_failed(self, origin_id: str, what: str, failure: Failure) -> None:
         """A read's call to the origin failed (``what``: which read): count it, and log it quietly.
