@@ -101,6 +101,8 @@ class ReplicaFetcher:
             if origin_id != state.origin_id:
                 self.counters.failovers += 1
             self.counters.origin_bytes += len(data)
+            by_origin = self.counters.bytes_by_origin
+            by_origin[origin_id] = by_origin.get(origin_id, 0) + len(data)
             return data, origin_id
         if missing == len(replicas):
             raise OriginUnavailable(f"{state.real_path} is listed but no origin holds it any more "

@@ -105,6 +105,7 @@ class ReaderCounters:
     direct_reads: int = 0
     origin_requests: int = 0
     origin_bytes: int = 0
+    bytes_by_origin: dict[str, int] = field(default_factory=dict)  # origin_bytes, per origin
     refetched_chunks: int = 0
     store_errors: int = 0
     failovers: int = 0  # reads served by a replica other than the track's own origin

@@ -32,7 +32,7 @@ from typing import Any
 import trio
 
 from ..errors import OriginUnavailable
-from ..events import EventBus
+from ..events import EventBus, FileAccessed
 from .cache import ContentCache
 from .chunkdb import ChunkRef
 from .digest import digest
@@ -100,10 +100,19 @@ class CachedReader:
 
     # -- handles ----------------------------------------------------------
     async def open(self, track: dict) -> CachedHandle:
+        """A handle on ``track``; a FileAccessed event says so (one per open, not per read).
+
+        A pass-through open is announced by the pass-through reader itself.
+        """
         never = self.policies.get(track["origin_id"], "always") == "never"
         if never and self.direct is not None and hasattr(self.origins.get(track["origin_id"]), "local_path"):
             state = FileState(track["origin_id"], track["real_path"], track["size"], "")
             return CachedHandle(track["id"], state, direct=await self.direct.open(track))
+        handle = await self._open_cached(track, never)
+        self.bus.publish(FileAccessed(track["origin_id"], track["real_path"], track["size"]))
+        return handle
+
+    async def _open_cached(self, track: dict, never: bool) -> CachedHandle:
         version = track.get("version") or f"{track['size']}:{track['mtime_ns']}"
         key = (track["origin_id"], track["real_path"], version)
         state = self._states.get(key) or self._resume(key)
@@ -342,5 +351,6 @@ class CachedReader:
         self.cache.close()
 
     def statistics(self) -> dict:
-        return {**self.counters.__dict__, "open_files": len(self._states), "partial_files": len(self._partial),
+        return {**self.counters.__dict__, "bytes_by_origin": dict(self.counters.bytes_by_origin),
+                "open_files": len(self._states), "partial_files": len(self._partial),
                 "memory_chunk_bytes": self._recent_bytes}

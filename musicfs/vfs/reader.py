@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..errors import NotFound, OriginUnavailable
+from ..events import EventBus, FileAccessed
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ReaderStats:
     errors: int = 0
     open_handles: int = 0
     open_fds: int = 0
+    bytes_by_origin: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,8 +51,10 @@ class Handle:
 class DirectReader:
     """Reads tracks from their local origins; ``origins`` maps origin id -> LocalOrigin."""
 
-    def __init__(self, origins: dict, *, max_threads: int = 16):
+    def __init__(self, origins: dict, *, max_threads: int = 16, bus: EventBus | None = None):
+        """``bus`` gets a FileAccessed event for each open (not for each read)."""
         self.origins = origins
+        self.bus = bus
         self.limiter = trio.CapacityLimiter(max_threads)
         self._files: dict[int, _OpenFile] = {}
         self.stats = ReaderStats()
@@ -80,6 +84,8 @@ class DirectReader:
         self.stats.opens += 1
         self.stats.open_handles += 1
         self.stats.open_fds = len(self._files)
+        if self.bus is not None:
+            self.bus.publish(FileAccessed(handle.origin_id, handle.real_path, handle.size))
         return handle
 
     async def read(self, handle: Handle, offset: int, size: int) -> bytes:
@@ -94,6 +100,8 @@ class DirectReader:
             raise OriginUnavailable(f"{handle.origin_id}:{handle.real_path}: {exc.strerror}") from None
         self.stats.reads += 1
         self.stats.bytes_read += len(data)
+        by_origin = self.stats.bytes_by_origin
+        by_origin[handle.origin_id] = by_origin.get(handle.origin_id, 0) + len(data)
         return data
 
     def release(self, handle: Handle) -> None:
@@ -113,4 +121,4 @@ class DirectReader:
         self._files.clear()
 
     def statistics(self) -> dict:
-        return dict(self.stats.__dict__)
+        return {**self.stats.__dict__, "bytes_by_origin": dict(self.stats.bytes_by_origin)}
