@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev ffmpeg fio tree openssh-server openssh-client
+# systemd: for systemd-analyze, which checks the service unit (installing it starts nothing)
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev ffmpeg fio tree openssh-server openssh-client systemd
 SAMPLE ?= build/sample-library
 MNT ?= mnt
 STATE ?= build/state

@@ -266,6 +266,7 @@ def test_f38_p99_of_128_paced_readers_within_twice_one_reader(soak_mount, capsys
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 @pytest.mark.req("FAULT-38")
 def test_f38_fifteen_minute_soak(soak_mount, capsys):
     mounted, expected = soak_mount

@@ -8,6 +8,12 @@ Example::
     [mount]
     allow_other = false   # true: other users may read it too (modes are then enforced)
 
+    [scan]
+    interval = 3600       # rescan every origin hourly while mounted (off when left out)
+
+    [metrics]
+    listen = "127.0.0.1:9877"   # Prometheus scrapes /metrics here (off when left out)
+
     [[origins]]
     id = "nas"
     type = "local"
@@ -22,6 +28,7 @@ way TOML lays it out (table headers, then ``key =`` lines).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -80,10 +87,12 @@ class Config:
     cache_dir: Path | None = None  # default: <XDG cache home>/musicfs/<library name>
     cache_size: int = 10 * 10**9  # NFR-5.2 default
     scan_workers: int = 4
+    scan_interval: float | None = None  # seconds between rescans of a running mount; None: off
     read_timeout: float = 5.0
     health_interval: float = 30.0
     # let other users in (FUSE allow_other); the kernel then checks the modes shown (default_permissions)
     allow_other: bool = False
+    metrics_listen: tuple[str, int] | None = None  # (IP address, port) Prometheus scrapes; None: no listener
     source: str | None = None
 
     def library_name(self) -> str:
@@ -156,7 +165,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
              index: int | None = None) -> ConfigError:
         return ConfigError(message, source=source, line=where.line_of(table, key, index))
 
-    unknown = set(data) - {"library", "cache", "scan", "health", "mount", "origins"}
+    unknown = set(data) - {"library", "cache", "scan", "health", "mount", "metrics", "origins"}
     if unknown:
         name = sorted(unknown)[0]
         raise fail(f"unknown section or key {name!r}", None, name) if not isinstance(
@@ -168,6 +177,8 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     mount = _table(data, "mount", fail)
     _only(health, {"interval"}, "health", fail)
     _only(mount, {"allow_other"}, "mount", fail)
+    metrics = _table(data, "metrics", fail)
+    _only(metrics, {"listen"}, "metrics", fail)
     if "interval" in health:
         interval = health["interval"]
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.1 <= interval <= 86400:
@@ -177,7 +188,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         kwargs_health = None
     _only(library, {"name", "template", "index"}, "library", fail)
     _only(cache, {"dir", "size", "read_timeout"}, "cache", fail)
-    _only(scan, {"workers"}, "scan", fail)
+    _only(scan, {"workers", "interval"}, "scan", fail)
     kwargs: dict[str, Any] = {"source": source}
     if "allow_other" in mount:
         kwargs["allow_other"] = _typed(mount, "allow_other", bool, "mount", fail)
@@ -216,8 +227,34 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         if not 1 <= workers <= 64:
             raise fail("workers must be between 1 and 64", "scan", "workers")
         kwargs["scan_workers"] = workers
+    if "interval" in scan:
+        interval = scan["interval"]
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 1 <= interval <= 2592000:
+            raise fail("interval must be a number of seconds between 1 and 2592000 (30 days); leave it "
+                       "out for no scheduled rescans", "scan", "interval")
+        kwargs["scan_interval"] = float(interval)
+    if "listen" in metrics:
+        try:
+            kwargs["metrics_listen"] = parse_listen(metrics["listen"])
+        except ValueError as exc:
+            raise fail(str(exc), "metrics", "listen") from None
     kwargs["origins"] = _origins(data.get("origins", []), fail)
     return Config(**kwargs)
+
+
+def parse_listen(value: Any) -> tuple[str, int]:
+    """``"127.0.0.1:9877"`` or ``"[::1]:9877"``: an IP address (never a name: nothing is resolved) and a port."""
+    text = value if isinstance(value, str) else ""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", text.strip())
+    try:
+        host = str(ipaddress.ip_address(match.group(1) or match.group(3))) if match else ""
+    except ValueError:
+        host = ""
+    port = int(match.group(2) or match.group(4)) if match else 0
+    if not host or not 1 <= port <= 65535:
+        raise ValueError(f"listen must be IP:PORT, e.g. \"127.0.0.1:9877\" (or \"[::1]:9877\"; \"0.0.0.0:9877\" "
+                         f"for every interface), not {value!r}")
+    return host, port
 
 
 def _line_from_message(message: str) -> int | None:

@@ -36,6 +36,7 @@ class Lifecycle:
         self._syncing = 0
         self.shutdown: ShutdownRequest | None = None
         self._asked = trio.Event()
+        self.answering = trio.Event()  # set once the mount was seen answering a request
 
     @property
     def state(self) -> str:

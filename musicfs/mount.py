@@ -21,11 +21,15 @@ import trio
 
 from . import daemon
 from .config import Config
+from .control.exporter import MetricsListener
+from .control.metrics import LatencyRecorder, MountMetrics
 from .control.server import ControlServer
 from .control.services import ControlServices
 from .dirs import make_private
 from .events import EventBus
 from .fuse.attrs import AttrPolicy
+from .fuse.inodes import InodeTable
+from .fuse.invalidate import KernelInvalidator
 from .fuse.operations import Operations
 from .index.library import LibraryIndex
 from .lifecycle import Lifecycle
@@ -35,9 +39,12 @@ from .origins.local import LocalOrigin
 from .status import StatusService
 from .store.cache import ContentCache
 from .store.reader import CachedReader
+from .systemd import Notifier
 from .vfs.hidden import HiddenFiles
 from .vfs.rawview import RawView
 from .vfs.reader import DirectReader
+from .vfs.resolver import Resolver
+from .vfs.sync import SyncService
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +135,50 @@ async def _serve_control(server: ControlServer) -> None:
             await server.close()
 
 
-async def _raise_background_limit(mountpoint: Path) -> None:
-    """Once the kernel's INIT handshake is done (a first request answered), allow more read-ahead.
+def _bind_metrics(address: tuple[str, int], metrics: MountMetrics) -> MetricsListener | None:
+    """The TCP listener Prometheus scrapes (``[metrics] listen``); a port in use costs only it."""
+    listener = MetricsListener(*address, metrics.render)
+    try:
+        listener.bind()
+    except OSError as exc:
+        log.error("metrics listener unavailable: cannot listen on %s: %s", listener.address, exc)
+        return None
+    return listener
 
-    Set earlier, the INIT reply would put the kernel's default back. The stat is
-    answered by this daemon's own loop, so it must never hold up a shutdown.
+
+async def _serve_metrics(listener: MetricsListener) -> None:
+    """Prometheus' door, supervised like the control API; its port closes with the mount."""
+    try:
+        await _supervised("metrics listener", listener.run)
+    finally:
+        with trio.CancelScope(shield=True):
+            await listener.close()
+
+
+async def _check_answering(mountpoint: Path, lifecycle: Lifecycle) -> None:
+    """Stat the mount until it answers (the kernel's INIT handshake is done), then say so.
+
+    The stat runs in a child process, never in a thread of ours: a thread blocked on
+    this daemon's own mount would keep a SIGKILLed daemon from ever exiting (its FUSE
+    connection cannot close while it waits), a child does not. It goes through the
+    kernel to this same loop, so it answers once ``pyfuse3.main`` serves requests.
     """
-    with trio.move_on_after(10):  # abandoned on unmount: once the loop stops, nobody answers it
-        await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    while True:
+        with trio.move_on_after(10):
+            done = await trio.run_process(["stat", "-c", "%i", str(mountpoint)], capture_stdout=True,
+                                          capture_stderr=True, check=False)
+            if done.returncode == 0:
+                lifecycle.answering.set()
+                return
+        await trio.sleep(0.1)
+
+
+async def _raise_background_limit(mountpoint: Path, lifecycle: Lifecycle) -> None:
+    """Once the kernel's INIT handshake is done, allow more read-ahead requests in flight.
+
+    Set earlier, the INIT reply would put the kernel's default back.
+    """
+    await lifecycle.answering.wait()
     if await trio.to_thread.run_sync(daemon.raise_background_limit, mountpoint, MAX_BACKGROUND):
         log.debug("FUSE background requests raised to %d", MAX_BACKGROUND)
     else:
@@ -184,12 +227,13 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
     bus = EventBus()
     cache = ContentCache(settings.cache_dir, config.cache_size, bus.publish)
     origins = _origins(config)
-    direct = DirectReader({k: o for k, o in origins.items() if isinstance(o, LocalOrigin)})
+    direct = DirectReader({k: o for k, o in origins.items() if isinstance(o, LocalOrigin)}, bus=bus)
     health = HealthMonitor(origins, {o.id: o.priority for o in config.origins},
-                           interval=settings.health_interval, timeout=settings.read_timeout)
+                           interval=settings.health_interval, timeout=settings.read_timeout, bus=bus)
     lifecycle = Lifecycle(degraded=health.any_unhealthy)
     status = StatusService(mountpoint=settings.mountpoint, index=index, health=health, lifecycle=lifecycle,
                            started=started)
+    notifier = Notifier.from_environment()  # systemd's socket and watchdog, when systemd runs this daemon
     mounted = False
     try:
         async with trio.open_nursery() as nursery:
@@ -202,15 +246,27 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
                                 dir_mtime_ns=int(finished * 10**9))
             hidden = HiddenFiles({"status.json": status.status, "errors.json": status.errors})
             raw = RawView(origins)
-            ops = Operations(index, reader, hidden, policy, raw)
+            inodes = InodeTable()  # the kernel's lookup counts: shared with the rescans' invalidation
+            recorder = LatencyRecorder()  # each FUSE handler's time, for /metrics
+            ops = Operations(index, reader, hidden, policy, raw, inodes=inodes, recorder=recorder)
+            invalidator = KernelInvalidator(inodes, Resolver(index.conn))
+            sync = SyncService(index, origins, config.path_template(), bus=bus, lifecycle=lifecycle,
+                               tree_changed=invalidator, workers=config.scan_workers)
+            status.register("sync", sync.statistics)
+            status.register("invalidation", invalidator.statistics)
             for name, statistics in (("reader", reader.statistics), ("direct", direct.statistics),
                                      ("cache", cache.statistics), ("events", bus.statistics),
                                      ("raw_views", raw.statistics), ("fuse", ops.statistics)):
                 status.register(name, statistics)
+            metrics = MountMetrics(status, recorder)  # /metrics: the same statistics, plus FUSE latencies
+            status.register("metrics", metrics.statistics)
+            exporter = _bind_metrics(config.metrics_listen, metrics) if config.metrics_listen else None
+            if exporter is not None:
+                status.register("metrics_listener", exporter.statistics)
             control = None
             if settings.control_socket is not None:
                 services = ControlServices(status=status, lifecycle=lifecycle, cache=cache, bus=bus,
-                                           limiter=trio.CapacityLimiter(4))
+                                           limiter=trio.CapacityLimiter(4), sync=sync, metrics=metrics)
                 control = ControlServer(settings.control_socket, functools.partial(_control_app, services))
                 try:
                     control.bind()
@@ -232,18 +288,30 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             lifecycle.mounted()
             nursery.start_soon(_stop_on_signal, lifecycle)
             nursery.start_soon(_stop_when_asked, lifecycle, ops)
-            nursery.start_soon(_raise_background_limit, settings.mountpoint)
+            nursery.start_soon(_check_answering, settings.mountpoint, lifecycle)
+            nursery.start_soon(_raise_background_limit, settings.mountpoint, lifecycle)
             nursery.start_soon(_supervised, "cache access-time flush", reader.flush_periodically)
             nursery.start_soon(functools.partial(_supervised, "cache reconciliation", _reconcile, cache,
                                                  restart=False))
             nursery.start_soon(_supervised, "origin health probes", health.run)
+            nursery.start_soon(_supervised, "systemd notifications", notifier.run, lifecycle, settings.mountpoint)
+            nursery.start_soon(_supervised, "rescan metrics", metrics.follow, bus)
+            if exporter is not None:
+                nursery.start_soon(_serve_metrics, exporter)
+            nursery.start_soon(_supervised, "live rescans", sync.run)
+            if config.scan_interval is not None:
+                nursery.start_soon(_supervised, "scheduled rescans", sync.run_schedule, config.scan_interval)
             if control is not None:
                 nursery.start_soon(_serve_control, control)
             await pyfuse3.main(min_tasks=4, max_tasks=settings.max_tasks)
+            bus.close()  # event feeds end: their clients see the stream finish, not a cut
+            with trio.move_on_after(1.0):  # one whose client stopped reading is cut below
+                await bus.drained()
             lifecycle.request_shutdown(force=True, reason="unmount")  # fusermount -u, umount: state says so
             await reader.drain(timeout=settings.read_timeout)
             nursery.cancel_scope.cancel()
     finally:
+        notifier.stopping()  # once: also when the loop ended before the notifier saw the request
         if mounted:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", settings.mountpoint)
@@ -252,3 +320,4 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             origin.close()
         cache.close()
         index.close()
+        notifier.close()

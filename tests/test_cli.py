@@ -119,3 +119,83 @@ def test_locks_are_taken_all_or_none(tmp_path):
         again.release()
     finally:
         held.release()
+
+
+# -- the control commands' rendering (their behaviour on a real mount: conformance/test_control_cli.py)
+
+
+def shown(renderable) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=200, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_sizes_rates_and_durations_print_in_human_units():
+    from musicfs.cli import render
+
+    assert render.size(3_400_000_000) == "3.4 GB" and render.size(10 * 10**9) == "10.0 GB"
+    assert render.size(43_286) == "43.3 kB" and render.size(None) == "-"
+    assert [render.duration(s) for s in (0.0044, 0.25, 2.1, 200, 7500, 200_000)] == \
+        ["4.4 ms", "0.25 s", "2.1 s", "3 min 20 s", "2 h 05 min", "2 d 7 h"]
+    assert render.percent(0.9344) == "93.4 %" and render.percent(None) == "-"
+    assert render.ago(None) == "never" and render.ago(100.0, now=112.0) == "12.0 s ago"
+
+
+def test_the_cache_table_and_a_clear_say_what_the_api_said_in_human_units():
+    from musicfs.cli import render
+
+    stats = {"bytes": 3_400_000_000, "limit_bytes": 10 * 10**9, "manifests": 812, "partial_manifests": 3,
+             "chunks": 9000, "hits": 934, "misses": 66, "hit_rate": 0.934, "logical_bytes": 3_600_000_000,
+             "dedup_ratio": 0.0556, "evictions": 12, "evicted_bytes": 48_000_000, "corruptions": 0,
+             "writable": True, "directory": "/var/cache/musicfs"}
+    text = shown(render.cache_table({**stats, "tiers": {"chunks": stats}}))
+    for expected in ("3.4 GB of 10.0 GB", "812 (3 in part)", "93.4 %", "200.0 MB (5.6 %)", "12 (48.0 MB)",
+                     "/var/cache/musicfs"):
+        assert expected in text, (expected, text)
+    assert render.clear_line({"manifests": 2, "chunks": 40, "entries": 42, "bytes": 8_000_000,
+                              "bytes_freed": 8_000_000, "dry_run": False, "tier": "chunks"}) == \
+        "cleared 2 cached files, 40 chunks (42 entries) from tier chunks: 8.0 MB freed"
+    assert render.clear_line({"manifests": 1, "chunks": 4, "entries": 5, "bytes": 1000, "bytes_freed": 0,
+                              "dry_run": True}).endswith("1.0 kB (dry run: nothing removed)")
+
+
+def test_status_origins_and_events_render_without_reading_markup_in_names():
+    from musicfs.cli import render
+
+    origin = {"id": "nas", "kind": "local", "location": "/music/[live]", "state": "unhealthy",
+              "latency_ms": 2100.0, "error": "no answer within 5 s", "checked_at": 1.0, "tracks": 3,
+              "bytes": 2_000_000, "skipped": 1, "last_sync": None, "failed_reads": 2, "failed_attempts": 8}
+    report = {"mountpoint": "/mnt/[music]", "pid": 42, "state": "degraded", "version": "1", "uptime_seconds": 7300,
+              "open_handles": 1, "fuse_ops_total": 9, "origins": [origin],
+              "index": {"path": "/i.db", "tracks": 3, "directories": 2, "bytes": 2_000_000, "skipped": 1,
+                        "age_seconds": 61.0},
+              "cache": {"bytes": 1000, "limit_bytes": 10**9, "hit_rate": 0.5}}
+    text = shown(render.status_table(report))
+    for expected in ("/mnt/[music]", "degraded", "2 h 01 min", "3 in 2 folders, 2.0 MB", "/music/[live]",
+                     "1.0 kB of 1.0 GB, hit rate 50.0 %", "1 min 1 s ago"):
+        assert expected in text, (expected, text)
+    assert "not answering" in shown(render.status_table({"mountpoint": "/m", "pid": 1, "error": "refused"}))
+    health = shown(render.origin_table(origin))
+    assert "2.1 s" in health and "no answer within 5 s" in health and "never" in health
+    assert "/music/[live]" in shown(render.origins_table([origin]))
+
+    line = render.event_line({"type": "FileAccessed", "at": 1_700_000_000.25, "origin_id": "nas",
+                              "path": "a/[b].flac", "size": 43_286}).plain
+    assert line.endswith("FileAccessed        nas  a/[b].flac  (size 43.3 kB)"), line
+    assert ".250" in line
+    assert render.event_line({"type": "dropped", "count": 12}).plain.startswith("… 12 events dropped")
+    synced = render.event_line({"type": "SyncCompleted", "at": 1.0, "origin_id": "nas", "added": 1,
+                                "removed": 0, "seconds": 2.1}).plain
+    assert "(added 1, removed 0, seconds 2.1 s)" in synced
+
+
+def test_a_command_with_no_daemon_says_so_in_one_line_and_exits_2(tmp_path, capsys):
+    from musicfs.cli.main import main
+
+    assert main(["--state-dir", str(tmp_path), "origin", "health", "nas"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "musicfs: no musicfs mount is running\n"
+    assert main(["--state-dir", str(tmp_path), "events", "--type", "FileAdded", str(tmp_path / "[m]")]) == 2
+    assert capsys.readouterr().err == f"musicfs: no musicfs daemon serves {tmp_path / '[m]'}\n"

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from .. import daemon
 from ..config import state_home
+from ..control.client import mounts_of_index
 from ..control.sockets import socket_path
 from ..errors import MusicFSError
 from ..index.library import LibraryIndex
-from ..mount import MountSettings, serve
 from ..origins.base import create
+from . import control
 from .common import (
     add_library_options,
     console,
@@ -57,10 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     umount.add_argument("mountpoint", type=Path)
     umount.set_defaults(func=cmd_umount)
 
-    status = sub.add_parser("status", help="what every running mount is doing")
-    status.add_argument("mountpoint", type=Path, nargs="?", help="only this mount")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
+    control.add_commands(sub)  # status, cache, origin, events, shutdown: through a mount's control API
+
+    unit = sub.add_parser("systemd-unit", help="print a systemd user service that keeps a mount mounted")
+    unit.add_argument("name", help="the service's name (install it as musicfs-NAME.service)")
+    add_library_options(unit)
+    unit.add_argument("--cache-dir", type=Path, help="content cache directory (overrides the config)")
+    unit.add_argument("mountpoint", type=Path)
+    unit.set_defaults(func=cmd_systemd_unit)
     return parser
 
 
@@ -144,6 +148,9 @@ def render_report(report, skipped: list) -> None:
 def cmd_scan(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     path = index_path(args, config)
+    serving = mounts_of_index(args.state_dir or state_home(), path)
+    if serving:  # a daemon serves this index: it rescans, nobody writes the index behind its back
+        return control.rescan_mounted(serving[0], path, as_json=args.json)
     reports = run_scans(config, path, show_progress=sys.stderr.isatty() and not args.json,
                         batch_size=args.batch_size)
     with LibraryIndex(path, readonly=True) as index:
@@ -239,6 +246,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
             pid = daemon.start_background(argv, files, mountpoint)
             console.print(f"musicfs pid {pid} mounted {mountpoint} (log: {files.log})")
             return 0
+        from ..mount import MountSettings, serve  # here: the other commands need no FUSE, no trio
+
         daemon.raise_open_files_limit()
         control = socket_path(state, files.pid.stem)
         settings = MountSettings(mountpoint=mountpoint, index_path=path, debug_fuse=args.debug_fuse,
@@ -269,55 +278,22 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Reads each running mount's /.musicfs/status.json (the daemon generates it on read)."""
-    state = args.state_dir or state_home()
-    mounts = daemon.running_mounts(state)
-    if args.mountpoint:
-        wanted = str(daemon.canonical(args.mountpoint))
-        mounts = [m for m in mounts if m["mountpoint"] == wanted]
-        if not mounts:
-            raise daemon.DaemonError(f"no musicfs daemon serves {args.mountpoint}")
-    reports = []
-    for mount in mounts:
-        status_file = Path(mount["mountpoint"]) / ".musicfs" / "status.json"
-        try:
-            reports.append(json.loads(status_file.read_text()))
-        except (OSError, ValueError) as exc:
-            reports.append({"mountpoint": mount["mountpoint"], "pid": mount["pid"], "error": str(exc)})
-    if args.json:
-        print_json(reports)
-        return 0
-    if not reports:
-        console.print("no musicfs mounts are running")
-        return 0
-    for report in reports:
-        render_status(report)
+def cmd_systemd_unit(args: argparse.Namespace) -> int:
+    """Print the unit with every location resolved now (the same files ``musicfs mount`` would use)."""
+    from ..errors import ConfigError
+    from ..systemd import mount_unit, unit_name_ok
+
+    if not unit_name_ok(args.name):
+        raise ConfigError(f"service name {args.name!r} may hold only letters, digits, '_', '.', ':', '-'")
+    config = resolve_config(args, origin_must_exist=False)
+    library = ["--config", str(args.config.expanduser().absolute())] if args.config else \
+        ["--origin", str(args.origin.expanduser().absolute())]
+    sys.stdout.write(mount_unit(
+        args.name, state_dir=(args.state_dir or state_home()).expanduser().absolute(), library=library,
+        index=index_path(args, config).expanduser().absolute(),
+        cache_dir=(args.cache_dir or config.resolved_cache_dir()).expanduser().absolute(),
+        mountpoint=daemon.canonical(args.mountpoint)))
     return 0
-
-
-def render_status(report: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{report['mountpoint']}  (pid {report['pid']})", show_header=False)
-    if "error" in report:
-        table.add_row("[red]not answering", report["error"])
-        console.print(table)
-        return
-    index, cache = report["index"], report.get("cache", {})
-    table.add_row("tracks", f"{index['tracks']} in {index['directories']} folders, {index['bytes']} bytes")
-    table.add_row("skipped", f"{index['skipped']} malformed files (see .musicfs/errors.json)")
-    age = index.get("age_seconds")
-    table.add_row("index", f"{index['path']} (scanned {age:.0f} s ago)" if age is not None else index["path"])
-    for origin in report.get("origins", []):
-        colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}.get(origin["state"], "white")
-        table.add_row(f"origin {origin['id']}",
-                      f"[{colour}]{origin['state']}[/] {origin.get('kind', '')} {origin.get('location', '')}")
-    if cache:
-        table.add_row("cache", f"{cache['bytes']} of {cache['limit_bytes']} bytes, {cache['hits']} hits, "
-                               f"{cache['misses']} misses, {cache['corruptions']} corrupt chunks refetched")
-    table.add_row("uptime", f"{report['uptime_seconds']:.0f} s")
-    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         return args.func(args) or 0
-    except MusicFSError as exc:
-        err_console.print(f"[red]musicfs: {exc}")
+    except MusicFSError as exc:  # one line, as it is (a path may hold "[" and must not wrap)
+        err_console.print(f"musicfs: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted")

@@ -6,17 +6,18 @@ thread so the filesystem never waits on the API. Long operations (a rescan)
 and the event feed stream NDJSON: one JSON document per line.
 
 Errors are JSON with a ``detail`` saying what was wrong: 404 for an unknown
-route or id, 400 for a value the service refuses, 422 for a request that
-does not fit its schema, 413 for a body over ``MAX_BODY``. A failure inside a
-route is a 500 for that request, logged with its traceback; the daemon
-serves on.
+route or id, 400 for a value the service refuses (an unknown event type: with
+the known ones), 422 for a request that does not fit its schema, 413 for a
+body over ``MAX_BODY``, 408 for one that does not arrive within
+``BODY_TIMEOUT``. A failure inside a route is a 500 for that request, logged
+with its traceback; the daemon serves on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -25,13 +26,15 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..events import Event
+from ..events import FEED_DEFAULT, Dropped, Event, Subscription, event_types
 from .services import ControlServices
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024  # bytes: every request this API takes is a few small fields
+BODY_TIMEOUT = 10.0  # seconds a request's body may take to arrive (a half-sent request is answered 408)
 NDJSON = "application/x-ndjson"
+_TOO_LARGE = f"request body over {MAX_BODY} bytes"
 TIERS = ("chunks",)  # the cache tiers that exist (headers and metadata come with their features)
 
 
@@ -49,7 +52,12 @@ class ClearBody(BaseModel):
 
 
 def _limit_body(app):
-    """ASGI middleware: refuse bodies over MAX_BODY (declared or streamed) with 413."""
+    """ASGI middleware: refuse bodies over MAX_BODY (declared or streamed) with 413, and bodies that
+    stall (a client that sends half a request and waits) with 408 after BODY_TIMEOUT.
+
+    A stream already answering (its route never read the body) is ended instead: the
+    client sees it stop, the daemon logs nothing.
+    """
     async def limited(scope, receive, send):
         if scope["type"] != "http":
             return await app(scope, receive, send)
@@ -57,32 +65,53 @@ def _limit_body(app):
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
             return await _too_large(send)
         seen = 0
+        complete = responded = False
+
+        async def answering(message):
+            nonlocal responded
+            responded = True
+            await send(message)
 
         async def counting():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
+            nonlocal seen, complete
+            if complete:  # the body is in; what follows is the wait for a disconnect (streams)
+                return await receive()
+            problem: Exception | None = None
+            with trio.move_on_after(BODY_TIMEOUT) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                problem = HTTPException(408, f"the request body did not arrive within {BODY_TIMEOUT:g} s")
+            elif message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > MAX_BODY:
-                    raise _TooLarge()
+                problem = HTTPException(413, _TOO_LARGE) if seen > MAX_BODY else None
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
+            if problem is not None:
+                if responded:
+                    return {"type": "http.disconnect"}
+                raise problem
             return message
 
-        try:
-            await app(scope, counting, send)
-        except _TooLarge:
-            await _too_large(send)
+        await app(scope, counting, answering)
     return limited
 
 
-class _TooLarge(Exception):
-    pass
-
-
 async def _too_large(send) -> None:
-    body = json.dumps({"detail": f"request body over {MAX_BODY} bytes"}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    """Answer 413 and let the connection go (its unread body makes it unusable).
+
+    The answer races hypercorn closing that connection: a client still sending
+    a body nobody reads may find the connection closing under the answer. That
+    costs the hostile client its 413, nothing else, and is not logged as a failure.
+    """
+    body = json.dumps({"detail": _TOO_LARGE}).encode()
+    try:
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+    except (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
+        log.debug("a client sending a body over the limit went away before its 413")
 
 
 def build_app(services: ControlServices):
@@ -149,11 +178,23 @@ def build_app(services: ControlServices):
         return StreamingResponse(_ndjson(services.sync.rescan(origin_id)), media_type=NDJSON)
 
     @app.get("/v1/events", summary="A live NDJSON feed of events, filtered by type and origin",
+             description="One JSON document per line, each with `type` and `at` (unix time). Without "
+                         "`type`, the design's events: " + ", ".join(FEED_DEFAULT) + ". A reader that "
+                         "falls behind loses events; a line `{\"type\": \"dropped\", \"count\": n}` "
+                         "says how many, where they were lost. The feed ends when the mount stops.",
              response_class=StreamingResponse)
     async def events(type: list[str] = Query(default=[], max_length=50),  # noqa: A002 - the query name
                      origin: str | None = Query(default=None, max_length=200)) -> StreamingResponse:
-        kinds = set(type)
-        return StreamingResponse(_ndjson(_event_feed(services, kinds, origin)), media_type=NDJSON)
+        kinds = _event_kinds(type)
+        if origin is not None:
+            known_origin(origin)
+
+        def wanted(event: Event) -> bool:
+            return event.kind in kinds and (origin is None or getattr(event, "origin_id", None) == origin)
+
+        # subscribed now, before the answer starts: an event right after the client sees it is kept
+        feed = services.bus.subscribe(wants=wanted)
+        return _ClosingStream(_ndjson(_event_feed(feed)), on_close=feed.close, media_type=NDJSON)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
@@ -170,15 +211,53 @@ async def _ndjson(documents: AsyncIterator[dict[str, Any]]) -> AsyncIterator[byt
         yield (json.dumps(document, default=str) + "\n").encode()
 
 
-async def _event_feed(services: ControlServices, kinds: set[str], origin: str | None
-                      ) -> AsyncIterator[dict[str, Any]]:
-    """Events as they are published, those of ``kinds`` (all if empty) and ``origin`` (all if None)."""
-    def wanted(event: Event) -> bool:
-        return ((not kinds or event.kind in kinds)
-                and (origin is None or getattr(event, "origin_id", None) == origin))
+def _event_kinds(names: list[str]) -> set[str]:
+    """The event kinds named (several per parameter, comma-separated, any case), or the default set.
 
-    with services.bus.subscribe() as feed:
-        async for event in feed:
-            if wanted(event):
-                yield {"type": event.kind, **event.to_dict()}
+    An unknown name is a 400 that lists the known ones: a typo must not be a feed that stays silent.
+    """
+    known = event_types()
+    by_folded = {_fold(name): name for name in known}
+    asked = [part.strip() for name in names for part in name.split(",") if part.strip()]
+    unknown = [name for name in asked if _fold(name) not in by_folded]
+    if unknown:
+        raise HTTPException(400, f"unknown event type{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(repr(n[:60]) for n in unknown[:5])} (known: {', '.join(known)})")
+    return {by_folded[_fold(name)] for name in asked} or set(FEED_DEFAULT)
 
+
+def _fold(name: str) -> str:
+    return name.replace("_", "").replace("-", "").lower()
+
+
+class _ClosingStream(StreamingResponse):
+    """A streamed answer whose source is closed however the stream ends: finished, client gone
+    (hypercorn reports the disconnect and the stream is cancelled), or the daemon stopping.
+
+    Without this, a feed would be closed only when its generator is collected, and its
+    subscription would linger on the bus until then.
+    """
+
+    def __init__(self, content: AsyncGenerator[bytes, None], *, on_close: Callable[[], None], **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self._source = content
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+            with trio.CancelScope(shield=True):
+                await self._source.aclose()
+
+
+async def _event_feed(feed: Subscription) -> AsyncIterator[dict[str, Any]]:
+    """The subscription's events as documents; where it lost some, a ``dropped`` line says how many."""
+    async for item in feed:
+        if isinstance(item, Dropped):
+            yield {"type": "dropped", "count": item.count}
+        else:
+            document = item.to_dict()
+            document.pop("kind", None)
+            yield {"type": item.kind, **document}

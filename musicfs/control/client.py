@@ -22,6 +22,7 @@ from ..errors import MusicFSError
 from .sockets import reachable
 
 TIMEOUT = 10.0  # seconds for an answer (streams wait for their next line forever)
+CONNECT_RETRIES = 3
 
 
 class ControlError(MusicFSError):
@@ -45,13 +46,22 @@ def find_mount(state_dir: Path, mountpoint: Path | None) -> dict:
     return mounts[0]
 
 
+def mounts_of_index(state_dir: Path, index: Path) -> list[dict]:
+    """The pid-file records of the running daemons that serve the index at ``index``."""
+    target = Path(index).absolute()
+    return [m for m in daemon.running_mounts(state_dir)
+            if m.get("socket") and m.get("index") and Path(m["index"]).absolute() == target]
+
+
 class ControlClient:
     def __init__(self, socket: Path, *, timeout: float = TIMEOUT):
         self.socket = Path(socket)
         self._stack = contextlib.ExitStack()
         where = self._stack.enter_context(reachable(self.socket))
-        self._http = httpx.Client(transport=httpx.HTTPTransport(uds=where), base_url="http://musicfs",
-                                  timeout=timeout)
+        # a connect that fails is tried again (after 0, 0.5 and 1 s): while a burst of connections
+        # fills the socket's backlog, a Unix socket refuses at once (EAGAIN) instead of waiting
+        self._http = httpx.Client(transport=httpx.HTTPTransport(uds=where, retries=CONNECT_RETRIES),
+                                  base_url="http://musicfs", timeout=timeout)
 
     @classmethod
     def for_mount(cls, state_dir: Path, mountpoint: Path | None = None) -> ControlClient:

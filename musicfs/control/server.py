@@ -12,8 +12,14 @@ imported, in a worker thread so the filesystem keeps answering, only when
 the first client connects. A daemon nobody asks stays small.
 
 Hostile clients: headers are capped by hypercorn (16 KiB), bodies by the
-app, an idle or half-open connection is dropped after ``IDLE_TIMEOUT``, and a
-request that fails inside the app is a 500 for that request only.
+app (size, and the time a half-sent body may take), a connection idle or
+half-open before its request is complete is dropped after ``IDLE_TIMEOUT``,
+and a request that fails inside the app is a 500 for that request only.
+There is no read timeout once a request is in: a client of a stream (events,
+a rescan) sends nothing while it listens. A client that stops reading blocks
+only its own stream (hypercorn's writes wait for it, shielded); when the
+server stops, every connection still open is closed, which ends such writes,
+so a stalled client cannot hold up an unmount.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class ControlServer:
         self._sock: trio.socket.SocketType | None = None
         self._ino = 0
         self._listener: _PeerChecked | None = None
+        self._connections: set[trio.SocketStream] = set()
 
     def bind(self) -> None:
         """Make the socket (mode 0600 in a 0700 folder); a socket a killed daemon left is replaced."""
@@ -81,7 +88,22 @@ class ControlServer:
             await trio.lowlevel.wait_readable(self._sock)  # the first client knocks: now load the API
             self._app = await trio.to_thread.run_sync(self.make_app)
             self.started = True
-        await trio.serve_listeners(self._handler(self._app), [self._listener])
+        handler = self._handler(self._app)
+
+        async def serve(stream: trio.SocketStream) -> None:
+            self._connections.add(stream)
+            try:
+                await handler(stream)
+            finally:
+                self._connections.discard(stream)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, serve, [self._listener])
+            try:
+                await trio.sleep_forever()
+            finally:  # stopping: close what is open, so no write waits on a client that does not read
+                for stream in list(self._connections):
+                    stream.socket.close()
 
     async def close(self) -> None:
         """Close the socket and remove its file (if it is still ours, not a successor's)."""
@@ -102,7 +124,7 @@ class ControlServer:
 
         config = Config()
         config.keep_alive_timeout = IDLE_TIMEOUT
-        config.read_timeout = int(IDLE_TIMEOUT)
+        config.read_timeout = None  # a stream's client sends nothing while it listens; stalls: see above
         config.graceful_timeout = GRACEFUL
         config.accesslog = None
         config.errorlog = logging.getLogger("musicfs.control.http")
@@ -111,4 +133,5 @@ class ControlServer:
 
     def statistics(self) -> dict:
         return {"socket": str(self.path), "api_loaded": self.started,
+                "connections": len(self._connections),
                 "connections_refused": self._listener.refused if self._listener else 0}

@@ -79,7 +79,7 @@ def bind_private(path: Path) -> socket.socket:
         try:
             sock.bind(where)  # in a 0700 folder: no moment in which others could connect (the umask
             os.chmod(path, 0o600)  # is the whole process's, so it is not touched)
-            sock.listen(64)
+            sock.listen(socket.SOMAXCONN)
             sock.setblocking(False)
         except BaseException:
             sock.close()

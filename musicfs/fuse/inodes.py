@@ -4,6 +4,9 @@ Every entry the filesystem hands to the kernel (lookup, readdirplus) adds one
 to its count; ``forget`` subtracts. While the count is above zero the node is
 kept here, so getattr and open need no query; at zero it is dropped, which is
 what keeps memory per file small (NFR-4.4).
+
+The counts are also how a live rescan knows which entries the kernel holds:
+only those need telling that they changed (:mod:`musicfs.fuse.invalidate`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ class InodeTable:
 
     def lookup_count(self, inode: int) -> int:
         return self._counts.get(inode, 0)
+
+    def refresh(self, node: Node) -> bool:
+        """Replace the kept node of an inode the kernel holds (its file changed); the count stays."""
+        if node.id not in self._nodes:
+            return False
+        self._nodes[node.id] = node
+        return True
+
+    def held(self) -> list[Node]:
+        """Every node the kernel holds now."""
+        return list(self._nodes.values())
 
     def statistics(self) -> dict[str, int]:
         return {"known_inodes": len(self._nodes), "forgotten": self.forgotten}

@@ -20,7 +20,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import pyfuse3
 
@@ -41,12 +41,20 @@ XATTR_FIELDS = ("title", "artist", "album", "album_artist", "genre", "year", "tr
 _PAGE = 256
 
 
+class OpRecorder(Protocol):
+    """Told how long each handler took (the metrics' latency histogram); it runs on every request."""
+
+    def observe(self, op: str, seconds: float) -> None: ...
+
+
 def _op(func: Callable) -> Callable:
-    """Count the call and map any exception to a FUSEError (the only errno mapping)."""
+    """Count the call, time it, and map any exception to a FUSEError (the only errno mapping)."""
     name = func.__name__
+    clock = time.perf_counter
 
     @functools.wraps(func)
     async def wrapper(self: Operations, *args: Any) -> Any:
+        started = clock()
         self.op_counts[name] += 1
         self.in_flight += 1
         try:
@@ -68,6 +76,8 @@ def _op(func: Callable) -> Callable:
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             self.in_flight -= 1
+            if self.recorder is not None:
+                self.recorder.observe(name, clock() - started)
 
     return wrapper
 
@@ -87,7 +97,10 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, index: LibraryIndex, reader, hidden: HiddenFiles, policy: AttrPolicy,
-                 raw: RawView | None = None):
+                 raw: RawView | None = None, inodes: InodeTable | None = None, *,
+                 recorder: OpRecorder | None = None):
+        """``inodes`` is shared with whoever tells the kernel what a rescan changed; ``recorder``
+        hears each handler's duration (mutations, refused at once, are counted but not timed)."""
         super().__init__()
         self.index = index
         self.raw = raw
@@ -95,10 +108,11 @@ class Operations(pyfuse3.Operations):
         self.reader = reader
         self.hidden = hidden
         self.policy = policy
-        self.inodes = InodeTable()
+        self.inodes = inodes if inodes is not None else InodeTable()
         self.op_counts: Counter[str] = Counter()
         self.error_counts: Counter[str] = Counter()
         self.in_flight = 0  # requests being answered now (a shutdown lets them finish)
+        self.recorder = recorder
         self._handles: dict[int, Any] = {}
         self._fh = itertools.count(1)
 

@@ -62,6 +62,22 @@ class LibraryIndex:
     def transaction(self):
         return transaction(self.conn)
 
+    def another_connection(self) -> LibraryIndex:
+        """A second handle on the same file, for a writer in another thread (a live rescan).
+
+        Its own connection, so the mount's reads go on from the last commit while
+        it writes (WAL). No check and no migration: opening this index did both.
+        Close it when done, in its thread: closing moves the WAL into the file
+        (readers are not held up by that).
+        """
+        if self.readonly:
+            raise ValueError("a read-only index has no writer connection")
+        other = object.__new__(LibraryIndex)
+        other.path, other.readonly, other.set_aside_as = self.path, False, None
+        other.conn = connect(self.path)
+        other.conn.row_factory = sqlite3.Row
+        return other
+
     # -- settings ---------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -92,6 +108,12 @@ class LibraryIndex:
             " ORDER BY origin_id, real_path"
         )
         return [SkippedFile(*row) for row in rows]
+
+    def origin_file_count(self, origin_id: str) -> int:
+        """Audio files of an origin the index knows (tracks and skipped): what a rescan will walk."""
+        return self.conn.execute(
+            "SELECT (SELECT COUNT(*) FROM tracks WHERE origin_id = ?)"
+            " + (SELECT COUNT(*) FROM skipped WHERE origin_id = ?)", (origin_id, origin_id)).fetchone()[0]
 
     def last_scan(self) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT * FROM scans ORDER BY id DESC LIMIT 1").fetchone()

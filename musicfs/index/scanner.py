@@ -14,12 +14,17 @@
 * Killed half-way, every finished batch is in the index; the next scan finds
   those files unchanged and carries on from there (NFR-8.3).
 * Only a walk that completes removes tracks whose files are gone.
+* After each commit, ``on_commit`` is told what that transaction changed
+  (:class:`Commit`: the tree writer's node changes, and tracks added, modified
+  and removed), so a running mount can show exactly that at once. ``stop``
+  ends a scan between two files (what was committed stays, as after a kill).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,7 +37,7 @@ from ..origins.base import Entry, Origin
 from ..vfs.template import PathTemplate
 from .library import TRACK_FIELDS, LibraryIndex
 from .tags import AUDIO_EXTENSIONS, MalformedAudio, read_tags
-from .tree import TreeWriter
+from .tree import TreeChanges, TreeWriter
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,27 @@ class ScanReport:
 
 class Progress(Protocol):
     def __call__(self, report: ScanReport, current: str | None) -> None: ...
+
+
+@dataclass
+class Commit:
+    """What one committed transaction of a scan changed.
+
+    ``tree`` is for the mount's kernel caches (nodes by id); the track lists,
+    by origin path, are for the events a user watches.
+    """
+
+    tree: TreeChanges
+    added: list[tuple[str, int]] = field(default_factory=list)  # (real_path, size)
+    modified: list[tuple[str, int]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.tree or self.added or self.modified or self.removed)
+
+
+class ScanStopped(Exception):
+    """The scan was asked to stop (``stop`` set); every batch committed before stays."""
 
 
 @dataclass
@@ -99,6 +125,9 @@ class Scanner:
         batch_size: int = 200,
         progress: Progress | None = None,
         read: Callable[[str], dict] = read_tags,
+        on_commit: Callable[[Commit], None] | None = None,
+        stop: threading.Event | None = None,
+        progress_every: int = 100,
     ):
         self.index = index
         self.origin = origin
@@ -106,24 +135,36 @@ class Scanner:
         self.workers = workers
         self.batch_size = batch_size
         self.progress = progress
+        self.progress_every = progress_every  # files walked between progress calls (and each batch)
         self.read = read
+        self.on_commit = on_commit
+        self.stop = stop
         self.conn = index.conn
+        self.phase = "scanning"  # then "comparing" (looking for files gone), then "done"
+        self._commit = Commit(TreeChanges())  # track changes of the transaction under way
+        self._unlisted = 0  # folders the origin failed to list during the walk
 
     # -- the walk ---------------------------------------------------------
     def run(self) -> ScanReport:
         started = time.monotonic()
         report = ScanReport(self.origin.id)
         scan_id = self._begin()
-        tree = TreeWriter(self.conn, self.template)
+        tree = TreeWriter(self.conn, self.template, record=self.on_commit is not None)
         self._prepare_tree(tree)
         pending: deque[_Pending] = deque()
         seen_ids: list[tuple[str, int]] = []  # ("tracks"|"skipped", row id) unchanged this scan
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="musicfs-tags") as pool:
             for entry in self.origin.walk(on_error=self._walk_error):
+                if self.stop is not None and self.stop.is_set():
+                    for item in pending:  # tags not read yet are not waited for
+                        item.result.cancel()
+                    raise ScanStopped(f"scan of origin {self.origin.id} stopped after {report.seen} files")
                 if not entry.path.lower().endswith(tuple(AUDIO_EXTENSIONS)):
                     report.ignored += 1
                     continue
                 report.seen += 1
+                if self.progress and report.seen % self.progress_every == 0:
+                    self.progress(report, entry.path)
                 named = _storable(entry)
                 known = self._known(named)
                 if known is not None and known[2]:
@@ -136,6 +177,10 @@ class Scanner:
                 if len(pending) >= self.batch_size or len(seen_ids) >= 10 * self.batch_size:
                     self._flush(pending, seen_ids, tree, scan_id, report, entry.path)
             self._flush(pending, seen_ids, tree, scan_id, report, None)
+        report.unreadable += self._unlisted
+        self.phase = "comparing"
+        if self.progress:
+            self.progress(report, None)
         if report.unreadable:
             log.warning("origin %s: %d files could not be read; removals wait for a complete scan",
                         self.origin.id, report.unreadable)
@@ -144,10 +189,15 @@ class Scanner:
         report.seconds = time.monotonic() - started
         report.complete = not report.unreadable
         self._record(scan_id, report)
+        self.phase = "done"
         return report
 
-    def _walk_error(self, path: str, exc: OSError) -> None:
+    def _walk_error(self, path: str, exc: OSError | OriginUnavailable) -> None:
         log.warning("origin %s: cannot read %s: %s", self.origin.id, path, exc)
+        if isinstance(exc, OriginUnavailable):
+            # a folder the origin could not list now (not one it refuses for good: a link loop, a
+            # forbidden folder): the files in it are not gone, so this scan removes nothing
+            self._unlisted += 1
 
     def _timed_read(self, entry: Entry) -> tuple[dict | Exception, float]:
         started = time.monotonic()
@@ -213,6 +263,7 @@ class Scanner:
         with self.index.transaction():
             placed = tree.rebuild()
             self.index.set_meta("template", self.template.source)
+        self._committed(tree)
         if placed:
             log.info("template changed: virtual tree rebuilt with %d files", placed)
 
@@ -229,8 +280,18 @@ class Scanner:
                 if seconds > report.slowest_seconds:
                     report.slowest_seconds, report.slowest_path = seconds, item.entry.path
                 self._write(item, result, tree, scan_id, now, report)
+        self._committed(tree)
         if self.progress:
             self.progress(report, current)
+
+    def _committed(self, tree: TreeWriter) -> None:
+        """Hand what the transaction just committed to ``on_commit`` (nothing when it changed nothing)."""
+        if self.on_commit is None:
+            return
+        commit, self._commit = self._commit, Commit(TreeChanges())
+        commit.tree = tree.changes.take()
+        if commit:
+            self.on_commit(commit)
 
     def _write(self, item: _Pending, result, tree: TreeWriter, scan_id: int, now: float,
                report: ScanReport) -> None:
@@ -252,6 +313,7 @@ class Scanner:
             if item.track_id is not None:  # a good file turned bad: it leaves the tree
                 tree.remove(item.track_id)
                 self.conn.execute("DELETE FROM tracks WHERE id = ?", (item.track_id,))
+                self._commit.removed.append(entry.path)
             self.conn.execute(
                 "INSERT INTO skipped (origin_id, real_path, size, mtime_ns, reason, detail, scan_id,"
                 " seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(origin_id, real_path) DO UPDATE"
@@ -270,26 +332,31 @@ class Scanner:
             cur = self.conn.execute(f"INSERT INTO tracks ({cols}) VALUES ({marks})", list(row.values()))
             track_id = int(cur.lastrowid)
             report.added += 1
+            self._commit.added.append((entry.path, entry.size))
         else:
             track_id = item.track_id
             sets = ", ".join(f"{name} = ?" for name in row)
             self.conn.execute(f"UPDATE tracks SET {sets} WHERE id = ?", [*row.values(), track_id])
             report.updated += 1
+            self._commit.modified.append((entry.path, entry.size))
         tree.place(track_id, row)
 
     def _finish(self, scan_id: int, tree: TreeWriter, report: ScanReport) -> None:
         """After a complete walk: files not seen by it are gone from the origin."""
         with self.index.transaction():
             gone = self.conn.execute(
-                "SELECT id FROM tracks WHERE origin_id = ? AND scan_id != ?", (self.origin.id, scan_id)
+                "SELECT id, real_path FROM tracks WHERE origin_id = ? AND scan_id != ?",
+                (self.origin.id, scan_id),
             ).fetchall()
-            for (track_id,) in gone:
+            for track_id, real_path in gone:
                 tree.remove(track_id)
                 self.conn.execute("DELETE FROM tracks WHERE id = ?", (track_id,))
+                self._commit.removed.append(real_path)
             self.conn.execute(
                 "DELETE FROM skipped WHERE origin_id = ? AND scan_id != ?", (self.origin.id, scan_id)
             )
             report.removed = len(gone)
+        self._committed(tree)
         report.skipped_reasons = dict(
             self.conn.execute(
                 "SELECT reason, COUNT(*) FROM skipped WHERE origin_id = ? GROUP BY reason",

@@ -9,12 +9,19 @@ Names that collide after sanitising are numbered ``Title (2).flac``,
 ``Title (3).flac`` in the order the tracks were placed. The scanner places
 tracks sorted by path, so the same library always gets the same names, and a
 track that keeps its node keeps its name.
+
+The writer also says what it changed (:class:`TreeChanges`): every node it
+added or removed, and every file node kept in place whose file changed. A
+live rescan hands that report to the mount after each commit, so the kernel
+is told about exactly those entries, without comparing the tree before and
+after (which would cost a read of every node on every rescan).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..vfs.names import with_suffix_number
@@ -22,17 +29,76 @@ from ..vfs.template import PathTemplate
 from .schema import ROOT_ID
 
 
+@dataclass(frozen=True, slots=True)
+class NodeChange:
+    """A node as it was when added or removed: where the kernel may know it, and under what name."""
+
+    id: int
+    parent: int
+    name: str
+    kind: str  # 'dir' | 'file'
+
+
+@dataclass
+class TreeChanges:
+    """What one or more transactions of a :class:`TreeWriter` changed in the tree.
+
+    ``removed`` is in the order of removal: a file before the directories pruned
+    after it, so children always come before their parents. ``modified`` holds
+    file nodes that kept their id (and so their inode) while their file changed
+    (its bytes, size or mtime: the kernel's attributes and pages of it are stale).
+    ``rebuilt`` says every node was replaced (a template change): then the lists
+    are left empty, and everything the kernel knows of the tree is stale.
+    """
+
+    added: list[NodeChange] = field(default_factory=list)
+    removed: list[NodeChange] = field(default_factory=list)
+    modified: list[int] = field(default_factory=list)
+    rebuilt: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.modified or self.rebuilt)
+
+    def take(self) -> TreeChanges:
+        """The changes recorded so far, netted out, and start afresh.
+
+        A node both added and removed since the last ``take`` was never in a
+        committed tree: it is left out of both lists. A modified node that was
+        removed is only removed.
+        """
+        added_ids = {n.id for n in self.added}
+        born_and_gone = added_ids & {n.id for n in self.removed}
+        gone = {n.id for n in self.removed}
+        taken = TreeChanges(
+            added=[n for n in self.added if n.id not in born_and_gone],
+            removed=[n for n in self.removed if n.id not in born_and_gone],
+            modified=list(dict.fromkeys(i for i in self.modified if i not in gone and i not in added_ids)),
+            rebuilt=self.rebuilt,
+        )
+        self.added, self.removed, self.modified, self.rebuilt = [], [], [], False
+        return taken
+
+
 class TreeWriter:
     """Adds, moves and removes file nodes; creates and prunes directories.
 
     Must be used inside a write transaction of ``conn``. Directory ids are
-    cached, so placing a million tracks costs a few queries per track.
+    cached, so placing a million tracks costs a few queries per track. With
+    ``record``, what it changes is kept in ``changes`` (the caller takes them
+    after each commit); bulk loads leave it off and keep no list.
     """
 
-    def __init__(self, conn: sqlite3.Connection, template: PathTemplate):
+    def __init__(self, conn: sqlite3.Connection, template: PathTemplate, *, record: bool = False):
         self.conn = conn
         self.template = template
+        self.record = record
+        self.changes = TreeChanges()
         self._dirs: dict[tuple[int, str], int] = {}
+
+    @property
+    def _recording(self) -> bool:
+        """Nodes are listed unless nobody asked, or a rebuild already says all changed."""
+        return self.record and not self.changes.rebuilt
 
     # -- directories ------------------------------------------------------
     def _dir_id(self, parent: int, name: str, *, create: bool) -> int | None:
@@ -64,7 +130,10 @@ class TreeWriter:
                 (parent, name, kind, track_id, wanted),
             )
             if cur.rowcount == 1:
-                return int(cur.lastrowid)
+                node_id = int(cur.lastrowid)
+                if self._recording:
+                    self.changes.added.append(NodeChange(node_id, parent, name, kind))
+                return node_id
             number += 1
             name = with_suffix_number(wanted, number, ext)
 
@@ -81,10 +150,13 @@ class TreeWriter:
         while dir_id != ROOT_ID:
             if self.conn.execute("SELECT 1 FROM nodes WHERE parent = ? LIMIT 1", (dir_id,)).fetchone():
                 return
-            row = self.conn.execute("SELECT parent, wanted FROM nodes WHERE id = ?", (dir_id,)).fetchone()
+            row = self.conn.execute("SELECT parent, wanted, name FROM nodes WHERE id = ?",
+                                    (dir_id,)).fetchone()
             if row is None:
                 return
             self.conn.execute("DELETE FROM nodes WHERE id = ?", (dir_id,))
+            if self._recording:
+                self.changes.removed.append(NodeChange(dir_id, row[0], row[2], "dir"))
             self._dirs.pop((row[0], row[1]), None)
             dir_id = row[0]
 
@@ -114,6 +186,8 @@ class TreeWriter:
         if existing is not None:
             parent = self._dir_chain(dirs, create=False)
             if parent == existing[1] and existing[2] == filename:
+                if self._recording:  # placed again where it was: its file changed
+                    self.changes.modified.append(int(existing[0]))
                 return int(existing[0])
             self.remove(track_id)
         return self.place_new(track_id, track)
@@ -130,11 +204,13 @@ class TreeWriter:
 
     def remove(self, track_id: int) -> None:
         row = self.conn.execute(
-            "SELECT id, parent FROM nodes WHERE track_id = ?", (track_id,)
+            "SELECT id, parent, name FROM nodes WHERE track_id = ?", (track_id,)
         ).fetchone()
         if row is None:
             return
         self.conn.execute("DELETE FROM nodes WHERE id = ?", (row[0],))
+        if self._recording:
+            self.changes.removed.append(NodeChange(row[0], row[1], row[2], "file"))
         self._prune(row[1])
         # a replica of the same file on another origin takes its place in the tree
         track = self.conn.execute("SELECT real_path, size FROM tracks WHERE id = ?", (track_id,)).fetchone()
@@ -150,7 +226,9 @@ class TreeWriter:
         """Drop every node but the root and place all tracks again, sorted by path.
 
         Used when the template changes; returns the number of files placed.
+        The changes say ``rebuilt`` instead of listing every node.
         """
+        self.changes = TreeChanges(rebuilt=self.record)
         self.conn.execute("DELETE FROM nodes WHERE id != ?", (ROOT_ID,))
         self._dirs.clear()
         count = 0

@@ -85,6 +85,7 @@ class ContentCache:
         self.size = self.index.total_bytes()
         self.write_problem: str | None = None  # why the cache cannot be written now, if it cannot
         self._write_again_at = 0.0  # time.monotonic() from which writes are tried again
+        self._failed_at = float("-inf")  # time.monotonic() of the last failed write
         if self.index.readonly:
             self._write_failed(OSError(errno.EROFS, os.strerror(errno.EROFS)))
 
@@ -96,14 +97,17 @@ class ContentCache:
     def _write_failed(self, exc: BaseException) -> None:
         reason, _ = _describe(exc)
         self.counters.write_failures += 1
-        self._write_again_at = time.monotonic() + self.write_retry
+        self._failed_at = time.monotonic()
+        self._write_again_at = self._failed_at + self.write_retry
         if self.write_problem is None:
             log.error("cache %s cannot be written (%s): reads are served from the origins without "
                       "being kept until it can (tried again every %g s)", self.directory, reason, self.write_retry)
         self.write_problem = reason
 
-    def _write_succeeded(self) -> None:
-        if self.write_problem is not None:
+    def _write_succeeded(self, started: float) -> None:
+        """A store that began at ``started`` worked; one that began before the last failure proves
+        nothing (stores run in several threads: a small one may squeeze in as a big one fails)."""
+        if self.write_problem is not None and started > self._failed_at:
             log.warning("cache %s can be written again; caching resumed", self.directory)
             self.write_problem = None
 
@@ -168,6 +172,7 @@ class ContentCache:
         if not self.writable:
             self.counters.skipped_writes += len(items)
             return 0
+        started = time.monotonic()
         self._make_room(sum(len(data) for _, data in items))
         try:
             try:
@@ -180,7 +185,7 @@ class ContentCache:
         except CacheWriteError as exc:
             self._write_failed(exc.__cause__ or exc)
             return 0
-        self._write_succeeded()
+        self._write_succeeded(started)
         self.counters.stored += len(written)
         self.counters.deduplicated += len(items) - len(written)
         for address, data in written:

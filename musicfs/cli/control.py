@@ -1,0 +1,306 @@
+"""The commands that drive a running mount through its control API.
+
+``musicfs status``, ``cache stats|clear``, ``origin list|health|rescan``,
+``events`` and ``shutdown``: each finds the daemon (the one serving
+MOUNTPOINT, or the only one running), makes its request with
+:class:`~musicfs.control.client.ControlClient`, and prints the answer: with
+``--json`` exactly as the API gave it, otherwise as tables in human units
+(:mod:`musicfs.cli.render`). Nothing is computed here. A daemon that is not
+there or does not answer is a :class:`ControlError`: one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from rich.console import Console
+
+from .. import daemon
+from ..config import state_home
+from ..control.client import ControlClient, ControlError, find_mount
+from . import render
+from .common import console, err_console, print_json
+
+SHUTDOWN_GRACE = 15.0  # seconds beyond the drain time that `musicfs shutdown` waits for the unmount
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the control commands on the ``musicfs`` parser's subcommands."""
+    status = sub.add_parser("status", help="what every running mount (or MOUNTPOINT's) is doing")
+    _common(status)
+    status.set_defaults(func=cmd_status)
+
+    cache = sub.add_parser("cache", help="a running mount's chunk cache").add_subparsers(
+        dest="cache_command", required=True)
+    stats = cache.add_parser("stats", help="hits, misses, size and limit, dedup, evictions, per tier")
+    _common(stats)
+    stats.set_defaults(func=cmd_cache_stats)
+    clear = cache.add_parser("clear", help="remove cached files (never those being read)")
+    clear.add_argument("--origin", help="only this origin's files (chunks other origins share stay)")
+    clear.add_argument("--tier", help="only this tier (chunks)")
+    clear.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    _common(clear)
+    clear.set_defaults(func=cmd_cache_clear)
+
+    origin = sub.add_parser("origin", help="a running mount's origins").add_subparsers(
+        dest="origin_command", required=True)
+    listing = origin.add_parser("list", help="every origin: kind, health, tracks, size, last sync")
+    _common(listing)
+    listing.set_defaults(func=cmd_origin_list)
+    health = origin.add_parser("health", help="one origin's health in detail")
+    health.add_argument("origin_id", metavar="ID")
+    _common(health)
+    health.set_defaults(func=cmd_origin_health)
+    rescan = origin.add_parser("rescan", help="rescan an origin in the running mount (progress as it goes)")
+    rescan.add_argument("origin_id", metavar="ID")
+    _common(rescan, json_help="print the progress documents as NDJSON")
+    rescan.set_defaults(func=cmd_origin_rescan)
+
+    events = sub.add_parser("events", help="follow a running mount's events until interrupted")
+    events.add_argument("--type", action="append", default=[], metavar="T",
+                        help="only events of this type (repeat for several; default: the file, origin, "
+                             "sync and eviction events)")
+    events.add_argument("--origin", metavar="ID", help="only events of this origin")
+    _common(events, json_help="print the events as NDJSON")
+    events.set_defaults(func=cmd_events)
+
+    shutdown = sub.add_parser("shutdown", help="unmount a running mount through its daemon")
+    shutdown.add_argument("--force", action="store_true", help="unmount now, without waiting for reads")
+    shutdown.add_argument("--drain-timeout", type=float, default=5.0, metavar="S",
+                          help="seconds reads under way get to finish (default 5)")
+    _common(shutdown)
+    shutdown.set_defaults(func=cmd_shutdown)
+
+
+def _common(parser: argparse.ArgumentParser, json_help: str = "print the API's answer as JSON") -> None:
+    parser.add_argument("mountpoint", type=Path, nargs="?", metavar="MOUNTPOINT",
+                        help="the mount to ask (may be left out while only one runs)")
+    parser.add_argument("--json", action="store_true", help=json_help)
+
+
+def _state(args: argparse.Namespace) -> Path:
+    return args.state_dir or state_home()
+
+
+def _client(args: argparse.Namespace) -> tuple[dict, ControlClient]:
+    info = find_mount(_state(args), args.mountpoint)
+    return info, ControlClient(Path(info["socket"]))
+
+
+def _ask(args: argparse.Namespace, call: Callable[[ControlClient], Any]) -> Any:
+    _, client = _client(args)
+    with client:
+        return call(client)
+
+
+# -- status -------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Every running mount's /v1/status (or MOUNTPOINT's); a list with --json."""
+    state = _state(args)
+    mounts = ([find_mount(state, args.mountpoint)] if args.mountpoint
+              else [m for m in daemon.running_mounts(state) if m.get("socket")])
+    if not mounts:
+        raise ControlError("no musicfs mount is running")
+    reports = []
+    for info in mounts:
+        try:
+            with ControlClient(Path(info["socket"])) as client:
+                reports.append(client.get("/v1/status"))
+        except ControlError as exc:
+            if args.mountpoint:
+                raise
+            reports.append({"mountpoint": info["mountpoint"], "pid": info["pid"], "error": str(exc)})
+    if args.json:
+        print_json(reports)
+    else:
+        for report in reports:
+            console.print(render.status_table(report))
+    return 1 if any("error" in r for r in reports) else 0
+
+
+# -- cache --------------------------------------------------------------------
+
+
+def cmd_cache_stats(args: argparse.Namespace) -> int:
+    stats = _ask(args, lambda c: c.get("/v1/cache"))
+    if args.json:
+        print_json(stats)
+    else:
+        console.print(render.cache_table(stats))
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    body = {"origin": args.origin, "tier": args.tier, "dry_run": args.dry_run}
+    result = _ask(args, lambda c: c.post("/v1/cache/clear", {k: v for k, v in body.items() if v is not None}))
+    if args.json:
+        print_json(result)
+    else:
+        _say(render.clear_line(result))
+    return 0
+
+
+# -- origins ------------------------------------------------------------------
+
+
+def cmd_origin_list(args: argparse.Namespace) -> int:
+    origins = _ask(args, lambda c: c.get("/v1/origins"))
+    if args.json:
+        print_json(origins)
+    else:
+        console.print(render.origins_table(origins))
+    return 0
+
+
+def cmd_origin_health(args: argparse.Namespace) -> int:
+    origin = _ask(args, lambda c: c.get(f"/v1/origins/{quote(args.origin_id, safe='')}"))
+    if args.json:
+        print_json(origin)
+    else:
+        console.print(render.origin_table(origin))
+    return 0
+
+
+def cmd_origin_rescan(args: argparse.Namespace) -> int:
+    """Exit 0 once the rescan is complete, 1 if it failed (its last document says why)."""
+    _, client = _client(args)
+    with client:
+        last = follow_rescan(client, args.origin_id, as_json=args.json)
+    return _rescan_status(args.origin_id, last, as_json=args.json)
+
+
+def _rescan_status(origin_id: str, last: dict, *, as_json: bool) -> int:
+    if last.get("phase") == "complete":
+        return 0
+    if not as_json:
+        _say(f"musicfs: the rescan of origin {origin_id} did not complete: "
+             f"{last.get('error') or last.get('phase') or 'no progress came'}", err_console)
+    return 1
+
+
+def follow_rescan(client: ControlClient, origin_id: str, *, as_json: bool) -> dict:
+    """Stream one origin's rescan: NDJSON lines, or a progress bar then a summary. The last document."""
+    documents = _rescan(client, origin_id)
+    last: dict = {}
+    if as_json:
+        for document in documents:
+            _line(document)
+            last = document
+        return last
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(f"rescan {origin_id}", style="bold", markup=False),
+                  TextColumn("{task.fields[phase]}", markup=False), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[current]}", markup=False),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task("rescan", total=None, phase="", current="")
+        for document in documents:
+            phase, scanned, total, current = render.progress_numbers(document)
+            bar.update(task, completed=scanned, total=total, phase=phase, current=current[-50:])
+            last = document
+    console.print(render.rescan_summary(origin_id, last))
+    return last
+
+
+# -- events -------------------------------------------------------------------
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Follow the feed until Ctrl-C (exit 0, quietly) or until the mount stops."""
+    params: dict = {"type": args.type} if args.type else {}
+    if args.origin:
+        params["origin"] = args.origin
+    _, client = _client(args)
+    with client:
+        try:
+            for event in client.stream("GET", "/v1/events", params=params):
+                if args.json:
+                    _line(event)
+                else:
+                    console.print(render.event_line(event), soft_wrap=True)
+        except KeyboardInterrupt:
+            return 0
+    _say("the event feed ended: the mount is stopping", err_console)
+    return 0
+
+
+def _say(text: str, where: Console = console) -> None:
+    """One plain line, as it is: never wrapped, never read as markup (paths may hold "[")."""
+    where.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _line(document: dict) -> None:
+    sys.stdout.write(json.dumps(document, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+# -- shutdown -----------------------------------------------------------------
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    """Ask the daemon to unmount, then wait (drain time plus a grace) until it has."""
+    info, client = _client(args)
+    body = {"force": args.force, "drain_timeout_ms": round(max(0.0, args.drain_timeout) * 1000)}
+    with client:
+        answer = client.post("/v1/shutdown", body)
+    unmounted = _wait_unmounted(_state(args), info, args.drain_timeout + SHUTDOWN_GRACE)
+    if args.json:
+        print_json({**answer, "mountpoint": info["mountpoint"], "unmounted": unmounted})
+    else:
+        _say(render.shutdown_line(info["mountpoint"], answer, unmounted))
+    return 0 if unmounted else 1
+
+
+def _wait_unmounted(state: Path, info: dict, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not daemon.is_mounted(Path(info["mountpoint"])) and not any(
+                m.get("pid") == info["pid"] for m in daemon.running_mounts(state)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# -- `musicfs scan` of a mounted library --------------------------------------
+
+
+def rescan_mounted(info: dict, index: Path, *, as_json: bool) -> int:
+    """``musicfs scan`` of a library a daemon serves: that daemon rescans each of its origins.
+
+    Writing its index from here would change it behind the mount's back.
+    """
+    done = []
+    try:
+        with ControlClient(Path(info["socket"])) as client:
+            origins = [o["id"] for o in client.get("/v1/origins")]
+            if not as_json:
+                _say(f"{info['mountpoint']} serves this library: its daemon rescans it", err_console)
+            for origin_id in origins:
+                last = _last(client, origin_id) if as_json else follow_rescan(client, origin_id, as_json=False)
+                done.append({"origin": origin_id, **last})
+    except ControlError as exc:
+        raise ControlError(f"{info['mountpoint']} is mounted from {index} and its daemon did not rescan it "
+                           f"({exc})") from None
+    if as_json:
+        print_json({"index": str(index), "mountpoint": info["mountpoint"], "rescans": done})
+    return max((_rescan_status(d["origin"], d, as_json=as_json) for d in done), default=0)
+
+
+def _last(client: ControlClient, origin_id: str) -> dict:
+    last: dict = {}
+    for document in _rescan(client, origin_id):
+        last = document
+    return last
+
+
+def _rescan(client: ControlClient, origin_id: str) -> Iterator[dict]:
+    return client.stream("POST", f"/v1/origins/{quote(origin_id, safe='')}/rescan")
