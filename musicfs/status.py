@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ from .origins.health import HealthMonitor
 
 
 def musicfs_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # 20 ms of imports: not at mount
+
     try:
         return version("musicfs")
     except PackageNotFoundError:
@@ -35,8 +36,14 @@ class StatusService:
         self.health = health
         self.lifecycle = lifecycle
         self.started = started
-        self.version = musicfs_version()
+        self._version: str | None = None
         self._components: dict[str, Callable[[], dict]] = {}
+
+    @property
+    def version(self) -> str:
+        if self._version is None:
+            self._version = musicfs_version()
+        return self._version
 
     def register(self, name: str, statistics: Callable[[], dict]) -> None:
         """Add a component's ``statistics()`` under ``name`` (done by the composition root)."""

@@ -9,13 +9,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from ..config import Config, config_for_folder, load_config
 from ..errors import ConfigError
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _LazyConsole:
+    """A rich Console made on first use: ``musicfs mount`` runs the daemon, which prints nothing
+    in the normal case and whose start-up time is a requirement (rich costs ~40 ms to import)."""
+
+    def __init__(self, **options: Any):
+        self._options = options
+        self._console: Any = None
+
+    @property
+    def rich(self):
+        """The Console itself (for rich classes that take one, such as Progress)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rich, name)
+
+
+console = _LazyConsole()
+err_console = _LazyConsole(stderr=True)
 
 
 def add_library_options(parser: argparse.ArgumentParser) -> None:

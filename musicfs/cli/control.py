@@ -17,16 +17,23 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-from rich.console import Console
 
 from .. import daemon
 from ..config import state_home
-from ..control.client import ControlClient, ControlError, find_mount
-from . import render
+from ..control.locate import ControlError, find_mount
 from .common import console, err_console, print_json
+
+if TYPE_CHECKING:
+    from ..control.client import ControlClient
+
+def _render():
+    """The rendering module (rich tables and units), imported by the commands that print."""
+    from . import render
+
+    return render
+
 
 SHUTDOWN_GRACE = 15.0  # seconds beyond the drain time that `musicfs shutdown` waits for the unmount
 
@@ -89,9 +96,16 @@ def _state(args: argparse.Namespace) -> Path:
     return args.state_dir or state_home()
 
 
+def _connect(socket: str) -> ControlClient:
+    """The HTTP client, imported here: commands that never talk to a daemon do not pay for it."""
+    from ..control.client import ControlClient
+
+    return ControlClient(Path(socket))
+
+
 def _client(args: argparse.Namespace) -> tuple[dict, ControlClient]:
     info = find_mount(_state(args), args.mountpoint)
-    return info, ControlClient(Path(info["socket"]))
+    return info, _connect(info["socket"])
 
 
 def _ask(args: argparse.Namespace, call: Callable[[ControlClient], Any]) -> Any:
@@ -113,7 +127,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     reports = []
     for info in mounts:
         try:
-            with ControlClient(Path(info["socket"])) as client:
+            with _connect(info["socket"]) as client:
                 reports.append(client.get("/v1/status"))
         except ControlError as exc:
             if args.mountpoint:
@@ -123,7 +137,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(reports)
     else:
         for report in reports:
-            console.print(render.status_table(report))
+            console.print(_render().status_table(report))
     return 1 if any("error" in r for r in reports) else 0
 
 
@@ -135,7 +149,7 @@ def cmd_cache_stats(args: argparse.Namespace) -> int:
     if args.json:
         print_json(stats)
     else:
-        console.print(render.cache_table(stats))
+        console.print(_render().cache_table(stats))
     return 0
 
 
@@ -145,7 +159,7 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        _say(render.clear_line(result))
+        _say(_render().clear_line(result))
     return 0
 
 
@@ -157,7 +171,7 @@ def cmd_origin_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(origins)
     else:
-        console.print(render.origins_table(origins))
+        console.print(_render().origins_table(origins))
     return 0
 
 
@@ -166,7 +180,7 @@ def cmd_origin_health(args: argparse.Namespace) -> int:
     if args.json:
         print_json(origin)
     else:
-        console.print(render.origin_table(origin))
+        console.print(_render().origin_table(origin))
     return 0
 
 
@@ -201,13 +215,13 @@ def follow_rescan(client: ControlClient, origin_id: str, *, as_json: bool) -> di
     with Progress(TextColumn(f"rescan {origin_id}", style="bold", markup=False),
                   TextColumn("{task.fields[phase]}", markup=False), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.fields[current]}", markup=False),
-                  console=err_console, transient=True) as bar:
+                  console=err_console.rich, transient=True) as bar:
         task = bar.add_task("rescan", total=None, phase="", current="")
         for document in documents:
-            phase, scanned, total, current = render.progress_numbers(document)
+            phase, scanned, total, current = _render().progress_numbers(document)
             bar.update(task, completed=scanned, total=total, phase=phase, current=current[-50:])
             last = document
-    console.print(render.rescan_summary(origin_id, last))
+    console.print(_render().rescan_summary(origin_id, last))
     return last
 
 
@@ -226,14 +240,14 @@ def cmd_events(args: argparse.Namespace) -> int:
                 if args.json:
                     _line(event)
                 else:
-                    console.print(render.event_line(event), soft_wrap=True)
+                    console.print(_render().event_line(event), soft_wrap=True)
         except KeyboardInterrupt:
             return 0
     _say("the event feed ended: the mount is stopping", err_console)
     return 0
 
 
-def _say(text: str, where: Console = console) -> None:
+def _say(text: str, where: Any = console) -> None:
     """One plain line, as it is: never wrapped, never read as markup (paths may hold "[")."""
     where.print(text, markup=False, highlight=False, soft_wrap=True)
 
@@ -256,7 +270,7 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**answer, "mountpoint": info["mountpoint"], "unmounted": unmounted})
     else:
-        _say(render.shutdown_line(info["mountpoint"], answer, unmounted))
+        _say(_render().shutdown_line(info["mountpoint"], answer, unmounted))
     return 0 if unmounted else 1
 
 
@@ -280,7 +294,7 @@ def rescan_mounted(info: dict, index: Path, *, as_json: bool) -> int:
     """
     done = []
     try:
-        with ControlClient(Path(info["socket"])) as client:
+        with _connect(info["socket"]) as client:
             origins = [o["id"] for o in client.get("/v1/origins")]
             if not as_json:
                 _say(f"{info['mountpoint']} serves this library: its daemon rescans it", err_console)

@@ -126,7 +126,7 @@ def cmd_chunks(args: argparse.Namespace) -> int:
         summary = chunk_summary(cache_dir)
         if args.verify or args.repair:
             with Progress(TextColumn("verifying chunks"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                          console=err_console, disable=args.json or not sys.stderr.isatty()) as bar:
+                          console=err_console.rich, disable=args.json or not sys.stderr.isatty()) as bar:
                 task = bar.add_task("verify", total=summary["files_on_disk"])
                 summary["verify"] = verify_chunks(cache_dir, lambda done, total: bar.update(task, completed=done))
             if args.repair:

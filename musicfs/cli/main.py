@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import daemon
 from ..config import state_home
-from ..control.client import mounts_of_index
+from ..control.locate import mounts_of_index
 from ..control.sockets import socket_path
 from ..errors import MusicFSError
 from ..index.library import LibraryIndex
@@ -109,7 +109,7 @@ def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200)
                 continue
             with Progress(TextColumn("[bold]scanning {task.fields[origin]}"), BarColumn(),
                           TextColumn("{task.completed} files"), TimeElapsedColumn(),
-                          console=err_console, disable=not show_progress, transient=True) as bar:
+                          console=err_console.rich, disable=not show_progress, transient=True) as bar:
                 task = bar.add_task("scan", total=None, origin=origin.id)
 
                 def progress(report: ScanReport, current: str | None, task=task) -> None:

@@ -57,7 +57,7 @@ import trio
 from ..errors import MusicFSError
 from ..events import EventBus, FileAdded, FileModified, FileRemoved, SyncCompleted, SyncStarted
 from ..index.library import LibraryIndex
-from ..index.scanner import Commit, Scanner, ScanReport, ScanStopped
+from ..index.scanreport import Commit, ScanReport, ScanStopped
 from ..index.tree import TreeChanges
 from ..lifecycle import Lifecycle
 from ..origins.base import Origin
@@ -328,6 +328,8 @@ class SyncService:
             # a local origin's tags are parsed in Python: more threads only take the interpreter lock
             # from the filesystem's thread; a remote origin's reads wait on the network, in parallel
             workers = 1 if getattr(origin, "local_path", None) else self.workers
+            from ..index.scanner import Scanner  # with the tag readers: paid by a rescan, not by a mount
+
             scanner = Scanner(writer, origin, self.template, workers=workers, batch_size=self.batch_size,
                               progress=progress, on_commit=committed, stop=rescan.stop)
             post(_document(origin_id, "scanning", None, total=total))
