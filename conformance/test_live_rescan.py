@@ -30,6 +30,7 @@ from tests.harness import mount_library, mounted_tracks
 COPIES = 4  # copies in the library when it is mounted
 ADDED = 24  # copies added before the rescan: about 2,900 tracks whose tags it reads
 LONG_ENOUGH = 1.5  # seconds a rescan must at least take for its listings to say anything
+STALL_MS = 250.0  # one operation this slow would be waiting for the scan, not for a busy core
 
 
 def _own_copy(path: Path) -> None:
@@ -195,9 +196,12 @@ def test_rescan_through_the_socket_shows_added_removed_retagged_and_changed_trac
     assert not lister.errors and not reader.errors, (lister.errors + reader.errors)[:3]
     assert seconds >= LONG_ENOUGH, f"the rescan took {seconds:.2f} s: too short to measure anything"
     assert listing.count >= 20 and reading.count >= 20, (listing.count, reading.count)
-    bound = requirement_catalogue["NFR-1.2"].maximum  # ms: no listing, no read stalls beyond it
-    assert max(listing.ms) <= bound, listing.summary()
-    assert max(reading.ms) <= bound, reading.summary()
+    # judged as the catalogue judges a listing (p99 within NFR-1.2's maximum), and no single listing
+    # or read stalled (waited for the scan): a stall would last the scan's commits, seconds
+    bound = requirement_catalogue["NFR-1.2"].maximum
+    for latencies in (listing, reading):
+        assert latencies.p(99) <= bound, latencies.summary()
+        assert max(latencies.ms) <= STALL_MS, latencies.summary()
 
 
 @pytest.mark.req("FS-7")
