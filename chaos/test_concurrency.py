@@ -88,11 +88,7 @@ def sftp_bench(toxiproxy, tmp_path_factory):
             (server.root / name).write_bytes(data)
         proxy = toxiproxy.create(upstream=f"127.0.0.1:{server.port}", name="slow-sftp", listen="127.0.0.1:0")
         try:
-            host, port = proxy.listen.rsplit(":", 1)
-            key_type, key = (server.dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
-            known_hosts = work / "known_hosts"
-            known_hosts.write_text(f"[{host}]:{port} {key_type} {key}\n")
-            options = server.options(host=host, port=int(port), known_hosts=str(known_hosts), timeout=10.0)
+            options = server.options_via(proxy.listen, work, timeout=10.0)
 
             def config(where: Path) -> Path:
                 where.mkdir(parents=True, exist_ok=True)

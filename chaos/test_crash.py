@@ -1,7 +1,9 @@
-"""The daemon killed with SIGKILL in the middle of filling the cache: the next mount recovers.
+"""Processes killed with SIGKILL part-way: a daemon filling the cache, a scan writing the index.
 
 Nothing a crash leaves behind (temp files, chunk rows without files, a stale
-mountpoint) may ever turn into a wrong byte served.
+mountpoint) may ever turn into a wrong byte served. A scan killed part-way
+leaves a sound index, and the next scan carries on from what was committed
+instead of reading the library again (NFR-8.3).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,10 +19,14 @@ import time
 
 import pytest
 
+from conformance.daemons import integrity
 from conformance.expected import sha256_of
 from fixtures.bigfile import write_wav
+from fixtures.copies import library_of_copies
 from musicfs import daemon
-from tests.harness import mount_library, settled, start_mount, unmount
+from musicfs.index.library import TRACK_FIELDS
+from musicfs.vfs.resolver import Resolver
+from tests.harness import mount_library, musicfs_cmd, settled, start_mount, unmount
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +87,130 @@ def test_f24_sigkill_during_fills_leaves_no_partial_chunk_and_recovers(origin, t
                              "--cache-dir", str(work / "cache")], capture_output=True, text=True)
     report = json.loads(verify.stdout)["verify"]
     assert report["corrupt"] == 0, f"damaged chunks left on disk: {report['corrupt_chunks']}"
+
+
+# --- a scan killed part-way (NFR-8.3) ---------------------------------------------------------------
+
+SCAN_COPIES = 20  # ~2,500 audio files: `musicfs scan` takes several seconds here, long enough to kill
+KILL_AT = 700  # files committed (tracks and skipped) when the scan is killed: about a quarter
+
+
+def _committed(index) -> int:
+    """Files the index holds (tracks plus skipped files), read without disturbing the writer."""
+    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT (SELECT COUNT(*) FROM tracks) + (SELECT COUNT(*) FROM skipped)").fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+    finally:
+        conn.close()
+
+
+def _scan_cmd(library, index, state) -> list[str]:
+    return musicfs_cmd("--state-dir", str(state), "scan", "--origin", str(library), "--index", str(index),
+                       "--json", "--batch-size", "50")
+
+
+def _scan(library, index, state) -> dict:
+    """Run ``musicfs scan --json`` to the end; its one origin's report."""
+    done = subprocess.run(_scan_cmd(library, index, state), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report,) = json.loads(done.stdout)["scans"]
+    return report
+
+
+def _index_contents(index) -> tuple[list, list, list]:
+    """Everything a scan decides, in a form two indexes can be compared by: each track's fields and
+    its path in the virtual tree, each skipped file and its reason, and the tree's folders."""
+    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+    try:
+        resolver = Resolver(conn)
+        tracks = sorted(
+            (row[0], row[1], row[2], resolver.path_of(row[3]), *row[4:])
+            for row in conn.execute(
+                f"SELECT t.real_path, t.size, t.mtime_ns, n.id, {', '.join('t.' + f for f in TRACK_FIELDS)}"
+                " FROM tracks t JOIN nodes n ON n.track_id = t.id"))
+        skipped = sorted(conn.execute("SELECT real_path, size, reason FROM skipped").fetchall())
+        folders = sorted(resolver.path_of(row[0]) for row in conn.execute("SELECT id FROM nodes WHERE kind = 'dir'"))
+        return tracks, skipped, folders
+    finally:
+        conn.close()
+
+
+def _consistency(index) -> list[str]:
+    """SQLite's own check plus the index's invariants: one file node per track, none dangling,
+    no folder left empty."""
+    problems = [p for p in integrity(index) if p != "ok"]
+    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+    try:
+        for what, query in (
+            ("tracks without a file node",
+             "SELECT COUNT(*) FROM tracks t WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.track_id = t.id)"),
+            ("file nodes without a track",
+             "SELECT COUNT(*) FROM nodes n WHERE n.kind = 'file' AND NOT EXISTS"
+             " (SELECT 1 FROM tracks t WHERE t.id = n.track_id)"),
+            ("nodes whose parent is gone",
+             "SELECT COUNT(*) FROM nodes n WHERE n.parent != 0 AND NOT EXISTS (SELECT 1 FROM nodes p WHERE p.id = n.parent)"),
+            ("empty folders",
+             "SELECT COUNT(*) FROM nodes d WHERE d.kind = 'dir' AND d.parent != 0 AND NOT EXISTS"
+             " (SELECT 1 FROM nodes c WHERE c.parent = d.id)"),
+            ("files both indexed and skipped",
+             "SELECT COUNT(*) FROM tracks t JOIN skipped s USING (origin_id, real_path)"),
+        ):
+            count = conn.execute(query).fetchone()[0]
+            if count:
+                problems.append(f"{count} {what}")
+    finally:
+        conn.close()
+    return problems
+
+
+@pytest.fixture(scope="module")
+def scan_library(sample_library, tmp_path_factory):
+    root = tmp_path_factory.mktemp("scan-copies") / "library"
+    library_of_copies(sample_library[0], root, SCAN_COPIES)
+    return root
+
+
+@pytest.mark.req("NFR-8.3")
+def test_a_scan_killed_part_way_resumes_where_it_stopped_and_ends_as_a_full_scan(scan_library, tmp_path):
+    """``musicfs scan`` SIGKILLed with about a quarter of the library committed: the index it leaves
+    is sound; the next scan opens only the files the first had not committed (its report's
+    ``parsed``), takes the committed ones as they are (``unchanged``), and the index it ends
+    with equals, track by track and path by path, the index of a scan never interrupted."""
+    index = tmp_path / "resumed" / "index.db"
+    killed = subprocess.Popen(_scan_cmd(scan_library, index, tmp_path / "state1"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not index.exists() or _committed(index) < KILL_AT:
+            assert killed.poll() is None, "the scan ended before it could be killed: make the library bigger"
+            assert time.monotonic() < deadline, "the scan committed nothing within 120 s"
+            time.sleep(0.005)
+        killed.send_signal(signal.SIGKILL)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+        killed.wait(10)
+    assert killed.returncode == -signal.SIGKILL
+    committed = _committed(index)
+    assert _consistency(index) == [], "the killed scan left an inconsistent index"
+
+    resumed = _scan(scan_library, index, tmp_path / "state2")
+    total = resumed["seen"]
+    assert KILL_AT <= committed < total, f"killed after {committed} of {total} files: not part-way"
+    assert resumed["complete"]
+    assert resumed["unchanged"] == committed, "files the killed scan had committed were read again"
+    assert resumed["parsed"] == total - committed, (
+        f"the second scan read {resumed['parsed']} files; {total - committed} were left to read")
+    assert _consistency(index) == []
+
+    fresh_index = tmp_path / "fresh" / "index.db"
+    fresh = _scan(scan_library, fresh_index, tmp_path / "state3")
+    assert fresh["parsed"] == fresh["seen"] == total
+    resumed_tracks, resumed_skipped, resumed_folders = _index_contents(index)
+    fresh_tracks, fresh_skipped, fresh_folders = _index_contents(fresh_index)
+    assert len(resumed_tracks) == len(fresh_tracks) == fresh["added"]
+    assert resumed_tracks == fresh_tracks, "the resumed index holds other tracks, tags or paths than a full scan"
+    assert resumed_skipped == fresh_skipped
+    assert resumed_folders == fresh_folders

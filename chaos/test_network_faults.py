@@ -310,7 +310,7 @@ def timed_listing(mountpoint: Path, rounds: int) -> list[float]:
     return times
 
 
-@pytest.mark.req("FAULT-4", "NFR-7.2", "NFR-7.1", "ASYNC-1", "G3")
+@pytest.mark.req("FAULT-4", "NFR-7.2", "NFR-7.1", "G3")
 @kinds
 def test_f04_black_hole_times_out_retries_and_fails_over_while_the_tree_stays_fast(lab, kind, tmp_path):
     """An origin that accepts and never answers: attempts time out and are retried until EIO (alone), or

@@ -27,6 +27,7 @@ from chaos.checks import assert_cache_sound, assert_eio_within, assert_exact
 from chaos.httpfaults import BAD_GATEWAY_PAGE, LOGIN_PAGE, FaultProxy
 from chaos.s3lab import S3Lab, s3_lab
 from fixtures.bigfile import write_wav
+from musicfs.origins.retry import BACKOFF
 from musicfs.store.fill import FIRST_BLOCK
 from tests.harness import MountedLibrary, mount_library, mount_status, mounted_tracks, settled
 from tests.s3server import DUMMY_SECRET, MotoServer, aws_env, write_credentials
@@ -113,6 +114,55 @@ def test_f09_throttling_and_5xx_pages_are_retried_quietly_and_retry_after_is_hon
         assert_exact(lab.expected, tracks[second], second)
         assert mounted.alive()
     assert assert_cache_sound(mounted.cache_dir, lab.expected) == 3  # every read was kept, exact
+
+
+BACKOFF_TOLERANCE = 0.3  # seconds a wait may run over its step (+10 % jitter): threads, a loaded machine
+
+
+def assert_backoff_schedule(waits: list[float], what: str) -> None:
+    """Three refusals then a success: asked again after 100 ms, 500 ms, 2 s (NFR-7.3), each at least
+    its step and at most its step plus the jitter (10 %) and scheduling slack: growing, never a tight loop."""
+    assert len(waits) == 3, f"{what}: expected 3 refused GETs, then the retry that worked: {waits}"
+    for wait, step in zip(waits, BACKOFF):
+        assert step <= wait <= step * 1.1 + BACKOFF_TOLERANCE, (
+            f"{what}: asked again after {[round(w, 3) for w in waits]} s, not {list(BACKOFF)} s")
+    assert waits[0] < waits[1] < waits[2], f"{what}: the delays do not grow: {waits}"
+    print(f"{what}: asked again after {', '.join(f'{w * 1000:.0f}' for w in waits)} ms")
+
+
+@pytest.mark.req("B2-3", "NFR-7.3")
+def test_429_and_503_through_the_mount_are_retried_on_the_backoff_schedule(lab, proxy, tmp_path):
+    """A throttling server (429 Too Many Requests; 503 SlowDown, the S3 and B2 form) under a mount.
+
+    Each scenario refuses a file's first three GETs. Without ``Retry-After`` the
+    mount asks again after 100 ms, 500 ms and 2 s, measured between the
+    requests' arrivals at the proxy; with ``Retry-After: 1.5`` it waits at least
+    that long instead of the 100 ms step. Every read is byte-exact, no read
+    fails, and retries that worked are not WARNINGs.
+    """
+    config = lab.config(tmp_path / "musicfs.toml", read_timeout=8.0)  # room for 0.1 + 0.5 + 2 s of waits
+    first, second, third = TAKES
+    with mount_library(config=config, work=tmp_path / "work", env=aws_env(tmp_path / "aws")) as mounted:
+        tracks = mounted_tracks(mounted.mountpoint)
+        for real, status, code in ((first, 429, "TooManyRequests"), (second, 503, "SlowDown")):
+            proxy.busy(3, retry_after=None, status=status, code=code, method="GET",
+                       path_prefix=lab.object_path())
+            assert_exact(lab.expected, tracks[real], real)
+            refused = [s.status for s in proxy.requests("GET", lab.object_path(real)) if s.refused]
+            assert refused == [status] * 3, refused
+            assert_backoff_schedule(proxy.waits_after_refusals("GET", lab.object_path(real)), f"{status} {code}")
+
+        proxy.busy(2, retry_after=1.5, status=503, code="SlowDown", method="GET", path_prefix=lab.object_path())
+        assert_exact(lab.expected, tracks[third], third)
+        waits = proxy.waits_after_refusals("GET", lab.object_path(third))
+        assert len(waits) == 2 and min(waits) >= 1.5, f"Retry-After 1.5 s, asked again after {waits} s"
+        assert max(waits) <= 2.0 * 1.1 + BACKOFF_TOLERANCE, f"waited longer than asked: {waits}"
+
+        assert origin_status(mounted)["failed_attempts"] == 8  # 3 + 3 + 2, every one retried
+        assert settled(mounted.mountpoint)["reader"]["fills_failed"] == 0
+        assert not log_lines(mounted, "WARNING"), f"retries that worked were WARNINGs:\n{mounted.log_text()}"
+        assert mounted.alive()
+    assert assert_cache_sound(mounted.cache_dir, lab.expected) == len(TAKES)
 
 
 def rotate_key(server: MotoServer, user: str, credentials: Path, old_key_id: str) -> tuple[str, str]:

@@ -248,16 +248,17 @@ def test_rescan_changes_show_in_metrics(metered):
                 pass
 
 
-@pytest.mark.req("MM-5.1", "MM-5.2")
+@pytest.mark.req("MM-5.1", "MM-5.2", "MM-5.3")
 def test_kernel_caches_answer_repeated_stats(metered, record_requirement, requirement_catalogue, capsys):
     """Share of client stats (MM-5.1) and path components (MM-5.2) that never reached the daemon.
 
     The client counts its own calls; the daemon's getattr and lookup counts,
     read from /metrics, are the ones that reached it. Measured after one pass
     that brings every entry into the kernel's caches (the daemon gives them
-    300 s). MM-5.3 (listings from a cached listing) is measured the same way
-    and printed: the daemon answers every listing from the index (pyfuse3
-    cannot ask the kernel to keep listings), so it is not recorded as met.
+    300 s). Listings reach the daemon every time (pyfuse3 cannot ask the kernel
+    to keep them); MM-5.3 is the share of the daemon's readdir pages answered
+    from a listing it kept instead of a new index query, from its own counters
+    (/metrics), over repeated listings of every album after one first pass.
     """
     mnt = metered.mounted.mountpoint
     tree = walk_tree(mnt)
@@ -278,19 +279,34 @@ def test_kernel_caches_answer_repeated_stats(metered, record_requirement, requir
     attr = 100 * (1 - reached("getattr", before, after) / stats)
     entry = 100 * (1 - reached("lookup", before, after) / components)
     listings = passes * len(tree.album_dirs)
+    for directory in tree.album_dirs:  # the first listing of each builds what later ones reuse
+        os.listdir(directory)
+    listed_once = metered.socket()
+    expected = [sorted(os.listdir(d)) for d in tree.album_dirs]
     for _ in range(passes):
-        for directory in tree.album_dirs:
-            os.listdir(directory)
+        for directory, names in zip(tree.album_dirs, expected):
+            assert sorted(os.listdir(directory)) == names, f"{directory} listed differently"
     listed = metered.socket()
-    dirs = 100 * (1 - reached("opendir", after, listed) / listings)
+    opened = reached("opendir", listed_once, listed)
+    assert opened >= listings, f"only {opened:.0f} of {listings} listings reached the daemon"
+
+    def delta(name: str) -> float:
+        return listed.get(name) - listed_once.get(name)
+
+    hits, misses = delta("musicfs_listing_cache_hits_total"), delta("musicfs_listing_cache_misses_total")
+    dirs = 100 * hits / (hits + misses)
     with capsys.disabled():
         print(f"\nMM-5.1 attribute cache {attr:.1f} % of {stats} stats; MM-5.2 entry cache {entry:.1f} % of "
-              f"{components} path components; MM-5.3 (not recorded) listings from a cache {dirs:.1f} % of "
-              f"{listings}")
+              f"{components} path components; MM-5.3 listings from a kept listing {dirs:.1f} % of "
+              f"{hits + misses:.0f} readdir pages ({listings} listings)")
     record_requirement("MM-5.1", attr, samples=stats,
                        detail=f"{passes} passes of os.stat over {len(tree.files)} files after one warm pass; "
                               f"getattr requests counted by the daemon (/metrics)")
     record_requirement("MM-5.2", entry, samples=components,
                        detail="path components of the same stats; lookup requests counted by the daemon")
+    record_requirement("MM-5.3", dirs, samples=int(hits + misses),
+                       detail=f"{passes} passes of os.listdir over {len(tree.album_dirs)} albums after one "
+                              "first pass; readdir pages from kept listings vs index queries (/metrics)")
     assert attr >= requirement_catalogue["MM-5.1"].maximum
     assert entry >= requirement_catalogue["MM-5.2"].maximum
+    assert dirs >= requirement_catalogue["MM-5.3"].maximum

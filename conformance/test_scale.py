@@ -1,6 +1,8 @@
-"""Scale on a real mount: mount time against library size, a 100K-entry directory and
-metadata operations per second. (More than a thousand open handles, NFR-2.4, is checked with
-FAULT-37 in ``test_f37_open_handles.py``, on as many distinct files.)
+"""Scale on a real mount: a 100K-entry directory and metadata operations per second.
+(Mount time against library size, NFR-1.7 and NFR-3.3, is the benchmark
+``perf/test_bench.py::test_million_track_library``, which ``make test`` runs at its CI size;
+more than a thousand open handles, NFR-2.4, is checked with FAULT-37 in
+``test_f37_open_handles.py``, on as many distinct files.)
 
 Large libraries are synthetic (:mod:`fixtures.synthetic` through
 :func:`musicfs.index.bulk.load_tracks`): an index and its tree without audio, built
@@ -20,18 +22,13 @@ import pytest
 from conformance.measure import (
     build_synthetic_index,
     drop_page_cache,
-    interleaved_mount_times,
-    median,
     rate,
-    scan_count,
     time_each,
 )
 from tests.harness import mount_library
 
-SMALL = 1_000  # tracks in the small library
 LARGE = 200_000  # tracks in the large one: 100K in one album (NFR-3.2) and 100K ordinary ones
 HUGE_DIR = 100_000
-MOUNT_REPEATS = 7  # timed mounts per library (median), after one untimed warm-up each
 
 
 @pytest.fixture(scope="session")
@@ -44,40 +41,9 @@ def synthetic_origin(tmp_path_factory):
 def synthetic_indexes(tmp_path_factory) -> dict[str, object]:
     base = tmp_path_factory.getbasetemp() / "synthetic-indexes"
     return {
-        "small": build_synthetic_index(base / f"tracks-{SMALL}.db", SMALL, seed=21),
         "large": build_synthetic_index(base / f"tracks-{LARGE}.db", LARGE, seed=22,
                                        single_album=HUGE_DIR),
     }
-
-
-@pytest.mark.req("NFR-1.7", "NFR-3.3")
-def test_mount_time_does_not_grow_with_the_library(synthetic_indexes, synthetic_origin, tmp_path,
-                                                   record_requirement, requirement_catalogue,
-                                                   capsys):
-    scans_before = {name: scan_count(index) for name, index in synthetic_indexes.items()}
-    times = interleaved_mount_times(synthetic_indexes, tmp_path, synthetic_origin,
-                                    repeats=MOUNT_REPEATS)
-    for name, index in synthetic_indexes.items():
-        assert scan_count(index) == scans_before[name], f"mounting the {name} index rescanned it"
-        log = (tmp_path / name / "daemon.log").read_text(errors="replace")
-        assert "scanned" not in log, f"mounting the {name} index rescanned it:\n{log}"
-    small_ms = median(times["small"]) * 1000
-    large_ms = median(times["large"]) * 1000
-    ratio = large_ms / small_ms
-    with capsys.disabled():
-        for name, values in times.items():
-            print(f"\nmount {name}: " + " ".join(f"{v * 1000:.0f}" for v in values) + " ms")
-        print(f"NFR-1.7 median mount {SMALL:,} tracks {small_ms:.1f} ms, {LARGE:,} tracks "
-              f"{large_ms:.1f} ms; NFR-3.3 ratio {ratio:.3f}")
-    for tracks, value in ((SMALL, small_ms), (LARGE, large_ms)):
-        record_requirement("NFR-1.7", value, samples=MOUNT_REPEATS,
-                           detail=f"median of {MOUNT_REPEATS} mounts of a {tracks:,}-track index, "
-                                  "from spawning `musicfs mount` to the first answered stat")
-    record_requirement("NFR-3.3", ratio, samples=2 * MOUNT_REPEATS,
-                       detail=f"median mount {LARGE:,} tracks {large_ms:.1f} ms / "
-                              f"{SMALL:,} tracks {small_ms:.1f} ms")
-    assert max(small_ms, large_ms) <= requirement_catalogue["NFR-1.7"].maximum
-    assert ratio <= requirement_catalogue["NFR-3.3"].maximum
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +59,31 @@ def _huge_dir(mountpoint):
     return artist / album
 
 
+def _ordinary_listing_rate(root, count: int = 300) -> tuple[float, int]:
+    """Entries per second of first listings of ordinary albums (a dozen tracks each) of the
+    same tree: (rate, entries listed)."""
+    rng = random.Random(6)
+    artists = sorted(a for a in os.listdir(root) if not a.startswith(".") and a != "Single Album Artist")
+    albums = [root / a / b for a in rng.sample(artists, min(count, len(artists)))
+              for b in os.listdir(root / a)][:count]
+    entries, seconds = 0, 0.0
+    for album in albums:
+        started = time.perf_counter()
+        with os.scandir(album) as listing:
+            entries += sum(1 for _ in listing)
+        seconds += time.perf_counter() - started
+    return entries / seconds, entries
+
+
 @pytest.mark.req("NFR-3.2")
 def test_directory_of_100k_entries(large_mount, record_requirement, requirement_catalogue, capsys):
+    """The 100K-entry directory lists whole, without duplicates, the same twice; listing it
+    costs per entry no more than twice what listing ordinary albums of the same tree does (a
+    readdir that restarted its query for every page, or sorted per call, would cost far more
+    per entry at 100K); lookups in it stay within NFR-1.1's maximum. Recorded: the number of
+    distinct entries the listing returned."""
     directory = _huge_dir(large_mount.mountpoint)
+    ordinary_rate, ordinary_entries = _ordinary_listing_rate(large_mount.mountpoint)
     started = time.perf_counter()
     with os.scandir(directory) as entries:
         names = [entry.name for entry in entries]
@@ -103,10 +91,19 @@ def test_directory_of_100k_entries(large_mount, record_requirement, requirement_
     started = time.perf_counter()
     again = os.listdir(directory)
     second = time.perf_counter() - started
+    huge_rate = len(names) / first
+    record_requirement(
+        "NFR-3.2", len(set(names)), samples=len(names),
+        detail=(f"{len(names):,} entries listed ({len(set(names)):,} distinct) in {first:.2f} s "
+                f"({huge_rate:,.0f} entries/s; ordinary albums of the same tree: "
+                f"{ordinary_rate:,.0f} entries/s over {ordinary_entries:,}), again in {second:.2f} s"))
     assert len(names) == HUGE_DIR, f"listed {len(names)} of {HUGE_DIR} entries"
     assert len(set(names)) == HUGE_DIR, "duplicate names in the listing"
     assert sorted(again) == sorted(names), "a second listing differs from the first"
     assert all(name.endswith(".flac") for name in names)
+    assert huge_rate >= ordinary_rate / 2, (
+        f"listing {HUGE_DIR:,} entries ran at {huge_rate:,.0f} entries/s, ordinary albums at "
+        f"{ordinary_rate:,.0f}: the cost per entry grows with the directory")
 
     # lookups in the big directory: answered by the daemon (the kernel's dentries and
     # inodes dropped, the index file's pages kept), then warm
@@ -117,15 +114,12 @@ def test_directory_of_100k_entries(large_mount, record_requirement, requirement_
     stat_max = requirement_catalogue["NFR-1.1"].maximum
     with capsys.disabled():
         print(f"\nNFR-3.2 listed {len(names):,} entries in {first:.2f} s "
-              f"({first / len(names) * 1e6:.1f} us/entry), again in {second:.2f} s; "
+              f"({first / len(names) * 1e6:.1f} us/entry; ordinary albums "
+              f"{1e6 / ordinary_rate:.1f} us/entry), again in {second:.2f} s; "
               f"{cold.summary()} ({'kernel dentries dropped' if dropped else 'dentries kept'}); "
               f"{warm.summary()}")
-    record_requirement(
-        "NFR-3.2", len(names), samples=len(names),
-        detail=(f"listed completely in {first:.2f} s ({len(names) / first:,.0f} entries/s), "
-                f"again in {second:.2f} s; lookups p99 {cold.p(99):.3f} ms "
-                f"({'uncached' if dropped else 'maybe cached'}), warm stat p99 {warm.p(99):.4f} ms"))
-    assert cold.p(99) <= stat_max and warm.p(99) <= stat_max
+    assert cold.p(99) <= stat_max, f"uncached lookups in the big directory: {cold.summary()}"
+    assert warm.p(99) <= stat_max, f"warm stats in the big directory: {warm.summary()}"
 
 
 @pytest.mark.req("NFR-2.3")

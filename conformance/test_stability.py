@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conformance.expected import walk_dirs, walk_files
+from conformance.measure import drop_page_cache
 from musicfs import daemon
 from tests.harness import scan, unmount
 
@@ -140,3 +141,61 @@ def test_inodes_stable_after_the_kernel_forgets(mount_factory, sample_library):
 
     assert snapshot(mounted.mountpoint) == (inodes, order)
     assert os.stat(mounted.mountpoint).st_ino == 1
+
+
+def wait_for_table(status: Path, done, timeout: float = 10.0) -> dict:
+    """The daemon's FUSE statistics once ``done(fuse)`` holds (FORGETs arrive after the drop returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fuse = json.loads(status.read_bytes())["fuse"]
+        if done(fuse) or time.monotonic() > deadline:
+            return fuse
+        time.sleep(0.05)
+
+
+@pytest.mark.req("CAS-2")
+def test_open_files_outlive_the_kernel_forgetting_and_nothing_leaks(mount_factory, sample_library):
+    """Files held open through a drop of every kernel cache keep reading exact bytes and fstat
+    answers; closed and dropped again (their RELEASEs and FORGETs racing, as the kernel sends them
+    on separate queues), the daemon's node table returns to what it held before: empty."""
+    if not drop_page_cache(2):
+        pytest.skip("needs root to make the kernel forget entries (/proc/sys/vm/drop_caches)")
+    mounted = mount_factory(origin=sample_library[0])
+    mnt = mounted.mountpoint
+    status = mnt / ".musicfs" / "status.json"  # generated files hold no node of the table
+    files = sorted(walk_files(mnt))
+    inodes = {rel: os.stat(mnt / rel).st_ino for rel in files}
+    origin = {rel: sample_library[0] / os.getxattr(mnt / rel, "user.musicfs.real_path").decode() for rel in files}
+
+    drop_page_cache(2)
+    empty = wait_for_table(status, lambda f: f["known_inodes"] == 0)
+    assert empty["known_inodes"] == 0, f"nodes kept with nothing looked up or open: {empty}"
+
+    chosen = files[:: max(1, len(files) // 8)]  # files in several albums
+    ancestors = {str(Path(rel).parents[i]) for rel in chosen for i in range(len(Path(rel).parts) - 1)}
+    for rounds in range(3):
+        fds = {rel: os.open(mnt / rel, os.O_RDONLY) for rel in chosen}
+        try:
+            for fd in fds.values():
+                assert os.pread(fd, 4096, 0)
+            drop_page_cache(3)  # names, inodes and pages: reads below go to the daemon again
+            held = wait_for_table(status, lambda f: f["known_inodes"] == len(chosen) + len(ancestors))
+            # the kernel forgot everything but the open files and the folders above them
+            assert held["known_inodes"] == len(chosen) + len(ancestors), held
+            assert held["open_handles"] == held["open_inodes"] == len(chosen), held
+            for rel, fd in fds.items():
+                expected = origin[rel].read_bytes()
+                assert os.fstat(fd).st_ino == inodes[rel] and os.fstat(fd).st_size == len(expected)
+                data, offset = b"", 0
+                while chunk := os.pread(fd, 1 << 17, offset):
+                    data += chunk
+                    offset += len(chunk)
+                assert data == expected, f"{rel}: the open file read other bytes after the drop"
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        drop_page_cache(2)  # at once: the FORGETs race the RELEASEs still on their way
+        after = wait_for_table(status, lambda f: f["known_inodes"] == 0 and f["open_handles"] == 0)
+        assert after["known_inodes"] == 0 and after["open_inodes"] == 0 and after["open_handles"] == 0, \
+            f"round {rounds}: nodes or handles left behind after close and forget: {after}"
+    assert {rel: os.stat(mnt / rel).st_ino for rel in files} == inodes, "looked up again: other numbers"

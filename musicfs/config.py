@@ -14,6 +14,9 @@ Example::
     [metrics]
     listen = "127.0.0.1:9877"   # Prometheus scrapes /metrics here (off when left out)
 
+    [raw]
+    ttl = 300             # seconds /.origins keeps an origin's listing (idle = 60: dropped sooner if unused)
+
     [[origins]]
     id = "nas"
     type = "local"
@@ -86,10 +89,16 @@ class Config:
     index_path: Path | None = None
     cache_dir: Path | None = None  # default: <XDG cache home>/musicfs/<library name>
     cache_size: int = 10 * 10**9  # NFR-5.2 default
+    # NFR-5.1: what the daemon may spend on metadata kept in memory (SQLite's page cache of the
+    # index and the nodes kept for the kernel's entries), `[cache] metadata_size`
+    metadata_cache_size: int = 100 * 10**6
     scan_workers: int = 4
     scan_interval: float | None = None  # seconds between rescans of a running mount; None: off
     read_timeout: float = 5.0
     health_interval: float = 30.0
+    # the raw view (/.origins) keeps an origin's listing this long, and drops it after this long unused
+    raw_ttl: float = 300.0  # seconds; seed 000: 5 minutes (B2-5)
+    raw_idle: float = 60.0  # seconds; seed 000: 1 minute
     # let other users in (FUSE allow_other); the kernel then checks the modes shown (default_permissions)
     allow_other: bool = False
     metrics_listen: tuple[str, int] | None = None  # (IP address, port) Prometheus scrapes; None: no listener
@@ -165,7 +174,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
              index: int | None = None) -> ConfigError:
         return ConfigError(message, source=source, line=where.line_of(table, key, index))
 
-    unknown = set(data) - {"library", "cache", "scan", "health", "mount", "metrics", "origins"}
+    unknown = set(data) - {"library", "cache", "scan", "health", "mount", "metrics", "origins", "raw"}
     if unknown:
         name = sorted(unknown)[0]
         raise fail(f"unknown section or key {name!r}", None, name) if not isinstance(
@@ -187,7 +196,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     else:
         kwargs_health = None
     _only(library, {"name", "template", "index"}, "library", fail)
-    _only(cache, {"dir", "size", "read_timeout"}, "cache", fail)
+    _only(cache, {"dir", "size", "read_timeout", "metadata_size"}, "cache", fail)
     _only(scan, {"workers", "interval"}, "scan", fail)
     kwargs: dict[str, Any] = {"source": source}
     if "allow_other" in mount:
@@ -216,6 +225,8 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
             kwargs["cache_size"] = parse_size(cache["size"])
         except ValueError as exc:
             raise fail(str(exc), "cache", "size") from None
+    if "metadata_size" in cache:
+        kwargs["metadata_cache_size"] = _metadata_size(cache["metadata_size"], fail)
     if "read_timeout" in cache:
         timeout = cache["read_timeout"]
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 300:
@@ -238,8 +249,37 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
             kwargs["metrics_listen"] = parse_listen(metrics["listen"])
         except ValueError as exc:
             raise fail(str(exc), "metrics", "listen") from None
+    kwargs.update(_raw_view(_table(data, "raw", fail), fail))
     kwargs["origins"] = _origins(data.get("origins", []), fail)
     return Config(**kwargs)
+
+
+def _raw_view(raw: dict, fail) -> dict[str, float]:
+    """``[raw] ttl, idle``: how long a listing of /.origins is kept, and kept unused (0: not kept)."""
+    _only(raw, {"ttl", "idle"}, "raw", fail)
+    settings = {}
+    for key in ("ttl", "idle"):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
+                raise fail(f"{key} must be a number of seconds between 0 and 86400", "raw", key)
+            settings[f"raw_{key}"] = float(value)
+    return settings
+
+
+METADATA_SIZE_RANGE = (4 * 10**6, 64 * 10**9)  # below 4 MB SQLite alone would not fit its tree's pages
+
+
+def _metadata_size(value: Any, fail) -> int:
+    """``[cache] metadata_size``: a size (``"100MB"``, ``"1GiB"``, bytes) within METADATA_SIZE_RANGE."""
+    low, high = METADATA_SIZE_RANGE
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise fail(str(exc), "cache", "metadata_size") from None
+    if not low <= size <= high:
+        raise fail(f"metadata_size must be between 4MB and 64GB, not {value!r}", "cache", "metadata_size")
+    return size
 
 
 def parse_listen(value: Any) -> tuple[str, int]:

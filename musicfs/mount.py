@@ -8,6 +8,7 @@ through constructors. :func:`serve` returns once the filesystem is unmounted
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import signal
@@ -32,7 +33,9 @@ from .fuse.inodes import InodeTable
 from .fuse.invalidate import KernelInvalidator
 from .fuse.operations import Operations
 from .index.library import LibraryIndex
+from .index.metacache import MetadataBudget
 from .lifecycle import Lifecycle
+from .looplag import LoopLag
 from .origins.base import Origin, create
 from .origins.health import HealthMonitor
 from .origins.local import LocalOrigin
@@ -41,9 +44,10 @@ from .store.cache import ContentCache
 from .store.reader import CachedReader
 from .systemd import Notifier
 from .vfs.hidden import HiddenFiles
+from .vfs.listings import ListingCache
 from .vfs.rawview import RawView
 from .vfs.reader import DirectReader
-from .vfs.resolver import Resolver
+from .vfs.resolver import Node, Resolver
 from .vfs.sync import SyncService
 
 log = logging.getLogger(__name__)
@@ -210,6 +214,12 @@ async def _supervised(name: str, task: Callable[..., Awaitable[None]], *args: ob
         pause = min(pause * 2, 300.0)
 
 
+def _forget_entry(node: Node) -> None:
+    """Ask the kernel to drop an entry whose node the inode table let go (NFR-5.1); queued on
+    pyfuse3's own thread, as a handler must never wait for the kernel."""
+    pyfuse3.invalidate_entry_async(node.parent, os.fsencode(node.name), ignore_enoent=True)
+
+
 async def _reconcile(cache: ContentCache) -> None:
     """Align the chunk index with the chunk files after an unclean stop, off the mount's path."""
     await trio.to_thread.run_sync(cache.reconcile)
@@ -222,7 +232,8 @@ def serve(config: Config, settings: MountSettings, *, on_mounted: Callable[[], N
 
 async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[], None] | None) -> None:
     started = time.time()
-    index = LibraryIndex(settings.index_path)
+    budget = MetadataBudget(config.metadata_cache_size)  # NFR-5.1: SQLite's page cache and kept nodes
+    index = LibraryIndex(settings.index_path, budget=budget)
     make_private(settings.cache_dir)  # before the store creates anything in it
     bus = EventBus()
     cache = ContentCache(settings.cache_dir, config.cache_size, bus.publish)
@@ -245,15 +256,24 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             policy = AttrPolicy(entry_timeout=settings.entry_timeout, attr_timeout=settings.attr_timeout,
                                 dir_mtime_ns=int(finished * 10**9))
             hidden = HiddenFiles({"status.json": status.status, "errors.json": status.errors})
-            raw = RawView(origins)
-            inodes = InodeTable()  # the kernel's lookup counts: shared with the rescans' invalidation
+            raw = RawView(origins, ttl=config.raw_ttl, idle=config.raw_idle)
+            # the kernel's lookup counts: shared with the rescans' invalidation; nodes kept within the bound
+            inodes = InodeTable(budget.max_nodes, _forget_entry)
             recorder = LatencyRecorder()  # each FUSE handler's time, for /metrics
-            ops = Operations(index, reader, hidden, policy, raw, inodes=inodes, recorder=recorder)
-            invalidator = KernelInvalidator(inodes, Resolver(index.conn))
+            listings = ListingCache(budget.listed_nodes)  # repeated listings from memory (MM-5.3), emptied by rescans
+            resolver = Resolver(index.conn, listings)
+            ops = Operations(index, reader, hidden, policy, raw, inodes=inodes, recorder=recorder,
+                             resolver=resolver)
+            invalidator = KernelInvalidator(inodes, resolver)
             sync = SyncService(index, origins, config.path_template(), bus=bus, lifecycle=lifecycle,
                                tree_changed=invalidator, workers=config.scan_workers)
             status.register("sync", sync.statistics)
             status.register("invalidation", invalidator.statistics)
+            # how long the loop is held: CPU per task step (ASYNC-3), and a probe's wake-up lag
+            loop_lag = LoopLag(interval=0.01)  # 100 wake-ups a second: negligible on an idle mount
+            status.register("loop", loop_lag.statistics)
+            status.register("metadata_cache", budget.statistics)
+            status.register("listings", listings.statistics)
             for name, statistics in (("reader", reader.statistics), ("direct", direct.statistics),
                                      ("cache", cache.statistics), ("events", bus.statistics),
                                      ("raw_views", raw.statistics), ("fuse", ops.statistics)):
@@ -286,6 +306,10 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             if on_mounted:
                 on_mounted()
             lifecycle.mounted()
+            # start-up objects live as long as the mount: out of the collector's sight, full
+            # collections no longer walk them (they stalled the loop 50-100 ms, ASYNC-3)
+            gc.collect()
+            gc.freeze()
             nursery.start_soon(_stop_on_signal, lifecycle)
             nursery.start_soon(_stop_when_asked, lifecycle, ops)
             nursery.start_soon(_check_answering, settings.mountpoint, lifecycle)
@@ -294,6 +318,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             nursery.start_soon(functools.partial(_supervised, "cache reconciliation", _reconcile, cache,
                                                  restart=False))
             nursery.start_soon(_supervised, "origin health probes", health.run)
+            nursery.start_soon(_supervised, "event loop lag probe", loop_lag.run)
             nursery.start_soon(_supervised, "systemd notifications", notifier.run, lifecycle, settings.mountpoint)
             nursery.start_soon(_supervised, "rescan metrics", metrics.follow, bus)
             if exporter is not None:

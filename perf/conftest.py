@@ -1,8 +1,21 @@
-"""What the benchmarks share: large inputs kept between runs, and the comparison table.
+"""What the benchmarks share: their sizes, large inputs kept between runs, and the table.
 
-Large inputs are expensive to make (a 1M-track index takes a minute or two, the audio
+Every benchmark runs at one of two sizes, chosen with ``--perf-size``:
+
+* ``ci`` (the default, what ``make test`` runs): small enough that the whole suite,
+  inputs built from scratch, takes about a minute and a half on two cores, so every
+  gate fires on every submission;
+* ``full`` (``make perf``): the sizes the requirements are stated at (a 1 GiB file, a
+  million tracks).
+
+A figure whose requirement names a scale (NFR-3.1's million tracks, MM-4's 1 GiB file)
+is recorded only by a run at that scale; a CI run still measures it and judges it against
+the same maximum, so a regression fails ``make test``, but it does not claim the requirement.
+
+Large inputs are expensive to make (a 1M-track index takes a few minutes, the audio
 origin a gigabyte and a half), so they live under ``build/perf/`` and are remade only
-when the code that makes them changes (the stamp is a hash of that code).
+when the code that makes them changes (the stamp is a hash of that code); each size has
+its own, so a CI run never throws away the full-size inputs.
 
 Every benchmark adds rows to one table (metric, musicfs, native, ratio, requirement),
 printed with rich at the end of the run.
@@ -26,11 +39,42 @@ _INDEX_SOURCES = ("fixtures/synthetic.py", "musicfs/index/bulk.py", "musicfs/ind
                   "musicfs/index/schema.py", "musicfs/index/library.py",
                   "musicfs/vfs/template.py", "musicfs/vfs/names.py")
 
-# the large audio origin: one long mix (MM-4 wants 1 GiB or more) and a few long tracks
-MIX_BYTES = 1 << 30
-TRACK_BYTES = 128 << 20
-TRACKS = 4
-_ORIGIN_VERSION = f"wav-pcm16-noise-v1 {MIX_BYTES} {TRACK_BYTES} {TRACKS}"
+
+@dataclass(frozen=True)
+class PerfSize:
+    """How big each benchmark's inputs are, and how long it runs, at one ``--perf-size``."""
+
+    name: str
+    mix_bytes: int  # the long mix: MM-4 is stated for a file of 1 GiB or more
+    track_bytes: int  # each of the long tracks read sequentially (NFR-2.1, NFR-2.2)
+    tracks: int
+    fio_seconds: float  # each of the four fio runs
+    small_library: int  # tracks: the small library of the mount-time ratio (NFR-3.3)
+    library: int  # tracks: the largest synthetic library (NFR-3.1 at a million)
+    memory_sizes: tuple[int, int]  # tracks: the two libraries NFR-4.4's growth is taken between
+    client_levels: tuple[int, ...]  # concurrent client processes (NFR-3.6)
+    client_rounds: int  # cold reads per client at each level above one
+
+
+SIZES = {
+    "ci": PerfSize("ci", mix_bytes=48 << 20, track_bytes=16 << 20, tracks=4, fio_seconds=1.0,
+                   small_library=500, library=50_000, memory_sizes=(5_000, 50_000),
+                   client_levels=(1, 3, 10, 30), client_rounds=2),
+    "full": PerfSize("full", mix_bytes=1 << 30, track_bytes=128 << 20, tracks=4, fio_seconds=5.0,
+                     small_library=1_000, library=1_000_000, memory_sizes=(10_000, 100_000),
+                     client_levels=(1, 2, 5, 10, 20, 50, 100), client_rounds=3),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--perf-size", choices=sorted(SIZES), default="ci",
+                     help="benchmark sizes: ci (default; minutes, what `make test` runs) or full "
+                          "(`make perf`: 1 GiB files, a million tracks)")
+
+
+@pytest.fixture(scope="session")
+def perf_size(pytestconfig) -> PerfSize:
+    return SIZES[pytestconfig.getoption("perf_size")]
 
 
 def _stamp(paths) -> str:
@@ -88,21 +132,24 @@ def _write_wav(path: Path, size: int, seed: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def big_origin(perf_dir) -> Path:
-    """A local origin of large WAV files (made once, kept in build/perf/)."""
-    folder = perf_dir / "big-origin"
-    marker = perf_dir / "big-origin.done"
-    if marker.exists() and marker.read_text().strip() == _ORIGIN_VERSION:
+def big_origin(perf_dir, perf_size) -> Path:
+    """A local origin of large WAV files: one long mix and a few long tracks (made once per
+    size, kept in build/perf/)."""
+    size = perf_size
+    folder = perf_dir / f"big-origin-{size.name}"
+    marker = perf_dir / f"big-origin-{size.name}.done"
+    version = f"wav-pcm16-noise-v1 {size.mix_bytes} {size.track_bytes} {size.tracks}"
+    if marker.exists() and marker.read_text().strip() == version:
         return folder
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "Mixes").mkdir(parents=True)
     (folder / "Tracks").mkdir()
-    _write_wav(folder / "Mixes" / "long mix.wav", MIX_BYTES, seed=1)
-    for i in range(TRACKS):
-        _write_wav(folder / "Tracks" / f"long track {i + 1}.wav", TRACK_BYTES, seed=10 + i)
-    marker.write_text(_ORIGIN_VERSION + "\n")
+    _write_wav(folder / "Mixes" / "long mix.wav", size.mix_bytes, seed=1)
+    for i in range(size.tracks):
+        _write_wav(folder / "Tracks" / f"long track {i + 1}.wav", size.track_bytes, seed=10 + i)
+    marker.write_text(version + "\n")
     return folder
 
 

@@ -1,25 +1,30 @@
 """Benchmarks: musicfs against the same files read natively, and libraries at full scale.
 
-Run with ``make perf`` (``pytest perf -q -s``); it takes a few minutes. Each benchmark
-runs one workload against a musicfs mount and, where there is one, against the same
-files read directly from the origin folder, and adds rows to the table printed at the
-end (see ``perf/conftest.py``). Figures the catalogue holds are recorded in its units.
+``make test`` runs them at CI size (``--perf-size ci``, the default: about a minute and
+a half, inputs included); ``make perf`` at full size (``pytest perf --perf-size full -s``,
+a quarter of an hour the first time, while the large inputs are built). The sizes are in
+``perf/conftest.py``; a figure defined at a scale is recorded only at that scale. Each
+benchmark runs one workload against a musicfs mount and, where there is one, against
+the same files read directly from the origin folder, and adds rows to the table printed at
+the end (see ``perf/conftest.py``). Figures the catalogue holds are recorded in its units.
 
 Workloads:
-* sequential reads of long tracks (4 x 128 MiB) and of a 1 GiB mix: cold (empty chunk
-  cache, kernel page cache dropped), warm (second read), and from the chunk cache alone
-  (page cache dropped again, so every read goes through the daemon);
+* sequential reads of long tracks (4 x 128 MiB; CI: 4 x 16 MiB) and of a 1 GiB mix (CI:
+  48 MiB): cold (empty chunk cache, kernel page cache dropped), warm (second read), and
+  from the chunk cache alone (page cache dropped again, so every read goes through the
+  daemon);
 * random 4 KiB reads with fio (psync, buffered), warm and with the page cache dropped;
 * stat and readdir rates on the sample library, and listing a 10K-entry directory;
-* mount time of a 1M-track synthetic index against a 1K-track one, and latencies on it;
-* daemon memory per indexed and browsed track, and its peak over the run;
-* concurrent client processes, and how per-client latency grows with their number.
+* mount time of a 1M-track synthetic index against a 1K-track one, and latencies on it
+  (CI: 50K against 500);
+* daemon memory per indexed and browsed track, and its peak over the run.
+
+Concurrent clients (NFR-3.6) are in ``test_clients.py``.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -45,8 +50,8 @@ from tests.harness import mount_library
 
 MB = 1_000_000
 BLOCK = 1 << 20
-FIO_SECONDS = 5
-MILLION = 1_000_000
+GIB = 1 << 30
+MILLION = 1_000_000  # the library size NFR-3.1 is stated at
 
 
 def _record_peak(record_requirement, mounted, what: str) -> None:
@@ -85,7 +90,7 @@ def big_mount(big_origin, tmp_path_factory):
 def big_files(big_mount, big_origin):
     files = sorted(walk_tree(big_mount.mountpoint).files, key=lambda p: p.stat().st_size)
     mix, tracks = files[-1], files[:-1]
-    assert mix.stat().st_size >= 1 << 30 and len(tracks) >= 2
+    assert len(tracks) >= 2
     return {"tracks": tracks, "mix": mix, "native_tracks": _native(tracks, big_origin),
             "native_mix": _native([mix], big_origin)[0]}
 
@@ -106,7 +111,8 @@ def _passes(files: list[Path]) -> dict[str, float]:
 
 
 @pytest.mark.req("NFR-2.1", "NFR-2.2", "MM-4", "NFR-4.3")
-def test_sequential_reads(big_mount, big_files, results, record_requirement, capsys):
+def test_sequential_reads(big_mount, big_files, results, record_requirement, requirement_catalogue,
+                          capsys):
     if not drop_page_cache():
         pytest.skip("dropping the page cache needs root")
     tracks, mix = big_files["tracks"], big_files["mix"]
@@ -143,15 +149,23 @@ def test_sequential_reads(big_mount, big_files, results, record_requirement, cap
                               f"daemon (chunk files in the OS cache), {t['warm']:,.0f} MB/s read again "
                               f"(page cache), {t['disk']:,.0f} MB/s with the chunk files on disk; "
                               "the lower of the first two is recorded")
-    record_requirement("MM-4", min(x["warm"], x["daemon"]),
-                       detail=f"{mix_mb:,.0f} MB file, cached: {x['daemon']:,.0f} MB/s through the "
-                              f"daemon, {x['warm']:,.0f} MB/s read again, {x['disk']:,.0f} MB/s from "
-                              "chunk files on disk; the lower of the first two is recorded")
-    _record_peak(record_requirement, big_mount, "reading 1.5 GB through it four times")
+    large_file = min(x["warm"], x["daemon"])
+    if mix.stat().st_size >= GIB:  # MM-4 is stated for a file of 1 GiB or more
+        record_requirement("MM-4", large_file,
+                           detail=f"{mix_mb:,.0f} MB file, cached: {x['daemon']:,.0f} MB/s through the "
+                                  f"daemon, {x['warm']:,.0f} MB/s read again, {x['disk']:,.0f} MB/s "
+                                  "from chunk files on disk; the lower of the first two is recorded")
+    # a smaller run shows the same path in the table without claiming MM-4 (stated for 1 GiB);
+    # while MM-4 is a known shortfall (not gated, planned in the catalogue) nothing asserts it
+    if requirement_catalogue["MM-4"].gate and mix.stat().st_size < GIB:
+        assert large_file >= requirement_catalogue["MM-4"].maximum, (
+            f"a {mix_mb:,.0f} MB cached file read at {large_file:,.0f} MB/s")
+    _record_peak(record_requirement, big_mount,
+                 f"reading {size_mb + mix_mb:,.0f} MB through it four times")
 
 
 # -- random reads with fio ----------------------------------------------------------------
-def _fio_randread(files: list[Path], work: Path, *, invalidate: bool) -> dict:
+def _fio_randread(files: list[Path], work: Path, *, invalidate: bool, seconds: float) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     names = []
@@ -160,7 +174,7 @@ def _fio_randread(files: list[Path], work: Path, *, invalidate: bool) -> dict:
         names.append(f"f{i}")
     cmd = ["fio", "--name=randread", f"--directory={work}", "--filename=" + ":".join(names),
            "--ioengine=psync", "--direct=0", "--rw=randread", "--bs=4k", "--time_based",
-           f"--runtime={FIO_SECONDS}", f"--invalidate={int(invalidate)}", "--thread",
+           f"--runtime={seconds:g}", f"--invalidate={int(invalidate)}", "--thread",
            "--percentile_list=50:99", "--output-format=json"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
     read = json.loads(out.stdout)["jobs"][0]["read"]
@@ -169,21 +183,24 @@ def _fio_randread(files: list[Path], work: Path, *, invalidate: bool) -> dict:
 
 
 @pytest.mark.req("NFR-1.4", "NFR-4.3")
-def test_random_reads_fio(big_mount, big_files, tmp_path, results, record_requirement, capsys):
+def test_random_reads_fio(big_mount, big_files, tmp_path, perf_size, results, record_requirement,
+                          capsys):
     if shutil.which("fio") is None:
         pytest.skip("fio is not installed (make setup installs it)")
     tracks, native = big_files["tracks"], big_files["native_tracks"]
+    seconds = perf_size.fio_seconds
     _read_all(tracks)  # cached in musicfs and in the page cache
     _read_all(native)
     rows = {}
-    rows["warm"] = (_fio_randread(tracks, tmp_path / "m", invalidate=False),
-                    _fio_randread(native, tmp_path / "n", invalidate=False))
+    rows["warm"] = (_fio_randread(tracks, tmp_path / "m", invalidate=False, seconds=seconds),
+                    _fio_randread(native, tmp_path / "n", invalidate=False, seconds=seconds))
     drop_page_cache()
-    musicfs_cold = _fio_randread(tracks, tmp_path / "m", invalidate=True)
+    musicfs_cold = _fio_randread(tracks, tmp_path / "m", invalidate=True, seconds=seconds)
     drop_page_cache()
-    rows["page cache dropped"] = (musicfs_cold, _fio_randread(native, tmp_path / "n", invalidate=True))
+    rows["page cache dropped"] = (musicfs_cold, _fio_randread(native, tmp_path / "n", invalidate=True,
+                                                              seconds=seconds))
     for label, (m, n) in rows.items():
-        section = f"random 4 KiB reads (fio, psync, {FIO_SECONDS} s), {label}"
+        section = f"random 4 KiB reads (fio, psync, {seconds:g} s), {label}"
         results.add(section, "IOPS", m["iops"], n["iops"], unit="", fmt=",.0f")
         results.add(section, "latency p50", m["p50"], n["p50"], unit="us", fmt=",.1f",
                     req="NFR-1.4" if label == "warm" else "")
@@ -196,7 +213,8 @@ def test_random_reads_fio(big_mount, big_files, tmp_path, results, record_requir
                   f"p99 {n['p99']:.1f} us")
     warm = rows["warm"][0]
     record_requirement("NFR-1.4", warm["p99"] / 1000,
-                       detail=f"fio randread 4 KiB over {len(tracks)} cached 128 MiB tracks: "
+                       detail=f"fio randread 4 KiB over {len(tracks)} cached tracks of "
+                              f"{tracks[0].stat().st_size >> 20} MiB for {seconds:g} s: "
                               f"{warm['iops']:,.0f} IOPS, p50 {warm['p50']:.1f} us")
     _record_peak(record_requirement, big_mount, "random reads")
 
@@ -282,21 +300,52 @@ def test_metadata_rates(sample_mount, sample_library, synthetic_index, empty_ori
 
 
 # -- a million tracks ---------------------------------------------------------------------
+def _count_served(root: Path) -> tuple[int, int]:
+    """(tracks, directories) the mount serves, found by listing every directory below ``root``
+    (hidden ones left out) without a stat: what a walk of the whole library sees."""
+    tracks = dirs = 0
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        dirs += 1
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(".musicfs"):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                else:
+                    tracks += 1
+    return tracks, dirs
+
+
 @pytest.mark.req("NFR-1.7", "NFR-3.3", "NFR-3.1", "NFR-1.1", "NFR-1.2", "NFR-2.3", "NFR-4.3")
-def test_million_track_library(synthetic_index, empty_origin, tmp_path, results,
+def test_million_track_library(synthetic_index, empty_origin, tmp_path, perf_size, results,
                                record_requirement, requirement_catalogue, capsys):
+    """A synthetic library of a million tracks (CI: 50K): mounted as fast as one a hundred times
+    smaller (NFR-3.3), every track served (counted by listing the whole tree), and lookups,
+    stats and listings on it within their maxima. NFR-3.1 is recorded only at a million: the
+    number of tracks the mount served, when every latency met its maximum."""
+    n_small, n_large = perf_size.small_library, perf_size.library
+    assert n_large >= 100 * n_small, "NFR-3.3 compares with a library at least 100 times smaller"
     started = time.perf_counter()
-    small, large = synthetic_index(1_000), synthetic_index(MILLION)
+    small, large = synthetic_index(n_small), synthetic_index(n_large)
     built = time.perf_counter() - started
     scans = scan_count(large)
-    times = interleaved_mount_times({"1K": small, "1M": large}, tmp_path, empty_origin, repeats=5)
-    assert scan_count(large) == scans, "mounting the 1M index rescanned it"
-    small_ms, large_ms = median(times["1K"]) * 1000, median(times["1M"]) * 1000
+    repeats = 7  # interleaved mounts of each library, after one untimed warm-up each
+    times = interleaved_mount_times({"small": small, "large": large}, tmp_path, empty_origin,
+                                    repeats=repeats)
+    assert scan_count(large) == scans, "mounting the large index rescanned it"
+    small_ms, large_ms = median(times["small"]) * 1000, median(times["large"]) * 1000
     ratio = large_ms / small_ms
 
-    # latencies on the mounted million: lookups (cold), stat (warm), readdir of albums (warm)
+    # served: every track, by listing the whole tree; then latencies: lookups (cold), stat
+    # (warm), readdir of albums (warm)
     with mount_library(origin=empty_origin, index=large, work=tmp_path / "serve") as mounted:
         root = mounted.mountpoint
+        walk_started = time.perf_counter()
+        served, listed = _count_served(root)
+        walked = time.perf_counter() - walk_started
         artists = [root / a for a in os.listdir(root) if not a.startswith(".")]
         rng = random.Random(5)
         albums = [a / b for a in rng.sample(artists, 100) for b in os.listdir(a)]
@@ -314,15 +363,22 @@ def test_million_track_library(synthetic_index, empty_origin, tmp_path, results,
 
         mix_rate, ops, _ = rate(browse, min_seconds=2.0)
         rss = settle(mounted.pid)
-        _record_peak(record_requirement, mounted, "serving a 1M-track index")
+        _record_peak(record_requirement, mounted, f"serving a {n_large:,}-track index")
     cat = requirement_catalogue
-    within = (lookups.p(99) <= cat["NFR-1.1"].maximum and stat.p(99) <= cat["NFR-1.1"].maximum
-              and readdir.p(99) <= cat["NFR-1.2"].maximum)
-    section = "1M-track synthetic library"
+    latencies = ((lookups, "NFR-1.1"), (stat, "NFR-1.1"), (readdir, "NFR-1.2"))
+    misses = [f"{lat.name} p99 {lat.p(99):.3f} ms > {cat[req].maximum:g} ms ({req})"
+              for lat, req in latencies if lat.p(99) > cat[req].maximum]
+    label = f"{n_large // 1000:,}K" if n_large < MILLION else f"{n_large // MILLION:,}M"
+    section = f"{label}-track synthetic library"
     results.add(section, "index build (cached in build/perf)", built, unit="s", fmt=",.1f")
-    results.add(section, "mount, 1K tracks (median of 5)", small_ms, unit="ms", req="NFR-1.7")
-    results.add(section, "mount, 1M tracks (median of 5)", large_ms, unit="ms", req="NFR-1.7")
-    results.add(section, "mount 1M / mount 1K", f"{ratio:.2f}", req="NFR-3.3")
+    results.add(section, f"mount, {n_small:,} tracks (median of {repeats})", small_ms, unit="ms",
+                req="NFR-1.7")
+    results.add(section, f"mount, {n_large:,} tracks (median of {repeats})", large_ms, unit="ms",
+                req="NFR-1.7")
+    results.add(section, "mount large / mount small", f"{ratio:.2f}", req="NFR-3.3")
+    results.add(section, "tracks served (every directory listed)", served, unit="", fmt=",.0f",
+                req="NFR-3.1" if n_large >= MILLION else "")
+    results.add(section, "listing the whole tree", walked, unit="s", fmt=",.1f")
     results.add(section, "lookup p99 (uncached names)", lookups.p(99) * 1000, unit="us", fmt=",.0f")
     results.add(section, "stat p99 (warm)", stat.p(99) * 1000, unit="us", fmt=",.1f", req="NFR-1.1")
     results.add(section, "readdir of an album p99", readdir.p(99) * 1000, unit="us", fmt=",.0f",
@@ -330,30 +386,43 @@ def test_million_track_library(synthetic_index, empty_origin, tmp_path, results,
     results.add(section, "readdir + stat mix", mix_rate, unit="ops/s", fmt=",.0f", req="NFR-2.3")
     results.add(section, "daemon RSS after browsing", rss, unit="MB")
     with capsys.disabled():
-        print(f"\n1M: mounts 1K {[round(t * 1000) for t in times['1K']]} ms, 1M "
-              f"{[round(t * 1000) for t in times['1M']]} ms; ratio {ratio:.2f}; {lookups.summary()}; "
-              f"{stat.summary()}; {readdir.summary()}; mix {mix_rate:,.0f} ops/s; RSS {rss:.1f} MB")
-    for tracks, value in (("1K", small_ms), ("1M", large_ms)):
-        record_requirement("NFR-1.7", value, samples=5, detail=f"perf: median of 5 mounts, {tracks} tracks")
-    record_requirement("NFR-3.3", ratio, samples=10,
-                       detail=f"median mount 1M tracks {large_ms:.0f} ms / 1K tracks {small_ms:.0f} ms")
-    record_requirement("NFR-3.1", MILLION if within else 0,
-                       detail=f"1M tracks served: lookup p99 {lookups.p(99):.3f} ms, stat p99 "
-                              f"{stat.p(99):.4f} ms, album readdir p99 {readdir.p(99):.3f} ms"
-                              + ("" if within else " (a latency missed its maximum)"))
-    record_requirement("NFR-1.1", stat.p(99), samples=stat.count, detail="perf: warm stat, 1M-track tree")
+        print(f"\n{label}: mounts {n_small:,} {[round(t * 1000) for t in times['small']]} ms, "
+              f"{n_large:,} {[round(t * 1000) for t in times['large']]} ms; ratio {ratio:.2f}; "
+              f"served {served:,} tracks in {listed:,} directories ({walked:.1f} s); "
+              f"{lookups.summary()}; {stat.summary()}; {readdir.summary()}; "
+              f"mix {mix_rate:,.0f} ops/s; RSS {rss:.1f} MB")
+    for tracks, value in ((n_small, small_ms), (n_large, large_ms)):
+        record_requirement("NFR-1.7", value, samples=repeats,
+                           detail=f"perf: median of {repeats} mounts, {tracks:,} tracks")
+    record_requirement("NFR-3.3", ratio, samples=2 * repeats,
+                       detail=f"median of {repeats} interleaved mounts each: {n_large:,} tracks "
+                              f"{large_ms:.0f} ms / {n_small:,} tracks {small_ms:.0f} ms")
+    if n_large >= MILLION and served == n_large and not misses:
+        # the size NFR-3.1 is stated at, served whole and within every latency maximum
+        record_requirement("NFR-3.1", served, samples=served,
+                           detail=f"{served:,} tracks served (every one of {listed:,} directories "
+                                  f"listed, {walked:.0f} s): lookup p99 {lookups.p(99):.3f} ms, "
+                                  f"stat p99 {stat.p(99):.4f} ms, album readdir p99 "
+                                  f"{readdir.p(99):.3f} ms")
+    record_requirement("NFR-1.1", stat.p(99), samples=stat.count,
+                       detail=f"perf: warm stat, {n_large:,}-track tree")
     record_requirement("NFR-1.2", readdir.p(99), samples=readdir.count,
-                       detail="perf: album readdir, 1M-track tree")
-    record_requirement("NFR-2.3", mix_rate, samples=ops, detail="perf: album readdir + stat, 1M-track tree")
+                       detail=f"perf: album readdir, {n_large:,}-track tree")
+    record_requirement("NFR-2.3", mix_rate, samples=ops,
+                       detail=f"perf: album readdir + stat, {n_large:,}-track tree")
+    assert served == n_large, f"the mount served {served:,} of {n_large:,} tracks"
+    assert not misses, f"on {n_large:,} tracks: " + "; ".join(misses)
+    assert ratio <= cat["NFR-3.3"].maximum, (
+        f"mounting {n_large:,} tracks took {ratio:.2f}x as long as {n_small:,}")
 
 
 # -- memory per track -----------------------------------------------------------------------
 @pytest.mark.req("NFR-4.4", "NFR-4.3")
-def test_memory_per_track(synthetic_index, empty_origin, tmp_path, results, record_requirement,
-                          capsys):
-    """RSS after browsing every directory and file of a 10K- and a 100K-track library; the
-    difference divided by the difference in tracks."""
-    sizes = (10_000, 100_000)
+def test_memory_per_track(synthetic_index, empty_origin, tmp_path, perf_size, results,
+                          record_requirement, capsys):
+    """RSS after browsing every directory and file of a 10K- and a 100K-track library (CI: 5K
+    and 50K); the difference divided by the difference in tracks."""
+    sizes = perf_size.memory_sizes
     rss = {}
     for n in sizes:
         with mount_library(origin=empty_origin, index=synthetic_index(n), work=tmp_path / f"m{n}") as mounted:
@@ -377,63 +446,3 @@ def test_memory_per_track(synthetic_index, empty_origin, tmp_path, results, reco
                               f"{sizes[0]:,} tracks {rss[sizes[0]][1]:.1f} MB")
     record_requirement("NFR-4.1", max(v[0] for v in rss.values()),
                        detail="perf: idle after mounting a synthetic index")
-
-
-# -- concurrent clients ---------------------------------------------------------------------
-def _client(files, dirs, barrier, seconds, out):
-    """One client process: open+read+close a file, stat another, list a directory, in turns."""
-    rng = random.Random(os.getpid())
-    barrier.wait()
-    lat = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        path = files[rng.randrange(len(files))]
-        started = time.perf_counter_ns()
-        fd = os.open(path, os.O_RDONLY)
-        os.pread(fd, 4096, 0)
-        os.close(fd)
-        os.stat(files[rng.randrange(len(files))])
-        os.listdir(dirs[rng.randrange(len(dirs))])
-        lat.append((time.perf_counter_ns() - started) / 1e6)
-    out.put((median(lat), len(lat)))
-
-
-@pytest.mark.req("NFR-3.6", "NFR-4.3")
-def test_concurrent_clients(sample_mount, results, record_requirement, capsys):
-    """Per-client latency of a fixed mix with 1..100 client processes at once. It "grows
-    linearly" while latency(N) <= N x latency(1); the largest such N is recorded."""
-    tree = walk_tree(sample_mount.mountpoint)
-    files, dirs = [str(p) for p in tree.files], [str(p) for p in tree.album_dirs]
-    ctx = multiprocessing.get_context("fork")
-    levels = (1, 2, 5, 10, 20, 50, 100)
-    seconds = 1.5
-    per_client = {}
-    for n in levels:
-        barrier = ctx.Barrier(n)
-        out = ctx.Queue()
-        procs = [ctx.Process(target=_client, args=(files, dirs, barrier, seconds, out)) for _ in range(n)]
-        for p in procs:
-            p.start()
-        got = [out.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(30)
-        per_client[n] = (median([g[0] for g in got]), sum(g[1] for g in got))
-    base = per_client[1][0]
-    linear = 0
-    for n in levels:
-        if per_client[n][0] <= n * base:
-            linear = n
-        else:
-            break
-    for n in levels:
-        lat, ops = per_client[n]
-        results.add("concurrent clients (open+read+close, stat, readdir)",
-                    f"{n} clients: median per-client latency / total ops/s",
-                    f"{lat:.3f} ms / {ops / seconds:,.0f}", req="NFR-3.6" if n == linear else "")
-    with capsys.disabled():
-        print("\nclients: " + ", ".join(f"{n}: {v[0]:.3f} ms ({v[1] / seconds:,.0f} ops/s)"
-                                        for n, v in per_client.items()))
-    record_requirement("NFR-3.6", linear,
-                       detail="largest N with per-client median latency <= N x one client's: " +
-                              ", ".join(f"{n}: {v[0]:.2f} ms" for n, v in per_client.items()))
-    _record_peak(record_requirement, sample_mount, "100 concurrent clients")

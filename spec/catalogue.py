@@ -9,6 +9,17 @@ the file, the entry and the field.
 Comparisons are inclusive: a value equal to the target meets the target, and a
 value equal to the maximum is still within the gate. For ``better = "higher"``
 the ``maximum`` is the lowest acceptable value (the gate is on the other side).
+
+``planned`` says, in one line, what is missing for a requirement no check proves
+yet. It exists so that the list of what musicfs does not do is written down and
+reported, rather than being whatever happens to have no test; the completeness
+gate (``--req-complete``) accepts a requirement without a passing check only when
+it carries that line.
+
+``full_size_only`` marks a measured requirement whose figure is defined at a size
+only ``make perf`` builds (a million tracks, a 1 GiB file): smaller runs judge the
+same behaviour at their size without recording a value, and the report says so
+(status ``full-size``) instead of counting it as a gap.
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ UNITS = frozenset({"ms", "s", "MB/s", "ops/s", "handles", "files", "entries", "c
 STATISTICS = frozenset({"p50", "p95", "p99", "mean", "peak", "single"})
 SUITE_ORDER = ("unit", "conformance", "chaos", "perf")  # also the order reports list them in
 SUITES = frozenset(SUITE_ORDER)
+# Suites whose requirements only a check against a real mount can prove (see Requirement.real_mount)
+REAL_MOUNT_SUITES = frozenset({"conformance", "chaos", "perf"})
 DIRECTIONS = frozenset({"lower", "higher"})
 ID_PATTERN = re.compile(r"^[A-Z][A-Z0-9]*(?:-[0-9]+(?:\.[0-9]+)*)?$")
 TITLE_MAX = 60
@@ -40,7 +53,7 @@ Verdict = Literal["pass", "miss-target", "fail"]
 
 _ALWAYS = ("id", "title", "text", "kind", "suite", "gate", "source")
 _MEASURED_ONLY = ("unit", "better", "target", "maximum", "statistic", "stretch")
-_OPTIONAL = ("values", "covers", "stretch")
+_OPTIONAL = ("values", "covers", "stretch", "planned", "full_size_only")
 _KNOWN = frozenset(_ALWAYS + _MEASURED_ONLY + _OPTIONAL)
 
 
@@ -66,6 +79,8 @@ class Requirement:
     statistic: str | None = None
     stretch: float | None = None
     covers: tuple[str, ...] = ()
+    planned: str | None = None
+    full_size_only: str | None = None
     values: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}),
                                       compare=False, hash=False)
 
@@ -73,6 +88,12 @@ class Requirement:
     def measured(self) -> bool:
         """True when checks record a value for it (as opposed to pass/fail or composite)."""
         return self.kind in MEASURED_KINDS
+
+    @property
+    def real_mount(self) -> bool:
+        """True when only conformance, chaos or perf checks may prove it: a unit test of the
+        same code runs against fakes, so it cannot show that a mounted musicfs behaves."""
+        return self.suite in REAL_MOUNT_SUITES
 
     def _no_worse(self, value: float, bound: float) -> bool:
         return value <= bound if self.better == "lower" else value >= bound
@@ -95,8 +116,11 @@ class Requirement:
         """The least favourable of several measurements: the one the gate is judged on."""
         return max(values) if self.better == "lower" else min(values)
 
-    def format_value(self, value: float | None) -> str:
-        """A value with this requirement's unit, compact enough for a table cell."""
+    def format_value(self, value: float | None, unit: bool = True) -> str:
+        """A value with this requirement's unit, compact enough for a table cell.
+
+        ``unit=False`` leaves out a word unit (ms, MB/s, files) where a neighbouring cell
+        already shows it; ``%`` and ``x`` stay, being part of how the number reads."""
         if value is None:
             return ""
         magnitude = abs(value)
@@ -112,17 +136,18 @@ class Requirement:
             return f"{text}%"
         if self.unit == "ratio":
             return f"{text}x"
-        return f"{text} {self.unit}" if self.unit else text
+        return f"{text} {self.unit}" if self.unit and unit else text
 
-    def describe_target(self) -> str:
+    def describe_target(self, unit: bool = True) -> str:
         if not self.measured:
             return ""
-        return f"{'<' if self.better == 'lower' else '>'} {self.format_value(self.target)}"
+        return f"{'<' if self.better == 'lower' else '>'} {self.format_value(self.target, unit)}"
 
-    def describe_maximum(self) -> str:
+    def describe_maximum(self, unit: bool = True) -> str:
         if not self.measured:
             return ""
-        return f"{'<=' if self.better == 'lower' else '>='} {self.format_value(self.maximum)}"
+        bound = self.format_value(self.maximum, unit)
+        return f"{'<=' if self.better == 'lower' else '>='} {bound}"
 
 
 def load_catalogue(path: str | Path | None = None) -> dict[str, Requirement]:
@@ -183,6 +208,17 @@ def _parse_entry(entry: Any, where: str) -> Requirement:
     _one_of(entry, "suite", SUITES, fail)
     if not isinstance(entry["gate"], bool):
         raise fail("gate", f"expected true or false, got {entry['gate']!r}")
+    planned = entry.get("planned")
+    if planned is not None and (not isinstance(planned, str) or not planned.strip()):
+        raise fail("planned", f"expected a non-empty string saying what is missing, "
+                   f"got {planned!r}")
+    full_size_only = entry.get("full_size_only")
+    if full_size_only is not None and (not isinstance(full_size_only, str)
+                                       or not full_size_only.strip()):
+        raise fail("full_size_only", "expected a non-empty string saying why only a full-size run "
+                   f"can record it and what smaller runs judge instead, got {full_size_only!r}")
+    if full_size_only is not None and entry["kind"] not in MEASURED_KINDS:
+        raise fail("full_size_only", "only measured requirements have a size to be recorded at")
 
     kind = entry["kind"]
     figures: dict[str, Any] = {}
@@ -234,7 +270,10 @@ def _parse_entry(entry: Any, where: str) -> Requirement:
         suite=entry["suite"], gate=entry["gate"], source=entry["source"],
         unit=entry.get("unit"), better=entry.get("better"), target=figures.get("target"),
         maximum=figures.get("maximum"), statistic=entry.get("statistic"),
-        stretch=figures.get("stretch"), covers=covers, values=MappingProxyType(dict(values)),
+        stretch=figures.get("stretch"), covers=covers,
+        planned=planned.strip() if planned is not None else None,
+        full_size_only=full_size_only.strip() if full_size_only is not None else None,
+        values=MappingProxyType(dict(values)),
     )
 
 

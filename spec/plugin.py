@@ -12,6 +12,10 @@ Loaded through the ``pytest11`` entry point, so ``tests/``, ``conformance/``,
   target, maximum and verdict, and the ones nothing checked; a JSON report holds
   all of it. A gated requirement measured beyond its maximum fails the run even
   when its test passed, because the test may only have been collecting numbers.
+* with ``--req-complete`` (``make test``), the run also fails when a requirement
+  that is not ``planned`` ends without a passing check at its suite's level, so a
+  deleted or skipped test cannot quietly turn a requirement into a gap. Subset
+  runs leave the option out and never fail for coverage.
 
 What a test declares and records travels in ``item.user_properties``, so the
 verdict is assembled from test reports alone: that works the same in one process
@@ -30,8 +34,9 @@ from pathlib import Path
 import pytest
 
 from .catalogue import SUITES, CatalogueError, Requirement, Verdict, load_catalogue
-from .render import CI_WIDTH, render
-from .report import CheckResult, Measurement, Status, evaluate, write_json
+from .provenance import run_info
+from .render import CI_WIDTH, VERBOSE_WIDTH, render
+from .report import CheckResult, Measurement, Status, evaluate, incomplete, write_json
 
 DEFAULT_REPORT = Path("build") / "requirements-report.json"
 _IDS_PROPERTY = "musicfs-req"
@@ -57,6 +62,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          f"({', '.join(sorted(SUITES))}); repeat or separate with commas")
     group.addoption("--req-catalogue", metavar="PATH", default=None,
                     help="requirement catalogue to use (default: spec/requirements.toml)")
+    group.addoption("--req-complete", action="store_true", default=False,
+                    help="fail the run when a requirement that is not planned ends without a "
+                         "passing check at its suite's level (not covered, skipped, no value, "
+                         "partial); for full runs such as make test")
+    group.addoption("--req-verbose", action="store_true", default=False,
+                    help="show the tests of each requirement and the full measured cell in the "
+                         "table (wider than 100 columns)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -177,6 +189,8 @@ class RequirementsRun:
         self.statuses: dict[str, Status] | None = None
         self.report_path: Path | None = None
         self.failed_by_gate = False
+        self.complete = bool(config.getoption("req_complete"))
+        self.failed_incomplete = False
         self._phases: dict[str, dict[str, bool]] = {}
         self._properties: dict[str, list[tuple[str, object]]] = {}
 
@@ -267,30 +281,38 @@ class RequirementsRun:
             return
         results = self.results()
         explicit = self.config.getoption("req_report")
-        if not results and not explicit:
+        if not results and not explicit and not self.complete:
             return
         self.statuses = evaluate(self.catalogue, results)
         gate_failures = [s for s in self.statuses.values() if s.gate_failed]
         if gate_failures and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
             self.failed_by_gate = True
+        gaps = incomplete(self.statuses) if self.complete else {}
+        if gaps and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            self.failed_incomplete = True
         if explicit:
             self.report_path = Path(self.config.invocation_params.dir, explicit)
         else:
             self.report_path = self.config.rootpath / DEFAULT_REPORT
         write_json(self.report_path, self.statuses, catalogue_path=self.catalogue_label(),
-                   run_failed_by_gate=bool(gate_failures))
+                   run_failed_by_gate=bool(gate_failures), run=run_info(self.config.rootpath),
+                   complete_gate=self.complete, run_failed_incomplete=bool(gaps))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.statuses is None:
             return
         writer = self.config.get_terminal_writer()
         isatty = terminalreporter.isatty  # a method in pytest 9, a plain bool before
-        width = writer.fullwidth if (isatty() if callable(isatty) else isatty) else CI_WIDTH
+        verbose = bool(self.config.getoption("req_verbose"))
+        width = writer.fullwidth if (isatty() if callable(isatty) else isatty) else (
+            VERBOSE_WIDTH if verbose else CI_WIDTH)
         terminalreporter.section("musicfs requirements")
         terminalreporter.write(render(self.statuses, color=writer.hasmarkup, width=width,
                                       suites=self.suites, report_path=self._shown(
-                                          self.report_path)))
+                                          self.report_path),
+                                      complete=self.complete, verbose=verbose))
 
     def catalogue_label(self) -> str:
         option = self.config.getoption("req_catalogue")

@@ -59,6 +59,18 @@ class SshServer:
         options.update(overrides)
         return options
 
+    def options_via(self, address: str, work: Path, **overrides) -> dict:
+        """Origin options for reaching this server through a proxy at ``address`` ("host:port").
+
+        sshd's host key is recorded for its own port; the proxy's port gets a known_hosts
+        file of its own (in ``work``), so the origin still verifies the key it is shown.
+        """
+        host, port = address.rsplit(":", 1)
+        key_type, key = (self.dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        known_hosts = work / f"known_hosts-{port}"
+        known_hosts.write_text(f"[{host}]:{port} {key_type} {key}\n")
+        return self.options(host=host, port=int(port), known_hosts=str(known_hosts), **overrides)
+
     def sessions(self) -> list[int]:
         """Pids of the per-connection processes sshd has forked (its descendants)."""
         return _descendants(self.proc.pid) if self.proc.poll() is None else []

@@ -145,6 +145,7 @@ def test_a_first_read_waits_for_a_small_first_block_only(origin_dir, tmp_path):
             assert await reader.read(handle, offset, 128 * 1024) == data[offset:offset + 128 * 1024]
         assert trio.current_time() - started < 0.55, "the first reads waited for a second origin call"
         assert origin.requests[0] == (0, FIRST_BLOCK)
+        assert await read_all(reader, handle, SIZE) == data  # reading on past the head: the fill goes on
         await fills_done(reader)
         sizes = [size for _, size in sorted(origin.requests)]
         assert sizes == [FIRST_BLOCK] + [FILL_BLOCK] * (len(sizes) - 2) + [SIZE - FIRST_BLOCK - FILL_BLOCK * (len(sizes) - 2)]
@@ -154,9 +155,11 @@ def test_a_first_read_waits_for_a_small_first_block_only(origin_dir, tmp_path):
 
 
 async def fills_ended(reader):
+    """Every fill has ended and, every handle being closed, wrapped up: its file is forgotten (kept
+    among the partial files if it stopped early). A fill is counted before it wraps up."""
     with trio.fail_after(10):
         while reader.counters.fills_started > (reader.counters.fills_completed + reader.counters.fills_failed
-                                               + reader.counters.fills_stopped):
+                                               + reader.counters.fills_stopped) or reader.statistics()["open_files"]:
             await trio.sleep(0.01)
 
 
@@ -172,7 +175,7 @@ def test_a_fill_stops_after_the_last_close_and_the_next_read_resumes_it(origin_d
         reader.release(handle)  # ...and closes
         await fills_ended(reader)
         assert reader.counters.fills_stopped == 1 and bus.counts["FillStopped"] == 1
-        assert sum(size for _, size in origin.requests) < 2 * FILL_BLOCK  # the block in hand, maybe one more
+        assert origin.requests == [(0, FIRST_BLOCK)]  # the first block alone
         assert reader.statistics()["partial_files"] == 1
 
         handle = await reader.open(track(root))  # a player starts the track
@@ -189,6 +192,59 @@ def test_a_fill_stops_after_the_last_close_and_the_next_read_resumes_it(origin_d
         assert await read_all(reader, handle, SIZE) == data
         assert len(origin.requests) == before
         reader.release(handle)
+
+    trio.run(with_reader, tmp_path / "cache", origin, body)
+
+
+@pytest.mark.req("FS-11")
+def test_a_head_read_costs_the_first_block_however_late_the_close_comes(origin_dir, tmp_path):
+    """A scanner whose close reaches the daemon long after its read (a busy machine, a slow
+    process) still costs the first block: the fill waits for a reader to read past the head
+    instead of fetching on, and stops when the close comes. A lone seek to the end (tags kept
+    there) is no reading on either; reading on from the seek is."""
+    root, data = origin_dir
+    origin = CountingOrigin("local", root, delay=0.02)
+
+    async def body(reader, bus):
+        handle = await reader.open(track(root))
+        for offset, size in ((0, 16384), (16384, 32768), (49152, 65536), (114688, 131072)):
+            assert await reader.read(handle, offset, size) == data[offset:offset + size]  # the kernel's ramp
+        assert await reader.read(handle, SIZE - 128, 128) == data[-128:]  # an ID3v1 tag at the end
+        await trio.sleep(20 * origin.delay)  # time for many blocks, had the fill gone on
+        assert sorted(origin.requests) == [(0, FIRST_BLOCK), (SIZE - 128, 128)]
+        assert reader.counters.direct_reads == 1
+        assert reader.counters.fills_stopped == 0  # waiting, with the file open: not over yet
+        reader.release(handle)
+        await fills_ended(reader)
+        assert reader.counters.fills_stopped == 1 and len(origin.requests) == 2
+
+        handle = await reader.open(track(root))  # a player seeks far ahead and plays from there
+        for offset in range(SIZE - 4 * 128 * 1024, SIZE, 128 * 1024):
+            assert await reader.read(handle, offset, 128 * 1024) == data[offset:offset + 128 * 1024]
+        assert reader.counters.direct_reads >= 1 + 2  # ahead of the fill: fetched on their own...
+        await fills_done(reader)  # ...and the fill went on to catch up with it
+        reader.release(handle)
+
+    trio.run(with_reader, tmp_path / "cache", origin, body)
+
+
+def test_a_reader_reading_on_past_the_head_at_its_own_pace_is_no_copy(origin_dir, tmp_path):
+    """The fill waits at the head for a reader to go on; a player that does so later than the
+    first block took to come may wait for the second block once, but is not taken for a copy
+    outpacing the origin (no window of blocks in flight for it); one that goes on at once is."""
+    root, data = origin_dir
+    origin = CountingOrigin("local", root, delay=0.05)
+
+    async def body(reader, bus):
+        handle = await reader.open(track(root))
+        assert await reader.read(handle, 0, 128 * 1024) == data[:128 * 1024]
+        await trio.sleep(0.3)  # a player: its next read comes later than a block takes
+        for offset in range(128 * 1024, 3 * FILL_BLOCK, 128 * 1024):
+            assert await reader.read(handle, offset, 128 * 1024) == data[offset:offset + 128 * 1024]
+            await trio.sleep(0.05)
+        assert origin.most_in_flight == 1
+        reader.release(handle)
+        await fills_ended(reader)
 
     trio.run(with_reader, tmp_path / "cache", origin, body)
 

@@ -311,3 +311,27 @@ def test_synthetic_100k_is_fast():
     elapsed = time.perf_counter() - started
     assert count == 100_000
     assert elapsed < 5, f"100K synthetic tracks took {elapsed:.2f}s"
+
+
+def test_format_set_figures_are_what_an_independent_decoder_reads(tmp_path):
+    """The FR-6 format set (fixtures.formats) states durations, rates and channels a real mount is
+    held to; ffprobe, another decoder than the one musicfs uses, must read the same from each file
+    (its MP4 duration honours the edit list, so AAC's priming frame is not counted there)."""
+    import json
+    import subprocess
+
+    from fixtures.formats import FORMATS, build_format_set
+
+    root = tmp_path / "formats"
+    files = build_format_set(root)
+    assert {f.format for f in files} == set(FORMATS)
+    for known in files:
+        done = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+                               "stream=sample_rate,channels,duration", "-of", "json", str(root / known.path)],
+                              check=True, capture_output=True, text=True)
+        stream = json.loads(done.stdout)["streams"][0]
+        assert int(stream["sample_rate"]) == known.sample_rate, known.path
+        assert int(stream["channels"]) == known.channels, known.path
+        if known.format != "mp3":  # ffprobe counts LAME's encoder delay and padding in; mutagen subtracts them
+            assert abs(float(stream["duration"]) * 1000 - known.duration_ms) <= known.duration_slack_ms, known.path
+        assert mutagen.File(root / known.path).tags is not None, f"{known.path} has no tags"

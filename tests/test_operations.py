@@ -284,38 +284,91 @@ def test_reader_failure_becomes_eio_and_missing_origin_file_enoent(ops, monkeypa
     assert fuse_errno(ops.open, ino, os.O_RDONLY, None) == errno.ENOENT
 
 
-# -- lookup counts -------------------------------------------------------------
+# -- lookup counts ---------------------------------------------------------------
 @pytest.mark.req("CAS-2", "B2-8")
-def test_forget_drops_lookup_counts_and_keeps_the_inode(ops, sample_library):
+def test_forget_waits_for_the_last_handle_and_keeps_the_inode(ops, sample_library, monkeypatch):
+    """A node's state stays while the kernel counts a lookup of it *or* a handle on it is open,
+    and goes when both have ended, in either order; the inode number is the same next time."""
     path, track = a_track(ops)
+    origin = (sample_library[0] / track["real_path"]).read_bytes()
+    lookup_path(ops, path.rsplit("/", 1)[0])
+    baseline = ops.statistics()["known_inodes"]  # the directories on the way, which stay looked up
     ino = lookup_path(ops, path).st_ino
-    assert call(ops.lookup, ops.resolver.resolve(path).parent, os.fsencode(path.rsplit("/", 1)[1])).st_ino == ino
+    parent, name = ops.resolver.resolve(path).parent, os.fsencode(path.rsplit("/", 1)[1])
+    assert call(ops.lookup, parent, name).st_ino == ino
     assert ops.inodes.lookup_count(ino) == 2 and ops.inodes.get(ino) is not None
+    assert ops.statistics()["known_inodes"] == baseline + 1
 
     call(ops.forget, [(ino, 1)])
     assert ops.inodes.lookup_count(ino) == 1 and ops.inodes.get(ino) is not None
-    info = call(ops.open, ino, os.O_RDONLY, None)
+    first = call(ops.open, ino, os.O_RDONLY, None)
+    second = call(ops.open, ino, os.O_RDONLY, None)
+    kept = ops.inodes.get(ino)
+
+    # FORGET before RELEASE (the kernel sends them on separate queues): the node stays
     call(ops.forget, [(ino, 1)])
-    assert ops.inodes.lookup_count(ino) == 0 and ops.inodes.get(ino) is None
-    try:  # an open handle keeps reading after its inode was forgotten
-        assert call(ops.read, info.fh, 0, 64) == (sample_library[0] / track["real_path"]).read_bytes()[:64]
-        assert call(ops.getattr, ino).st_size == track["size"]
-    finally:
-        call(ops.release, info.fh)
+    assert ops.inodes.lookup_count(ino) == 0
+    assert ops.inodes.get(ino) is kept, "forget dropped the state of an inode with open handles"
+    assert ops.statistics()["open_inodes"] == 1 and ops.statistics()["known_inodes"] == baseline + 1
+
+    def no_query(*args):
+        raise AssertionError("the node of an open inode was looked up in the index again")
+
+    with monkeypatch.context() as patched:  # answered from the kept node, not the index
+        patched.setattr(ops.resolver, "get", no_query)
+        assert call(ops.getattr, ino).st_size == track["size"] == len(origin)
+        assert call(ops.read, first.fh, 0, 64) == origin[:64]
+        call(ops.release, first.fh)
+        assert ops.inodes.get(ino) is kept, "the first release dropped a node the second handle holds"
+        assert call(ops.read, second.fh, len(origin) - 64, 64) == origin[-64:]
+        assert call(ops.getattr, ino).st_ino == ino
+    forgotten = ops.inodes.forgotten
+    call(ops.release, second.fh)
+    assert ops.inodes.get(ino) is None and ops.inodes.open_count(ino) == 0, "the last release kept the node"
+    assert ops.inodes.forgotten == forgotten + 1
+    assert ops.statistics()["known_inodes"] == baseline and ops.statistics()["open_inodes"] == 0
+
     # looked up again: the same inode number, counted from one
     assert lookup_path(ops, path).st_ino == ino
     assert ops.inodes.lookup_count(ino) == 1
 
+    # RELEASE before FORGET: the node stays for the kernel's lookup, and goes with its forget
+    info = call(ops.open, ino, os.O_RDONLY, None)
+    call(ops.release, info.fh)
+    assert ops.inodes.get(ino) is not None and ops.inodes.open_count(ino) == 0
+    call(ops.forget, [(ino, 1)])
+    assert ops.inodes.get(ino) is None
+    assert ops.statistics()["known_inodes"] == baseline
+
+    # a generated file's handle holds no node (it has none), and its release drops nothing
+    hidden = call(ops.lookup, ROOT_ID, HIDDEN_DIR_NAME.encode())
+    status = call(ops.lookup, hidden.st_ino, b"status.json")
+    generated = call(ops.open, status.st_ino, os.O_RDONLY, None)
+    call(ops.release, generated.fh)
+    assert ops.statistics()["known_inodes"] == baseline and ops.statistics()["open_inodes"] == 0
+
     # readdirplus entries count as lookups too, and a forget of them balances
-    parent = ops.resolver.resolve(path).parent
+    assert lookup_path(ops, path).st_ino == ino
     fh = call(ops.opendir, parent, None)
     recorder = Recorder(10**6)
-    pyfuse3_reply = pyfuse3.readdir_reply
-    try:
-        pyfuse3.readdir_reply = recorder
+    with monkeypatch.context() as patched:
+        patched.setattr(pyfuse3, "readdir_reply", recorder)
         call(ops.readdir, fh, 0, None)
-    finally:
-        pyfuse3.readdir_reply = pyfuse3_reply
     assert ops.inodes.lookup_count(ino) == 2
     call(ops.forget, [(i, 1) for _, i, _ in recorder.entries])
     assert ops.inodes.lookup_count(ino) == 1
+    call(ops.forget, [(ino, 1)])
+    assert ops.statistics()["known_inodes"] == baseline
+
+
+@pytest.mark.req("CAS-2")
+def test_an_open_that_fails_holds_no_node(ops, monkeypatch, tmp_path):
+    """A refused open (read-only, or its origin file gone) leaves no handle count behind to leak."""
+    path, _ = a_track(ops)
+    ino = lookup_path(ops, path).st_ino
+    assert fuse_errno(ops.open, ino, os.O_WRONLY, None) == errno.EROFS
+    monkeypatch.setattr(ops.reader, "origins", {"local": LocalOrigin("local", tmp_path)})
+    assert fuse_errno(ops.open, ino, os.O_RDONLY, None) == errno.ENOENT
+    assert ops.inodes.open_count(ino) == 0 and ops.statistics()["open_inodes"] == 0
+    call(ops.forget, [(ino, 1)])
+    assert ops.inodes.get(ino) is None

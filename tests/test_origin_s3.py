@@ -4,7 +4,8 @@ It passes the origin contract unchanged (with a small page size, so listings
 page, and an origin prefix, so keys outside it must stay invisible). Beyond
 that: options are checked, credentials never leak into messages or logs,
 refused credentials are reloaded (moto enforcing IAM authentication, keys
-rotated in the file or the environment), 429/503 carry ``Retry-After`` to the
+rotated in the file or the environment), expiring ones renewed before they
+expire (:mod:`musicfs.origins.s3creds`), 429/503 carry ``Retry-After`` to the
 retry schedule, missing buckets and dead endpoints are unavailability (not
 missing files), and :class:`RangeFile` lets mutagen parse a remote FLAC while
 fetching only a small part of it.
@@ -39,6 +40,7 @@ from musicfs.origins.local import LocalOrigin
 from musicfs.origins.rangefile import RangeFile
 from musicfs.origins.retry import call_with_retry
 from musicfs.origins.s3 import S3Origin, _retry_after
+from musicfs.origins.s3creds import CredentialRenewer, renewal_time
 from tests.origin_contract import OriginContract
 from tests.s3server import isolate_aws_env, moto_server, write_credentials
 
@@ -86,6 +88,8 @@ def connect():
 
 
 class TestS3Origin(OriginContract):
+    pages_listings = True  # page_size 7 (see connect), PAGE_FILES 23: four pages
+
     @pytest.fixture
     def make_origin(self, server, connect):
         def make(files):
@@ -154,6 +158,46 @@ def test_the_etag_is_the_version(server, connect):
     assert listed == entry  # listing and HEAD agree on size, whole-second mtime and version
     server.upload(bucket, {"x.flac": b"second"}, prefix=PREFIX)
     assert origin.stat("x.flac").version == hashlib.md5(b"second").hexdigest()
+
+
+@pytest.mark.req("B2-2")
+def test_a_prefix_bigger_than_a_page_lists_completely_with_each_key_once(server, connect):
+    """ListObjectsV2 with prefix, delimiter and continuation tokens, over several pages.
+
+    The folder holds 40 files and 12 sub-folders (the sub-folders' keys are
+    not files of it) and the page is 7 keys, so both files and common
+    prefixes run across pages; every one must come back once, none from
+    outside the prefix or below the delimiter, and the pages counted are the
+    requests the server answered.
+    """
+    files = {f"big/track {i:02d}.flac": b"x" * i for i in range(40)}
+    files.update({f"big/disc {d:02d}/{n}.flac": b"y" for d in range(12) for n in ("a", "b")})
+    files.update({"big.flac": b"not in it", "bigger/z.flac": b"nor this", "other/big/w.flac": b"nor this"})
+    origin = connect(server, server.create_bucket(files, prefix=PREFIX), page_size=7)
+    requests = []
+    origin.client.meta.events.register("before-send.s3.ListObjectsV2",
+                                       lambda request, **_: requests.append(request.url))
+    seen_files, seen_dirs, token, pages = [], [], None, 0
+    while True:
+        page = origin.list_page("big", token)
+        pages += 1
+        seen_files += [e.path for e in page.files]
+        seen_dirs += page.dirs
+        assert len(page.files) + len(page.dirs) <= 7  # a page never holds more than page_size keys
+        token = page.next_token
+        if token is None:
+            break
+    assert pages == len(requests) >= (40 + 12) // 7 + 1 > 1  # every page was a request; several of them
+    assert all("delimiter=%2F" in url and "prefix=music%2Fbig%2F" in url for url in requests)
+    assert sum("continuation-token=" in url for url in requests) == pages - 1
+    assert sorted(seen_files) == sorted(p for p in files if p.startswith("big/") and p.count("/") == 1)
+    assert len(seen_files) == len(set(seen_files)) == 40
+    assert sorted(seen_dirs) == [f"disc {d:02d}" for d in range(12)] and len(set(seen_dirs)) == 12
+    # list_all, which the raw view and the scan use, gives the same, and asks as many pages
+    before = origin.list_requests
+    all_files, all_dirs = origin.list_all("big/")
+    assert sorted(e.path for e in all_files) == sorted(seen_files) and sorted(all_dirs) == sorted(seen_dirs)
+    assert origin.list_requests - before == pages
 
 
 def test_a_missing_bucket_is_unavailable_not_missing(server, connect):
@@ -534,3 +578,42 @@ def test_range_file_passes_origin_errors_through_and_notices_changed_files(tmp_p
         RangeFile(origin, "missing.bin", 100).read(10)
     with pytest.raises(OriginUnavailable, match="changed while it was read"):
         RangeFile(origin, "f.bin", 200).read()  # listed as 200 bytes, now 100
+
+
+# -- renewing credentials that expire (B2-4) --------------------------------------------------------
+
+def test_credentials_are_due_a_sixth_of_their_lifetime_early_and_at_least_a_minute():
+    hour = 3600.0
+    assert renewal_time(0.0, 24 * hour) == 20 * hour  # seed 000: 24 h tokens renewed after 20 h
+    assert renewal_time(0.0, hour) == 50 * 60.0  # an hour's STS credentials, 10 minutes early
+    assert renewal_time(0.0, 300.0) == 240.0  # at least a minute early
+    assert renewal_time(0.0, 12.0) == 6.0  # short-lived: half-way through
+
+
+def test_a_failed_renewal_keeps_the_old_credentials_and_is_tried_again(monkeypatch):
+    """The renewer calls renew() when due, retries after a failure, and stops when closed."""
+    monkeypatch.setattr("musicfs.origins.s3creds.RETRY_MIN", 0.05)
+    calls = []
+
+    def renew():
+        calls.append(time.time())
+        if len(calls) == 1:
+            raise OSError("the credential process failed")
+        renewer.schedule(time.time(), time.time() + 3600)  # new credentials: due in 50 minutes
+
+    renewer = CredentialRenewer("test", renew)
+    renewer.schedule(time.time() - 10, time.time() + 0.2)  # due now (half of the 10.2 s already passed)
+    deadline = time.time() + 5
+    while renewer.renewals == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    renewer.close()
+    assert len(calls) == 2 and renewer.failures == 1 and renewer.renewals == 1
+    assert renewer.last_margin is not None and renewer.last_margin < 0.2
+    assert renewer.expires > time.time() + 3000
+
+
+def test_static_keys_start_no_renewal_thread():
+    renewer = CredentialRenewer("test", lambda: None)
+    renewer.schedule(time.time(), None)
+    assert renewer._thread is None
+    renewer.close()

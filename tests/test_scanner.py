@@ -71,7 +71,16 @@ def test_every_good_file_is_indexed_with_its_tags(scanned, good_files):
             assert row[column] == expected_value(entry["tags"], manifest_key), (entry["path"], column)
         assert row["format"] == entry["format"]
         assert row["size"] == entry["size"]
-        assert row["duration_ms"] > 0 and row["sample_rate"] > 0
+        audio = entry["audio"]
+        # Opus always decodes at 48 kHz (its header's input rate is informational)
+        assert row["sample_rate"] == (48000 if entry["format"] == "opus" else audio["sample_rate"]), entry["path"]
+        # AAC's priming frame shows in MP4's duration; no other codec may add or lose a millisecond
+        slack = -(-1024 * 1000 // audio["sample_rate"]) if entry["format"] == "m4a" else 0
+        assert 0 <= row["duration_ms"] - round(audio["seconds"] * 1000) <= slack + 1, entry["path"]
+        if entry["format"] == "wav":
+            assert row["bitrate"] == audio["sample_rate"] * audio["channels"] * 16, entry["path"]
+        else:
+            assert row["bitrate"] > 0, entry["path"]
 
 
 @pytest.mark.req("NFR-7.4")

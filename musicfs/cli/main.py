@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from .. import daemon
@@ -179,6 +181,38 @@ def _prepare_index(config, path: Path, rescan: bool) -> None:
                               f" {report.skipped} skipped ({report.seconds:.1f} s)")
 
 
+def _prepare_index_apart(config, path: Path, rescan: bool) -> None:
+    """:func:`_prepare_index` in a forked child, for a mount that then serves from this process.
+
+    A scan imports what serving never needs (sqlite_utils for the migrations, with numpy where
+    it is installed; the tag readers; rich's progress bars: ~20 MB) and leaves its allocations
+    in malloc's arenas; none of it can be given back, and a daemon idles for days (NFR-4.1).
+    The child prints its own error, as :func:`main` would, and this process exits with its code.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: scan, say how it went, and leave without running the parent's cleanup
+        code = 1
+        try:
+            _prepare_index(config, path, rescan)
+            code = 0
+        except MusicFSError as exc:
+            err_console.print(f"musicfs: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+            code = 2
+        except KeyboardInterrupt:
+            code = 130
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code != 0:
+        raise SystemExit(code)
+
+
 def _unreachable(config) -> list[str]:
     """Origins that do not answer a health probe now (a mount goes ahead on its cache)."""
     down = []
@@ -235,7 +269,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
                                      " mount from yet")
         for origin_id in unreachable:
             err_console.print(f"[yellow]origin {origin_id} is not reachable: serving what is cached")
-        _prepare_index(config, path, args.rescan)
+        if args.foreground:  # this process serves next: the scan must leave nothing in it
+            _prepare_index_apart(config, path, args.rescan)
+        else:
+            _prepare_index(config, path, args.rescan)
         if not args.foreground:
             for lock in locks:  # the daemon takes them again itself
                 lock.release()
@@ -249,6 +286,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         from ..mount import MountSettings, serve  # here: the other commands need no FUSE, no trio
 
         daemon.raise_open_files_limit()
+        daemon.limit_malloc_arenas()  # before the mount's worker threads exist
         control = socket_path(state, files.pid.stem)
         settings = MountSettings(mountpoint=mountpoint, index_path=path, debug_fuse=args.debug_fuse,
                                  cache_dir=cache_dir, read_timeout=config.read_timeout,

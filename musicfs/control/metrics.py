@@ -167,6 +167,25 @@ class MountMetrics:
         yield from gauge("musicfs_kernel_held_inodes", "Inodes the kernel holds (looked up, not yet forgotten).",
                          fuse.get("known_inodes"))
 
+        # metadata kept in memory
+        listings = doc.get("listings", {})
+        yield from counter("musicfs_listing_cache_hits", "Directory listings (readdir pages) answered from "
+                                                         "a kept listing.", listings.get("hits"))
+        yield from counter("musicfs_listing_cache_misses", "Directory listings (readdir pages) that "
+                                                           "queried the index.", listings.get("misses"))
+        loop = doc.get("loop")
+        if loop:
+            bounds = tuple(b / 1000 for b in loop["bounds_ms"])
+            for key, name, help_text in (
+                    ("steps", "musicfs_event_loop_step_cpu_seconds",
+                     "CPU time of each step of the daemon's event loop (work that holds the loop)."),
+                    ("lag", "musicfs_event_loop_lag_seconds",
+                     "How late a sleeping probe on the event loop wakes.")):
+                family = HistogramMetricFamily(name, help_text)
+                family.add_metric([], _cumulative(bounds, loop[key]["counts"]),
+                                  sum_value=loop[key]["sum_ms"] / 1000)
+                yield family
+
         # content cache
         yield from counter("musicfs_cache_hits", "Chunk reads served from the content cache.",
                            cache.get("hits"))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class ControlServer:
         self.make_app = make_app
         self.started = False  # the app was built (someone connected)
         self._app: Any = None
+        self._serve_connection: Callable[[trio.SocketStream], Awaitable[None]] | None = None
         self._sock: trio.socket.SocketType | None = None
         self._ino = 0
         self._listener: _PeerChecked | None = None
@@ -84,11 +85,12 @@ class ControlServer:
     async def run(self) -> None:
         """Serve the bound socket until cancelled (may be run again after a failure)."""
         assert self._sock is not None and self._listener is not None, "bind() first"
-        if self._app is None:
+        if self._serve_connection is None:
             await trio.lowlevel.wait_readable(self._sock)  # the first client knocks: now load the API
-            self._app = await trio.to_thread.run_sync(self.make_app)
+            # importing FastAPI and hypercorn and building the app is ~0.1 s of CPU: not on the loop
+            self._app, self._serve_connection = await trio.to_thread.run_sync(self._load)
             self.started = True
-        handler = self._handler(self._app)
+        handler = self._serve_connection
 
         async def serve(stream: trio.SocketStream) -> None:
             self._connections.add(stream)
@@ -114,6 +116,10 @@ class ControlServer:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+    def _load(self) -> tuple[Any, Callable[[trio.SocketStream], Awaitable[None]]]:
+        app = self.make_app()
+        return app, self._handler(app)
 
     @staticmethod
     def _handler(app: Any):

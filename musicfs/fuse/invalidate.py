@@ -150,6 +150,7 @@ class KernelInvalidator:
         setattr(counts, kind, getattr(counts, kind) + 1)
 
     async def __call__(self, changes: TreeChanges) -> InvalidationCounts:
+        self.resolver.changed(changes)  # the daemon's own kept listings first, then the kernel's
         plan = self.plan(changes)
         counts = InvalidationCounts()
         if plan:

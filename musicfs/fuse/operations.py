@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import pyfuse3
+import trio
 
 from ..errors import MusicFSError, NotFound, OriginUnavailable, errno_for
 from ..index.library import LibraryIndex
@@ -98,13 +99,14 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, index: LibraryIndex, reader, hidden: HiddenFiles, policy: AttrPolicy,
                  raw: RawView | None = None, inodes: InodeTable | None = None, *,
-                 recorder: OpRecorder | None = None):
-        """``inodes`` is shared with whoever tells the kernel what a rescan changed; ``recorder``
-        hears each handler's duration (mutations, refused at once, are counted but not timed)."""
+                 recorder: OpRecorder | None = None, resolver: Resolver | None = None):
+        """``inodes`` and ``resolver`` (with its kept listings) are shared with whoever tells the
+        kernel what a rescan changed; ``recorder`` hears each handler's duration (mutations,
+        refused at once, are counted but not timed)."""
         super().__init__()
         self.index = index
         self.raw = raw
-        self.resolver = Resolver(index.conn)
+        self.resolver = resolver if resolver is not None else Resolver(index.conn)
         self.reader = reader
         self.hidden = hidden
         self.policy = policy
@@ -114,20 +116,28 @@ class Operations(pyfuse3.Operations):
         self.in_flight = 0  # requests being answered now (a shutdown lets them finish)
         self.recorder = recorder
         self._handles: dict[int, Any] = {}
+        self._handle_inodes: dict[int, int] = {}  # fh -> the tracked inode it holds (CAS-2)
         self._fh = itertools.count(1)
 
     # -- helpers ----------------------------------------------------------
     def _node(self, inode: int) -> Node:
         return self.inodes.get(inode) or self.resolver.get(inode)
 
-    def _hidden_attr(self, inode: int) -> pyfuse3.EntryAttributes:
+    async def _hidden_attr(self, inode: int) -> pyfuse3.EntryAttributes:
         now = time.time_ns()
         if inode == self.hidden.dir_inode:
             return generated_attributes(inode, 0, self.policy, is_dir=True, mtime_ns=now)
         item = self.hidden.by_inode(inode)
         if item is None:
             raise NotFound(f"no hidden inode {inode}")
-        return generated_attributes(inode, len(item.render()), self.policy, is_dir=False, mtime_ns=now)
+        size = len(await self._render(item))
+        return generated_attributes(inode, size, self.policy, is_dir=False, mtime_ns=now)
+
+    @staticmethod
+    async def _render(item) -> bytes:
+        """A generated file's bytes, built in a worker thread: status runs SQL and gathers every
+        component's statistics, work that must not hold the loop (ASYNC-3)."""
+        return await trio.to_thread.run_sync(item.render)
 
     def _is_raw(self, inode: int) -> bool:
         return self.raw is not None and self.raw.is_raw(inode)
@@ -147,7 +157,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx=None) -> pyfuse3.EntryAttributes:
         text = os.fsdecode(name)
         if parent_inode == ROOT_ID and text == HIDDEN_DIR_NAME:
-            return self._hidden_attr(self.hidden.dir_inode)
+            return await self._hidden_attr(self.hidden.dir_inode)
         if parent_inode == ROOT_ID and text == RAW_DIR_NAME and self.raw is not None:
             return self._raw_attr(self.raw.root)
         if self._is_raw(parent_inode):
@@ -156,7 +166,7 @@ class Operations(pyfuse3.Operations):
             item = self.hidden.by_name(text)
             if item is None:
                 raise NotFound(text)
-            return self._hidden_attr(item.inode)
+            return await self._hidden_attr(item.inode)
         return self._entry(self.resolver.lookup(parent_inode, text))
 
     @_op
@@ -164,7 +174,7 @@ class Operations(pyfuse3.Operations):
         if self._is_raw(inode):
             return self._raw_attr(self.raw.get(inode))
         if self.hidden.is_hidden(inode):
-            return self._hidden_attr(inode)
+            return await self._hidden_attr(inode)
         return node_attributes(self._node(inode), self.policy)
 
     @_op
@@ -208,9 +218,10 @@ class Operations(pyfuse3.Operations):
                     return
             return
         if fh == self.hidden.dir_inode:
-            for item in self.hidden.files():
-                if item.inode > start_id and not pyfuse3.readdir_reply(
-                        token, item.name.encode(), self._hidden_attr(item.inode), item.inode):
+            items = [item for item in self.hidden.files() if item.inode > start_id]
+            attrs = [await self._hidden_attr(item.inode) for item in items]
+            for item, attr in zip(items, attrs):
+                if not pyfuse3.readdir_reply(token, item.name.encode(), attr, item.inode):
                     return
             return
         # /.musicfs is never listed: lookup finds it, readdir does not show it (CAS-3)
@@ -246,7 +257,7 @@ class Operations(pyfuse3.Operations):
             item = self.hidden.by_inode(inode)
             if item is None:
                 raise pyfuse3.FUSEError(errno.EISDIR if inode == self.hidden.dir_inode else errno.ENOENT)
-            self._handles[fh] = item.render()  # a snapshot: reads see one consistent document
+            self._handles[fh] = await self._render(item)  # a snapshot: reads see one consistent document
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         node = self._node(inode)
         if node.is_dir:
@@ -255,6 +266,8 @@ class Operations(pyfuse3.Operations):
         if track is None:
             raise NotFound(f"track of inode {inode} left the index")
         handle = self._handles[fh] = await self.reader.open(track)
+        self.inodes.opened(node)  # kept until released, even if the kernel forgets it first
+        self._handle_inodes[fh] = inode
         # the kernel keeps what it read of an unchanged file, unless those bytes failed a check
         # (a reader whose handles do not say, the plain pass-through one, checks nothing)
         return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache)
@@ -271,6 +284,9 @@ class Operations(pyfuse3.Operations):
     @_op
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
+        inode = self._handle_inodes.pop(fh, None)
+        if inode is not None:
+            self.inodes.released(inode)
         if handle is not None and not isinstance(handle, bytes):
             self.reader.release(handle)
 

@@ -37,8 +37,13 @@ log = logging.getLogger(__name__)
 _DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 
-def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the index at ``path`` with the pragmas musicfs relies on."""
+def connect(path: Path | str, *, readonly: bool = False, cache_kib: int = 16384) -> sqlite3.Connection:
+    """Open the index at ``path`` with the pragmas musicfs relies on.
+
+    ``cache_kib`` bounds SQLite's page cache of this connection (a mount passes its share of
+    the metadata cache bound, :mod:`musicfs.index.metacache`); no pages are memory-mapped, so
+    nothing of the file counts in the process's memory beyond that bound (NFR-5.1).
+    """
     path = Path(path)
     if readonly:
         if not path.exists():
@@ -54,7 +59,8 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA temp_store=MEMORY")
-        conn.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache: NFR-5.1 keeps metadata bounded
+        conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")  # KiB: NFR-5.1 keeps metadata bounded
+        conn.execute("PRAGMA mmap_size=0")
     except BaseException:
         conn.close()  # a file that is not a database fails here: leave no connection behind
         raise
@@ -131,7 +137,7 @@ def set_aside(path: Path, reason: BaseException) -> Path:
     return target
 
 
-def open_checked(path: Path | str) -> tuple[sqlite3.Connection, Path | None]:
+def open_checked(path: Path | str, *, cache_kib: int = 16384) -> tuple[sqlite3.Connection, Path | None]:
     """Open the index for writing, checked and migrated.
 
     Returns the connection and, if the file was damaged, where it was set aside
@@ -141,7 +147,7 @@ def open_checked(path: Path | str) -> tuple[sqlite3.Connection, Path | None]:
     path = Path(path)
     fresh = not path.exists()
     try:
-        conn = connect(path)
+        conn = connect(path, cache_kib=cache_kib)
         try:
             if not fresh and needs_check(path):
                 log.info("checking library index %s (it changed since it was last checked, or was not "
@@ -156,7 +162,7 @@ def open_checked(path: Path | str) -> tuple[sqlite3.Connection, Path | None]:
         if not is_damage(exc):
             raise
         aside = set_aside(path, exc)
-    conn = connect(path)
+    conn = connect(path, cache_kib=cache_kib)
     try:
         migrate(conn)
     except BaseException:

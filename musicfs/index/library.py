@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .db import checkpoint, connect, open_checked, transaction
+from .metacache import MetadataBudget
 from .schema import ROOT_ID
 
 TRACK_FIELDS = (
@@ -38,14 +39,17 @@ class LibraryIndex:
     the next open to recover.
     """
 
-    def __init__(self, path: Path | str, *, readonly: bool = False):
+    def __init__(self, path: Path | str, *, readonly: bool = False, budget: MetadataBudget | None = None):
+        """``budget``: the metadata cache bound whose share SQLite's page cache gets (NFR-5.1)."""
         self.path = Path(path)
         self.readonly = readonly
         self.set_aside_as: Path | None = None
+        self.budget = budget or MetadataBudget()
+        kib = self.budget.sqlite_cache_kib
         if readonly:
-            self.conn: sqlite3.Connection = connect(self.path, readonly=True)
+            self.conn: sqlite3.Connection = connect(self.path, readonly=True, cache_kib=kib)
         else:
-            self.conn, self.set_aside_as = open_checked(self.path)
+            self.conn, self.set_aside_as = open_checked(self.path, cache_kib=kib)
         self.conn.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -74,7 +78,8 @@ class LibraryIndex:
             raise ValueError("a read-only index has no writer connection")
         other = object.__new__(LibraryIndex)
         other.path, other.readonly, other.set_aside_as = self.path, False, None
-        other.conn = connect(self.path)
+        other.budget = self.budget
+        other.conn = connect(self.path, cache_kib=self.budget.sqlite_cache_kib)
         other.conn.row_factory = sqlite3.Row
         return other
 

@@ -20,9 +20,11 @@ Choices, and why:
 * No retries here (botocore's are switched off too): :mod:`musicfs.origins.retry`
   retries on its backoff schedule and honours ``Retry-After``, carried by
   :class:`~musicfs.origins.base.OriginBusy` for 429/503.
-* Refused credentials (expired, rotated, deleted) make the origin rebuild its
-  client from the environment or file, then fail that one call, so the
-  caller's retry signs with the new keys. Open files hold no connection state
+* Credentials that expire are renewed in the background a sixth of their
+  lifetime before they do (:mod:`musicfs.origins.s3creds`), so no request
+  meets an expired key. Refused credentials (expired anyway, rotated,
+  deleted) make the origin rebuild its client from the environment or file,
+  then fail that one call, so the caller's retry signs with the new keys. Open files hold no connection state
   (each read is a ranged GET with whatever client is current), so they carry
   on; requests already in flight finish on the old client, which is not
   closed under them.
@@ -76,6 +78,7 @@ from ..errors import ConfigError, NotFound, OriginUnavailable
 from .base import Checksum, Entry, Origin, OriginBusy, Page, check_seconds, register
 from .resolve import NameCheck, needs_lookup
 from .s3body import RangedBody
+from .s3creds import CredentialRenewer, session_credentials
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +170,12 @@ class S3Origin(Origin):
         self.profile = profile or ("default" if credentials_file else None)
         self.page_size, self.timeout = page_size, float(timeout)
         self.credential_reloads = 0  # how often refused credentials were reloaded (for status and tests)
+        self.list_requests = 0  # ListObjectsV2 pages asked for (listing and caching tests count them)
         if self.credentials_file and not os.path.isfile(self.credentials_file):
             raise self._config_error(f"credentials_file {self.credentials_file} does not exist")
         self._lock = threading.Lock()
+        self._renewer = CredentialRenewer(f"s3 origin {origin_id!r}", self._renew_credentials)
+        self._loader = None  # botocore's data loader, kept from the first client for the next ones
         try:
             self._client = self._build_client()
         except BotoCoreError as exc:
@@ -257,6 +263,7 @@ class S3Origin(Origin):
         if token:
             args["ContinuationToken"] = token
         with self._request("ListObjectsV2", full) as client:
+            self.list_requests += 1
             response = client.list_objects_v2(**args)
         files = []
         for obj in response.get("Contents", ()):
@@ -322,9 +329,12 @@ class S3Origin(Origin):
         return None
 
     def statistics(self) -> dict:
-        return {"credential_reloads": self.credential_reloads}
+        return {"credential_reloads": self.credential_reloads, "credential_renewals": self._renewer.renewals,
+                "credentials_expire_at": self._renewer.expires,  # epoch seconds; None: keys that do not expire
+                "list_requests": self.list_requests}
 
     def close(self) -> None:
+        self._renewer.close()
         with self._lock:
             client = self._client
         client.close()
@@ -353,8 +363,12 @@ class S3Origin(Origin):
         return ConfigError(f"s3 origin {self.id!r}: {message}")
 
     def _build_client(self):
-        """A client from a fresh session: it reads the environment or credentials file anew."""
+        """A client from a fresh session, which reads the environment or credentials file anew; it
+        signs with the credentials found now, frozen, and the renewer learns when they expire."""
+        issued = time.time()
         core = botocore.session.Session()
+        if self._loader is not None:  # the service models, parsed once: a renewal takes milliseconds
+            core.register_component("data_loader", self._loader)
         if self.credentials_file:
             core.set_config_variable("credentials_file", self.credentials_file)
         if self.profile:
@@ -362,10 +376,8 @@ class S3Origin(Origin):
         session = boto3.Session(botocore_session=core)
         region = self.region or session.region_name or DEFAULT_REGION
         options: dict[str, Any] = {
-            "region_name": region,
-            "signature_version": "s3v4",
-            "connect_timeout": self.timeout,
-            "read_timeout": self.timeout,
+            "region_name": region, "signature_version": "s3v4",
+            "connect_timeout": self.timeout, "read_timeout": self.timeout,
             "retries": {"total_max_attempts": 1, "mode": "standard"},  # musicfs retries, not botocore
             "max_pool_connections": MAX_POOL_CONNECTIONS,
             "s3": {"addressing_style": "path" if self.endpoint else "auto"},
@@ -374,7 +386,20 @@ class S3Origin(Origin):
         for name in ("request_checksum_calculation", "response_checksum_validation"):
             if name in Config.OPTION_DEFAULTS:
                 options[name] = "when_required"
-        return session.client("s3", endpoint_url=self.endpoint, config=Config(**options))
+        credentials, expires = session_credentials(core)
+        keys = {} if credentials is None else {
+            "aws_access_key_id": credentials.access_key, "aws_secret_access_key": credentials.secret_key,
+            "aws_session_token": credentials.token}
+        client = session.client("s3", endpoint_url=self.endpoint, config=Config(**options), **keys)
+        self._loader = core.get_component("data_loader")
+        self._renewer.schedule(issued, expires)
+        return client
+
+    def _renew_credentials(self) -> None:
+        """Credentials about to expire: a new client for the next requests (those in flight finish)."""
+        client = self._build_client()
+        with self._lock:
+            self._client = client
 
     def _reload_credentials(self, stale) -> None:
         """Rebuild the client after ``stale`` had its credentials refused (once, however many saw it)."""

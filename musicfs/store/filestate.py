@@ -41,6 +41,9 @@ class FileState:
     handles: int = 0
     last_end: int = -1  # where the last read of this file ended: sequential access detection
     wanted: int = 0  # the furthest byte a reader has waited for the fill to reach
+    read_to: int = 0  # the furthest byte read through the cache (hits and waits; seeks read on from)
+    seek_end: int = -1  # where the last read served past the fill (a seek) ended
+    parked: bool = False  # the fill waits, after its first block, for a reader to read on or for the close
     changed: trio.Event = field(default_factory=trio.Event)
     expected: Checksum | None = None  # the origin's checksum of the whole file, if it offers one
     hasher: Any = None  # hashlib object over the first ``hashed`` bytes of the chunks, in order

@@ -2,11 +2,15 @@
 
 A fill fetches blocks (``FIRST_BLOCK``, then ``FILL_BLOCK`` at a time), cuts
 them into chunks in a thread, makes the chunks readable from memory at once
-and writes them behind the fetch. It goes on while the file is open, so a
-track played once is cached whole, and stops after the block in hand once
-the last handle is closed, so a scanner reading the tags of ten thousand
-tracks fetches their heads, not the library. A reader that keeps catching
-up with the fill (a copy) gets several blocks asked for at once.
+and writes them behind the fetch. After its first block a fill waits until a
+reader reads past what that block surely made readable (the head): a scanner
+reading the tags of ten thousand tracks fetches one block of each, however
+late its close reaches the daemon (the kernel sends the release after the
+read is answered, by which time a fill that went straight on has the next
+block under way). Once a reader reads on, the fill goes on while the file is
+open, so a track played once is cached whole, and stops after the block in
+hand once the last handle is closed. A reader that keeps catching up with
+the fill (a copy) gets several blocks asked for at once.
 
 When a fill moves to another replica mid-file, that replica must first
 return the last chunk cut so far, byte for byte: two versions of a file
@@ -31,7 +35,7 @@ from ..errors import MusicFSError, OriginUnavailable
 from ..events import ChunkFetched, EventBus, FetchStarted, FillCompleted, FillStopped
 from .cache import ContentCache
 from .chunkdb import ChunkRef
-from .chunker import StreamChunker
+from .chunker import MAX_SIZE, StreamChunker
 from .digest import digest
 from .fetch import ReplicaDiffers, ReplicaFetcher
 from .filestate import FileState, ReaderCounters
@@ -61,6 +65,9 @@ class _Fetch:
     offset: int
     size: int
     extra: bool  # beyond the first in flight: holds one of the AHEAD_TOTAL shared places
+    asked: float = field(default_factory=trio.current_time)
+    # asked when a reader at its own pace read past the head: its wait says nothing of the origin
+    paced: bool = False
     done: trio.Event = field(default_factory=trio.Event)
     result: tuple[bytes, str] | None = None  # the bytes and the origin that served them
     error: BaseException | None = None
@@ -205,13 +212,16 @@ class Filler:
         them (the first always has a reader waiting): then up to
         ``FETCH_WINDOW``, so a slow origin's round trips overlap for a reader
         that keeps catching up with the fill (a copy), while a player reading
-        at its own pace, or a scanner that wanted the head, costs no more. Returns True at the end
-        of the file, False when it stops early: after a block, if nobody has
-        the file open any more.
+        at its own pace, or a scanner that wanted the head, costs no more. The
+        second block is asked for only once a reader reads past the head the
+        first one covers (``_reader_goes_on``). Returns True at the end of the
+        file, False when it stops early: after a block, if nobody has the file
+        open any more.
         """
         plan = _blocks(position, state.size)
         window: deque[_Fetch] = deque()
         starved = 0  # blocks a reader was already waiting for when they arrived
+        head = None  # after the first block: the bytes it surely made readable end here
         failure: BaseException | None = None
         finished = False
         try:
@@ -222,15 +232,26 @@ class Filler:
                     await fetch.done.wait()
                     window.popleft()
                     self._ahead -= fetch.extra
-                    starved += state.wanted > state.covered  # a reader was waiting for it when it came
+                    starved += state.wanted > state.covered and not fetch.paced  # a reader waited for it
                     try:
                         position = await self._take(state, fetch, chunker, stores, slots)
                     except (MusicFSError, OSError) as exc:
                         failure = exc
                         break
+                    paced = False
+                    if head is None and position < state.size:
+                        head = position - MAX_SIZE  # every chunk starting before this is cut
+                        parked = trio.current_time()
+                        if not await self._reader_goes_on(state, head):
+                            break
+                        # past the head sooner than the first block took to come: a reader outpacing
+                        # the origin (a copy); later, one reading at its own pace (a player)
+                        paced = trio.current_time() - parked >= parked - fetch.asked
                     if state.handles <= 0 and position < state.size:
                         break
                     self._widen(fetches, state, plan, window, FETCH_WINDOW if starved >= 2 else 1)
+                    if paced and window:
+                        window[-1].paced = True
                 else:
                     finished = True
                 fetches.cancel_scope.cancel()  # blocks asked for but no longer wanted
@@ -239,6 +260,30 @@ class Filler:
         if failure is not None:
             raise failure
         return finished
+
+    @staticmethod
+    async def _reader_goes_on(state: FileState, head: int) -> bool:
+        """After the first block: wait until a reader asks for bytes past ``head`` (True) or the last
+        handle is closed (False).
+
+        The first block covers a head read and the kernel's read-ahead of it
+        (chunks are final up to ``MAX_SIZE`` before the block's end, at least
+        the 256 KiB a first read and its read-ahead reach). Asking for the next
+        block at once would fetch it for every scanner whose close reaches the
+        daemon a few milliseconds after its read; a player reading on asks past
+        the head one read-ahead window later, long before it plays what it has.
+        A reader waiting for bytes the fill has not made readable (a file
+        checked whole before any of it is served) lets the fill go on at once.
+        """
+        while state.handles > 0:
+            if state.read_to > head or state.wanted > state.covered:
+                return True
+            state.parked = True
+            try:
+                await state.changed.wait()
+            finally:
+                state.parked = False
+        return False
 
     def _widen(self, fetches: trio.Nursery, state: FileState, plan, window: deque[_Fetch], most: int) -> None:
         """Ask for more blocks: up to ``most`` in flight; beyond the first, only while shared room is left."""

@@ -140,7 +140,11 @@ class CachedReader:
             return
         state = handle.state
         state.handles -= 1
-        if state.handles <= 0 and not state.filling:
+        if state.handles > 0:
+            return
+        if state.parked:  # its fill waits for this reader to read on: it stops after its first block
+            state.notify()
+        elif not state.filling:
             self._forget(state)
 
     def _resume(self, key: tuple[str, str, str]) -> FileState | None:
@@ -178,12 +182,18 @@ class CachedReader:
         if handle.passthrough:
             return await self._direct(state, offset, end)
         if state.complete or end <= state.covered:
+            self._reads_on(state, end)
             data = await self._from_chunks(state, offset, end)
             if data is not None:
                 self.cache.counters.hits += 1
                 return data
         self.cache.counters.misses += 1
         if offset > state.covered + AHEAD and not state.complete and not state.verify_first:
+            # a lone seek (the tags at the end of a file) is no sign of reading on; reading on
+            # from there (a player after a seek) is: the fill then catches up with it
+            if offset == state.seek_end:
+                self._reads_on(state, end)
+            state.seek_end = end
             self.filler.start(state)
             return await self._direct(state, offset, end)
         await self._wait_for(state, end)
@@ -192,7 +202,16 @@ class CachedReader:
             raise OriginUnavailable(f"{state.origin_id}:{state.real_path}: chunks vanished while reading")
         return data
 
+    @staticmethod
+    def _reads_on(state: FileState, end: int) -> None:
+        """A read up to ``end`` through the cache: a fill waiting after its first block hears of it."""
+        if end > state.read_to:
+            state.read_to = end
+            if state.parked:
+                state.notify()
+
     async def _wait_for(self, state: FileState, end: int) -> None:
+        self._reads_on(state, end)
         state.wanted = max(state.wanted, end)
         deadline = trio.current_time() + self.read_timeout
         with trio.move_on_at(deadline):
@@ -342,9 +361,13 @@ class CachedReader:
             await trio.to_thread.run_sync(self.cache.flush, limiter=self.limiter)
 
     async def drain(self, timeout: float) -> None:
-        """Let running fills finish (bounded), so what was read is kept for next time."""
+        """Let running fills finish (bounded), so what was read is kept for next time.
+
+        A fill waiting after its first block for a reader to read on has nothing
+        under way: it is not waited for.
+        """
         with trio.move_on_after(timeout):
-            while any(state.filling for state in self._states.values()):
+            while any(state.filling and not state.parked for state in self._states.values()):
                 await trio.sleep(0.02)
 
     def close(self) -> None:

@@ -2,8 +2,13 @@
 
 A bucket or a server can be browsed like a folder, whatever its files are.
 Listings come from the origin's paged listing in a worker thread and are kept
-for ``ttl`` seconds (TTL-bounded metadata caching), so browsing stays fast
-and a slow origin is asked again only when the listing has expired. Inode
+for ``ttl`` seconds, and no longer than ``idle`` seconds unused (B2-5, seed
+000's metadata cache: 5 minutes, 1 minute idle; ``[raw]`` in the config):
+browsing stays fast, a bucket that charges and throttles per request is not
+asked again for every ``ls``, a listing nobody looks at is not kept for the
+whole TTL, and a change in the origin shows within ``ttl`` seconds. A
+listing's entries carry the objects' sizes and times, so the object metadata
+is cached with it. Concurrent lookups of one folder wait for one listing. Inode
 numbers for raw entries are handed out as entries are first seen, in a range
 of their own; they are stable for the life of the mount.
 """
@@ -64,15 +69,23 @@ class RawNode:
     version: str = ""
 
 
+@dataclass
+class _Listing:
+    fetched: float  # clock time the origin answered
+    used: float  # clock time it was last served
+    nodes: list[RawNode]
+
+
 class RawView:
-    def __init__(self, origins: dict, *, ttl: float = 60.0):
+    def __init__(self, origins: dict, *, ttl: float = 300.0, idle: float = 60.0, clock=time.monotonic):
         self.origins = origins
-        self.ttl = ttl
+        self.ttl, self.idle, self.clock = ttl, idle, clock
         self.limiter = trio.CapacityLimiter(8)
         self.root = RawNode(RAW_BASE, None, "", RAW_DIR_NAME, True)
         self._nodes: dict[int, RawNode] = {RAW_BASE: self.root}
         self._keys: dict[tuple[str, str], int] = {}
-        self._listings: dict[int, tuple[float, list[RawNode]]] = {}
+        self._listings: dict[int, _Listing] = {}
+        self._fetching: dict[int, trio.Lock] = {}  # one listing at a time per folder
         self._next = RAW_BASE + 1
         self._tops = [self._node(origin_id, "", origin_id, True) for origin_id in sorted(origins)]
         self.listings_fetched = 0
@@ -103,12 +116,30 @@ class RawView:
             raise NotADirectory(node.name)
         if node is self.root:
             return list(self._tops)
-        cached = self._listings.get(inode)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        listing = await trio.to_thread.run_sync(self._list, node, limiter=self.limiter)
-        self._listings[inode] = (time.monotonic() + self.ttl, listing)
+        cached = self._fresh(inode)
+        if cached is not None:
+            return cached
+        lock = self._fetching.setdefault(inode, trio.Lock())
+        async with lock:
+            cached = self._fresh(inode)  # fetched while this one waited for the lock
+            if cached is not None:
+                return cached
+            listing = await trio.to_thread.run_sync(self._list, node, limiter=self.limiter)
+            now = self.clock()
+            self._listings[inode] = _Listing(now, now, listing)
+        self._fetching.pop(inode, None)
         return listing
+
+    def _fresh(self, inode: int) -> list[RawNode] | None:
+        """The cached listing of ``inode`` if it is within both bounds (and now used), else None."""
+        cached, now = self._listings.get(inode), self.clock()
+        if cached is None:
+            return None
+        if now - cached.fetched >= self.ttl or now - cached.used >= self.idle:
+            del self._listings[inode]
+            return None
+        cached.used = now
+        return cached.nodes
 
     def _list(self, node: RawNode) -> list[RawNode]:
         origin = self.origins[node.origin_id]
@@ -140,4 +171,4 @@ class RawView:
 
     def statistics(self) -> dict:
         return {"raw_nodes": len(self._nodes), "listings_cached": len(self._listings),
-                "listings_fetched": self.listings_fetched}
+                "listings_fetched": self.listings_fetched, "ttl": self.ttl, "idle": self.idle}
