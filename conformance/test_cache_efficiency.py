@@ -85,13 +85,15 @@ def test_shared_recordings_are_stored_once_and_replays_hit(album_and_compilation
 
 @pytest.fixture(scope="module")
 def big_track(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gib-origin")
-    write_wav(root / "one gibibyte.wav", 1024 * MiB, seed=77)
+    # half a GiB: more than twice the memory bound below, so holding the file would show; the
+    # 1 GiB figure (MM-4) is make perf's
+    root = tmp_path_factory.mktemp("big-origin")
+    write_wav(root / "half a gibibyte.wav", 512 * MiB, seed=77)
     return root
 
 
 @pytest.mark.req("NFR-2.1", "NFR-4.2")
-def test_one_gib_track_streams_in_bounded_memory(big_track, tmp_path, record_requirement):
+def test_a_half_gib_track_streams_in_bounded_memory(big_track, tmp_path, record_requirement):
     source = next(big_track.iterdir())
     work = tmp_path / "work"
     with mount_library(origin=big_track, work=work) as mounted:
@@ -120,7 +122,7 @@ def test_one_gib_track_streams_in_bounded_memory(big_track, tmp_path, record_req
         finally:
             stop.set()
             sampler.join()
-    record_requirement("NFR-4.2", max(peak), detail=f"peak RSS while streaming a 1 GiB track "
+    record_requirement("NFR-4.2", max(peak), detail=f"peak RSS while streaming a 512 MiB track "
                                                     f"({len(peak)} samples)")
     assert max(peak) < 200, "a whole file must never be held in memory"
     with mount_library(origin=big_track, work=work, index=work / "state" / "index.db") as again:

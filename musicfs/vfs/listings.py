@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .resolver import Node
+from .node import Node
 
 DEFAULT_MAX_NODES = 50_000  # ~200 bytes each: about 10 MB at most, within the metadata bound
 DEFAULT_MAX_CHILDREN = 2_000

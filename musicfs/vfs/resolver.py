@@ -11,35 +11,22 @@ from __future__ import annotations
 import sqlite3
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import NotADirectory, NotFound
 from ..index.schema import ROOT_ID
+from .listings import ListingCache
+from .node import Node
 
 if TYPE_CHECKING:
     from ..index.tree import TreeChanges
-    from .listings import ListingCache
+
+__all__ = ["Node", "Resolver"]
 
 _NODE_SQL = (
     "SELECT n.id, n.parent, n.name, n.kind, n.track_id, t.size, t.mtime_ns"
     " FROM nodes n LEFT JOIN tracks t ON t.id = n.track_id"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    id: int
-    parent: int
-    name: str
-    kind: str  # 'dir' | 'file'
-    track_id: int | None
-    size: int  # bytes for files, 0 for directories
-    mtime_ns: int  # the file's mtime at scan time; 0 for directories
-
-    @property
-    def is_dir(self) -> bool:
-        return self.kind == "dir"
 
 
 def _node(row: tuple | None) -> Node | None:
