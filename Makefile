@@ -47,23 +47,27 @@ stop: setup
 test: setup
 	$(PY) -m pytest tests conformance chaos perf -q -m "not slow" --req-complete
 
+# the suites on their own write reports of their own: build/requirements-report.json stays the
+# last whole run's (make test, or a pytest run without --req-report)
 conformance: setup
-	$(PY) -m pytest conformance -q
+	$(PY) -m pytest conformance -q --req-report build/conformance-report.json
 
 chaos: setup
-	$(PY) -m pytest chaos -q
+	$(PY) -m pytest chaos -q --req-report build/chaos-report.json
 
 perf: setup
-	$(PY) -m pytest perf -q -s --perf-size full
+	$(PY) -m pytest perf -q -s --perf-size full --req-report build/perf-report.json
 
-# the last JSON requirement report (any pytest run writes it) as one self-contained HTML page
+# a JSON requirement report as one self-contained HTML page (REPORT=build/perf-report.json: make perf's)
+REPORT ?= build/requirements-report.json
 report: setup
-	$(PY) -m spec.html build/requirements-report.json -o build/requirements-report.html
+	$(PY) -m spec.html $(REPORT) -o $(REPORT:.json=.html)
 
 # MM-6: an hour of mixed reads, walks, rescans and origin faults, judged for drift (make test runs
 # 120 s of it); MUSICFS_SOAK_SECONDS=86400 make soak is seed 001's full 24 h
 soak: setup
-	MUSICFS_SOAK_SECONDS=$${MUSICFS_SOAK_SECONDS:-3600} $(PY) -m pytest chaos/test_mm6_soak.py -q -s
+	MUSICFS_SOAK_SECONDS=$${MUSICFS_SOAK_SECONDS:-3600} $(PY) -m pytest chaos/test_mm6_soak.py -q -s \
+	  --req-report build/soak-report.json
 
 lint: setup
 	$(VENV)/bin/ruff check musicfs spec fixtures tests conformance chaos perf
