@@ -9,12 +9,13 @@ SAMPLE ?= build/sample-library
 MNT ?= mnt
 STATE ?= build/state
 
-.PHONY: setup system-deps run stop test conformance chaos perf soak lint clean sample report
+.PHONY: setup system-deps run stop test conformance chaos perf perf-compare soak lint clean sample report
 
 setup: system-deps $(STAMP)
 
-system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+# the Debian packages named in $(1) that are missing, installed with apt-get (sudo unless root)
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -22,6 +23,10 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+system-deps:
+	$(call apt_install,$(APT_PACKAGES))
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -48,7 +53,7 @@ test: setup
 	$(PY) -m pytest tests conformance chaos perf -q -m "not slow" --req-complete
 
 # the suites on their own write reports of their own: build/requirements-report.json stays the
-# last whole run's (make test, or a pytest run without --req-report)
+# last whole run's (make test); a bare pytest run without --req-complete writes build/partial-report.json
 conformance: setup
 	$(PY) -m pytest conformance -q --req-report build/conformance-report.json
 
@@ -58,13 +63,20 @@ chaos: setup
 perf: setup
 	$(PY) -m pytest perf -q -s --perf-size full --req-report build/perf-report.json
 
+# musicfs against bindfs and rclone mount over the same library, interleaved rounds (issue 18);
+# the figures also go to build/perf-compare.json
+PEER_PACKAGES := bindfs rclone
+perf-compare: setup
+	$(call apt_install,$(PEER_PACKAGES))
+	$(PY) -m perf.compare --size full --rounds 3
+
 # a JSON requirement report as one self-contained HTML page (REPORT=build/perf-report.json: make perf's)
 REPORT ?= build/requirements-report.json
 report: setup
 	$(PY) -m spec.html $(REPORT) -o $(REPORT:.json=.html)
 
 # MM-6: an hour of mixed reads, walks, rescans and origin faults, judged for drift (make test runs
-# 120 s of it); MUSICFS_SOAK_SECONDS=86400 make soak is seed 001's full 24 h
+# 100 s of it); MUSICFS_SOAK_SECONDS=86400 make soak is seed 001's full 24 h
 soak: setup
 	MUSICFS_SOAK_SECONDS=$${MUSICFS_SOAK_SECONDS:-3600} $(PY) -m pytest chaos/test_mm6_soak.py -q -s \
 	  --req-report build/soak-report.json

@@ -11,9 +11,17 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
 
 from fixtures.generate import generate_library
 from tests.harness import MountedLibrary, mount_library
+
+# Hypothesis's explain phase traces every example with sys.settrace to say which branches a
+# failure took; on Python 3.11 that makes examples that drive a mount or an HTTP client many
+# times slower (a fuzz of the control API spun for minutes in it). A failure still shrinks to
+# its smallest example and prints it; only the branch commentary is left out.
+settings.register_profile("musicfs", phases=[phase for phase in Phase if phase is not Phase.explain])
+settings.load_profile("musicfs")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ is gone every file reads exact again.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ from fixtures.bigfile import write_wav
 from musicfs.store.cache import WRITE_RETRY
 from musicfs.store.fill import FIRST_BLOCK
 from musicfs.store.inspect import cached_files, partial_files
+from musicfs.store.reader import FAIL_FAST
 from tests.harness import (
     MountedLibrary,
     mount_library,
@@ -90,23 +92,34 @@ def error_lines(mounted: MountedLibrary, needle: str) -> list[str]:
 def test_f11_bit_flipped_origin_bytes_never_cached(lab, proxy, tmp_path):
     """A bucket that flips a bit in every answer: the bytes fail the ETag check and nothing is kept.
 
-    The first reader of a never-seen file gets what the origin sent before
+    The first reader of a never-seen file may get what the origin sent before
     the file could be checked (the documented exposure); the check at the
-    end of the fill then drops every chunk of it. From then on the file is
-    filled "verify first": EIO while the origin keeps corrupting, exact and
-    cached once it is healthy again.
+    end of the fill then drops every chunk of it. A fill that gets there
+    before the reader's last bytes (chunk writes are quick) leaves that reader
+    EIO for the rest instead: never more wrong bytes once they are known to be
+    wrong. From then on the file is filled "verify first": EIO while the origin
+    keeps corrupting, exact and cached once it is healthy again.
     """
     real = TAKES[0]
     with bucket_mount(lab, tmp_path / "work") as mounted:
         track = mounted_tracks(mounted.mountpoint)[real]
         proxy.corrupt(path_prefix=lab.object_path())
-        first, right = read_all(track), (lab.local / real).read_bytes()
-        assert len(first) == len(right) and first != right
+        right = (lab.local / real).read_bytes()
+        try:
+            first = read_all(track)
+        except OSError as exc:  # the end-of-fill check came before the reader's last bytes
+            assert exc.errno == errno.EIO, exc
+            cut_short = True  # its next reads ran a verify-first fill, which may count a mismatch too
+        else:
+            assert len(first) == len(right) and first != right
+            cut_short = False
         reader = settled(mounted.mountpoint)["reader"]
-        assert reader["checksum_mismatches"] == 1, reader
+        mismatches = len(error_lines(mounted, "does not match its origin's checksum"))
+        # cut short, the reader's next reads ran verify-first fills, each failing its check too
+        assert (reader["checksum_mismatches"], mismatches) == (1, 1) or (
+            cut_short and reader["checksum_mismatches"] >= 1 and mismatches >= 1), (reader, mismatches)
         assert cached_paths(mounted.cache_dir) == set(), "a chunk map of wrong bytes was kept"
         assert chunk_files(mounted.cache_dir) == [], "chunks of wrong bytes were kept"
-        assert len(error_lines(mounted, "does not match its origin's checksum")) == 1
 
         assert_eio_within(track, READ_TIMEOUT + SLACK)  # still corrupting: never wrong bytes again
         settled(mounted.mountpoint)
@@ -115,6 +128,7 @@ def test_f11_bit_flipped_origin_bytes_never_cached(lab, proxy, tmp_path):
 
         proxy.clear()
         corrupted = proxy.corrupted
+        time.sleep(FAIL_FAST + 0.1)  # a read within FAIL_FAST of the last failed fill fails at once
         assert_exact(lab.expected, track, real)
         assert proxy.corrupted == corrupted
         status = settled(mounted.mountpoint)
@@ -138,11 +152,18 @@ def test_f11_a_clean_replica_serves_what_a_corrupting_origin_got_wrong(lab, prox
         proxy.corrupt(path_prefix=lab.object_path())
         assert read_all(tracks[real]) != (lab.local / real).read_bytes()  # unchecked until its end
         settled(mounted.mountpoint)
-        assert cached_paths(mounted.cache_dir) == set()
+        # nothing of the bucket's is kept; the replica's checked bytes may be, when the check at
+        # the end of the fill came before the reader's last bytes and a fill from the disk served them
+        raced = cached_paths(mounted.cache_dir) == {real}
+        assert raced or cached_paths(mounted.cache_dir) == set()
         assert_exact(lab.expected, tracks[real], real)  # the bucket is suspect now: the disk serves
         assert_exact(lab.expected, tracks[other], other)  # for every file: no unchecked byte from it
         status = settled(mounted.mountpoint)
-        assert status["reader"]["failovers"] >= 2 and status["reader"]["checksum_mismatches"] == 1
+        assert status["reader"]["failovers"] >= (1 if raced else 2), status["reader"]
+        # raced, the first fill's check and the chunk map it left refuse the bucket's bytes again
+        # for the reads that went on (each refusal counted)
+        assert status["reader"]["checksum_mismatches"] == 1 or (
+            raced and status["reader"]["checksum_mismatches"] >= 1), (raced, status["reader"])
         assert cached_paths(mounted.cache_dir) == {real, other}
         assert {o["id"]: o["state"] for o in mount_status(mounted.mountpoint)["origins"]}["bucket"] \
             != "unhealthy", "an origin that answers is not down, only wrong"

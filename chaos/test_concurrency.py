@@ -9,7 +9,7 @@ tens of times as long.
 What is measured, and why so: a hundred cold reads of different files through
 the mount, divided by the time of one. The reads wait on latency together, but
 the work they cause is done by two cores shared by everyone: the daemon (FUSE
-requests, SSH decryption, chunking, fsynced chunk files), the proxy (Python)
+requests, SSH decryption, chunking, chunk files), the proxy (Python)
 and the server. That work, a few milliseconds per file, is added to the wait.
 So the same hundred reads are also sent straight to the origin from a thread
 pool in this process (no mount): the floor this machine allows, printed beside

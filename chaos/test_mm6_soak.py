@@ -4,7 +4,7 @@ Seed 001 asks for a long stability run (24 h there, "no crash, no lock-up"); the
 says a mixed load of browsing, reading and rescans ends with no crash, no stuck request and no
 growth in open descriptors or memory. A leak grows with the work done, so the soak does a lot of
 different work at once, for :data:`SOAK_SECONDS` of wall time (setup included; the environment
-variable ``MUSICFS_SOAK_SECONDS``, 120 in ``make test``, 3600 in ``make soak``):
+variable ``MUSICFS_SOAK_SECONDS``, 100 in ``make test``, 3600 in ``make soak``):
 
 * **the library**: the sample library split three ways over an S3 bucket (``bucket``, priority 1,
   reached through Toxiproxy and the HTTP fault proxy) and a local folder (``backup``, priority 2):
@@ -70,7 +70,7 @@ from musicfs.store.inspect import verify_chunks
 from tests.harness import MountedLibrary, mount_library, mount_status, mounted_tracks, settled
 from tests.s3server import aws_env
 
-SOAK_SECONDS = float(os.environ.get("MUSICFS_SOAK_SECONDS", "120"))  # wall time, setup included
+SOAK_SECONDS = float(os.environ.get("MUSICFS_SOAK_SECONDS", "100"))  # wall time, setup included
 TEARDOWN_RESERVE = 20.0  # seconds kept at the end for stopping, the idle sample, unmounting, the cache check
 READ_TIMEOUT = 4.0  # the mount's read deadline: a read answers (bytes or EIO) within it
 ORIGIN_TIMEOUT = 2.0  # one S3 request

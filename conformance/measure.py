@@ -113,18 +113,20 @@ def proc_status_mb(pid: int, field_name: str = "VmRSS") -> float:
     raise RuntimeError(f"no {field_name} for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process ``pid`` has used, all its threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def settle(pid: int, *, seconds: float = 0.3) -> float:
     """Wait until the daemon has nothing in flight (its CPU time stops moving); return its RSS."""
-    def cpu() -> int:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-
     deadline = time.monotonic() + 10
-    before = cpu()
+    before = cpu_seconds(pid)
     while time.monotonic() < deadline:
         time.sleep(seconds)
-        after = cpu()
+        after = cpu_seconds(pid)
         if after == before:
             break
         before = after

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mutagen.wave import WAVE
 
+from conformance.measure import drop_page_cache
 from fixtures.bigfile import write_wav
 from tests.harness import mount_library, settled
 from tests.harness import mount_status as status
@@ -127,13 +128,17 @@ def test_a_half_gib_track_streams_in_bounded_memory(big_track, tmp_path, record_
     assert max(peak) < 200, "a whole file must never be held in memory"
     with mount_library(origin=big_track, work=work, index=work / "state" / "index.db") as again:
         (path,) = list(again.mountpoint.rglob("*.wav"))
+        dropped = drop_page_cache()  # the chunk files too: read from disk through the daemon
         started = time.perf_counter()
         read_all([path])
         from_chunks = source.stat().st_size / MiB / (time.perf_counter() - started)
     started = time.perf_counter()
     read_all([source])
     native = source.stat().st_size / MiB / (time.perf_counter() - started)
-    record_requirement("NFR-2.1", warm * 1.048576,
-                       detail=f"warm re-read (kernel page cache kept); from the chunk store after a "
-                              f"remount {from_chunks:.0f} MiB/s; cold fill {cold:.0f} MiB/s; native "
-                              f"{native:.0f} MiB/s (ratio warm/native {warm / native:.2f})")
+    # the daemon's own cache path: a remount (nothing of the file in the kernel's page cache for
+    # it), every read a request answered from chunk files; the page-cache re-read is put beside it
+    record_requirement("NFR-2.1", from_chunks * 1.048576,
+                       detail=f"512 MiB track read from the chunk cache after a remount"
+                              f"{' with the page cache dropped' if dropped else ''}; a re-read from the "
+                              f"kernel's page cache {warm:.0f} MiB/s; cold fill {cold:.0f} MiB/s; native "
+                              f"{native:.0f} MiB/s (MB/s recorded: MiB/s x 1.048576)")

@@ -22,7 +22,7 @@ import pytest
 from fixtures.bigfile import write_wav
 from musicfs import daemon
 from musicfs.control.client import ControlClient
-from tests.harness import mount_library, mounted_tracks, musicfs_cmd
+from tests.harness import mount_library, mounted_tracks, musicfs_cmd, refused
 
 QUIET_FOR = 12.0  # seconds of silence a followed feed outlives (longer than any idle timeout)
 
@@ -43,14 +43,6 @@ def ok_text(state: Path, *args: str) -> str:
     assert result.returncode == 0, result.stderr
     return result.stdout
 
-
-def refused(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit 2, nothing on stdout, and exactly one line on stderr holding ``words``."""
-    lines = result.stderr.splitlines()
-    assert result.returncode == 2 and not result.stdout, (result.returncode, result.stdout, result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("musicfs: "), result.stderr
-    assert all(w in lines[0] for w in words), (words, lines[0])
-    return lines[0]
 
 
 class Follower:

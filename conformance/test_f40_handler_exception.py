@@ -24,19 +24,12 @@ from conformance.daemons import cleanup, launcher_cmd, wait_serving
 from conformance.expected import sha256_of
 from musicfs.index.library import LibraryIndex
 from musicfs.vfs.resolver import Resolver
-from tests.harness import mount_status, scan
+from tests.harness import errno_of, mount_status, scan
 
 LOOKUPS = 5  # stats of the broken name, one at a time: each is exactly one LOOKUP request
 RECORD = re.compile(r"^\S+ \S+ ERROR musicfs\.fuse\.operations: (\w+)\(.*failed unexpectedly: InjectedFault",
                     re.MULTILINE)
 
-
-def errno_of(call, *args) -> int | None:
-    try:
-        call(*args)
-    except OSError as exc:
-        return exc.errno
-    return None
 
 
 def read_whole(path: Path) -> bytes:

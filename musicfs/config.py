@@ -23,6 +23,10 @@ Example::
     path = "/mnt/nas/music"
     priority = 1
 
+    [[collections]]       # a saved search, shown as /.collections/<name>/ (README, "Search")
+    name = "Nineties metal"
+    query = "genre:metal year:1990..1999 -live"
+
 ``tomllib`` parses; this module checks types and values and, because tomllib
 keeps no positions, finds the line of an offending key by reading the text the
 way TOML lays it out (table headers, then ``key =`` lines).
@@ -102,6 +106,9 @@ class Config:
     # let other users in (FUSE allow_other); the kernel then checks the modes shown (default_permissions)
     allow_other: bool = False
     metrics_listen: tuple[str, int] | None = None  # (IP address, port) Prometheus scrapes; None: no listener
+    # [[collections]]: (name, query) pairs, checked as `musicfs collection add` checks them; a mount makes
+    # the index's config collections exactly these (musicfs.search.service.SearchService.sync_config)
+    collections: list[tuple[str, str]] = field(default_factory=list)
     source: str | None = None
 
     def library_name(self) -> str:
@@ -174,7 +181,8 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
              index: int | None = None) -> ConfigError:
         return ConfigError(message, source=source, line=where.line_of(table, key, index))
 
-    unknown = set(data) - {"library", "cache", "scan", "health", "mount", "metrics", "origins", "raw"}
+    unknown = set(data) - {"library", "cache", "scan", "health", "mount", "metrics", "origins", "raw",
+                           "collections"}
     if unknown:
         name = sorted(unknown)[0]
         raise fail(f"unknown section or key {name!r}", None, name) if not isinstance(
@@ -251,7 +259,43 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
             raise fail(str(exc), "metrics", "listen") from None
     kwargs.update(_raw_view(_table(data, "raw", fail), fail))
     kwargs["origins"] = _origins(data.get("origins", []), fail)
+    kwargs["collections"] = _collections(data.get("collections", []), fail)
     return Config(**kwargs)
+
+
+def _collections(items: Any, fail) -> list[tuple[str, str]]:
+    """``[[collections]]``: each a ``name`` and a ``query``, refused here (file, line, the parser's
+    reason) rather than when the mount starts: a saved search that cannot run is a config error."""
+    if items == []:
+        return []
+    # imported only for a config that has collections: the query language is not needed to read the rest
+    from .errors import QueryError
+    from .search.collections import check_name
+    from .search.query import parse
+
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise fail("collections must be [[collections]] tables, each with a name and a query", "collections")
+    collections, names = [], set()
+    for i, item in enumerate(items):
+        _only(item, {"name", "query"}, "collections", fail, i)
+        for key in ("name", "query"):
+            if key not in item:
+                raise fail(f"collection #{i + 1} needs {key!r}", "collections", None, i)
+        name = _typed(item, "name", str, "collections", fail, i)
+        query = _typed(item, "query", str, "collections", fail, i)
+        try:
+            name = check_name(name)
+        except QueryError as exc:
+            raise fail(str(exc), "collections", "name", i) from None
+        if name in names:
+            raise fail(f"collection name {name!r} is used twice", "collections", "name", i)
+        names.add(name)
+        try:
+            parse(query)
+        except QueryError as exc:
+            raise fail(f"collection {name!r}: {exc}", "collections", "query", i) from None
+        collections.append((name, query))
+    return collections
 
 
 def _raw_view(raw: dict, fail) -> dict[str, float]:

@@ -61,6 +61,18 @@ class OriginUnavailable(MusicFSError):
     errno = errno.EIO
 
 
+class QueryError(MusicFSError):
+    """A search query or a collection is malformed; the message names the problem."""
+
+    errno = errno.EINVAL
+
+
+class QueryTimeout(MusicFSError):
+    """A search ran past its deadline and was stopped."""
+
+    errno = errno.ETIMEDOUT
+
+
 def errno_for(exc: BaseException) -> int:
     """Return the errno a failed filesystem call should answer for ``exc``."""
     if isinstance(exc, MusicFSError):

@@ -13,6 +13,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -270,6 +271,12 @@ class Subscription:
         self.close()
 
 
+class Publish(Protocol):
+    """What components that only announce are given: :meth:`EventBus.publish`."""
+
+    def __call__(self, *events: Event) -> None: ...
+
+
 class EventBus:
     """Owned by the mount. ``publish`` may be called from the trio thread or a worker thread.
 
@@ -294,21 +301,27 @@ class EventBus:
         except RuntimeError:  # built outside trio (tools, tests): delivery is synchronous
             pass
 
-    def publish(self, event: Event) -> None:
+    def publish(self, *events: Event) -> None:
+        """Publish ``events`` in order. From a worker thread they reach the loop together, in one
+        hand-over: a block of chunks stored is one wake-up of the loop, not one per chunk."""
+        if not events:
+            return
         if self._token is not None and threading.get_ident() != self._loop_thread:
             try:
-                self._token.run_sync_soon(self._deliver, event)
+                self._token.run_sync_soon(self._deliver, events)
             except trio.RunFinishedError:
                 pass
             return
-        self._deliver(event)
+        self._deliver(events)
 
-    def _deliver(self, event: Event) -> None:
-        self.history.append(event)
-        self.counts[event.kind] += 1
-        for subscription in list(self._subscribers):
-            if not subscription.offer(event):
-                self.dropped += 1
+    def _deliver(self, events: tuple[Event, ...]) -> None:
+        subscribers = list(self._subscribers)
+        for event in events:
+            self.history.append(event)
+            self.counts[event.kind] += 1
+            for subscription in subscribers:
+                if not subscription.offer(event):
+                    self.dropped += 1
 
     def subscribe(self, queue: int | None = None, wants: Callable[[Event], bool] | None = None) -> Subscription:
         """A new feed of the events published from now on that ``wants`` accepts (all by default).

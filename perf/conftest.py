@@ -36,7 +36,7 @@ PERF_DIR = ROOT / "build" / "perf"
 
 # what the synthetic indexes are made of; a change to any of these rebuilds them
 _INDEX_SOURCES = ("fixtures/synthetic.py", "musicfs/index/bulk.py", "musicfs/index/tree.py",
-                  "musicfs/index/schema.py", "musicfs/index/library.py",
+                  "musicfs/index/fts.py", "musicfs/index/schema.py", "musicfs/index/library.py",
                   "musicfs/vfs/template.py", "musicfs/vfs/names.py")
 
 
@@ -54,15 +54,17 @@ class PerfSize:
     memory_sizes: tuple[int, int]  # tracks: the two libraries NFR-4.4's growth is taken between
     client_levels: tuple[int, ...]  # concurrent client processes (NFR-3.6)
     client_rounds: int  # cold reads per client at each level above one
+    search_library: int  # tracks: the synthetic library FR-14's query mix runs over (1M at full)
 
 
 SIZES = {
     "ci": PerfSize("ci", mix_bytes=48 << 20, track_bytes=16 << 20, tracks=4, fio_seconds=1.0,
                    small_library=500, library=50_000, memory_sizes=(5_000, 50_000),
-                   client_levels=(1, 3, 10, 30), client_rounds=2),
+                   client_levels=(1, 3, 10, 30), client_rounds=2, search_library=200_000),
     "full": PerfSize("full", mix_bytes=1 << 30, track_bytes=128 << 20, tracks=4, fio_seconds=5.0,
                      small_library=1_000, library=1_000_000, memory_sizes=(10_000, 100_000),
-                     client_levels=(1, 2, 5, 10, 20, 50, 100), client_rounds=3),
+                     client_levels=(1, 2, 5, 10, 20, 50, 100), client_rounds=3,
+                     search_library=1_000_000),
 }
 
 

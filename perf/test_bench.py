@@ -132,8 +132,8 @@ def test_sequential_reads(big_mount, big_files, results, record_requirement, req
               "mix": f"sequential read, one {mix_mb / 1000:.2f} GB mix"}
     for name, title in titles.items():
         for key, label, native_key in labels:
-            req = {"tracks": {"cold": "NFR-2.2", "daemon": "NFR-2.1", "warm": "NFR-2.1"},
-                   "mix": {"daemon": "MM-4", "warm": "MM-4"}}[name].get(key, "")
+            req = {"tracks": {"cold": "NFR-2.2", "daemon": "NFR-2.1", "disk": "NFR-2.1"},
+                   "mix": {"daemon": "MM-4", "disk": "MM-4"}}[name].get(key, "")
             results.add(title, label, m[name][key], native[name][native_key], unit="MB/s", req=req)
     with capsys.disabled():
         for name, figures in m.items():
@@ -144,17 +144,20 @@ def test_sequential_reads(big_mount, big_files, results, record_requirement, req
     record_requirement("NFR-2.2", t["cold"],
                        detail=f"{len(tracks)} tracks, {size_mb:.0f} MB, 1 MiB reads, empty chunk cache, "
                               f"page cache dropped; native cold {native['tracks']['cold']:,.0f} MB/s")
-    record_requirement("NFR-2.1", min(t["warm"], t["daemon"]),
-                       detail=f"{size_mb:.0f} MB of cached tracks: {t['daemon']:,.0f} MB/s through the "
-                              f"daemon (chunk files in the OS cache), {t['warm']:,.0f} MB/s read again "
-                              f"(page cache), {t['disk']:,.0f} MB/s with the chunk files on disk; "
-                              "the lower of the first two is recorded")
-    large_file = min(x["warm"], x["daemon"])
+    # the daemon's own cache path (the mount's pages gone, so every read is a request to it), not
+    # the kernel's page cache: the page-cache figure is put beside it
+    record_requirement("NFR-2.1", min(t["daemon"], t["disk"]),
+                       detail=f"{size_mb:.0f} MB of cached tracks through the daemon: {t['daemon']:,.0f} MB/s "
+                              f"with the chunk files in the OS cache, {t['disk']:,.0f} MB/s with every "
+                              f"cache dropped (the lower is recorded); {t['warm']:,.0f} MB/s read again "
+                              "from the kernel's page cache")
+    large_file = min(x["daemon"], x["disk"])
     if mix.stat().st_size >= GIB:  # MM-4 is stated for a file of 1 GiB or more
         record_requirement("MM-4", large_file,
-                           detail=f"{mix_mb:,.0f} MB file, cached: {x['daemon']:,.0f} MB/s through the "
-                                  f"daemon, {x['warm']:,.0f} MB/s read again, {x['disk']:,.0f} MB/s "
-                                  "from chunk files on disk; the lower of the first two is recorded")
+                           detail=f"{mix_mb:,.0f} MB cached file through the daemon: {x['daemon']:,.0f} MB/s "
+                                  f"with the chunk files in the OS cache, {x['disk']:,.0f} MB/s with every "
+                                  f"cache dropped (the lower is recorded); {x['warm']:,.0f} MB/s read again "
+                                  "from the kernel's page cache")
     # a smaller run shows the same path in the table without claiming MM-4 (stated for 1 GiB);
     # while MM-4 is a known shortfall (not gated, planned in the catalogue) nothing asserts it
     if requirement_catalogue["MM-4"].gate and mix.stat().st_size < GIB:

@@ -39,6 +39,9 @@ from .render import CI_WIDTH, VERBOSE_WIDTH, render
 from .report import CheckResult, Measurement, Status, evaluate, incomplete, write_json
 
 DEFAULT_REPORT = Path("build") / "requirements-report.json"
+# a run without --req-complete (a file, a -k selection) reports here: the default report stays the
+# last whole run's, the one to trust, instead of listing most requirements as not covered
+PARTIAL_REPORT = Path("build") / "partial-report.json"
 _IDS_PROPERTY = "musicfs-req"
 _MEASUREMENT_PROPERTY = "musicfs-req-measurement"
 
@@ -55,7 +58,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("musicfs-requirements", "musicfs requirement report")
     group.addoption("--req-report", metavar="PATH", default=None,
                     help=f"where to write the JSON requirement report "
-                         f"(default: <rootdir>/{DEFAULT_REPORT.as_posix()}, written only when "
+                         f"(default: <rootdir>/{DEFAULT_REPORT.as_posix()} with --req-complete, "
+                         f"else <rootdir>/{PARTIAL_REPORT.as_posix()}; written only when "
                          "some test checks a requirement)")
     group.addoption("--req-suite", metavar="NAME", action="append", default=[],
                     help="list as 'not covered' only requirements of this suite "
@@ -295,7 +299,7 @@ class RequirementsRun:
         if explicit:
             self.report_path = Path(self.config.invocation_params.dir, explicit)
         else:
-            self.report_path = self.config.rootpath / DEFAULT_REPORT
+            self.report_path = self.config.rootpath / (DEFAULT_REPORT if self.complete else PARTIAL_REPORT)
         write_json(self.report_path, self.statuses, catalogue_path=self.catalogue_label(),
                    run_failed_by_gate=bool(gate_failures), run=run_info(self.config.rootpath),
                    complete_gate=self.complete, run_failed_incomplete=bool(gaps))

@@ -261,7 +261,7 @@ def _print_planned(console: Console, planned: list[Status], suites: set[str],
     grid.add_column(overflow="fold")
     for status in listed:
         line = Text(status.requirement.title, style="bold")
-        reason = status.planned or status.requirement.full_size_only
+        reason = status.planned or status.requirement.full_size_only or status.note
         line.append(f": {reason}", style=_STYLES["planned"])
         grid.add_row(f"  {status.requirement.id}", line)
     console.print(grid)

@@ -148,3 +148,21 @@ def settled(mountpoint: Path, timeout: float = 20.0) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"fills still running after {timeout} s: {reader}")
         time.sleep(0.02)
+
+
+def refused(result: subprocess.CompletedProcess, *words: str) -> str:
+    """A CLI refusal: exit 2, nothing on stdout, exactly one line on stderr holding ``words``."""
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and not result.stdout, (result.returncode, result.stdout, result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("musicfs: "), result.stderr
+    assert all(w in lines[0] for w in words), (words, lines[0])
+    return lines[0]
+
+
+def errno_of(call, *args) -> int | None:
+    """The errno ``call(*args)`` fails with, None when it succeeds."""
+    try:
+        call(*args)
+    except OSError as exc:
+        return exc.errno
+    return None

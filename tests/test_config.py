@@ -120,3 +120,64 @@ def test_allow_other_is_off_unless_asked_for():
 def test_bad_mount_options_are_named(text, words):
     error = _error(text + ORIGIN)
     assert words in str(error) and error.line == 2
+
+
+COLLECTIONS = ORIGIN + textwrap.dedent("""\
+
+    [[collections]]
+    name = "Nineties metal"
+    query = 'genre:metal year:1990..1999 -live'
+
+    [[collections]]
+    name = "Björk, everything"
+    query = "artist:bjork"
+""")
+
+
+@pytest.mark.req("FS-9")
+def test_collections_load_in_order_with_their_queries():
+    config = parse_config(COLLECTIONS)
+    assert config.collections == [("Nineties metal", "genre:metal year:1990..1999 -live"),
+                                  ("Björk, everything", "artist:bjork")]
+    assert parse_config(ORIGIN).collections == []
+
+
+@pytest.mark.req("FS-9")
+@pytest.mark.parametrize(("entry", "key_line", "words"), [
+    # the parser's and the name check's own words, at the line of the key at fault
+    ('name = "ok"\nquery = \'"unbalanced\'\n', 2, "unbalanced quote"),
+    ('name = "ok"\nquery = "colour:red"\n', 2, "unknown field 'colour'"),
+    ('name = "ok"\nquery = "year:1999..1990"\n', 2, "runs backwards"),
+    ('name = "ok"\nquery = "year:nineties"\n', 2, "not a year or a range"),
+    ('name = "ok"\nquery = "!!!"\n', 2, "nothing to search for"),
+    ('name = "a/b"\nquery = "x"\n', 1, "contains '/'"),
+    ('name = ".hidden"\nquery = "x"\n', 1, "starts with a dot"),
+    ('name = " padded"\nquery = "x"\n', 1, "starts or ends with a space"),
+    ('name = ""\nquery = "x"\n', 1, "needs a name"),
+    ('name = "tab\\there"\nquery = "x"\n', 1, "control or format character"),
+    ('name = "' + "é" * 200 + '"\nquery = "x"\n', 1, "over 255 bytes"),
+    ('name = 3\nquery = "x"\n', 1, "name must be str"),
+    ('name = "ok"\nquery = ["x"]\n', 2, "query must be str"),
+    ('name = "ok"\nquery = "x"\ncolour = "red"\n', 3, "unknown key 'colour' in [collections]"),
+    ('name = "ok"\n', 0, "collection #2 needs 'query'"),
+])
+def test_bad_collections_are_refused_naming_file_line_and_reason(entry, key_line, words):
+    """The second [[collections]] table is the bad one: the line is its key's (or its header's)."""
+    text = COLLECTIONS.split("[[collections]]\nname = \"Björk")[0] + "[[collections]]\n" + entry
+    header = text.splitlines().index("[[collections]]", text.splitlines().index("[[collections]]") + 1) + 1
+    error = _error(text)
+    assert words in str(error), str(error)
+    assert error.line == header + key_line
+    assert str(error).startswith(f"musicfs.toml:{header + key_line}: ")
+
+
+@pytest.mark.req("FS-9")
+def test_a_collection_name_used_twice_is_refused():
+    error = _error(ORIGIN + '[[collections]]\nname = "x"\nquery = "a"\n[[collections]]\nname = "x"\nquery = "b"\n')
+    assert "collection name 'x' is used twice" in str(error) and error.line == 9
+
+
+@pytest.mark.req("FS-9")
+def test_collections_must_be_tables():
+    error = _error('collections = ["artist:x"]\n' + ORIGIN)
+    assert "[[collections]] tables" in str(error)

@@ -89,6 +89,19 @@ def test_events_published_from_worker_threads_reach_subscribers_on_the_loop():
     trio.run(main)
 
 
+def test_a_batch_from_a_worker_thread_arrives_whole_and_in_order_and_an_empty_one_is_nothing():
+    async def main():
+        bus = EventBus()
+        with bus.subscribe() as feed:
+            await trio.to_thread.run_sync(bus.publish)  # nothing to say: no hand-over at all
+            await trio.to_thread.run_sync(lambda: bus.publish(*(opened(f"t{i}") for i in range(5))))
+            with trio.fail_after(1):
+                assert [(await feed.receive()).path for _ in range(5)] == [f"t{i}" for i in range(5)]
+        assert bus.counts["FileAccessed"] == 5 and len(bus.history) == 5
+
+    trio.run(main)
+
+
 def test_every_kind_has_a_name_the_feed_takes():
     kinds = event_types()
     assert set(FEED_DEFAULT) <= set(kinds) and "ChunkStored" in kinds

@@ -1,8 +1,9 @@
 """The FUSE ``Operations`` in process, without a kernel: answers, errno mapping, lookup counts.
 
 The handlers run inside ``trio.run`` over a scanned index of the sample
-library, wired the way :mod:`musicfs.mount` wires them. Only pyfuse3's
-``readdir_reply`` (which needs a kernel request) is replaced, by a recorder.
+library, wired the way :mod:`musicfs.mount` wires them (namespaces behind a
+router). Only pyfuse3's ``readdir_reply`` (which needs a kernel request) is
+replaced, by a recorder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import trio
 
 from musicfs.errors import OriginUnavailable
 from musicfs.fuse.attrs import AttrPolicy
+from musicfs.fuse.inodes import InodeTable
+from musicfs.fuse.namespaces import HiddenNamespace, Router, TreeNamespace
 from musicfs.fuse.operations import Operations
 from musicfs.index.library import LibraryIndex
 from musicfs.index.scanner import Scanner
@@ -43,7 +46,9 @@ def ops(index_path, sample_library):
     reader = DirectReader({"local": LocalOrigin("local", sample_library[0])})
     hidden = HiddenFiles({"status.json": lambda: {"tracks": index.statistics()["tracks"]},
                           "errors.json": lambda: {"count": len(index.skipped())}})
-    operations = Operations(index, reader, hidden, AttrPolicy())
+    policy, inodes = AttrPolicy(), InodeTable()
+    tree = TreeNamespace(index, Resolver(index.conn), reader, inodes, policy)
+    operations = Operations(Router(tree, [HiddenNamespace(hidden, policy)]), inodes)
     yield operations
     reader.close()
     index.close()
@@ -68,10 +73,10 @@ def lookup_path(ops: Operations, path: str) -> pyfuse3.EntryAttributes:
 
 def a_track(ops: Operations, fmt: str = "flac") -> tuple[str, dict]:
     """(virtual path, track row) of the largest track of a format."""
-    row = ops.index.conn.execute(
+    row = ops.route.tree.index.conn.execute(
         "SELECT n.id, t.id FROM nodes n JOIN tracks t ON t.id = n.track_id WHERE t.format = ?"
         " ORDER BY t.size DESC LIMIT 1", (fmt,)).fetchone()
-    return ops.resolver.path_of(row[0]), ops.index.track(row[1])
+    return ops.route.tree.resolver.path_of(row[0]), ops.route.tree.index.track(row[1])
 
 
 # -- read-only ---------------------------------------------------------------
@@ -121,7 +126,7 @@ def test_lookup_getattr_open_read_release(ops, sample_library):
     assert root.st_ino == ROOT_ID and stat.S_ISDIR(root.st_mode)
 
     attr = lookup_path(ops, path)
-    node = ops.resolver.resolve(path)
+    node = ops.route.tree.resolver.resolve(path)
     assert attr.st_ino == node.id
     assert stat.S_ISREG(attr.st_mode) and stat.S_IMODE(attr.st_mode) == 0o444
     assert attr.st_size == len(origin) == track["size"]
@@ -141,7 +146,7 @@ def test_lookup_getattr_open_read_release(ops, sample_library):
         assert call(ops.read, info.fh, 7, 0) == b""
     finally:
         call(ops.release, info.fh)
-    assert ops.reader.statistics()["open_handles"] == 0 and ops.reader.statistics()["open_fds"] == 0
+    assert ops.route.tree.reader.statistics()["open_handles"] == 0 and ops.route.tree.reader.statistics()["open_fds"] == 0
     assert fuse_errno(ops.read, info.fh, 0, 10) == errno.EBADF
 
 
@@ -209,7 +214,7 @@ def list_dir(ops, monkeypatch, inode: int, room: int) -> list[tuple[str, int, in
 @pytest.mark.req("CAS-3")
 @pytest.mark.parametrize("room", [1, 3, 1000])
 def test_readdir_pages_in_id_order_and_hides_musicfs(ops, monkeypatch, room):
-    resolver = Resolver(ops.index.conn)
+    resolver = Resolver(ops.route.tree.index.conn)
     root = list_dir(ops, monkeypatch, ROOT_ID, room)
     assert [name for name, _, _ in root] == [n.name for n in resolver.iter_children(ROOT_ID)]
     assert [ino for _, ino, _ in root] == sorted(ino for _, ino, _ in root)
@@ -231,7 +236,7 @@ def test_hidden_files_are_generated_when_read(ops):
     info = call(ops.open, attr.st_ino, os.O_RDONLY, None)
     try:
         assert info.direct_io
-        assert call(ops.read, info.fh, 0, 1 << 16) == b'{\n  "tracks": %d\n}\n' % ops.index.statistics()["tracks"]
+        assert call(ops.read, info.fh, 0, 1 << 16) == b'{\n  "tracks": %d\n}\n' % ops.route.tree.index.statistics()["tracks"]
     finally:
         call(ops.release, info.fh)
     assert fuse_errno(ops.open, attr.st_ino, os.O_WRONLY, None) == errno.EROFS
@@ -245,7 +250,7 @@ def test_unexpected_exception_becomes_eio_with_one_record_and_its_traceback(ops,
     def broken(*args):
         raise RuntimeError("index went away")
 
-    monkeypatch.setattr(ops.resolver, "lookup", broken)
+    monkeypatch.setattr(ops.route.tree.resolver, "lookup", broken)
     with caplog.at_level(logging.ERROR, logger="musicfs.fuse.operations"):
         assert fuse_errno(ops.lookup, ROOT_ID, b"anything") == errno.EIO
     assert ops.error_counts["lookup"] == 1
@@ -261,7 +266,7 @@ def test_expected_failure_is_one_line_without_traceback(ops, monkeypatch, caplog
     def unavailable(*args):
         raise OriginUnavailable("origin nas: no answer within 5 s")
 
-    monkeypatch.setattr(ops.resolver, "lookup", unavailable)
+    monkeypatch.setattr(ops.route.tree.resolver, "lookup", unavailable)
     with caplog.at_level(logging.DEBUG, logger="musicfs.fuse.operations"):
         assert fuse_errno(ops.lookup, ROOT_ID, b"anything") == errno.EIO
     assert len(caplog.records) <= 1
@@ -275,12 +280,12 @@ def test_reader_failure_becomes_eio_and_missing_origin_file_enoent(ops, monkeypa
     try:
         async def failing_read(handle, offset, size):
             raise OSError(errno.EIO, "disk on fire")
-        monkeypatch.setattr(ops.reader, "read", failing_read)
+        monkeypatch.setattr(ops.route.tree.reader, "read", failing_read)
         assert fuse_errno(ops.read, info.fh, 0, 10) == errno.EIO
     finally:
         call(ops.release, info.fh)
     # the origin file vanished since the scan: open answers ENOENT, not a crash
-    monkeypatch.setattr(ops.reader, "origins", {"local": LocalOrigin("local", tmp_path)})
+    monkeypatch.setattr(ops.route.tree.reader, "origins", {"local": LocalOrigin("local", tmp_path)})
     assert fuse_errno(ops.open, ino, os.O_RDONLY, None) == errno.ENOENT
 
 
@@ -294,7 +299,7 @@ def test_forget_waits_for_the_last_handle_and_keeps_the_inode(ops, sample_librar
     lookup_path(ops, path.rsplit("/", 1)[0])
     baseline = ops.statistics()["known_inodes"]  # the directories on the way, which stay looked up
     ino = lookup_path(ops, path).st_ino
-    parent, name = ops.resolver.resolve(path).parent, os.fsencode(path.rsplit("/", 1)[1])
+    parent, name = ops.route.tree.resolver.resolve(path).parent, os.fsencode(path.rsplit("/", 1)[1])
     assert call(ops.lookup, parent, name).st_ino == ino
     assert ops.inodes.lookup_count(ino) == 2 and ops.inodes.get(ino) is not None
     assert ops.statistics()["known_inodes"] == baseline + 1
@@ -315,7 +320,7 @@ def test_forget_waits_for_the_last_handle_and_keeps_the_inode(ops, sample_librar
         raise AssertionError("the node of an open inode was looked up in the index again")
 
     with monkeypatch.context() as patched:  # answered from the kept node, not the index
-        patched.setattr(ops.resolver, "get", no_query)
+        patched.setattr(ops.route.tree.resolver, "get", no_query)
         assert call(ops.getattr, ino).st_size == track["size"] == len(origin)
         assert call(ops.read, first.fh, 0, 64) == origin[:64]
         call(ops.release, first.fh)
@@ -367,7 +372,7 @@ def test_an_open_that_fails_holds_no_node(ops, monkeypatch, tmp_path):
     path, _ = a_track(ops)
     ino = lookup_path(ops, path).st_ino
     assert fuse_errno(ops.open, ino, os.O_WRONLY, None) == errno.EROFS
-    monkeypatch.setattr(ops.reader, "origins", {"local": LocalOrigin("local", tmp_path)})
+    monkeypatch.setattr(ops.route.tree.reader, "origins", {"local": LocalOrigin("local", tmp_path)})
     assert fuse_errno(ops.open, ino, os.O_RDONLY, None) == errno.ENOENT
     assert ops.inodes.open_count(ino) == 0 and ops.statistics()["open_inodes"] == 0
     call(ops.forget, [(ino, 1)])

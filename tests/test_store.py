@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -75,6 +76,48 @@ def test_chunk_files_detect_corruption_and_truncation(tmp_path):
     assert files.read(address, len(data)) is None
     assert files.read("0" * 32, 10) is None
     assert files.stats.corrupt == 2 and files.stats.missing == 1
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_batch_load_reports_each_chunk_as_one_load_would_and_closes_every_file(tmp_path):
+    """load_many (a read-ahead batch, its disk reads started together) returns what load returns
+    chunk by chunk: good bytes, a missing file, a corrupt one (removed), a hostile index row (an
+    address that is a path, a size no chunk has) never opened; and it keeps no descriptor."""
+    files = ChunkFiles(tmp_path)
+    blobs = [os.urandom(20_000 + i) for i in range(4)]
+    for blob in blobs:
+        files.write(digest(blob), blob)
+    corrupt = files.path(digest(blobs[2]))
+    corrupt.write_bytes(corrupt.read_bytes()[:-1] + b"x")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"x" * 10)
+    batch = [(digest(blobs[0]), len(blobs[0])), ("f" * 32, 100), (digest(blobs[2]), len(blobs[2])),
+             (digest(blobs[3]), len(blobs[3])), ("../../secret", 10), (digest(blobs[1]), MAX_SIZE + 1)]
+    before = fd_count()
+    loaded = files.load_many(batch)
+    assert fd_count() == before
+    assert loaded == [(blobs[0], None), (None, "missing"), (None, "corrupt"), (blobs[3], None),
+                      (None, "corrupt"), (None, "corrupt")]
+    assert not corrupt.exists() and secret.read_bytes() == b"x" * 10
+    assert files.load_many([]) == [] and files.load_many(batch[:1]) == [(blobs[0], None)]
+
+
+def test_a_cache_batch_read_counts_and_forgets_like_single_reads(tmp_path):
+    bus = EventBus()
+    cache = ContentCache(tmp_path, 10**9, bus.publish)
+    blobs = [os.urandom(30_000 + i) for i in range(3)]
+    cache.store_chunks([(digest(b), b) for b in blobs])
+    refs = [ChunkRef(0, len(b), digest(b)) for b in blobs]
+    cache.files.path(refs[1].address).unlink()
+    assert cache.read_chunks(refs) == [blobs[0], None, blobs[2]]
+    assert cache.counters.missing == 1
+    assert [e.address for e in bus.recent() if e.kind == "ChunkStored"] == [r.address for r in refs]
+    rows = {address for (address,) in cache.index.conn.execute("SELECT address FROM chunks")}
+    assert rows == {refs[0].address, refs[2].address}  # the missing chunk's row went with its file
+    cache.close()
 
 
 def test_only_old_temp_files_are_removed_by_scan(tmp_path):
@@ -238,4 +281,43 @@ def test_a_cache_that_cannot_be_written_serves_on_and_says_so_once(tmp_path, cap
     assert any("caching resumed" in r.message for r in caplog.records)
     assert cache.statistics()["evictions"] == 1  # the disk was full: the old chunk made way
     assert cache.read_chunk(ChunkRef(0, len(others[0]), digest(others[0]))) == others[0]
+    cache.close()
+
+
+@pytest.mark.req("FAULT-23")
+def test_a_nearly_full_cache_that_flaps_is_one_error_not_one_per_retry(tmp_path, caplog, monkeypatch):
+    """A disk with just enough room for one retry: the failure after it is the same outage (INFO),
+    the same failure after ``error_repeat`` or a different one is an error again."""
+    caplog.set_level(logging.INFO, logger="musicfs.store.cache")
+    cache = ContentCache(tmp_path, 10**9, EventBus().publish, write_retry=0.05, error_repeat=0.6)
+    real_write = cache.files.write
+    chunks = iter(bytes([i]) * 20_000 for i in range(50))
+
+    def fail(errno_: int, message: str):
+        def write(address, chunk):
+            raise OSError(errno_, message)
+        monkeypatch.setattr(cache.files, "write", write)
+
+    def errors() -> list[str]:
+        return [r.message for r in caplog.records if r.levelno >= logging.ERROR and "cannot be written" in r.message]
+
+    def store() -> int:
+        chunk = next(chunks)
+        return cache.store_chunks([(digest(chunk), chunk)])
+
+    for _ in range(3):  # fail, wait out the retry, one store gets through, the next fails again
+        fail(28, "No space left on device")
+        assert store() == 0
+        monkeypatch.setattr(cache.files, "write", real_write)
+        time.sleep(0.07)
+        assert store() == 1 and cache.statistics()["writable"] is True
+    assert len(errors()) == 1, errors()
+    assert sum("writes fail again" in r.message for r in caplog.records) == 2
+    fail(30, "Read-only file system")  # a different problem is news
+    assert store() == 0 and len(errors()) == 2
+    monkeypatch.setattr(cache.files, "write", real_write)
+    time.sleep(0.65)  # and so is the same one after a quiet spell
+    assert store() == 1
+    fail(30, "Read-only file system")
+    assert store() == 0 and len(errors()) == 3
     cache.close()

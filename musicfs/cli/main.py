@@ -16,7 +16,7 @@ from ..control.sockets import socket_path
 from ..errors import MusicFSError
 from ..index.library import LibraryIndex
 from ..origins.base import create
-from . import control
+from . import control, search
 from .common import (
     add_library_options,
     console,
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     umount.set_defaults(func=cmd_umount)
 
     control.add_commands(sub)  # status, cache, origin, events, shutdown: through a mount's control API
+    search.add_commands(sub)  # search, collection: through the mount's API, else on the index file
 
     unit = sub.add_parser("systemd-unit", help="print a systemd user service that keeps a mount mounted")
     unit.add_argument("name", help="the service's name (install it as musicfs-NAME.service)")

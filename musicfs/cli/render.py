@@ -245,3 +245,56 @@ def shutdown_line(mountpoint: str, answer: dict, unmounted: bool | None) -> str:
     if unmounted:
         return f"{mountpoint}: unmounted {how}"
     return f"{mountpoint}: asked to unmount {how}, but it is still mounted"
+
+
+# -- search -------------------------------------------------------------------
+
+MATCH_STYLE = "bold black on yellow"
+
+
+def marked(value: Any, spans: list | None) -> Text:
+    """A field's text with the search's matched spans ([start, end) characters) highlighted."""
+    text = Text("" if value is None else str(value))
+    for start, end in spans or ():
+        text.stylize(MATCH_STYLE, int(start), int(end))
+    return text
+
+
+def search_table(page: dict, mountpoint: str | None = None) -> Table:
+    """A /v1/search answer (or the same document read from the index): one row per track, best first.
+
+    The path column is where a player opens the file: under ``mountpoint`` when a
+    mount answered, the path inside the library otherwise.
+    """
+    table = _table(None)
+    for name in ("artist", "album", "title"):
+        table.add_column(name, overflow="fold")
+    table.add_column("year", justify="right")
+    table.add_column("format")
+    table.add_column("path" if mountpoint else "virtual path", overflow="fold")
+    root = (mountpoint or "").rstrip("/")
+    for hit in page.get("results", []):
+        spans = hit.get("highlights") or {}
+        table.add_row(marked(hit.get("artist"), spans.get("artist")), marked(hit.get("album"), spans.get("album")),
+                      marked(hit.get("title"), spans.get("title")), Text(str(hit.get("year") or "")),
+                      Text(hit.get("format") or ""), Text(f"{root}/{hit['virtual_path']}"))
+    return table
+
+
+def search_summary(page: dict, where: str) -> str:
+    """``3 of 120 matches in 4.2 ms (from /mnt)``; the page's place when it is not the first."""
+    shown, total = len(page.get("results", [])), page.get("total", 0)
+    place = f" (from #{page['offset'] + 1})" if page.get("offset") and shown else ""
+    return f"{shown} of {total} match{'es' if total != 1 else ''}{place} in {page.get('query_time_ms', 0):.1f} ms ({where})"
+
+
+def collections_table(collections: list[dict]) -> Table:
+    """/v1/collections: name, query, where it comes from (the config or a command)."""
+    table = _table(None)
+    table.add_column("name")
+    table.add_column("query", overflow="fold")
+    table.add_column("from")
+    for item in collections:
+        table.add_row(Text(item["name"]), Text(item["query"]),
+                      Text("config file" if item.get("source") == "config" else "musicfs collection add"))
+    return table

@@ -2,14 +2,16 @@
 
 Routes translate and delegate, as ``Operations`` does for FUSE: every answer
 comes from a service's method, blocking ones (SQLite, disk) in a worker
-thread so the filesystem never waits on the API. Long operations (a rescan)
-and the event feed stream NDJSON: one JSON document per line.
+thread so the filesystem never waits on the API. Long operations (a rescan),
+the event feed and a search's every hit stream NDJSON: one JSON document per line.
 
 Errors are JSON with a ``detail`` saying what was wrong: 404 for an unknown
 route or id, 400 for a value the service refuses (an unknown event type: with
 the known ones), 422 for a request that does not fit its schema, 413 for a
 body over ``MAX_BODY``, 408 for one that does not arrive within
-``BODY_TIMEOUT``. A failure inside a route is a 500 for that request, logged
+``BODY_TIMEOUT``. A search query the language refuses is a 400 whose
+``detail`` is the parser's message (which names the problem), never SQLite's
+words and never a 500: a user's typing is not a daemon fault. A failure inside a route is a 500 for that request, logged
 with its traceback; the daemon serves on.
 """
 
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from functools import partial
 from typing import Any
 
@@ -26,7 +30,10 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import QueryError, QueryTimeout
 from ..events import FEED_DEFAULT, Dropped, Event, Subscription, event_types
+from ..search.engine import DEFAULT_LIMIT, MAX_LIMIT
+from ..search.query import MAX_QUERY_CHARS, check_fields
 from .services import ControlServices
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,13 @@ class ClearBody(BaseModel):
     origin: str | None = Field(None, max_length=200)
     tier: str | None = Field(None, max_length=50)
     dry_run: bool = False
+
+
+class CollectionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # bounds generous enough that the store's own checks (255 bytes, the parser's length) answer, in words
+    name: str = Field(..., max_length=1024)
+    query: str = Field(..., max_length=4 * MAX_QUERY_CHARS)
 
 
 def _limit_body(app):
@@ -196,6 +210,65 @@ def build_app(services: ControlServices):
         feed = services.bus.subscribe(wants=wanted)
         return _ClosingStream(_ndjson(_event_feed(feed)), on_close=feed.close, media_type=NDJSON)
 
+    def searching():
+        if services.search is None:
+            raise HTTPException(503, "this mount cannot search")
+        return services.search
+
+    @app.get("/v1/search", summary="One page of tracks matching a query, best first",
+             description="`q` is the query language of `musicfs search` (README, \"Search\"). Each result "
+                         "has the file's `virtual_path` in the mount, its tags, `score` (higher is better) "
+                         "and `highlights`: [start, end) character spans per field. `total` counts every "
+                         "match, `query_time_ms` is the search's own time. `fields` (comma-separated or "
+                         "repeated) restricts plain words to those columns; `origin` keeps one origin's "
+                         "tracks. A malformed query is a 400 naming the problem.")
+    async def search(q: str = Query(..., max_length=_QUERY_PARAM_CHARS),
+                     limit: int = Query(DEFAULT_LIMIT, ge=0, le=MAX_LIMIT),
+                     offset: int = Query(0, ge=0, le=10**9),
+                     fields: list[str] = Query(default=[], max_length=50),
+                     origin: str | None = Query(default=None, max_length=200)) -> dict[str, Any]:
+        service = searching()
+        if origin is not None:
+            known_origin(origin)
+        with _refused():
+            page = await service.search(q, limit=limit, offset=offset, fields=_columns(fields), origin=origin)
+        return page.as_dict()
+
+    @app.get("/v1/search/stream", summary="Every track matching a query, as NDJSON, best first",
+             description="One result per line (as in /v1/search), then a last line "
+                         "`{\"done\": true, \"total\": n, \"query_time_ms\": t, ...}`; a search stopped "
+                         "on the way ends with `{\"done\": false, \"error\": ...}` instead. The query is "
+                         "checked before the answer starts: a malformed one is a 400.",
+             response_class=StreamingResponse)
+    async def search_stream(q: str = Query(..., max_length=_QUERY_PARAM_CHARS),
+                            fields: list[str] = Query(default=[], max_length=50),
+                            origin: str | None = Query(default=None, max_length=200)) -> StreamingResponse:
+        service = searching()
+        if origin is not None:
+            known_origin(origin)
+        with _refused():  # refused now, while the answer can still be a 400
+            query = service.parse(q)
+            columns = check_fields(_columns(fields))
+        stream = _ndjson(_search_lines(service, query, columns, origin))
+        return _ClosingStream(stream, on_close=lambda: None, media_type=NDJSON)
+
+    @app.get("/v1/collections", summary="The saved searches shown under /.collections, by name")
+    async def collections() -> list[dict[str, Any]]:
+        return [c.as_dict() for c in await searching().collections()]
+
+    @app.post("/v1/collections", status_code=201, summary="Save a query as a collection (/.collections/NAME)")
+    async def add_collection(body: CollectionBody) -> dict[str, Any]:
+        with _refused():
+            return (await searching().add_collection(body.name, body.query)).as_dict()
+
+    @app.delete("/v1/collections/{name}", summary="Remove a saved collection (one from the config stays)")
+    async def remove_collection(name: str) -> dict[str, Any]:
+        service = searching()
+        if await service.collection(name) is None:
+            raise HTTPException(404, f"no collection named {name!r}")
+        with _refused():
+            return (await service.remove_collection(name)).as_dict()
+
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
         if services.metrics is None:
@@ -204,6 +277,47 @@ def build_app(services: ControlServices):
         return Response(body, media_type=content_type)
 
     return _limit_body(app)
+
+
+_QUERY_PARAM_CHARS = 16 * MAX_QUERY_CHARS  # longer than the parser takes: its own message says why
+
+
+class _refused:
+    """A query or collection the search refuses becomes a 400 with the refusal as ``detail``;
+    a search stopped at its deadline, a 504. Anything else is a fault (500, logged)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if isinstance(exc, QueryError):
+            raise HTTPException(400, str(exc)) from None
+        if isinstance(exc, QueryTimeout):
+            raise HTTPException(504, str(exc)) from None
+
+
+def _columns(fields: list[str]) -> tuple[str, ...]:
+    """``fields=title,artist`` and ``fields=title&fields=artist`` alike."""
+    return tuple(part.strip() for value in fields for part in value.split(",") if part.strip())
+
+
+async def _search_lines(service, query, columns: tuple[str, ...], origin: str | None) -> AsyncIterator[dict]:
+    """Every hit, then a summary line; each batch is fetched in a worker thread only when the
+    client has taken the last (a slow reader holds no more than one batch in the daemon)."""
+    started = time.perf_counter()
+    sent = 0
+    try:
+        async with aclosing(service.stream(query, fields=columns, origin=origin)) as batches:
+            async for batch in batches:
+                for hit in batch:
+                    yield hit.as_dict()
+                    sent += 1
+    except (QueryError, QueryTimeout) as exc:  # the answer has begun: its last line says why it stopped
+        yield {"done": False, "error": str(exc), "total": sent,
+               "query_time_ms": round((time.perf_counter() - started) * 1000, 2)}
+        return
+    yield {"done": True, "query": query.text, "total": sent, "notes": list(query.notes),
+           "query_time_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
 async def _ndjson(documents: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:

@@ -11,19 +11,30 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from .locate import ControlError, find_mount, mounts_of_index
 from .sockets import reachable
 
-__all__ = ["ControlClient", "ControlError", "find_mount", "mounts_of_index"]
+__all__ = ["ControlClient", "ControlError", "Refused", "find_mount", "mounts_of_index"]
 
 TIMEOUT = 10.0  # seconds for an answer (streams wait for their next line forever)
 CONNECT_RETRIES = 3
+
+
+class Refused(ControlError):
+    """The daemon answered with an error status; ``detail`` is its own words (a CLI that shows
+    the same refusal whether it asked a daemon or read the index itself prints just those)."""
+
+    def __init__(self, message: str, status: int, detail: str | None):
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
 
 
 class ControlClient:
@@ -57,8 +68,31 @@ class ControlClient:
     def post(self, path: str, body: dict | None = None) -> Any:
         return self._json(self._request("POST", path, json=body))
 
+    def delete(self, path: str) -> Any:
+        return self._json(self._request("DELETE", path))
+
     def text(self, path: str) -> str:
         return self._request("GET", path).text
+
+    # -- search (GET /v1/search, /v1/search/stream, /v1/collections) ------------------
+    def search(self, query: str, *, limit: int | None = None, offset: int | None = None,
+               fields: Sequence[str] = (), origin: str | None = None) -> dict:
+        """One page: ``results`` (virtual_path, tags, score, highlights), ``total``, ``query_time_ms``."""
+        return self.get("/v1/search", **_search_params(query, fields, origin, limit=limit, offset=offset))
+
+    def search_stream(self, query: str, *, fields: Sequence[str] = (), origin: str | None = None
+                      ) -> Iterator[dict]:
+        """Every hit as it arrives, then the summary (``{"done": ...}``) as the last document."""
+        return self.stream("GET", "/v1/search/stream", params=_search_params(query, fields, origin))
+
+    def collections(self) -> list[dict]:
+        return self.get("/v1/collections")
+
+    def add_collection(self, name: str, query: str) -> dict:
+        return self.post("/v1/collections", {"name": name, "query": query})
+
+    def remove_collection(self, name: str) -> dict:
+        return self.delete(f"/v1/collections/{quote(name, safe='')}")
 
     def stream(self, method: str, path: str, *, body: dict | None = None,
                params: dict | None = None) -> Iterator[dict]:
@@ -68,7 +102,7 @@ class ControlClient:
                                    timeout=httpx.Timeout(TIMEOUT, read=None)) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise ControlError(self._problem(response))
+                    raise self._refused(response)
                 for line in response.iter_lines():
                     if line.strip():
                         yield json.loads(line)
@@ -81,7 +115,7 @@ class ControlClient:
         except httpx.TransportError as exc:
             raise ControlError(self._unreachable(exc)) from None
         if response.status_code >= 400:
-            raise ControlError(self._problem(response))
+            raise self._refused(response)
         return response
 
     @staticmethod
@@ -96,12 +130,22 @@ class ControlClient:
         return f"the musicfs daemon on {self.socket} does not answer ({type(exc).__name__})"
 
     @staticmethod
-    def _problem(response: httpx.Response) -> str:
+    def _refused(response: httpx.Response) -> Refused:
         try:
             detail = response.json().get("detail")
         except (ValueError, AttributeError):
             detail = None
         if isinstance(detail, list):  # a validation error: the fields and what is wrong with them
             detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg')}" for d in detail)
-        return f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}" + (
-            f": {detail}" if detail else "")
+        detail = str(detail) if detail else None
+        return Refused(f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}"
+                       + (f": {detail}" if detail else ""), response.status_code, detail)
+
+
+def _search_params(query: str, fields: Sequence[str], origin: str | None, **numbers: int | None) -> dict:
+    params: dict[str, Any] = {"q": query, **{k: v for k, v in numbers.items() if v is not None}}
+    if fields:
+        params["fields"] = list(fields)
+    if origin is not None:
+        params["origin"] = origin
+    return params

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -18,6 +18,9 @@ from ..events import EventBus
 from ..lifecycle import Lifecycle
 from ..status import StatusService
 from ..store.cache import ContentCache
+
+if TYPE_CHECKING:  # the search service imports the query engine; the API needs it only when asked
+    from ..search.service import SearchService
 
 
 class SyncService(Protocol):
@@ -43,3 +46,4 @@ class ControlServices:
     limiter: trio.CapacityLimiter  # worker threads for blocking calls (SQLite, disk)
     sync: SyncService | None = None
     metrics: MetricsSource | None = None
+    search: SearchService | None = None  # /v1/search and /v1/collections (None: this mount has no index to search)

@@ -34,6 +34,8 @@ def load_tracks(index: LibraryIndex, origin_id: str, tracks: Iterable[Mapping[st
         scan_id = conn.execute("INSERT INTO scans (origin_id, started_at) VALUES (?, ?)",
                                (origin_id, now)).lastrowid
     tree = TreeWriter(conn, template)
+    # replicas are one path on several origins: with no other origin's tracks there are none
+    others = conn.execute("SELECT 1 FROM tracks WHERE origin_id != ? LIMIT 1", (origin_id,)).fetchone()
     marks = ", ".join("?" for _ in _COLUMNS)
     insert = f"INSERT INTO tracks ({', '.join(_COLUMNS)}) VALUES ({marks})"
     total = 0
@@ -45,7 +47,7 @@ def load_tracks(index: LibraryIndex, origin_id: str, tracks: Iterable[Mapping[st
                 if "album_artist" not in row:
                     row["album_artist"] = row.get("albumartist")
                 track_id = conn.execute(insert, [row.get(c) for c in _COLUMNS]).lastrowid
-                tree.place_new(track_id, row)
+                tree.place_new(track_id, row, replicas=others is not None)
         total += len(batch)
     with index.transaction():
         conn.execute("UPDATE scans SET finished_at = ?, stats = ? WHERE id = ?",

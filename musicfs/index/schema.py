@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import fts  # the search table's definition and upkeep live together
+
 if TYPE_CHECKING:  # only migrations need it, at run time they get it from db.migrate
     import sqlite_utils
 
@@ -107,10 +109,25 @@ def _v3_versions(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE tracks ADD COLUMN version TEXT NOT NULL DEFAULT ''")
 
 
+def _v4_search(db: sqlite_utils.Database) -> None:
+    fts.create(db.conn)
+    fts.fill_from_tree(db.conn)  # an existing library becomes searchable without a rescan
+    db.execute("CREATE INDEX tracks_year ON tracks(year)")  # year:1990..1999 counted from the index
+    db.execute("""
+    CREATE TABLE collections (
+        id         INTEGER PRIMARY KEY,  -- collection id: its /.collections inode is derived from it
+        name       TEXT NOT NULL UNIQUE, -- the folder name under /.collections (a legal file name)
+        query      TEXT NOT NULL,        -- the saved search, in musicfs' query language
+        source     TEXT NOT NULL,        -- 'user' (musicfs collection add) or 'config' ([[collections]])
+        created_at REAL NOT NULL         -- unix time it was saved
+    )""")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema: tracks, skipped, nodes, scans", _v1_initial),
     (2, "index tracks by path and size to find replicas on other origins", _v2_replicas),
     (3, "keep each track's version at its origin (an S3 ETag)", _v3_versions),
+    (4, "full-text search table over the tracks shown, and saved searches (collections)", _v4_search),
 ]
 
 LATEST = MIGRATIONS[-1][0]

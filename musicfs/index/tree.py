@@ -10,6 +10,9 @@ Names that collide after sanitising are numbered ``Title (2).flac``,
 tracks sorted by path, so the same library always gets the same names, and a
 track that keeps its node keeps its name.
 
+Every file node has its row in the search table (:mod:`.fts`), written and
+removed with it, so search and tree never disagree.
+
 The writer also says what it changed (:class:`TreeChanges`): every node it
 added or removed, and every file node kept in place whose file changed. A
 live rescan hands that report to the mount after each commit, so the kernel
@@ -26,6 +29,7 @@ from typing import Any
 
 from ..vfs.names import with_suffix_number
 from ..vfs.template import PathTemplate
+from . import fts
 from .schema import ROOT_ID
 
 
@@ -188,19 +192,23 @@ class TreeWriter:
             if parent == existing[1] and existing[2] == filename:
                 if self._recording:  # placed again where it was: its file changed
                     self.changes.modified.append(int(existing[0]))
+                fts.put(self.conn, track_id, track, [*dirs, filename])  # tags the path omits may differ
                 return int(existing[0])
             self.remove(track_id)
         return self.place_new(track_id, track)
 
-    def place_new(self, track_id: int, track: Mapping[str, Any]) -> int | None:
-        """Like :meth:`place` for a track known to have no node yet (bulk loads)."""
-        if self._replica_shown(track_id, track):
+    def place_new(self, track_id: int, track: Mapping[str, Any], *, replicas: bool = True) -> int | None:
+        """Like :meth:`place` for a track known to have no node yet (bulk loads). ``replicas=False``:
+        the caller knows no other origin holds tracks, so none can be a replica of this one."""
+        if replicas and self._replica_shown(track_id, track):
             return None
         *dirs, filename = self.template.render(track)
         ext = "." + filename.rsplit(".", 1)[1] if "." in filename else ""
         parent = self._dir_chain(dirs, create=True)
         assert parent is not None
-        return self._insert(parent, filename, "file", track_id, ext)
+        node_id = self._insert(parent, filename, "file", track_id, ext)
+        fts.add_new(self.conn, track_id, track, [*dirs, filename])  # searchable in the same transaction
+        return node_id
 
     def remove(self, track_id: int) -> None:
         row = self.conn.execute(
@@ -209,6 +217,7 @@ class TreeWriter:
         if row is None:
             return
         self.conn.execute("DELETE FROM nodes WHERE id = ?", (row[0],))
+        fts.remove(self.conn, track_id)
         if self._recording:
             self.changes.removed.append(NodeChange(row[0], row[1], row[2], "file"))
         self._prune(row[1])
@@ -230,6 +239,7 @@ class TreeWriter:
         """
         self.changes = TreeChanges(rebuilt=self.record)
         self.conn.execute("DELETE FROM nodes WHERE id != ?", (ROOT_ID,))
+        fts.clear(self.conn)
         self._dirs.clear()
         count = 0
         rows = self.conn.execute("SELECT * FROM tracks ORDER BY origin_id, real_path").fetchall()

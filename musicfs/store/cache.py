@@ -11,6 +11,9 @@ its filesystem remounted read-only, its index refusing writes) is not an
 error for readers: the bytes were fetched, they are served, they are just not
 kept. The first failure is logged once; writes are skipped for
 ``WRITE_RETRY`` seconds, then tried again, and success is logged once too.
+A disk that stays nearly full can let one retry through and refuse the next:
+the same problem back within ``ERROR_REPEAT`` of its error is the same outage,
+noted at INFO, so the log does not repeat the error every few seconds.
 """
 
 from __future__ import annotations
@@ -21,17 +24,18 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..events import ChunkCorrupt, ChunkEvicted, ChunkStored, Event
+from ..events import ChunkCorrupt, ChunkEvicted, ChunkStored, Publish
 from .cas import ChunkFiles
 from .chunkdb import ChunkIndex, ChunkRef
 
 log = logging.getLogger(__name__)
 
 WRITE_RETRY = 5.0  # seconds without cache writes after one failed, before trying again
+ERROR_REPEAT = 60.0  # seconds within which the same write problem is not logged as an error again
 # room kept free on the cache's filesystem (the index's WAL and the temp files need some)
 FREE_RESERVE = 4 * 1024 * 1024
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -69,10 +73,11 @@ class CacheCounters:
 
 
 class ContentCache:
-    def __init__(self, directory: Path | str, limit_bytes: int, publish: Callable[[Event], None], *,
-                 write_retry: float = WRITE_RETRY):
+    def __init__(self, directory: Path | str, limit_bytes: int, publish: Publish, *,
+                 write_retry: float = WRITE_RETRY, error_repeat: float = ERROR_REPEAT):
         self.directory = Path(directory)
         self.write_retry = write_retry
+        self.error_repeat = error_repeat
         self.limit = limit_bytes
         self.publish = publish
         self.files = ChunkFiles(self.directory)
@@ -86,6 +91,7 @@ class ContentCache:
         self.write_problem: str | None = None  # why the cache cannot be written now, if it cannot
         self._write_again_at = 0.0  # time.monotonic() from which writes are tried again
         self._failed_at = float("-inf")  # time.monotonic() of the last failed write
+        self._logged: tuple[str, float] = ("", float("-inf"))  # the last problem logged as an error, when
         if self.index.readonly:
             self._write_failed(OSError(errno.EROFS, os.strerror(errno.EROFS)))
 
@@ -100,15 +106,24 @@ class ContentCache:
         self._failed_at = time.monotonic()
         self._write_again_at = self._failed_at + self.write_retry
         if self.write_problem is None:
-            log.error("cache %s cannot be written (%s): reads are served from the origins without "
-                      "being kept until it can (tried again every %g s)", self.directory, reason, self.write_retry)
+            last_reason, last_at = self._logged
+            if reason != last_reason or self._failed_at - last_at >= self.error_repeat:
+                log.error("cache %s cannot be written (%s): reads are served from the origins without "
+                          "being kept until it can (tried again every %g s)", self.directory, reason,
+                          self.write_retry)
+                self._logged = (reason, self._failed_at)
+            else:
+                log.info("cache %s: writes fail again (%s) soon after they resumed; not kept until they work",
+                         self.directory, reason)
         self.write_problem = reason
 
     def _write_succeeded(self, started: float) -> None:
         """A store that began at ``started`` worked; one that began before the last failure proves
         nothing (stores run in several threads: a small one may squeeze in as a big one fails)."""
         if self.write_problem is not None and started > self._failed_at:
-            log.warning("cache %s can be written again; caching resumed", self.directory)
+            repeat = self._failed_at != self._logged[1]  # this failure was a repeat noted at INFO
+            log.log(logging.INFO if repeat else logging.WARNING,
+                    "cache %s can be written again; caching resumed", self.directory)
             self.write_problem = None
 
     def _make_room(self, needed: int) -> None:
@@ -140,7 +155,15 @@ class ContentCache:
 
     # -- reading and writing ----------------------------------------------
     def read_chunk(self, ref: ChunkRef) -> bytes | None:
-        data, problem = self.files.load(ref.address, ref.size)
+        return self._loaded(ref, *self.files.load(ref.address, ref.size))
+
+    def read_chunks(self, refs: list[ChunkRef]) -> list[bytes | None]:
+        """:meth:`read_chunk` of each, their files' disk reads started together first."""
+        loaded = self.files.load_many([(ref.address, ref.size) for ref in refs])
+        return [self._loaded(ref, data, problem) for ref, (data, problem) in zip(refs, loaded)]
+
+    def _loaded(self, ref: ChunkRef, data: bytes | None, problem: str | None) -> bytes | None:
+        """A chunk's bytes counted as accessed, or its loss counted and its row dropped."""
         if data is None:
             if problem == "corrupt":
                 self.counters.corruptions += 1
@@ -160,7 +183,8 @@ class ContentCache:
         return self.store_chunks([(address, data)]) == 1
 
     def store_chunks(self, items: list[tuple[str, bytes]]) -> int:
-        """Store chunks: each file written and fsynced, then one index transaction.
+        """Store chunks: each file written (checked on every read, so not fsynced), then one
+        index transaction.
 
         Returns how many are in the cache afterwards (written now or already
         there); 0 when the cache cannot be written, which is logged once and
@@ -188,8 +212,7 @@ class ContentCache:
         self._write_succeeded(started)
         self.counters.stored += len(written)
         self.counters.deduplicated += len(items) - len(written)
-        for address, data in written:
-            self.publish(ChunkStored(address, len(data)))
+        self.publish(*(ChunkStored(address, len(data)) for address, data in written))
         if self.size > self.limit:
             self.evict()
         return len(items)
@@ -276,33 +299,37 @@ class ContentCache:
                 self._in_use.pop(address, None)
 
     def evict(self, target: int | None = None) -> int:
-        """Remove least-recently-used chunks until the cache is at most ``target`` bytes."""
+        """Remove least-recently-used chunks until the cache is at most ``target`` bytes (their
+        ChunkEvicted events published together, once the lock is let go)."""
         target = self.limit if target is None else target
-        freed = 0
-        with self._lock:
-            self._flush_access()
-            while self.size > target:
-                candidates = [c for c in self.index.eviction_candidates(512) if c[0] not in self._in_use]
-                if not candidates:
-                    break
-                for address, size in candidates:
-                    try:
-                        self.files.discard(address)
-                        self.index.forget_chunk(address)
-                    except (OSError, sqlite3.Error) as exc:  # a read-only cache evicts nothing
-                        self._write_failed(exc)
-                        return freed
-                    self.size -= size
-                    freed += size
-                    self.counters.evictions += 1
-                    self.counters.evicted_bytes += size
-                    self.publish(ChunkEvicted(address, size))
-                    if self.size <= target:
-                        break
-                else:
-                    continue
-                break
-        return freed
+        evicted: list[ChunkEvicted] = []
+        try:
+            with self._lock:
+                self._flush_access()
+                self._evict_to(target, evicted)
+        finally:
+            if evicted:
+                self.publish(*evicted)
+        return sum(event.size for event in evicted)
+
+    def _evict_to(self, target: int, evicted: list[ChunkEvicted]) -> None:
+        while self.size > target:
+            candidates = [c for c in self.index.eviction_candidates(512) if c[0] not in self._in_use]
+            if not candidates:
+                return
+            for address, size in candidates:
+                try:
+                    self.files.discard(address)
+                    self.index.forget_chunk(address)
+                except (OSError, sqlite3.Error) as exc:  # a read-only cache evicts nothing
+                    self._write_failed(exc)
+                    return
+                self.size -= size
+                self.counters.evictions += 1
+                self.counters.evicted_bytes += size
+                evicted.append(ChunkEvicted(address, size))
+                if self.size <= target:
+                    return
 
     def _flush_access(self) -> None:
         stamps, self._access = self._access, {}

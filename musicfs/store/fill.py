@@ -96,8 +96,8 @@ class Filler:
         self.counters = counters
         self.nursery = nursery
         self.limiter = limiter
-        # chunk writes wait on fsync: they get threads of their own, so an open()'s manifest
-        # lookup or a fill's chunking never queues behind the disk
+        # chunk writes wait on the disk: they get threads of their own, so an open()'s manifest
+        # lookup or a fill's chunking never queues behind them
         self.store_limiter = trio.CapacityLimiter(STORE_THREADS)
         self.on_idle = on_idle
         self._pending = pending

@@ -39,7 +39,7 @@ from .digest import digest
 from .fetch import ReplicaFetcher
 from .filestate import FileState, ReaderCounters
 from .fill import Filler
-from .verify import Verifier
+from .verify import ChecksumMismatchError, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +217,22 @@ class CachedReader:
         with trio.move_on_at(deadline):
             while not (state.complete or state.covered >= end):
                 if (state.error is not None and not state.filling
-                        and trio.current_time() - state.failed_at < FAIL_FAST):
+                        and trio.current_time() - state.failed_at < FAIL_FAST
+                        and not self._another_replica_may_serve(state)):
                     raise OriginUnavailable(f"{state.origin_id}:{state.real_path}: {state.error}")
                 self.filler.start(state)  # an older failure: ask the origin again
                 await state.changed.wait()
             return
         raise OriginUnavailable(
             f"{state.origin_id}:{state.real_path}: origin did not deliver within {self.read_timeout:g} s")
+
+    @staticmethod
+    def _another_replica_may_serve(state: FileState) -> bool:
+        """A fill that just failed its checksum check is no reason to fail a reader at once when
+        the file has another replica: the next fill checks first and asks the others before the
+        suspect origin. Once only (that fill verifies first): a second mismatch fails fast."""
+        return (isinstance(state.error, ChecksumMismatchError) and len(state.replicas) > 1
+                and not state.verify_first)
 
     def _in_memory(self, address: str) -> bytes | None:
         data = self._pending.get(address)
@@ -295,7 +304,7 @@ class CachedReader:
             await self._load_batch(batch)
 
     def _load(self, refs: list[ChunkRef]) -> list[bytes | None]:
-        return [self.cache.read_chunk(ref) for ref in refs]
+        return self.cache.read_chunks(refs)
 
     def _remember(self, address: str, data: bytes) -> None:
         if address in self._recent:

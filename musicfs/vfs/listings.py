@@ -8,7 +8,11 @@ from memory.
 
 Only directories of up to ``max_children`` entries are kept: a 100K-entry
 directory pages straight from the index (its listing would evict hundreds of
-albums, and it is listed rarely). The cache is bounded by the number of nodes
+albums, and it is listed rarely). A 10K-entry one (a big compilation, a
+"singles" folder) is kept: paging it from the index cost ~13 us an entry
+against ~4 us from memory, and listing it 3x faster puts ``ls -l`` of it ahead
+of rclone's (``make perf-compare``); it takes at most a fifth of the default
+bound. The cache is bounded by the number of nodes
 it holds, least recently used first out, and it is emptied of whatever a rescan
 changed before the kernel is told (see :meth:`forget`).
 """
@@ -23,7 +27,7 @@ from typing import Any
 from .node import Node
 
 DEFAULT_MAX_NODES = 50_000  # ~200 bytes each: about 10 MB at most, within the metadata bound
-DEFAULT_MAX_CHILDREN = 2_000
+DEFAULT_MAX_CHILDREN = 10_000  # ~2 MB of nodes when kept
 
 
 @dataclass

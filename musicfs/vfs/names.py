@@ -30,6 +30,9 @@ _SPACES = re.compile(r"\s+")
 
 def clean_value(value: str) -> str:
     """Make one tag value safe to embed in a path component."""
+    if value.isascii() and value.isprintable() and "/" not in value and "  " not in value and (
+            not value or (value[0] != " " and value[-1] != " ")):
+        return value  # the common case, already clean: NFC, no control character, single spaces
     value = unicodedata.normalize("NFC", value)
     value = _CONTROL.sub("", value)
     value = value.replace("/", "_")

@@ -89,29 +89,64 @@ def _fmt_number(value: object, width: int, default: str) -> str:
     return str(number).zfill(width) if number >= 0 else default
 
 
-def template_values(track: Mapping[str, object]) -> dict[str, str]:
-    """The value of every template variable for one track, fallbacks applied."""
+class _Values(dict):
+    """The template variables of one track, each worked out when a template first asks for it.
 
-    def text(key: str) -> str:
-        value = track.get(key)
+    Cleaning a tag value (NFC, control characters, ``/``) is most of the cost of
+    placing a track; a template uses a few of the variables, so the others are
+    never computed (a bulk load of a million tracks spends its time on SQL).
+    """
+
+    def __init__(self, track: Mapping[str, object]):
+        super().__init__()
+        self.track = track
+
+    def _text(self, key: str) -> str:
+        value = self.track.get(key)
         return clean_value(str(value)) if value not in (None, "") else ""
 
-    fmt = text("format").lower() or PurePosixPath(str(track.get("real_path", ""))).suffix[1:].lower()
-    artist, albumartist = text("artist"), text("album_artist") or text("albumartist")
-    stem = PurePosixPath(str(track.get("real_path", ""))).stem
-    year = _fmt_number(track.get("year"), 4, "")
-    return {
-        "artist": artist or albumartist or "Unknown Artist",
-        "albumartist": albumartist or artist or "Unknown Artist",
-        "album": text("album") or "Unknown Album",
-        "title": text("title") or clean_value(stem) or "Unknown Title",
-        "track": _fmt_number(track.get("track"), 2, "00"),
-        "disc": _fmt_number(track.get("disc"), 1, "1"),
-        "year": year if year != "0000" else "",
-        "genre": text("genre") or "Unknown Genre",
-        "format": fmt,
-        "format_upper": fmt.upper(),
-    }
+    def _artist(self) -> str:
+        return self._text("artist")
+
+    def _albumartist(self) -> str:
+        return self._text("album_artist") or self._text("albumartist")
+
+    def __missing__(self, name: str) -> str:
+        track = self.track
+        if name == "artist":
+            value = self._artist() or self._albumartist() or "Unknown Artist"
+        elif name == "albumartist":
+            value = self._albumartist() or self._artist() or "Unknown Artist"
+        elif name == "album":
+            value = self._text("album") or "Unknown Album"
+        elif name == "title":
+            stem = PurePosixPath(str(track.get("real_path", ""))).stem
+            value = self._text("title") or clean_value(stem) or "Unknown Title"
+        elif name == "track":
+            value = _fmt_number(track.get("track"), 2, "00")
+        elif name == "disc":
+            value = _fmt_number(track.get("disc"), 1, "1")
+        elif name == "year":
+            year = _fmt_number(track.get("year"), 4, "")
+            value = year if year != "0000" else ""
+        elif name == "genre":
+            value = self._text("genre") or "Unknown Genre"
+        elif name == "format":
+            value = (self._text("format").lower()
+                     or PurePosixPath(str(track.get("real_path", ""))).suffix[1:].lower())
+        elif name == "format_upper":
+            value = self["format"].upper()
+        else:
+            raise KeyError(name)
+        self[name] = value
+        return value
+
+
+def template_values(track: Mapping[str, object]) -> dict[str, str]:
+    """The value of every template variable for one track, fallbacks applied."""
+    values = _Values(track)
+    return {name: values[name] for name in ("artist", "albumartist", "album", "title", "track", "disc",
+                                             "year", "genre", "format", "format_upper")}
 
 
 class PathTemplate:
@@ -153,7 +188,7 @@ class PathTemplate:
 
     def render(self, track: Mapping[str, object]) -> tuple[str, ...]:
         """Legal components of the track's virtual path, the file name last."""
-        values = template_values(track)
+        values = _Values(track)
         dirs = tuple(legal_name(self._fill(seg, values)) for seg in self._segments[:-1])
         ext = "." + values["format"] if values["format"] else ""
         name = legal_name(self._fill(self._file_segment, values), extension=ext)

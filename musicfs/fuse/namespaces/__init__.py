@@ -1,0 +1,13 @@
+"""The kinds of directory in the mount, one namespace each, and the router choosing among them."""
+
+from .base import Namespace, OpenFile, Reply, SpecialNamespace
+from .collections import CollectionsNamespace
+from .hidden import HiddenNamespace
+from .raw import RawNamespace
+from .results import ResultDirs
+from .router import Router
+from .search import SearchNamespace
+from .tree import TreeNamespace
+
+__all__ = ["CollectionsNamespace", "HiddenNamespace", "Namespace", "OpenFile", "RawNamespace", "Reply",
+           "ResultDirs", "Router", "SearchNamespace", "SpecialNamespace", "TreeNamespace"]
