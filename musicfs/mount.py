@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 MAX_TASKS = 1024  # requests in flight; pyfuse3's default (99) would serialise a busy mount
 MAX_BACKGROUND = 128  # kernel read-ahead requests in flight to the daemon (the kernel's default: 12)
+READ_AHEAD_KIB = 512  # the kernel's read-ahead for the mount (its default: 128 KiB per request)
 MAX_SEARCH_RESULTS = 1000  # entries listed in a /.search or /.collections folder
 
 
@@ -201,6 +202,9 @@ async def _raise_background_limit(mountpoint: Path, lifecycle: Lifecycle) -> Non
     else:
         log.info("could not raise the FUSE background request limit (needs root and fusectl); "
                  "cold reads from slow origins will overlap at most 12 at a time")
+    if not await trio.to_thread.run_sync(daemon.raise_read_ahead, mountpoint, READ_AHEAD_KIB):
+        log.info("could not raise the kernel's read-ahead for the mount (needs root); "
+                 "files are read in 128 KiB requests")
 
 
 async def _supervised(name: str, task: Callable[..., Awaitable[None]], *args: object,

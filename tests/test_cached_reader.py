@@ -154,6 +154,37 @@ def test_a_first_read_waits_for_a_small_first_block_only(origin_dir, tmp_path):
     trio.run(with_reader, tmp_path / "cache", origin, body)
 
 
+@pytest.mark.req("FS-11")
+def test_a_request_as_large_as_the_first_block_is_answered_from_it(origin_dir, tmp_path):
+    """With the kernel's read-ahead raised, a first read becomes one request of the whole first
+    block: its last 256 KiB are not cut into chunks yet (a chunk is final only once 256 KiB past
+    its start are known), and are served from the bytes the fill holds, not after a second
+    origin call. The file still ends up cached whole and exact."""
+    root, data = origin_dir
+    origin = CountingOrigin("local", root, delay=0.3)
+
+    async def body(reader, bus):
+        handle = await reader.open(track(root))
+        started = trio.current_time()
+        assert await reader.read(handle, 0, FIRST_BLOCK) == data[:FIRST_BLOCK]
+        assert trio.current_time() - started < 0.55, "the request waited for a second origin call"
+        state = handle.state
+        assert state.covered < FIRST_BLOCK <= state.readable  # partly chunks, partly the uncut tail
+        tail = FIRST_BLOCK - 100_000  # a read across the chunks' end and into the tail
+        assert await reader.read(handle, tail, 100_000) == data[tail:FIRST_BLOCK]
+        assert origin.requests == [(0, FIRST_BLOCK)]
+        assert await read_all(reader, handle, SIZE) == data
+        await fills_done(reader)
+        assert state.complete and state.tail == b""  # nothing held once the fill is over
+        reader.release(handle)
+        handle = await reader.open(track(root))  # from the chunk cache alone
+        before = len(origin.requests)
+        assert await read_all(reader, handle, SIZE) == data and len(origin.requests) == before
+        reader.release(handle)
+
+    trio.run(with_reader, tmp_path / "cache", origin, body)
+
+
 async def fills_ended(reader):
     """Every fill has ended and, every handle being closed, wrapped up: its file is forgotten (kept
     among the partial files if it stopped early). A fill is counted before it wraps up."""

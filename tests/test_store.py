@@ -35,7 +35,10 @@ def test_streamed_chunks_equal_whole_file_chunks(cuts):
         got += chunker.feed(DATA[pos:pos + step])
         pos += step
         i += 1
+        # what is not cut yet is exactly what follows the last chunk (a fill serves reads from it)
+        assert chunker.buffered == DATA[chunker.position:pos]
     got += chunker.finish()
+    assert chunker.buffered == b""
     assert [(p.offset, len(p.data)) for p in got] == whole_file_chunks(DATA)
     assert b"".join(p.data for p in got) == DATA
     assert all(MIN_SIZE <= len(p.data) <= MAX_SIZE for p in got[:-1])

@@ -5,7 +5,9 @@ around it and no others (delta sync, dedup). :class:`StreamChunker` takes the
 stream in pieces of any size and cuts exactly the chunks FastCDC cuts over the
 whole file at once: a chunk is only emitted once at least ``MAX_SIZE`` bytes
 after its start are known (or the stream has ended), which is all FastCDC ever
-looks at. Memory stays below one maximum chunk plus one piece.
+looks at. Memory stays below one maximum chunk plus one piece. The bytes not
+cut yet are kept as one immutable ``bytes`` (:attr:`buffered`), so a fill can
+serve reads from them without a copy while the next piece is on its way.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class Piece:
 
 class StreamChunker:
     def __init__(self, start: int = 0):
-        self._buffer = bytearray()
+        self._buffer = b""
         self._offset = start  # file offset of _buffer[0]
 
     def _cut(self, final: bool) -> list[Piece]:
@@ -47,13 +49,13 @@ class StreamChunker:
             chunks.close()  # drop its view of the buffer before the buffer is resized
             view.release()
         if consumed:
-            del self._buffer[:consumed]
+            self._buffer = self._buffer[consumed:]
             self._offset += consumed
         return pieces
 
     def feed(self, data: bytes) -> list[Piece]:
         """Add the next bytes of the stream; return the chunks that are now final."""
-        self._buffer += data
+        self._buffer = self._buffer + data if self._buffer else bytes(data)
         if len(self._buffer) < MAX_SIZE:  # not even the first chunk could be final yet
             return []
         return self._cut(final=False)
@@ -63,6 +65,11 @@ class StreamChunker:
         if not self._buffer:
             return []
         return self._cut(final=True)
+
+    @property
+    def buffered(self) -> bytes:
+        """The bytes fed and not cut yet, from :attr:`position` on (never changed in place)."""
+        return self._buffer
 
     @property
     def position(self) -> int:

@@ -1,6 +1,10 @@
 """What the reader knows of one file version being read, shared by its handles and its fill.
 
 ``covered`` grows as a fill cuts chunks; readers wait on ``changed`` for it.
+The bytes a fill fetched past ``covered`` and has not cut yet (a chunk is final
+only once 256 KiB past its start are known) are readable too, from ``tail``:
+a request as large as the first block, which the kernel sends once its
+read-ahead is raised, is answered without waiting for the second block.
 When the origin offers a checksum of the whole file (``expected``), the fill
 hashes the chunks it cuts, in order (``hasher`` holds the hash of the first
 ``hashed`` bytes), and checks it once the file is complete. A file whose
@@ -32,6 +36,7 @@ class FileState:
     chunks: list[ChunkRef] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     covered: int = 0  # bytes [0, covered) are stored as chunks
+    tail: bytes = b""  # while a fill runs: the bytes it fetched from ``covered`` on, not cut yet
     complete: bool = False
     filling: bool = False
     error: BaseException | None = None
@@ -55,6 +60,11 @@ class FileState:
     save_due: bool = False  # a save of the partial map is scheduled
 
     @property
+    def readable(self) -> int:
+        """Bytes [0, readable) can be read: as chunks, then from the fill's tail."""
+        return self.covered + len(self.tail)
+
+    @property
     def cut(self) -> int:
         """Bytes cut into chunks so far (readable or not)."""
         return self.chunks[-1].end if self.chunks else 0
@@ -74,6 +84,7 @@ class FileState:
         dropped = self.chunks
         self.chunks, self.offsets = [], []
         self.covered = self.hashed = self.saved = 0
+        self.tail = b""
         self.hasher = None
         self.complete = False
         self.filled_from = None

@@ -136,6 +136,7 @@ class Filler:
                 self.counters.fills_stopped += 1
                 self.bus.publish(FillStopped(state.origin_id, state.real_path, state.covered, state.size))
         finally:
+            state.tail = b""  # a fill that resumes cuts from ``covered`` afresh
             with trio.CancelScope(shield=True):  # also on unmount: what is on disk is kept for next time
                 await self._wrap_up(state)
             state.filling = False
@@ -232,7 +233,7 @@ class Filler:
                     await fetch.done.wait()
                     window.popleft()
                     self._ahead -= fetch.extra
-                    starved += state.wanted > state.covered and not fetch.paced  # a reader waited for it
+                    starved += state.wanted > state.readable and not fetch.paced  # a reader waited for it
                     try:
                         position = await self._take(state, fetch, chunker, stores, slots)
                     except (MusicFSError, OSError) as exc:
@@ -276,7 +277,7 @@ class Filler:
         checked whole before any of it is served) lets the fill go on at once.
         """
         while state.handles > 0:
-            if state.read_to > head or state.wanted > state.covered:
+            if state.read_to > head or state.wanted > state.readable:
                 return True
             state.parked = True
             try:
@@ -332,13 +333,15 @@ class Filler:
                                               limiter=self.limiter)
         if hasher is not None:
             state.hashed += sum(ref.size for ref, _ in items)
+        for ref, piece in items:
+            self._pending[ref.address] = piece
+            state.add(ref)
+            self.bus.publish(ChunkFetched(state.origin_id, state.real_path, ref.offset, ref.size))
+        if not state.verify_first and chunker.position == state.covered:
+            state.tail = chunker.buffered  # the rest of the block: readable before it is cut
+        state.notify()
         if items:
-            for ref, piece in items:
-                self._pending[ref.address] = piece
-                state.add(ref)
-                self.bus.publish(ChunkFetched(state.origin_id, state.real_path, ref.offset, ref.size))
             self.cache.hold(ref.address for ref, _ in items)
-            state.notify()
             await slots.acquire()
             stores.start_soon(self._store, state, items, slots)
         return position

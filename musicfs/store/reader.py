@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 AHEAD = 4 * 1024 * 1024  # a read within this distance of the fill waits for it; further is a seek
 RECENT_BYTES = 16 * 1024 * 1024  # verified chunks kept in memory for adjacent reads
-READ_AHEAD = 24  # chunks loaded beyond a read that had to go to disk
+READ_AHEAD = 64  # chunks loaded beyond a read that had to go to disk (4 MiB: eight 512 KiB requests)
 # After a fill gave up, reads of the same file fail at once for this long instead of starting
 # another fill: one read() of an application is several FUSE requests, and each waiting out
 # its own read_timeout would multiply the time before the application sees EIO.
@@ -181,7 +181,7 @@ class CachedReader:
             return await self.direct.read(handle.direct, offset, size)
         if handle.passthrough:
             return await self._direct(state, offset, end)
-        if state.complete or end <= state.covered:
+        if state.complete or end <= state.readable:
             self._reads_on(state, end)
             data = await self._from_chunks(state, offset, end)
             if data is not None:
@@ -215,7 +215,7 @@ class CachedReader:
         state.wanted = max(state.wanted, end)
         deadline = trio.current_time() + self.read_timeout
         with trio.move_on_at(deadline):
-            while not (state.complete or state.covered >= end):
+            while not (state.complete or state.readable >= end):
                 if (state.error is not None and not state.filling
                         and trio.current_time() - state.failed_at < FAIL_FAST
                         and not self._another_replica_may_serve(state)):
@@ -239,21 +239,34 @@ class CachedReader:
         return data if data is not None else self._recent.get(address)
 
     async def _from_chunks(self, state: FileState, start: int, end: int) -> bytes | None:
-        refs = state.refs_for(start, end)
-        if not refs or refs[0].offset > start or refs[-1].end < end:
+        """Bytes [start, end) from the file's chunks, the last of them from the fill's tail if it
+        reaches there; None if some are neither."""
+        tail_at, tail = state.covered, state.tail  # taken now: the next block replaces them
+        if end > tail_at + len(tail) and not state.complete:
             return None
-        # read ahead only for a reader going front to back; a random reader gets what it asks
-        sequential = start == state.last_end or start == 0
-        state.last_end = end
-        parts = []
-        for ref in refs:
-            data = self._in_memory(ref.address)
-            parts.append(data if data is not None else await self._chunk(state, ref, sequential))
-        if sequential:
-            self._read_ahead(state, refs[-1].end)
-        blob = b"".join(parts) if len(parts) > 1 else parts[0]
-        base = refs[0].offset
-        return blob[start - base:end - base]
+        upto = min(end, tail_at) if tail else end
+        head = b""
+        if start < upto:
+            refs = state.refs_for(start, upto)
+            if not refs or refs[0].offset > start or refs[-1].end < upto:
+                return None
+            # read ahead only for a reader going front to back; a random reader gets what it asks
+            sequential = start == state.last_end or start == 0
+            state.last_end = end
+            parts = []
+            for ref in refs:
+                data = self._in_memory(ref.address)
+                parts.append(data if data is not None else await self._chunk(state, ref, sequential))
+            if sequential:
+                self._read_ahead(state, refs[-1].end)
+            blob = b"".join(parts) if len(parts) > 1 else parts[0]
+            base = refs[0].offset
+            head = blob[start - base:upto - base]
+        else:
+            state.last_end = end
+        if upto >= end:
+            return head
+        return head + tail[max(start, tail_at) - tail_at:end - tail_at]
 
     def _wanted(self, ref: ChunkRef) -> bool:
         """True if nobody holds or is fetching this chunk yet."""
