@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from perf import compare as tool
-from perf.compare import METRICS, CompareOptions, compare
+from perf.compare import METRICS, CompareOptions, compare, workload
 
 
 def _children(pid: int) -> list[int]:
@@ -136,7 +136,7 @@ def test_interrupted_run_leaves_nothing(work, monkeypatch):
             raise KeyboardInterrupt
         return real_read(paths, readers)
 
-    monkeypatch.setattr(tool, "timed_read", interrupted)
+    monkeypatch.setattr(workload, "timed_read", interrupted)  # where run_peer_round finds it
     before = set(_children(os.getpid()))
     with pytest.raises(KeyboardInterrupt):
         compare(CompareOptions(size="ci", rounds=1, work=work, json_path=None, peers=peers,
