@@ -135,6 +135,7 @@ def test_metrics_move_with_a_workload_on_both_doors(metered):
                                                                        origin=ORIGIN) == size
     assert cold("musicfs_cache_size_bytes") - listed("musicfs_cache_size_bytes") == size
     assert cold("musicfs_open_file_handles") == 0
+    assert cold("musicfs_cache_pending_write_bytes") == 0  # the fill's chunks are all written
 
     # cached bytes, read by the daemon (O_DIRECT: each pread is one request): hits, no origin bytes
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)

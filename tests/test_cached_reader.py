@@ -185,6 +185,45 @@ def test_a_request_as_large_as_the_first_block_is_answered_from_it(origin_dir, t
     trio.run(with_reader, tmp_path / "cache", origin, body)
 
 
+@pytest.mark.req("NFR-4.3")
+def test_readers_outpacing_the_cache_disk_wait_for_it_instead_of_filling_memory(origin_dir, tmp_path, monkeypatch):
+    """Chunk writes slower than the origin (a slow cache disk, cold readers side by side): the bytes
+    cut and not yet written stay within the fills' shared bound, readers wait for the writes,
+    every byte is exact and everything is written in the end."""
+    root, data = origin_dir
+    other = (root / "other.flac").read_bytes()
+    limit = 3 * FILL_BLOCK // 2
+
+    async def body(reader, bus):
+        reader.filler.budget.limit = limit
+        real_write = reader.cache.files.write
+
+        def slow_write(address, chunk):
+            time.sleep(0.004)
+            return real_write(address, chunk)
+
+        monkeypatch.setattr(reader.cache.files, "write", slow_write)
+        got = {}
+
+        async def read(name, track_id):
+            handle = await reader.open(track(root, name, track_id))
+            got[name] = await read_all(reader, handle, SIZE)
+            reader.release(handle)
+
+        async with trio.open_nursery() as readers:
+            readers.start_soon(read, "song.flac", 1)
+            readers.start_soon(read, "other.flac", 2)
+        await fills_done(reader, 2)
+        stats = reader.statistics()
+        assert got == {"song.flac": data, "other.flac": other}
+        assert stats["pending_waits"] > 0, "the writes never held the readers back: nothing was tested"
+        assert 0 < stats["pending_chunk_bytes_peak"] <= limit, stats
+        assert stats["pending_chunk_bytes"] == 0
+        assert reader.cache.statistics()["stored"] > 2 * SIZE // (256 * 1024)
+
+    trio.run(with_reader, tmp_path / "cache", CountingOrigin("local", root), body)
+
+
 async def fills_ended(reader):
     """Every fill has ended and, every handle being closed, wrapped up: its file is forgotten (kept
     among the partial files if it stopped early). A fill is counted before it wraps up."""

@@ -204,6 +204,13 @@ class MountMetrics:
                            cache.get("evicted_bytes"))
         yield from counter("musicfs_cache_corruptions", "Stored chunks that failed their check (refetched).",
                            cache.get("corruptions"))
+        reader = doc.get("reader", {})
+        yield from gauge("musicfs_cache_pending_write_bytes", "Bytes of fetched chunks waiting to be written "
+                                                              "to the cache (readers wait at the bound).",
+                         reader.get("pending_chunk_bytes"))
+        yield from counter("musicfs_cache_write_waits", "Blocks whose fill waited for cache writes to "
+                                                        "finish (the cache's disk slower than the readers).",
+                           reader.get("pending_waits"))
         if "writable" in cache:
             yield from gauge("musicfs_cache_writable", "1 while the cache can store chunks, 0 when its disk "
                                                       "refuses (reads go on, uncached).",

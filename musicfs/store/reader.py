@@ -398,4 +398,4 @@ class CachedReader:
     def statistics(self) -> dict:
         return {**self.counters.__dict__, "bytes_by_origin": dict(self.counters.bytes_by_origin),
                 "open_files": len(self._states), "partial_files": len(self._partial),
-                "memory_chunk_bytes": self._recent_bytes}
+                "memory_chunk_bytes": self._recent_bytes, **self.filler.budget.statistics()}
