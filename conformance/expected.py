@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from musicfs.vfs.template import PathTemplate
+from musicfs.index.template import PathTemplate
 
 HIDDEN = ".musicfs"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from conformance.expected import sha256_of, walk_dirs, walk_files
 from fixtures.audio import AudioSpec, encode, encode_aiff, sample_rates, unavailable_formats
 from fixtures.tags import TagPlan, write_tags
-from musicfs.vfs.names import NAME_MAX, is_legal
+from musicfs.index.names import NAME_MAX, is_legal
 from tests.harness import MountedLibrary, mount_status, mounted_tracks
 
 ORIGIN_ID = "local"  # the id of a library mounted with --origin
@@ -121,7 +121,7 @@ def assert_tree_is_legal(mountpoint: Path) -> list[str]:
     """Every name in the mount is one legal component, listed once, resolving inside the mount.
 
     Legal: not '.' or '..', no '/' or NUL, at most 255 bytes, NFC, no leading
-    dot (:func:`musicfs.vfs.names.is_legal`). Returns every file path.
+    dot (:func:`musicfs.index.names.is_legal`). Returns every file path.
     """
     mnt = os.path.realpath(mountpoint)
     files = walk_files(mountpoint)

@@ -213,7 +213,7 @@ def build_synthetic_index(path: Path, n: int, *, seed: int = 11, single_album: i
     from fixtures.synthetic import synthetic_tracks
     from musicfs.index.bulk import load_tracks
     from musicfs.index.library import LibraryIndex
-    from musicfs.vfs.template import PathTemplate
+    from musicfs.index.template import PathTemplate
 
     done = path.with_name(path.name + ".done")
     label = f"{n} {seed} {single_album} {stamp}".strip()

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from conformance.hostile import assert_tree_is_legal, containers, judge, tagged
 from fixtures.tags import replace_tag_bytes
-from musicfs.vfs.template import PathTemplate
+from musicfs.index.template import PathTemplate
 from tests.harness import mount_library
 
 HOSTILE = [".", "..", "...", "/", "//", "../..", "../../etc/passwd", "/etc/passwd", "\x00", "a\x00b",

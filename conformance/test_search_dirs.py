@@ -39,8 +39,8 @@ import trio
 from conformance.daemons import cleanup, mount_args, wait_serving
 from conformance.expected import sha256_of
 from musicfs.control.client import ControlClient
+from musicfs.index.names import is_legal
 from musicfs.search.service import SearchService
-from musicfs.vfs.names import is_legal
 from tests.harness import errno_of, mount_status, mounted_tracks, musicfs_cmd, scan
 
 pytestmark = pytest.mark.req("FS-9")

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from conformance.expected import assign, expected_tree, numbered_pattern, walk_dirs, walk_files
-from musicfs.vfs.names import is_legal
+from musicfs.index.names import is_legal
 
 
 @pytest.mark.req("FS-1", "FS-3")

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, TemplateError
-from .vfs.template import DEFAULT_TEMPLATE, PathTemplate
+from .index.template import DEFAULT_TEMPLATE, PathTemplate
 
 _ORIGIN_COMMON = {"id", "type", "priority", "cache"}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

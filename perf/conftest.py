@@ -37,7 +37,7 @@ PERF_DIR = ROOT / "build" / "perf"
 # what the synthetic indexes are made of; a change to any of these rebuilds them
 _INDEX_SOURCES = ("fixtures/synthetic.py", "musicfs/index/bulk.py", "musicfs/index/tree.py",
                   "musicfs/index/fts.py", "musicfs/index/schema.py", "musicfs/index/library.py",
-                  "musicfs/vfs/template.py", "musicfs/vfs/names.py")
+                  "musicfs/index/template.py", "musicfs/index/names.py")
 
 
 @dataclass(frozen=True)

@@ -355,8 +355,8 @@ def test_search_upkeep_share_of_a_scan(scan_library, perf_size, tmp_path, result
     from musicfs.index import fts
     from musicfs.index.library import LibraryIndex
     from musicfs.index.scanner import Scanner
+    from musicfs.index.template import PathTemplate
     from musicfs.origins.local import LocalOrigin
-    from musicfs.vfs.template import PathTemplate
 
     rounds = []
     for attempt in range(3):

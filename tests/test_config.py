@@ -8,7 +8,7 @@ import pytest
 
 from musicfs.config import config_for_folder, load_config, parse_config, parse_size
 from musicfs.errors import ConfigError
-from musicfs.vfs.template import DEFAULT_TEMPLATE
+from musicfs.index.template import DEFAULT_TEMPLATE
 
 pytestmark = pytest.mark.req("FS-8")
 

@@ -20,10 +20,10 @@ from musicfs.fuse.inodes import InodeTable
 from musicfs.fuse.invalidate import KernelInvalidator
 from musicfs.index.library import LibraryIndex
 from musicfs.index.scanner import Commit, Scanner
+from musicfs.index.template import PathTemplate
 from musicfs.index.tree import TreeChanges
 from musicfs.origins.local import LocalOrigin
 from musicfs.vfs.resolver import Resolver
-from musicfs.vfs.template import PathTemplate
 
 
 class Recorder:

@@ -18,11 +18,11 @@ from musicfs.fuse.inodes import InodeTable
 from musicfs.fuse.invalidate import KernelInvalidator
 from musicfs.index.library import LibraryIndex
 from musicfs.index.scanner import Commit, Scanner
+from musicfs.index.template import PathTemplate
 from musicfs.index.tree import TreeChanges
 from musicfs.origins.local import LocalOrigin
 from musicfs.vfs.listings import ListingCache
 from musicfs.vfs.resolver import Node, Resolver
-from musicfs.vfs.template import PathTemplate
 
 from .test_invalidate import Recorder
 

@@ -20,9 +20,9 @@ from musicfs.errors import NotFound, QueryError
 from musicfs.fuse.attrs import AttrPolicy, node_attributes
 from musicfs.fuse.namespaces import ResultDirs, Router, SearchNamespace
 from musicfs.fuse.namespaces.results import entry_names
+from musicfs.index.names import is_legal
 from musicfs.index.schema import ROOT_ID
 from musicfs.vfs.hidden import HIDDEN_BASE
-from musicfs.vfs.names import is_legal
 from musicfs.vfs.node import Node
 from musicfs.vfs.rawview import RAW_BASE
 

@@ -25,11 +25,11 @@ from musicfs.fuse.operations import Operations
 from musicfs.index.library import LibraryIndex
 from musicfs.index.scanner import Scanner
 from musicfs.index.schema import ROOT_ID
+from musicfs.index.template import PathTemplate
 from musicfs.origins.local import LocalOrigin
 from musicfs.vfs.hidden import HIDDEN_DIR_NAME, HiddenFiles
 from musicfs.vfs.reader import DirectReader
 from musicfs.vfs.resolver import Resolver
-from musicfs.vfs.template import PathTemplate
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from musicfs.index.names import NAME_MAX
 from musicfs.origins.base import Entry
-from musicfs.vfs.names import NAME_MAX
 from musicfs.vfs.rawview import RawView, raw_name, unique_names
 
 

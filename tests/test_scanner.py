@@ -9,12 +9,12 @@ import time
 import pytest
 
 from musicfs.index.library import LibraryIndex
+from musicfs.index.names import is_legal
 from musicfs.index.scanner import Scanner
 from musicfs.index.tags import read_tags
+from musicfs.index.template import PathTemplate
 from musicfs.origins.local import LocalOrigin
-from musicfs.vfs.names import is_legal
 from musicfs.vfs.resolver import Resolver
-from musicfs.vfs.template import PathTemplate
 
 FIELDS = {"title": "title", "artist": "artist", "album": "album", "albumartist": "album_artist",
           "genre": "genre", "year": "year", "track": "track", "disc": "disc"}

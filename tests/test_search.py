@@ -25,11 +25,11 @@ from musicfs.index.bulk import load_tracks
 from musicfs.index.library import LibraryIndex
 from musicfs.index.scanner import Scanner
 from musicfs.index.schema import MIGRATIONS, ROOT_ID
+from musicfs.index.template import PathTemplate
 from musicfs.origins.local import LocalOrigin
 from musicfs.search.collections import CollectionStore
 from musicfs.search.engine import SearchEngine
 from musicfs.search.query import parse
-from musicfs.vfs.template import PathTemplate
 
 pytestmark = pytest.mark.req("FS-9")
 

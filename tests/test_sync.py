@@ -19,11 +19,11 @@ from musicfs.errors import ConfigError
 from musicfs.events import EventBus, FileAdded, FileRemoved, SyncCompleted, SyncStarted
 from musicfs.index.library import LibraryIndex
 from musicfs.index.scanner import Scanner
+from musicfs.index.template import PathTemplate
 from musicfs.index.tree import TreeChanges
 from musicfs.lifecycle import Lifecycle
 from musicfs.origins.local import LocalOrigin
 from musicfs.vfs.sync import SyncService
-from musicfs.vfs.template import PathTemplate
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from collections import Counter
 from fixtures.synthetic import synthetic_tracks
 from musicfs.index.bulk import load_tracks
 from musicfs.index.library import LibraryIndex
-from musicfs.vfs.names import is_legal
-from musicfs.vfs.template import PathTemplate
+from musicfs.index.names import is_legal
+from musicfs.index.template import PathTemplate
 
 N = 50_000
 BUDGET_S = 60.0  # generous on a shared 2-core machine; measured ~3 s

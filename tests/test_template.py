@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from musicfs.errors import TemplateError
-from musicfs.vfs.names import NAME_MAX, is_legal, legal_name, with_suffix_number
-from musicfs.vfs.template import DEFAULT_TEMPLATE, PathTemplate
+from musicfs.index.names import NAME_MAX, is_legal, legal_name, with_suffix_number
+from musicfs.index.template import DEFAULT_TEMPLATE, PathTemplate
 
 pytestmark = pytest.mark.req("FS-1", "FS-2", "FS-3")
 

@@ -14,9 +14,9 @@ import pytest
 
 from musicfs.index.library import LibraryIndex
 from musicfs.index.scanner import Commit, Scanner
+from musicfs.index.template import PathTemplate
 from musicfs.index.tree import TreeChanges, TreeWriter
 from musicfs.origins.local import LocalOrigin
-from musicfs.vfs.template import PathTemplate
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import Any
 
-from ..vfs.template import PathTemplate
 from .library import TRACK_FIELDS, LibraryIndex
+from .template import PathTemplate
 from .tree import TreeWriter
 
 _COLUMNS = ("origin_id", "real_path", "size", "mtime_ns", *TRACK_FIELDS, "scan_id", "indexed_at")

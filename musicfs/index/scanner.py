@@ -33,10 +33,10 @@ from dataclasses import asdict, dataclass, replace
 
 from ..errors import NotFound, OriginUnavailable
 from ..origins.base import Entry, Origin
-from ..vfs.template import PathTemplate
 from .library import TRACK_FIELDS, LibraryIndex
 from .scanreport import Commit, Progress, ScanReport, ScanStopped
 from .tags import AUDIO_EXTENSIONS, MalformedAudio, read_tags
+from .template import PathTemplate
 from .tree import TreeChanges, TreeWriter
 
 log = logging.getLogger(__name__)

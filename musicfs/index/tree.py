@@ -27,10 +27,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..vfs.names import with_suffix_number
-from ..vfs.template import PathTemplate
 from . import fts
+from .names import with_suffix_number
 from .schema import ROOT_ID
+from .template import PathTemplate
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import trio
 
 from ..errors import MusicFSError, NotADirectory, NotFound
+from ..index.names import NAME_MAX, legal_name, with_suffix_number
 from .hidden import HIDDEN_BASE
-from .names import NAME_MAX, legal_name, with_suffix_number
 
 
 def raw_name(name: str) -> str:

@@ -58,10 +58,10 @@ from ..errors import MusicFSError
 from ..events import EventBus, FileAdded, FileModified, FileRemoved, SyncCompleted, SyncStarted
 from ..index.library import LibraryIndex
 from ..index.scanreport import Commit, ScanReport, ScanStopped
+from ..index.template import PathTemplate
 from ..index.tree import TreeChanges
 from ..lifecycle import Lifecycle
 from ..origins.base import Origin
-from .template import PathTemplate
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Each hit is listed as the tag tree's own file: the same inode number and
 attributes as in the tree (so a player sees the same file, and opening it is
 the tree's business, routed by that inode), under a name of its own that
 says its rank: ``001 Artist - Title.flac``, zero-padded so that ``ls``'s
-sorting shows rank order, made legal by :func:`~musicfs.vfs.names.legal_name`,
+sorting shows rank order, made legal by :func:`~musicfs.index.names.legal_name`,
 keeping the tree file's extension. Entries handed to the kernel are
 remembered in the inode table like any lookup, so FORGETs balance.
 
@@ -31,7 +31,7 @@ import pyfuse3
 import trio
 
 from ...errors import NotFound
-from ...vfs.names import legal_name, with_suffix_number
+from ...index.names import legal_name, with_suffix_number
 from .base import Reply
 from .tree import TreeNamespace
 
