@@ -406,3 +406,19 @@ def test_f33_fuzzed_requests_get_answers_never_a_failure(tmp_path):
         assert http.get("/v1/status").json()["state"] in ("ready", "syncing")
         assert mounted.alive()
     assert "Traceback" not in mounted.log_text()
+
+
+@pytest.mark.req("FAULT-33")
+def test_f33_numbers_json_answers_cannot_carry_are_a_422_not_an_internal_error(tmp_path):
+    """Python's JSON (and so many clients) writes Infinity and NaN; a body holding them is refused
+    as any bad body is, with what was wrong, the value shown as text."""
+    lib = small_library(tmp_path / "lib", count=1)
+    with mount_library(origin=lib, work=tmp_path / "work") as mounted, reachable(socket_of(mounted)) as where, \
+            httpx.Client(transport=httpx.HTTPTransport(uds=where), base_url="http://musicfs", timeout=10) as http:
+        for body in (b"Infinity", b'{"dry_run": NaN}', b'{"origin": -Infinity}', b"[1e999]"):
+            response = http.post("/v1/cache/clear", content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 422, (body, response.status_code, response.text[:300])
+            assert response.json()["detail"], body
+        assert http.get("/v1/status").json()["state"] in ("ready", "syncing")
+        assert mounted.alive()
+    assert "Traceback" not in mounted.log_text()

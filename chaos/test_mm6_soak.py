@@ -34,7 +34,8 @@ daemon's resident memory, descriptors and threads are sampled every second of th
 medians of the last third of the samples may exceed those of the first third by at most
 :data:`RSS_DRIFT_MB` or :data:`RSS_DRIFT_RATIO` (memory), :data:`FD_DRIFT` descriptors and
 :data:`THREAD_DRIFT` threads; once the load stops the idle daemon holds no more descriptors than
-at the baseline (give or take :data:`FD_IDLE_SLACK`) and no more threads than the load ever
+at the baseline or early in the measured load, whichever is more (connection pools may still grow
+after a short warm-up), give or take :data:`FD_IDLE_SLACK`, and no more threads than the load ever
 needed; its peak memory stays within NFR-4.3's maximum; its pid never changes. The series are
 written to ``build/mm6-soak.json`` and summarised on the terminal (with the memory slope per
 hour, which a short soak cannot judge but an hour's can be read from).
@@ -61,7 +62,7 @@ import pytest
 from chaos.checks import cached_file_digests
 from chaos.httpfaults import BAD_GATEWAY_PAGE
 from chaos.s3lab import PREFIX, S3Lab, s3_lab
-from conformance.daemons import fd_count
+from conformance.daemons import fd_count, fd_kinds
 from conformance.measure import proc_status_mb
 from fixtures.bigfile import write_wav
 from fixtures.tags import TagPlan, write_tags
@@ -88,7 +89,7 @@ MUTATE_EVERY = 9.0  # seconds between changes at an origin (each followed by a r
 SAMPLE_EVERY = 1.0
 RSS_DRIFT_MB, RSS_DRIFT_RATIO = 10.0, 0.10  # the larger of the two is allowed
 FD_DRIFT = 4  # descriptors, between the medians of the first and last thirds
-FD_IDLE_SLACK = 2  # descriptors the idle daemon may hold at the end beyond its idle baseline
+FD_IDLE_SLACK = 2  # descriptors the idle daemon may hold at the end beyond its idle reference
 THREAD_DRIFT = 4  # threads, between the medians of the first and last thirds
 CHURN_ARTIST = "Soak Churn"  # the tree folder of the tracks the mutator changes
 S3, LOCAL = "bucket", "backup"
@@ -684,6 +685,7 @@ def run_soak(mounted: MountedLibrary, lab: S3Lab, tox, local: Path, work: Path, 
         soak.running.clear()
         wait_idle(soak, workers)
         baseline = sample_daemon(pid, started)
+        baseline_kinds = fd_kinds(pid)
         soak.running.set()
         faults.next_change = time.monotonic() + CLEAR_SECONDS
 
@@ -703,6 +705,7 @@ def run_soak(mounted: MountedLibrary, lab: S3Lab, tox, local: Path, work: Path, 
     settled(mnt)
     time.sleep(1.0)
     idle = sample_daemon(pid, measuring)
+    extra_fds = fd_kinds(pid) - baseline_kinds  # what an idle daemon holds now that it did not
     load_wall = time.monotonic() - started
 
     bounds = catalogue["MM-6"].values  # the drift bounds, from the catalogue
@@ -749,8 +752,13 @@ def run_soak(mounted: MountedLibrary, lab: S3Lab, tox, local: Path, work: Path, 
     assert set(faults.seen) == set(FAULTS), f"not every fault was injected: {dict(faults.seen)}"
     assert rss[1] - rss[0] <= rss_bound, f"memory drifted: median {rss[0]:.1f} -> {rss[1]:.1f} MB"
     assert fds[1] - fds[0] <= FD_DRIFT, f"descriptors drifted: median {fds[0]:g} -> {fds[1]:g}"
-    assert idle.fds <= baseline.fds + FD_IDLE_SLACK, (
-        f"the idle daemon holds {idle.fds} descriptors, {baseline.fds} at the baseline")
+    # kept-alive origin connections grow with the load's concurrency until it is steady, which the
+    # short warm-up may not have reached: the idle end is judged against the larger of the idle
+    # baseline and what the daemon held when the measured load began (a leak grows past both)
+    reference = max(baseline.fds, fds[0])
+    assert idle.fds <= reference + FD_IDLE_SLACK, (
+        f"the idle daemon holds {idle.fds} descriptors, {baseline.fds} at the idle baseline and {fds[0]:g} "
+        f"early in the load; more than at the baseline: {dict(extra_fds)}")
     assert threads[1] - threads[0] <= THREAD_DRIFT, f"threads drifted: median {threads[0]:g} -> {threads[1]:g}"
     assert idle.threads <= max(s.threads for s in warm + [baseline]), (
         f"the idle daemon has {idle.threads} threads, more than the warm-up ever needed")

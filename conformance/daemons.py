@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -101,6 +102,19 @@ def running(pid: int) -> bool:
 def fd_count(pid: int) -> int:
     """How many file descriptors the process holds now."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_kinds(pid: int) -> Counter[str]:
+    """What the process's descriptors point at, by kind: a file's path, or ``socket``, ``pipe``,
+    ``anon_inode:[eventpoll]`` ... (the inode numbers left out, so two samples compare)."""
+    kinds: Counter[str] = Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        kinds[target.split(":[", 1)[0] if ":[" in target and not target.startswith("anon_inode") else target] += 1
+    return kinds
 
 
 def open_files_limit(pid: int) -> tuple[int, int]:

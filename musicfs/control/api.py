@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
@@ -27,6 +28,8 @@ from typing import Any
 
 import trio
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,6 +66,17 @@ class CollectionBody(BaseModel):
     # bounds generous enough that the store's own checks (255 bytes, the parser's length) answer, in words
     name: str = Field(..., max_length=1024)
     query: str = Field(..., max_length=4 * MAX_QUERY_CHARS)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that JSON cannot carry (inf, nan) written as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _limit_body(app):
@@ -140,6 +154,12 @@ def build_app(services: ControlServices):
         if origin_id not in services.status.health.health:
             raise HTTPException(404, f"no origin {origin_id!r} (known: "
                                      f"{', '.join(sorted(services.status.health.health)) or 'none'})")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 with what was wrong. A JSON body may hold numbers a JSON answer cannot (``Infinity``,
+        ``NaN``): echoed as they are, they turned a bad request into a 500."""
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:
