@@ -422,3 +422,24 @@ def test_f33_numbers_json_answers_cannot_carry_are_a_422_not_an_internal_error(t
         assert http.get("/v1/status").json()["state"] in ("ready", "syncing")
         assert mounted.alive()
     assert "Traceback" not in mounted.log_text()
+
+
+@pytest.mark.req("FAULT-33")
+def test_f33_a_request_answered_before_its_body_arrived_leaves_the_connection_usable(tmp_path):
+    """A route that needs no body (a GET sent with one, here also a 404) is not answered before
+    its body is in: answering early made the server drop the kept-alive connection, and a client
+    already sending its next request on it got a reset instead of an answer."""
+    lib = small_library(tmp_path / "lib", count=1)
+    with mount_library(origin=lib, work=tmp_path / "work") as mounted, raw(socket_of(mounted)) as conn:
+        conn.sendall(b"GET /v1/events?origin=nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+        time.sleep(0.5)  # the head alone, long enough for any early answer to be sent
+        try:
+            conn.sendall(b"{}")
+            first = answer(conn)
+            conn.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            second = answer(conn)
+        except (BrokenPipeError, ConnectionResetError) as gone:
+            pytest.fail(f"the connection was dropped after the first answer: {gone!r}")
+        assert first[0] == 404 and b"nowhere" in first[1], first
+        assert second[0] == 200 and json.loads(second[1])["state"] in ("ready", "syncing"), second
+    assert "Traceback" not in mounted.log_text()

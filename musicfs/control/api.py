@@ -80,66 +80,67 @@ def _finite(value: Any) -> Any:
 
 
 def _limit_body(app):
-    """ASGI middleware: refuse bodies over MAX_BODY (declared or streamed) with 413, and bodies that
-    stall (a client that sends half a request and waits) with 408 after BODY_TIMEOUT.
+    """ASGI middleware: the whole request body is read before the route runs. A body over MAX_BODY
+    (declared or streamed) is answered 413, one that stalls (a client that sends half a request and
+    waits) 408 after BODY_TIMEOUT; the route then gets the body in one message.
 
-    A stream already answering (its route never read the body) is ended instead: the
-    client sees it stop, the daemon logs nothing.
+    Why first: hypercorn closes a connection whose request body is still arriving when the
+    answer ends, without saying so in the answer. A route that never reads its body (a GET
+    sent with one, a 404) would answer early, and a client already sending its next request
+    on that kept-alive connection would get a reset instead of an answer. With the body in
+    before any answer, every exchange is complete and the connection stays usable. Bodies
+    here are a few small fields, so holding one costs nothing.
     """
     async def limited(scope, receive, send):
         if scope["type"] != "http":
             return await app(scope, receive, send)
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-            return await _too_large(send)
+            return await _refuse(send, 413, _TOO_LARGE)
+        parts: list[bytes] = []
         seen = 0
-        complete = responded = False
-
-        async def answering(message):
-            nonlocal responded
-            responded = True
-            await send(message)
-
-        async def counting():
-            nonlocal seen, complete
-            if complete:  # the body is in; what follows is the wait for a disconnect (streams)
-                return await receive()
-            problem: Exception | None = None
-            with trio.move_on_after(BODY_TIMEOUT) as waited:
+        with trio.move_on_after(BODY_TIMEOUT) as waited:
+            while True:
                 message = await receive()
-            if waited.cancelled_caught:
-                problem = HTTPException(408, f"the request body did not arrive within {BODY_TIMEOUT:g} s")
-            elif message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                problem = HTTPException(413, _TOO_LARGE) if seen > MAX_BODY else None
-                complete = not message.get("more_body", False)
-            else:
-                complete = True
-            if problem is not None:
-                if responded:
-                    return {"type": "http.disconnect"}
-                raise problem
+                if message["type"] != "http.request":
+                    return  # the client went away before its request was in: nobody to answer
+                part = message.get("body", b"")
+                seen += len(part)
+                if seen > MAX_BODY:
+                    return await _refuse(send, 413, _TOO_LARGE)
+                parts.append(part)
+                if not message.get("more_body", False):
+                    break
+        if waited.cancelled_caught:
+            return await _refuse(send, 408, f"the request body did not arrive within {BODY_TIMEOUT:g} s")
+        body: bytes | None = b"".join(parts)
+
+        async def replayed():
+            nonlocal body
+            if body is None:  # the body was given; what follows is the wait for a disconnect (streams)
+                return await receive()
+            message, body = {"type": "http.request", "body": body, "more_body": False}, None
             return message
 
-        await app(scope, counting, answering)
+        await app(scope, replayed, send)
     return limited
 
 
-async def _too_large(send) -> None:
-    """Answer 413 and let the connection go (its unread body makes it unusable).
+async def _refuse(send, status: int, detail: str) -> None:
+    """Answer ``status`` with ``detail`` and let the connection go (its unread body makes it unusable).
 
     The answer races hypercorn closing that connection: a client still sending
     a body nobody reads may find the connection closing under the answer. That
-    costs the hostile client its 413, nothing else, and is not logged as a failure.
+    costs the hostile client its answer, nothing else, and is not logged as a failure.
     """
-    body = json.dumps({"detail": _TOO_LARGE}).encode()
+    payload = json.dumps({"detail": detail}).encode()
     try:
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
     except (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
-        log.debug("a client sending a body over the limit went away before its 413")
+        log.debug("a client whose request was refused (%d) went away before the answer", status)
 
 
 def build_app(services: ControlServices):
