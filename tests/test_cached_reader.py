@@ -19,7 +19,7 @@ from musicfs.origins.local import LocalOrigin
 from musicfs.store.cache import ContentCache
 from musicfs.store.chunker import MAX_SIZE
 from musicfs.store.fill import FETCH_WINDOW, FILL_BLOCK, FIRST_BLOCK
-from musicfs.store.reader import CachedReader
+from musicfs.store.reader import RECENT_BYTES, CachedReader
 
 SIZE = 5 * 1024 * 1024 + 12345
 
@@ -222,6 +222,91 @@ def test_readers_outpacing_the_cache_disk_wait_for_it_instead_of_filling_memory(
         assert reader.cache.statistics()["stored"] > 2 * SIZE // (256 * 1024)
 
     trio.run(with_reader, tmp_path / "cache", CountingOrigin("local", root), body)
+
+
+class LoadWatch:
+    """Wraps a cache's chunk loads: each batch takes ``delay`` (a disk), and what was loaded is kept."""
+
+    def __init__(self, cache, delay: float):
+        self.real, self.delay = cache.read_chunks, delay
+        self.loads: list[str] = []
+        self.in_flight = self.most_in_flight = 0
+        self._lock = threading.Lock()
+        cache.read_chunks = self
+
+    def __call__(self, refs):
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            self.loads += [ref.address for ref in refs]
+        try:
+            time.sleep(self.delay)
+            return self.real(refs)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
+def fill_cache(cache_dir, root, names):
+    async def fill(reader, bus):
+        for track_id, name in enumerate(names, 1):
+            handle = await reader.open(track(root, name, track_id))
+            await read_all(reader, handle, os.path.getsize(root / name))
+            reader.release(handle)
+        await fills_done(reader, len(names))
+
+    trio.run(with_reader, cache_dir, LocalOrigin("local", root), fill)
+
+
+@pytest.mark.req("NFR-2.1", "MM-4")
+def test_a_reader_of_cached_chunks_has_the_next_batch_on_its_way_while_it_reads(origin_dir, tmp_path):
+    """Reading cached chunks front to back (a new daemon: nothing in memory), the loads ahead of
+    the reader overlap, so a slow disk's wait is not paid once per batch; each chunk is loaded once."""
+    root, data = origin_dir
+    fill_cache(tmp_path / "cache", root, ["song.flac"])
+
+    async def body(reader, bus):
+        watch = LoadWatch(reader.cache, delay=0.02)
+        handle = await reader.open(track(root))
+        assert await read_all(reader, handle, SIZE, step=512 * 1024) == data
+        reader.release(handle)
+        assert watch.most_in_flight >= 2, "one load at a time: the reader waited for each batch"
+        assert len(watch.loads) == len(set(watch.loads)), "a chunk was loaded twice"
+        assert reader.statistics()["memory_chunk_bytes"] == 0, "chunks held after the last close"
+
+    trio.run(with_reader, tmp_path / "cache", LocalOrigin("local", root), body)
+
+
+@pytest.mark.req("NFR-2.1", "NFR-4.3")
+def test_many_cached_files_read_side_by_side_load_each_chunk_once_within_the_memory_bound(tmp_path):
+    """Eight files read in turn, a request of each at a time: what one reader loaded ahead is not
+    pushed out of memory by the others before it gets there (which would read it from disk twice),
+    and the chunks held stay within the reader's memory bound."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    names = [f"take{i}.flac" for i in range(8)]
+    wanted = {name: random.Random(i).randbytes(SIZE) for i, name in enumerate(names)}
+    for name, data in wanted.items():
+        (root / name).write_bytes(data)
+    fill_cache(tmp_path / "cache", root, names)
+
+    async def body(reader, bus):
+        watch = LoadWatch(reader.cache, delay=0.002)
+        handles = [await reader.open(track(root, name, i)) for i, name in enumerate(names, 1)]
+        got = {name: [] for name in names}
+        most = 0
+        for offset in range(0, SIZE, 512 * 1024):
+            for name, handle in zip(names, handles):
+                got[name].append(await reader.read(handle, offset, 512 * 1024))
+                most = max(most, reader.statistics()["memory_chunk_bytes"])
+        for handle in handles:
+            reader.release(handle)
+        assert {name: b"".join(parts) for name, parts in got.items()} == wanted
+        assert len(watch.loads) == len(set(watch.loads)), \
+            f"{len(watch.loads) - len(set(watch.loads))} chunk loads were repeated"
+        assert most <= RECENT_BYTES, most
+
+    trio.run(with_reader, tmp_path / "cache", LocalOrigin("local", root), body)
 
 
 async def fills_ended(reader):

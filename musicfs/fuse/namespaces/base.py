@@ -31,7 +31,7 @@ class OpenFile(Protocol):
     keep_cache: bool  # the kernel may keep the pages it read of this file across opens
     direct_io: bool  # every read reaches the daemon (content generated at open)
 
-    async def read(self, offset: int, size: int) -> bytes: ...
+    async def read(self, offset: int, size: int) -> bytes | memoryview: ...  # a view: pyfuse3 replies from any buffer
 
     def release(self) -> None: ...
 
@@ -98,7 +98,7 @@ class ReaderFile:
         self.keep_cache = keep_cache
         self._on_release = on_release
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         return await self.reader.read(self.handle, offset, size)
 
     def release(self) -> None:
