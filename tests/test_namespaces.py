@@ -231,3 +231,22 @@ def test_a_query_folder_keeps_its_inode_and_a_malformed_query_is_refused_once_lo
         trio.run(searches.lookup, root, ".hidden")
     with pytest.raises(NotFound):
         trio.run(searches.getattr, root + 10**6)
+
+
+@pytest.mark.parametrize("policy", [AttrPolicy(), AttrPolicy(uid=1000, gid=100, entry_timeout=1.5, attr_timeout=60.0),
+                                    AttrPolicy(uid=0, gid=0, entry_timeout=300.0, attr_timeout=0.0)])
+def test_attributes_carry_every_field_of_the_policy_and_the_node(policy):
+    """Fields a new object already holds are not set again: whatever the policy, each entry still
+    says exactly its owner, timeouts, mode, size and times."""
+    file = Node(7, 2, "01 - A.flac", "file", 3, 1_000_001, 1_700_000_000_123_456_789)
+    folder = Node(2, ROOT_ID, "Artist", "dir", None, 0, 0)
+    for node, mode, size, nlink, mtime in ((file, 0o100444, 1_000_001, 1, file.mtime_ns),
+                                           (folder, 0o40555, 0, 2, policy.dir_mtime_ns)):
+        got = node_attributes(node, policy).__getstate__()
+        assert {k: got[k] for k in ("st_ino", "generation", "entry_timeout", "attr_timeout", "st_mode",
+                                    "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size", "st_blksize",
+                                    "st_blocks", "st_mtime_ns", "st_atime_ns", "st_ctime_ns")} == {
+            "st_ino": node.id, "generation": 0, "entry_timeout": policy.entry_timeout,
+            "attr_timeout": policy.attr_timeout, "st_mode": mode, "st_nlink": nlink, "st_uid": policy.uid,
+            "st_gid": policy.gid, "st_rdev": 0, "st_size": size, "st_blksize": 4096,
+            "st_blocks": (size + 511) // 512, "st_mtime_ns": mtime, "st_atime_ns": mtime, "st_ctime_ns": mtime}

@@ -132,7 +132,8 @@ class Operations(pyfuse3.Operations):
     @_op
     async def readdir(self, fh: int, start_id: int, token) -> None:
         def reply(name: str, attr: pyfuse3.EntryAttributes, next_id: int) -> bool:
-            return pyfuse3.readdir_reply(token, os.fsencode(name), attr, next_id)
+            # os.fsencode's own encoding, without its checks: a name here is always a str
+            return pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"), attr, next_id)
 
         await self.route(fh).readdir(fh, start_id, reply)
 
