@@ -355,6 +355,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             nursery.start_soon(_check_answering, settings.mountpoint, lifecycle)
             nursery.start_soon(_raise_background_limit, settings.mountpoint, lifecycle)
             nursery.start_soon(_supervised, "cache access-time flush", reader.flush_periodically)
+            nursery.start_soon(_supervised, "memory given back when idle", reader.give_back_memory_when_idle)
             nursery.start_soon(functools.partial(_supervised, "cache reconciliation", _reconcile, cache,
                                                  restart=False))
             nursery.start_soon(_supervised, "origin health probes", health.run)

@@ -33,6 +33,7 @@ import trio
 
 from ..errors import OriginUnavailable
 from ..events import EventBus, FileAccessed
+from ..memtrim import release_free_memory
 from .cache import ContentCache
 from .chunkdb import ChunkRef
 from .chunker import AVG_SIZE
@@ -56,6 +57,7 @@ READ_AHEAD = 128
 # its own read_timeout would multiply the time before the application sees EIO.
 FAIL_FAST = 1.0
 PARTIAL_KEPT = 256  # files read in part whose chunks so far are remembered after the last close
+IDLE_TRIM_AFTER = 1.0  # seconds with no file open before freed memory is given back to the system
 
 
 @dataclass
@@ -99,6 +101,8 @@ class CachedReader:
         self._refetching: dict[str, trio.Event] = {}  # chunks being fetched again (single-flight)
         self._refetch_failed: dict[str, tuple[float, BaseException]] = {}  # when and why, recently
         self._recent_bytes = 0
+        self._went_idle = trio.Event()  # set when the last open file is forgotten
+        self.memory_trims = 0  # times freed memory was given back after a busy spell
         self.verifier = Verifier(cache, bus, self.counters, limiter=self.limiter, load_chunk=self._chunk)
         self.filler = Filler(self.fetcher, self.verifier, cache, bus, self.counters, nursery, limiter=self.limiter,
                              pending=self._pending, on_idle=self._forget)
@@ -173,6 +177,7 @@ class CachedReader:
         if not self._states:  # nothing is read: chunks kept for readers would only hold memory
             self._recent.clear()
             self._recent_bytes = 0
+            self._went_idle.set()
         if self.cache.size > self.cache.limit:  # chunks spared while in use may go now
             self.nursery.start_soon(self._evict)
 
@@ -404,6 +409,19 @@ class CachedReader:
             await trio.sleep(every)
             await trio.to_thread.run_sync(self.cache.flush, limiter=self.limiter)
 
+    async def give_back_memory_when_idle(self, after: float = IDLE_TRIM_AFTER) -> None:
+        """Once no file has been open for ``after`` seconds, hand what the reads freed back to
+        the system (:mod:`musicfs.memtrim`): once per busy spell, so a scanner opening one file
+        after another does not trim between them."""
+        while True:
+            await self._went_idle.wait()
+            self._went_idle = trio.Event()
+            await trio.sleep(after)
+            if self._states:  # busy again: the end of that spell trims
+                continue
+            await trio.to_thread.run_sync(release_free_memory, limiter=self.limiter)
+            self.memory_trims += 1
+
     async def drain(self, timeout: float) -> None:
         """Let running fills finish (bounded), so what was read is kept for next time.
 
@@ -420,4 +438,5 @@ class CachedReader:
     def statistics(self) -> dict:
         return {**self.counters.__dict__, "bytes_by_origin": dict(self.counters.bytes_by_origin),
                 "open_files": len(self._states), "partial_files": len(self._partial),
-                "memory_chunk_bytes": self._recent_bytes, **self.filler.budget.statistics()}
+                "memory_chunk_bytes": self._recent_bytes, "memory_trims": self.memory_trims,
+                **self.filler.budget.statistics()}

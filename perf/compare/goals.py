@@ -69,4 +69,5 @@ GOALS = {
     "ls_l": Goal("faster than rclone", _at_most("rclone", strict=True)),
     "find": Goal("faster than rclone", _at_most("rclone", strict=True)),
     "peak_rss": Goal("<= 200 MB (highest round)", _constant(200.0, higher=False), highest=True),
+    "idle_rss": Goal("<= 50 MB (highest round)", _constant(50.0, higher=False), highest=True),
 }

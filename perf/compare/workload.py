@@ -18,6 +18,9 @@ from .peers import FUSE_PEERS, PEERS, Mounted, Peer
 MB = 1_000_000
 BLOCK = 1 << 20  # every read is 1 MiB, as a copy or a player reading ahead does
 PARALLEL_READERS = 8
+# seconds a daemon is left with nothing open after the parallel pass before its memory is read:
+# longer than musicfs waits (1 s) before it gives back what the reads freed
+IDLE_SETTLE = 3.0
 
 
 def read_files(paths: list[Path]) -> int:
@@ -97,6 +100,7 @@ METRICS = (
     Metric("ls_l", "ls -l of it", "s", False),
     Metric("find", "find over the library, warm", "s", False),
     Metric("peak_rss", "daemon peak memory (VmHWM)", "MB", False, FUSE_PEERS),
+    Metric("idle_rss", "daemon memory, idle after the parallel pass (VmRSS)", "MB", False, FUSE_PEERS),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 
@@ -149,6 +153,9 @@ def run_peer_round(peer: Peer, library: Library, place: Path, *, verify: bool) -
         out.figures["cold_parallel"], out.bytes_read["cold_parallel"] = timed_read(
             mounted.large, PARALLEL_READERS)
         note_peak(mounted)
+        if mounted.pid is not None:  # every file closed: what the daemon keeps while it idles
+            time.sleep(IDLE_SETTLE)
+            out.figures["idle_rss"] = proc_status_mb(mounted.pid)
     if peaks:
         out.figures["peak_rss"] = max(peaks)
     return out
