@@ -46,7 +46,7 @@ from .verify import ChecksumMismatchError, Verifier
 log = logging.getLogger(__name__)
 
 AHEAD = 4 * 1024 * 1024  # a read within this distance of the fill waits for it; further is a seek
-RECENT_BYTES = 32 * 1024 * 1024  # verified chunks kept in memory: read ahead, or for adjacent reads
+RECENT_BYTES = 16 * 1024 * 1024  # verified chunks kept in memory: read ahead, or for adjacent reads
 
 # chunks loaded ahead of a sequential reader (8 MiB), in batches of a quarter of that: several
 # batches are in flight at once, so the next is on its way while one is being read (one batch at
@@ -57,7 +57,7 @@ READ_AHEAD = 128
 # its own read_timeout would multiply the time before the application sees EIO.
 FAIL_FAST = 1.0
 PARTIAL_KEPT = 256  # files read in part whose chunks so far are remembered after the last close
-IDLE_TRIM_AFTER = 1.0  # seconds with no file open before freed memory is given back to the system
+IDLE_TRIM_AFTER = 5.0  # seconds with no file open before freed memory is given back to the system
 
 
 @dataclass
@@ -272,14 +272,14 @@ class CachedReader:
             # read ahead only for a reader going front to back; a random reader gets what it asks
             sequential = start == state.last_end or start == 0
             state.last_end = end
-            for ref in refs:
+            if sequential:  # what follows starts loading now, beside what this request waits for
+                self._read_ahead(state, refs[-1].end)
+            for i, ref in enumerate(refs):
                 data = self._in_memory(ref.address)
                 if data is None:
-                    data = await self._chunk(state, ref, sequential)
+                    data = await self._chunk(state, ref, refs[i + 1:])
                 lo, hi = max(start, ref.offset) - ref.offset, min(upto, ref.end) - ref.offset
                 pieces.append(memoryview(data)[lo:hi])
-            if sequential:
-                self._read_ahead(state, refs[-1].end)
         else:
             state.last_end = end
         if upto < end:
@@ -291,8 +291,10 @@ class CachedReader:
         return (self._in_memory(ref.address) is None and ref.address not in self._loading
                 and ref.address not in self._bad)
 
-    async def _chunk(self, state: FileState, ref: ChunkRef, sequential: bool = True) -> bytes:
-        """One chunk: from memory, from a load already under way, or loaded now with the next few.
+    async def _chunk(self, state: FileState, ref: ChunkRef, rest: list[ChunkRef]) -> bytes:
+        """One chunk: from memory, from a load already under way, or loaded now with ``rest`` (the
+        chunks after it that the same request needs). What lies beyond the request is the
+        read-ahead's, loaded beside this: a first read waits for its own chunks only.
 
         Loads are single-flight: a reader that needs a chunk another is loading waits for it.
         """
@@ -300,9 +302,7 @@ class CachedReader:
         if loading is not None:
             await loading.wait()
         elif ref.address not in self._bad:
-            ahead = state.refs_after(ref.end, self._window() // 4) if sequential else []
-            batch = [ref] + [r for r in ahead if self._wanted(r)]
-            await self._load_batch(batch)
+            await self._load_batch([ref] + [r for r in rest if self._wanted(r)])
         data = self._in_memory(ref.address)
         if data is None:  # missing or corrupt on disk (now discarded): fetch it again
             data = await self._refetch(state, ref)
@@ -327,9 +327,13 @@ class CachedReader:
         """Start loading the chunks after a read before the reader asks for them: once a quarter
         of the window ahead is neither loaded nor loading, that quarter is loaded."""
         window = self._window()
+        quarter = max(1, window // 4)
         upcoming = [r for r in state.refs_after(offset, window) if self._wanted(r)]
-        if len(upcoming) >= window // 4 or (upcoming and upcoming[0].offset == offset):
-            self.nursery.start_soon(self._prefetch, upcoming)
+        if len(upcoming) >= quarter or (upcoming and upcoming[0].offset == offset):
+            batches = max(1, len(upcoming) // quarter)  # a whole window at the start: in quarters
+            for i in range(batches):
+                self.nursery.start_soon(self._prefetch, upcoming[i * len(upcoming) // batches:
+                                                                 (i + 1) * len(upcoming) // batches])
 
     def _window(self) -> int:
         """Chunks kept loaded ahead of one sequential reader: READ_AHEAD, fewer while many files
@@ -411,8 +415,9 @@ class CachedReader:
 
     async def give_back_memory_when_idle(self, after: float = IDLE_TRIM_AFTER) -> None:
         """Once no file has been open for ``after`` seconds, hand what the reads freed back to
-        the system (:mod:`musicfs.memtrim`): once per busy spell, so a scanner opening one file
-        after another does not trim between them."""
+        the system (:mod:`musicfs.memtrim`): once per busy spell. The wait keeps short pauses
+        (a player between tracks, a scanner between files, a client that stops for a moment)
+        from trimming memory the next reads would only take back, page fault by page fault."""
         while True:
             await self._went_idle.wait()
             self._went_idle = trio.Event()

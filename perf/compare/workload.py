@@ -19,8 +19,8 @@ MB = 1_000_000
 BLOCK = 1 << 20  # every read is 1 MiB, as a copy or a player reading ahead does
 PARALLEL_READERS = 8
 # seconds a daemon is left with nothing open after the parallel pass before its memory is read:
-# longer than musicfs waits (1 s) before it gives back what the reads freed
-IDLE_SETTLE = 3.0
+# longer than musicfs waits (5 s) before it gives back what the reads freed
+IDLE_SETTLE = 7.0
 
 
 def read_files(paths: list[Path]) -> int:
