@@ -184,6 +184,40 @@ def test_reconcile_and_rebuild_of_a_garbage_index(tmp_path):
     assert rebuilt.addresses() == {digest(kept)}
 
 
+@pytest.mark.req("NFR-8.2", "FAULT-23")
+def test_a_chunk_folder_a_failing_disk_cannot_list_loses_nothing(tmp_path, monkeypatch, caplog):
+    """A shard folder whose listing fails (EBADMSG: a directory block failing its checksum on a
+    dying disk) is logged and named; start-up reconciliation keeps its rows (what it holds is
+    unknown, not gone) and verification neither crashes nor calls its chunks missing."""
+    from musicfs.store.inspect import verify_chunks
+
+    blobs = [os.urandom(20000 + i) for i in range(40)]
+    bus = EventBus()
+    cache = ContentCache(tmp_path, 10**9, bus.publish)
+    assert cache.store_chunks([(digest(b), b) for b in blobs]) == len(blobs)
+    cache.close()
+    hidden = digest(blobs[0])[:2]
+    in_hidden = {digest(b) for b in blobs if digest(b)[:2] == hidden}
+    real_scandir = os.scandir
+
+    def failing_scandir(path):
+        if os.path.basename(os.fspath(path)) == hidden:
+            raise OSError(74, "Bad message", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", failing_scandir)
+    report = verify_chunks(tmp_path)
+    assert report["unlisted"] == [hidden]
+    assert report["corrupt"] == 0 and report["missing"] == 0, report
+    assert report["checked"] == len(blobs) - len(in_hidden)
+    with caplog.at_level(logging.WARNING):
+        cache = ContentCache(tmp_path, 10**9, bus.publish)
+        assert cache.reconcile() == {"rows_dropped": 0, "files_adopted": 0}
+        assert cache.index.addresses() == {digest(b) for b in blobs}
+        cache.close()
+    assert any("cannot be listed" in r.getMessage() and hidden in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.req("NFR-5.2")
 def test_eviction_keeps_the_limit_and_spares_chunks_in_use(tmp_path):
     bus = EventBus()

@@ -110,7 +110,8 @@ def _state(args: argparse.Namespace) -> Path:
 
 
 def cmd_chunks(args: argparse.Namespace) -> int:
-    """Counts; with --verify every chunk checked (exit 1 if any is damaged or missing); --repair
+    """Counts; with --verify every chunk checked (exit 1 if any is damaged or missing, or a folder of
+    them cannot be listed); --repair
     then removes what is damaged, while no daemon uses the cache."""
     cache_dir = _cache_dir(args)
     lock = None
@@ -134,7 +135,8 @@ def cmd_chunks(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
-    damaged = "verify" in summary and (summary["verify"]["corrupt"] or summary["verify"]["missing"])
+    damaged = "verify" in summary and bool(summary["verify"]["corrupt"] or summary["verify"]["missing"]
+                                           or summary["verify"]["unlisted"])
     if args.json:
         print_json(summary)
         return 1 if damaged else 0
@@ -146,6 +148,8 @@ def cmd_chunks(args: argparse.Namespace) -> int:
         table.add_row("verified", str(summary["verify"]["checked"]))
         table.add_row("corrupt", str(summary["verify"]["corrupt"]))
         table.add_row("missing (indexed, no file)", str(summary["verify"]["missing"]))
+        if summary["verify"]["unlisted"]:  # a failing disk: what they hold was not checked
+            table.add_row("folders that cannot be listed", ", ".join(summary["verify"]["unlisted"]))
     if "repair" in summary:
         table.add_row("repaired", f"{summary['repair']['files_removed']} files removed, "
                                   f"{summary['repair']['rows_dropped']} index rows dropped")

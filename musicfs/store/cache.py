@@ -144,7 +144,7 @@ class ContentCache:
         try:
             on_disk = dict(self.files.scan(remove_temp_before=self.opened_at))
             with self._lock:
-                result = self.index.reconcile(on_disk, older_than=started)
+                result = self.index.reconcile(on_disk, older_than=started, unlisted=self.files.unlisted)
                 self.size = self.index.total_bytes()
         except (OSError, sqlite3.Error) as exc:  # a read-only cache: reads check every chunk anyway
             self._write_failed(exc)

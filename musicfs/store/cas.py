@@ -49,6 +49,7 @@ class ChunkFiles:
         self.stats = CasStats()
         self._prefix = f"{self.root}/"  # string paths on the hot path: no Path objects per read
         self._sequence = itertools.count()
+        self.unlisted: list[str] = []  # shard folders the last scan could not list
 
     def path(self, address: str) -> Path:
         return self.root / address[:2] / address
@@ -197,21 +198,39 @@ class ChunkFiles:
         this daemon started) are leftovers of a crash and are removed; newer ones
         may be writes in flight and are left alone, as are all of them when no
         time is given (read-only tools).
+
+        A shard folder that cannot be listed (a failing disk: EIO, or EBADMSG for a
+        directory block that fails its checksum) is logged and named in
+        :attr:`unlisted` once the scan is done: what it holds is unknown, not gone, so
+        callers must not treat its chunks as missing.
         """
+        self.unlisted = []
         for shard in sorted(self.root.iterdir()):
             if not shard.is_dir():
                 continue
-            with os.scandir(shard) as entries:
-                for entry in entries:
-                    try:
-                        if entry.name.startswith(TMP_PREFIX):
-                            if remove_temp_before is not None and \
-                                    entry.stat().st_mtime < remove_temp_before:
-                                Path(entry.path).unlink(missing_ok=True)
-                        elif is_address(entry.name) and entry.name[:2] == shard.name:
-                            yield entry.name, entry.stat().st_size
-                    except FileNotFoundError:  # evicted or renamed while we looked
-                        continue
+            try:
+                with os.scandir(shard) as entries:
+                    yield from self._scan_shard(shard.name, entries, remove_temp_before)
+            except OSError as exc:
+                log.warning("chunk folder %s cannot be listed (%s): its chunks are left as they are",
+                            shard, exc.strerror or exc)
+                self.unlisted.append(shard.name)
+
+    @staticmethod
+    def _scan_shard(name: str, entries: Iterator[os.DirEntry], remove_temp_before: float | None
+                    ) -> Iterator[tuple[str, int]]:
+        for entry in entries:
+            try:
+                if entry.name.startswith(TMP_PREFIX):
+                    if remove_temp_before is not None and entry.stat().st_mtime < remove_temp_before:
+                        try:
+                            Path(entry.path).unlink(missing_ok=True)
+                        except OSError as exc:  # a read-only cache keeps it: it is never read
+                            log.debug("cannot remove the stale temp file %s: %s", entry.path, exc)
+                elif is_address(entry.name) and entry.name[:2] == name:
+                    yield entry.name, entry.stat().st_size
+            except FileNotFoundError:  # evicted or renamed while we looked
+                continue
 
     def statistics(self) -> dict:
         return dict(self.stats.__dict__)

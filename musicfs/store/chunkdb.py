@@ -369,19 +369,21 @@ class ChunkIndex:
                 self.conn.execute(f"DELETE FROM {table}")
 
     # -- start-up ---------------------------------------------------------
-    def reconcile(self, on_disk: dict[str, int], older_than: float | None = None) -> dict[str, int]:
+    def reconcile(self, on_disk: dict[str, int], older_than: float | None = None,
+                  unlisted: Sequence[str] = ()) -> dict[str, int]:
         """Make the index agree with the chunk files found on disk.
 
         Rows whose file is gone are dropped; files without a row are adopted
         (their address is their checksum, so a bad one is caught on first read).
         Rows touched after ``older_than`` (the moment the disk scan began) belong
-        to chunks written meanwhile and are left alone.
+        to chunks written meanwhile and are left alone, and so are rows of chunks
+        in ``unlisted`` shard folders (the scan could not see what they hold).
         """
         cutoff = time.time() if older_than is None else older_than
         known = dict(self.conn.execute("SELECT address, size FROM chunks WHERE last_access < ?",
                                        (cutoff,)).fetchall())
         every = {row[0] for row in self.conn.execute("SELECT address FROM chunks")}
-        gone = [a for a in known if a not in on_disk]
+        gone = [a for a in known if a not in on_disk and a[:2] not in unlisted]
         adopted = [(a, s) for a, s in on_disk.items() if a not in every]
         now = time.time()
         with transaction(self.conn):

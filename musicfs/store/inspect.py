@@ -41,7 +41,9 @@ def verify_chunks(cache_dir: Path, progress: Callable[[int, int], None] | None =
 
     Changes nothing (a running daemon may be using the cache): ``corrupt``
     files fail their hash or are unreadable, ``missing`` ones are in the
-    chunk index but not on disk. :func:`repair_chunks` acts on the report.
+    chunk index but not on disk. A shard folder that cannot be listed (a
+    failing disk) is named in ``unlisted``, and its chunks are counted in
+    neither. :func:`repair_chunks` acts on the report.
     """
     files = ChunkFiles(cache_dir)
     entries = list(files.scan())
@@ -61,11 +63,12 @@ def verify_chunks(cache_dir: Path, progress: Callable[[int, int], None] | None =
     if (cache_dir / "chunks.db").exists():
         conn = sqlite3.connect(f"file:{cache_dir / 'chunks.db'}?mode=ro", uri=True)
         try:
-            missing = sorted(a for (a,) in conn.execute("SELECT address FROM chunks") if a not in on_disk)
+            missing = sorted(a for (a,) in conn.execute("SELECT address FROM chunks")
+                             if a not in on_disk and a[:2] not in files.unlisted)
         finally:
             conn.close()
     return {"checked": len(entries), "corrupt": len(bad), "corrupt_chunks": bad,
-            "missing": len(missing), "missing_chunks": missing}
+            "missing": len(missing), "missing_chunks": missing, "unlisted": list(files.unlisted)}
 
 
 def repair_chunks(cache_dir: Path, report: dict) -> dict:

@@ -103,7 +103,7 @@ class CachedReader:
         self._recent_bytes = 0
         self._went_idle = trio.Event()  # set when the last open file is forgotten
         self.memory_trims = 0  # times freed memory was given back after a busy spell
-        self.verifier = Verifier(cache, bus, self.counters, limiter=self.limiter, load_chunk=self._chunk)
+        self.verifier = Verifier(cache, bus, self.counters, limiter=self.limiter, load_chunk=self._chunk_in_order)
         self.filler = Filler(self.fetcher, self.verifier, cache, bus, self.counters, nursery, limiter=self.limiter,
                              pending=self._pending, on_idle=self._forget)
 
@@ -308,6 +308,11 @@ class CachedReader:
             data = await self._refetch(state, ref)
             self._remember(ref.address, data)
         return data
+
+    async def _chunk_in_order(self, state: FileState, ref: ChunkRef) -> bytes:
+        """A chunk of a file the daemon reads front to back itself (the rehash of a resumed fill):
+        loaded with the chunks after it, as a sequential reader's would be."""
+        return await self._chunk(state, ref, state.refs_after(ref.end, self._window() // 4))
 
     async def _load_batch(self, batch: list[ChunkRef]) -> None:
         for ref in batch:
