@@ -280,6 +280,10 @@ class CachedReader:
                     data = await self._chunk(state, ref, refs[i + 1:])
                 lo, hi = max(start, ref.offset) - ref.offset, min(upto, ref.end) - ref.offset
                 pieces.append(memoryview(data)[lo:hi])
+                if sequential and ref.end <= end and ref.address in self._recent:
+                    # read to its end by a reader going on: the first to go when memory is short,
+                    # before chunks loaded ahead that some reader has yet to reach
+                    self._recent.move_to_end(ref.address, last=False)
         else:
             state.last_end = end
         if upto < end:
