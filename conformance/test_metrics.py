@@ -136,6 +136,9 @@ def test_metrics_move_with_a_workload_on_both_doors(metered):
     assert cold("musicfs_cache_size_bytes") - listed("musicfs_cache_size_bytes") == size
     assert cold("musicfs_open_file_handles") == 0
     assert cold("musicfs_cache_pending_write_bytes") == 0  # the fill's chunks are all written
+    # the file closed, the idle daemon gives what the read freed back to the system (5 s later)
+    until(lambda: metered.socket()("musicfs_memory_trims_total") > listed("musicfs_memory_trims_total"), 15,
+          "the idle daemon gives freed memory back")
 
     # cached bytes, read by the daemon (O_DIRECT: each pread is one request): hits, no origin bytes
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)

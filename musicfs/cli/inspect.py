@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
         if name == "chunks":
             cmd.add_argument("--verify", action="store_true",
-                             help="read and check every chunk (exit 1 if any is damaged or missing)")
+                             help="read and check every chunk (exit 1 if any is damaged or missing, "
+                                  "or a folder of them cannot be listed)")
             cmd.add_argument("--repair", action="store_true",
                              help="verify, then remove damaged chunks (the mount must be stopped)")
         elif name == "manifest":

@@ -211,6 +211,9 @@ class MountMetrics:
         yield from counter("musicfs_cache_write_waits", "Blocks whose fill waited for cache writes to "
                                                         "finish (the cache's disk slower than the readers).",
                            reader.get("pending_waits"))
+        yield from counter("musicfs_memory_trims", "Times the daemon gave freed memory back to the system "
+                                                   "after a busy spell (5 s with no file open).",
+                           reader.get("memory_trims"))
         if "writable" in cache:
             yield from gauge("musicfs_cache_writable", "1 while the cache can store chunks, 0 when its disk "
                                                       "refuses (reads go on, uncached).",
