@@ -46,10 +46,11 @@ def _rebuild(cache_dir: Path, keep_bytes: bool = False) -> dict:
             if keep_bytes and complete:
                 continue
             manifest = index.manifest(origin_id, real_path)
+            places = index.places(ref.address for ref in manifest.chunks)
             digest = hashlib.sha256()
             parts = []
             for ref in manifest.chunks:
-                data = files.read(ref.address, ref.size)
+                data = files.read(ref.address, ref.size, places[ref.address][1]) if ref.address in places else None
                 if data is None:
                     digest = parts = None
                     break

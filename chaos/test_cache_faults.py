@@ -32,6 +32,7 @@ from musicfs.store.cache import WRITE_RETRY
 from musicfs.store.fill import FIRST_BLOCK
 from musicfs.store.inspect import cached_files, partial_files
 from musicfs.store.reader import FAIL_FAST
+from tests.cachefiles import chunk_files, flip_bit, stored_chunks
 from tests.harness import (
     MountedLibrary,
     mount_library,
@@ -78,10 +79,6 @@ def read_all(path: Path) -> bytes:
 def cached_paths(cache_dir: Path) -> set[str]:
     """Real paths of the files the cache holds a complete chunk map for."""
     return {real for _origin, real, _size, complete in cached_files(cache_dir) if complete}
-
-
-def chunk_files(cache_dir: Path) -> list[Path]:
-    return [p for p in (cache_dir / "chunks").glob("*/*") if not p.name.startswith(".tmp-")]
 
 
 def error_lines(mounted: MountedLibrary, needle: str) -> list[str]:
@@ -363,12 +360,6 @@ def manifest_chunks(cache_dir: Path, real: str) -> list[tuple[int, int, str]]:
         conn.close()
 
 
-def flip_a_bit(chunk: Path) -> None:
-    raw = bytearray(chunk.read_bytes())
-    raw[len(raw) // 2] ^= 0x01
-    chunk.write_bytes(raw)
-
-
 @pytest.mark.req("FAULT-18", "NFR-7.1", "NFR-8.1")
 def test_f18_a_corrupt_chunk_with_its_origin_offline_fails_that_file_only(wavs, tmp_path):
     """Two files cached, a chunk of one damaged, the origin gone: that file fails with EIO within the
@@ -380,7 +371,8 @@ def test_f18_a_corrupt_chunk_with_its_origin_offline_fails_that_file_only(wavs, 
     cache_once(origin, work, names, expected)
     chunks = manifest_chunks(work / "cache", names[0])
     address = chunks[len(chunks) // 2][2]
-    flip_a_bit(work / "cache" / "chunks" / address[:2] / address)
+    chunk = stored_chunks(work / "cache")[address]
+    flip_bit(chunk, at=chunk.size // 2)
     origin.rename(tmp_path / "gone")
     with mount_library(origin=origin, work=work, index=work / "state" / "index.db") as mounted:
         tracks = mounted_tracks(mounted.mountpoint)
@@ -438,8 +430,8 @@ def test_f21_a_chunk_index_replaced_by_garbage_is_rebuilt_at_mount(wavs, tmp_pat
     cache_once(root, work, names, expected)
     for suffix in ("-wal", "-shm"):
         Path(f"{work / 'cache' / 'chunks.db'}{suffix}").unlink(missing_ok=True)
+    on_disk = len(stored_chunks(work / "cache"))
     (work / "cache" / "chunks.db").write_text("bla\n")
-    on_disk = len(chunk_files(work / "cache"))
     with mount_library(origin=root, work=work, index=work / "state" / "index.db") as mounted:
         tracks = mounted_tracks(mounted.mountpoint)
         for name in names:

@@ -26,6 +26,7 @@ from fixtures.copies import library_of_copies
 from musicfs import daemon
 from musicfs.index.library import TRACK_FIELDS
 from musicfs.vfs.resolver import Resolver
+from tests.cachefiles import pack_files
 from tests.harness import mount_library, musicfs_cmd, settled, start_mount, unmount
 
 
@@ -59,8 +60,8 @@ def test_f24_sigkill_during_fills_leaves_no_partial_chunk_and_recovers(origin, t
             t.start()
         chunks = work / "cache" / "chunks"
         deadline = time.monotonic() + 20
-        while sum(1 for _ in chunks.rglob("*")) < 256 + 40 and time.monotonic() < deadline:
-            time.sleep(0.01)  # wait until fills are under way and chunks are landing
+        while len(pack_files(work / "cache")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)  # wait until fills are under way and packs of chunks are landing
         os.kill(mounted.pid, signal.SIGKILL)
         mounted.proc.wait(10)
         for t in readers:
@@ -69,9 +70,9 @@ def test_f24_sigkill_during_fills_leaves_no_partial_chunk_and_recovers(origin, t
     finally:
         unmount(mounted) if mounted.alive() else None
 
-    # a torn write the crash could have left, and a chunk file cut short
-    stored = [p for p in chunks.rglob("*") if p.is_file() and not p.name.startswith(".tmp")]
-    (stored[0].parent / f".tmp-{stored[0].name}-dead").write_bytes(b"half a chunk")
+    # a torn write the crash could have left, and a pack cut short
+    stored = pack_files(work / "cache")
+    (stored[0].parent / f".tmp-{stored[0].name}-dead").write_bytes(b"half a pack")
     with open(stored[1], "r+b") as f:
         f.truncate(100)
 

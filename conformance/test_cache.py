@@ -18,6 +18,7 @@ from fixtures.bigfile import write_wav
 from musicfs.mount import READ_AHEAD_KIB
 from musicfs.store.chunker import MAX_SIZE
 from musicfs.store.fill import FIRST_BLOCK
+from tests.cachefiles import chunk_files, cut_short, flip_bit, remove, stored_chunks
 from tests.harness import mount_library, mount_status, settled
 from tests.harness import mounted_tracks as mounted_files
 
@@ -57,22 +58,31 @@ def inspect_chunks(cache_dir, *flags: str) -> tuple[int, dict | str]:
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else done.stderr
 
 
-def damage(chunks: list, flip: bool = True, truncate: bool = True, delete: bool = True) -> dict[str, list]:
-    """Damage every seventh chunk file in turn by a flipped bit, a cut and a removal."""
+def damage(cache_dir: Path, flip: bool = True, truncate: bool = True, delete: bool = True) -> dict[str, list]:
+    """Damage every seventh chunk in turn by a flipped bit, a cut, and the removal of the file
+    holding it (a pack: every chunk in it goes); the addresses damaged each way."""
+    stored = sorted(stored_chunks(cache_dir).values(), key=lambda c: (str(c.path), c.offset))
     kinds = [k for k, wanted in (("flip", flip), ("truncate", truncate), ("delete", delete)) if wanted]
     done: dict[str, list] = {k: [] for k in kinds}
-    for i, path in enumerate(chunks[::7][:15]):
+    removed: set[Path] = set()
+    for i, chunk in enumerate(stored[::7][:15]):
         kind = kinds[i % len(kinds)]
+        if chunk.path in removed:
+            continue
         if kind == "flip":
-            raw = bytearray(path.read_bytes())
-            raw[len(raw) // 3] ^= 0x40  # one flipped bit
-            path.write_bytes(raw)
+            flip_bit(chunk, at=chunk.size // 3)
         elif kind == "truncate":
-            with open(path, "r+b") as f:
-                f.truncate(f.seek(0, 2) // 2)
+            cut_short(chunk)
         else:
-            path.unlink()
-        done[kind].append(path.name)
+            remove(chunk)
+            removed.add(chunk.path)
+            done[kind] += [c.address for c in stored if c.path == chunk.path]
+            continue
+        done[kind].append(chunk.address)
+    held = {c.address: c.path for c in stored}
+    for kind in ("flip", "truncate"):  # damage in a file removed later is a removal
+        if kind in done:
+            done[kind] = [a for a in done[kind] if held[a] not in removed]
     return done
 
 
@@ -91,8 +101,7 @@ def test_f17_chunk_corrupted_at_rest_is_detected_and_fetched_again(library, good
     work = tmp_path / "work"
     expected = {f["path"]: f["sha256"] for f in good_files}
     cache_whole_library(library, work)
-    chunks = sorted(p for p in (work / "cache" / "chunks").rglob("*") if p.is_file())
-    flipped = damage(chunks, truncate=False, delete=False)["flip"]
+    flipped = damage(work / "cache", truncate=False, delete=False)["flip"]
     with mount_library(origin=library, work=work, index=work / "state" / "index.db") as mounted:
         for real, path in mounted_files(mounted.mountpoint).items():
             assert sha256_of(path) == expected[real]
@@ -116,17 +125,17 @@ def test_f19_truncated_or_deleted_chunks_are_reported_repaired_and_fetched_again
     with mount_library(origin=library, work=work, index=work / "state" / "index.db"):
         code, said = inspect_chunks(work / "cache", "--repair")
         assert code == 2 and "already in use" in said, "a repair under a running mount must be refused"
-    chunks = sorted(p for p in (work / "cache" / "chunks").rglob("*") if p.is_file())
-    damaged = damage(chunks, flip=False)
+    damaged = damage(work / "cache", flip=False)
+    assert damaged["truncate"] and damaged["delete"]
+    before = {p: p.read_bytes() for p in chunk_files(work / "cache")}
 
     code, report = inspect_chunks(work / "cache", "--verify")
     assert code == 1
     assert sorted(report["verify"]["corrupt_chunks"]) == sorted(damaged["truncate"])
     assert sorted(report["verify"]["missing_chunks"]) == sorted(damaged["delete"])
-    assert all((work / "cache" / "chunks" / n[:2] / n).exists() for n in damaged["truncate"]), \
-        "--verify alone changed the store"
+    assert {p: p.read_bytes() for p in chunk_files(work / "cache")} == before, "--verify alone changed the store"
     code, report = inspect_chunks(work / "cache", "--repair")
-    assert code == 1 and report["repair"]["files_removed"] == len(damaged["truncate"])
+    assert code == 1 and report["repair"]["chunks_removed"] == len(damaged["truncate"])
     code, report = inspect_chunks(work / "cache", "--verify")
     assert code == 0 and report["verify"]["corrupt"] == report["verify"]["missing"] == 0
 
@@ -145,18 +154,18 @@ def test_store_stays_within_its_limit_under_churn(library, good_files, tmp_path)
     config.write_text(f'[cache]\nsize = {limit}\n\n[[origins]]\nid = "local"\ntype = "local"\n'
                       f'path = "{library}"\n')
     work = tmp_path / "work"
-    chunk_dir = work / "cache" / "chunks"
     peak = 0
     stop = threading.Event()
 
     def stored_bytes() -> int:
+        """Disk space the chunks take (a pack's evicted chunks are holes, freed), less one table and
+        the two partly used disk blocks each pack may have."""
         total = 0
-        for shard in chunk_dir.glob("??"):
-            for entry in os.scandir(shard):
-                try:
-                    total += 0 if entry.name.startswith(".tmp") else entry.stat().st_size
-                except FileNotFoundError:  # evicted while we looked
-                    pass
+        for path in chunk_files(work / "cache"):
+            try:
+                total += path.stat().st_blocks * 512 - 8192
+            except FileNotFoundError:  # evicted while we looked
+                pass
         return total
 
     def watch():
@@ -336,3 +345,4 @@ def test_inspect_manifest_and_cache_tools_on_a_running_mount(library, tmp_path):
                                         check=True).stdout)
     assert cleared["bytes_freed"] >= dry["bytes"]
     assert not [p for p in (work / "cache" / "chunks").rglob("*") if p.is_file()]
+    assert not chunk_files(work / "cache")

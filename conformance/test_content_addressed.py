@@ -26,6 +26,7 @@ from fastcdc import fastcdc
 
 from fixtures.bigfile import write_wav
 from fixtures.tags import TagPlan, write_tags
+from tests.cachefiles import stored_chunks
 from tests.harness import mount_library, settled
 
 KiB = 1024
@@ -104,19 +105,20 @@ def test_identical_content_in_any_file_or_origin_is_stored_once_under_its_digest
         assert len(read) == len(files), f"the mount shows {sorted(read)}"
         settled(mounted.mountpoint)
 
-    stored = {p.name: p for p in (work / "cache" / "chunks").glob("*/*") if not p.name.startswith(".")}
+    stored = stored_chunks(work / "cache")
     assert set(stored) == set(distinct), (
         f"{len(set(stored) - set(distinct))} chunks stored that the files do not cut into, "
         f"{len(set(distinct) - set(stored))} missing")
-    for name, path in stored.items():  # every chunk file is named by the xxh3-128 of its bytes
-        data = path.read_bytes()
-        assert xxhash.xxh3_128_hexdigest(data) == name and len(data) == distinct[name], path
-        assert path.parent.name == name[:2]
+    for name, chunk in stored.items():  # every chunk is addressed by the xxh3-128 of its bytes
+        with open(chunk.path, "rb") as f:
+            f.seek(chunk.offset)
+            data = f.read(chunk.size)
+        assert xxhash.xxh3_128_hexdigest(data) == name and len(data) == distinct[name], chunk
     unique_bytes = sum(distinct.values())
     done = subprocess.run([sys.executable, "-m", "musicfs.cli.inspect", "chunks", "--json", "--cache-dir",
                            str(work / "cache")], capture_output=True, text=True, check=True)
     summary = json.loads(done.stdout)
-    assert (summary["chunks"], summary["files_on_disk"]) == (len(distinct), len(distinct))
+    assert (summary["chunks"], summary["chunks_on_disk"]) == (len(distinct), len(distinct))
     assert summary["bytes"] == summary["bytes_on_disk"] == unique_bytes
     assert summary["logical_bytes"] == logical and summary["manifests"] == len(files)
     assert unique_bytes < 0.5 * logical

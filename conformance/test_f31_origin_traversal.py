@@ -36,7 +36,7 @@ INSIDE = {"good/a.flac", SWAP, "inside-link.flac", "..\\..\\evil.flac", "..%2F..
 ESCAPES = ("abs-escape.flac", "rel-escape.flac", "chain-escape.flac", "escape-dir", "rel-escape-dir")
 LOOPS = ("loop-a.flac", "loop-b.flac")
 NOT_SHOWN = (*ESCAPES, *LOOPS, "self", "parent/up", "dangling.flac")
-CACHE_NAME = re.compile(r"[0-9a-f]{2}|[0-9a-f]{32}|chunks|chunks\.db(-wal|-shm|-journal)?|musicfs\.lock")
+CACHE_NAME = re.compile(r"[0-9a-f]{2}|[0-9a-f]{16}|[0-9a-f]{32}|chunks|packs|chunks\.db(-wal|-shm|-journal)?|musicfs\.lock")
 
 
 def _layout(base: Path) -> tuple[Path, Path]:
@@ -107,7 +107,8 @@ def _judge(mounted, origin_id: str, root: Path, outside: Path, *, local: bool) -
         else:
             raise AssertionError(f"{path}: a link out of the root was read ({len(data)} bytes)")
 
-    # the cache holds chunks named by their hash, nothing named after the origin's files
+    # the cache holds chunks named by their hash, in packs with random names: nothing named after
+    # the origin's files
     for dirpath, dirs, names in os.walk(mounted.cache_dir):
         for name in dirs + names:
             assert CACHE_NAME.fullmatch(name), f"{os.path.join(dirpath, name)}: not a content address"

@@ -21,6 +21,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ import pytest
 from conformance.daemons import cleanup
 from conformance.expected import sha256_of
 from musicfs import daemon
+from tests.cachefiles import chunk_files
 from tests.harness import musicfs_cmd
 
 NOBODY = 65534
@@ -164,7 +166,10 @@ def test_f35_state_and_cache_are_created_private_whatever_the_umask(open_dir, sa
         created = [xdg_state, state, state / "run", state / "log", index.parent, xdg_cache, cache.parent, cache]
         modes = {str(p.relative_to(open_dir)): oct(stat.S_IMODE(p.stat().st_mode)) for p in created}
         assert set(modes.values()) == {"0o700"}, modes
-        chunk = next(p for p in (cache / "chunks").rglob("*") if p.is_file())
+        deadline = time.monotonic() + 10
+        while not chunk_files(cache) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the file's chunks are written just after its read
+        chunk = chunk_files(cache)[0]
         results = as_nobody(("state", "listdir", state), ("index", "sha256", index),
                             ("log", "sha256", Path(info["log"])), ("cache", "listdir", cache),
                             ("chunk", "sha256", chunk))

@@ -249,7 +249,7 @@ async def _sync_collections(search: SearchService, wanted: list[tuple[str, str]]
 
 
 async def _reconcile(cache: ContentCache) -> None:
-    """Align the chunk index with the chunk files after an unclean stop, off the mount's path."""
+    """Align the chunk index with the packs and chunk files after an unclean stop, off the mount's path."""
     await trio.to_thread.run_sync(cache.reconcile)
 
 

@@ -20,6 +20,7 @@ from musicfs.store.cache import ContentCache
 from musicfs.store.chunker import MAX_SIZE
 from musicfs.store.fill import FETCH_WINDOW, FILL_BLOCK, FIRST_BLOCK
 from musicfs.store.reader import RECENT_BYTES, CachedReader
+from tests.cachefiles import cut_short, flip_bit, stored_chunks
 
 SIZE = 5 * 1024 * 1024 + 12345
 
@@ -196,13 +197,13 @@ def test_readers_outpacing_the_cache_disk_wait_for_it_instead_of_filling_memory(
 
     async def body(reader, bus):
         reader.filler.budget.limit = limit
-        real_write = reader.cache.files.write
+        real_write = reader.cache.files.write_pack
 
-        def slow_write(address, chunk):
-            time.sleep(0.004)
-            return real_write(address, chunk)
+        def slow_write(items):
+            time.sleep(0.004 * len(items))  # ~4 ms a chunk
+            return real_write(items)
 
-        monkeypatch.setattr(reader.cache.files, "write", slow_write)
+        monkeypatch.setattr(reader.cache.files, "write_pack", slow_write)
         got = {}
 
         async def read(name, track_id):
@@ -493,24 +494,21 @@ def test_corrupt_or_missing_chunks_are_fetched_again(origin_dir, tmp_path):
         reader.release(handle)
 
     trio.run(with_reader, cache_dir, LocalOrigin("local", root), warm)
-    chunk_files = sorted(p for p in (cache_dir / "chunks").rglob("*") if p.is_file())
-    assert len(chunk_files) > 20
-    for i, path in enumerate(chunk_files[:9]):
-        if i % 3 == 0:
-            raw = bytearray(path.read_bytes())
-            raw[len(raw) // 2] ^= 0xFF
-            path.write_bytes(raw)
-        elif i % 3 == 1:
-            path.write_bytes(path.read_bytes()[:100])
-        else:
-            path.unlink()
+    chunks = sorted(stored_chunks(cache_dir).values(), key=lambda c: (c.path, c.offset))
+    assert len(chunks) > 20
+    removed = chunks[-1].path  # the last pack, with every chunk in it
+    in_removed = sum(c.path == removed for c in chunks)
+    damaged = [c for c in chunks if c.path != removed][:6]
+    for i, chunk in enumerate(damaged):
+        (flip_bit if i % 2 else cut_short)(chunk)
+    removed.unlink()
 
     async def verify(reader, bus):
         handle = await reader.open(track(root))
         assert await read_all(reader, handle, SIZE, step=65536) == data
         assert reader.cache.counters.corruptions == 6  # flipped or cut short
-        assert reader.cache.counters.missing == 3  # removed: a miss, not damage
-        assert reader.counters.refetched_chunks == 9
+        assert reader.cache.counters.missing == in_removed  # removed: a miss, not damage
+        assert reader.counters.refetched_chunks == 6 + in_removed
         assert bus.counts["ChunkCorrupt"] == 6
 
     trio.run(with_reader, cache_dir, LocalOrigin("local", root), verify)

@@ -128,7 +128,7 @@ def cmd_chunks(args: argparse.Namespace) -> int:
         if args.verify or args.repair:
             with Progress(TextColumn("verifying chunks"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           console=err_console.rich, disable=args.json or not sys.stderr.isatty()) as bar:
-                task = bar.add_task("verify", total=summary["files_on_disk"])
+                task = bar.add_task("verify", total=summary["chunks_on_disk"])
                 summary["verify"] = verify_chunks(cache_dir, lambda done, total: bar.update(task, completed=done))
             if args.repair:
                 summary["repair"] = repair_chunks(cache_dir, summary["verify"])
@@ -141,8 +141,8 @@ def cmd_chunks(args: argparse.Namespace) -> int:
         print_json(summary)
         return 1 if damaged else 0
     table = Table(title=f"chunks in {cache_dir}", show_header=False)
-    for key in ("chunks", "bytes", "files_on_disk", "bytes_on_disk", "manifests", "logical_bytes",
-                "dedup_ratio", "pinned"):
+    for key in ("chunks", "bytes", "chunks_on_disk", "bytes_on_disk", "packs", "files_on_disk", "disk_used",
+                "manifests", "logical_bytes", "dedup_ratio", "pinned"):
         table.add_row(key, str(summary[key]))
     if "verify" in summary:
         table.add_row("verified", str(summary["verify"]["checked"]))
@@ -151,7 +151,7 @@ def cmd_chunks(args: argparse.Namespace) -> int:
         if summary["verify"]["unlisted"]:  # a failing disk: what they hold was not checked
             table.add_row("folders that cannot be listed", ", ".join(summary["verify"]["unlisted"]))
     if "repair" in summary:
-        table.add_row("repaired", f"{summary['repair']['files_removed']} files removed, "
+        table.add_row("repaired", f"{summary['repair']['chunks_removed']} chunks removed, "
                                   f"{summary['repair']['rows_dropped']} index rows dropped")
     console.print(table)
     return 1 if damaged else 0

@@ -1,4 +1,4 @@
-"""The content cache: chunk files plus their index, with LRU eviction and counters.
+"""The content cache: chunks on disk (packs) plus their index, with LRU eviction and counters.
 
 Everything here is blocking (disk and SQLite) and runs in worker threads,
 called from the reader. Eviction never removes a chunk that is pinned or that
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..events import ChunkCorrupt, ChunkEvicted, ChunkStored, Publish
-from .cas import ChunkFiles
+from .cas import ChunkFiles, Place
 from .chunkdb import ChunkIndex, ChunkRef
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ class CacheCounters:
     misses: int = 0  # reads that needed the origin
     evictions: int = 0
     evicted_bytes: int = 0
-    corruptions: int = 0  # chunk files failing their checksum (or unreadable) on read
-    missing: int = 0  # chunk files not there on read (evicted, never stored, removed)
+    corruptions: int = 0  # chunks failing their checksum (or unreadable) on read
+    missing: int = 0  # chunks not there on read (evicted, never stored, removed)
     stored: int = 0
     deduplicated: int = 0  # chunks not written because the same bytes were already there
     write_failures: int = 0  # stores that failed (disk full, read-only): those bytes were not kept
@@ -139,30 +139,71 @@ class ContentCache:
 
     # -- start-up ---------------------------------------------------------
     def reconcile(self) -> dict[str, int]:
-        """Align index and disk after an unclean stop (NFR-8.2); removes temp files."""
+        """Align index and disk after an unclean stop (NFR-8.2); removes temp files.
+
+        Packs no row places anything in are adopted from their tables of
+        contents (their rows were lost); a pack with no whole table, or whose
+        chunks are all held elsewhere, is deleted if it is older than this
+        daemon (newer ones may be stores in flight).
+        """
         started = time.time()
         try:
             on_disk = dict(self.files.scan(remove_temp_before=self.opened_at))
+            packs_on_disk = self.files.pack_names(remove_temp_before=self.opened_at)
             with self._lock:
-                result = self.index.reconcile(on_disk, older_than=started, unlisted=self.files.unlisted)
+                placed = self.index.packs()
+            packed = []
+            for name in sorted(set(packs_on_disk) - placed):
+                contents = self.files.pack_contents(name) or []
+                packed += [(address, size, Place(name, offset)) for address, size, offset in contents]
+            with self._lock:
+                result = self.index.reconcile(on_disk, older_than=started, unlisted=self.files.unlisted,
+                                              packs=set(packs_on_disk), packed=packed)
+                placed = self.index.packs()
                 self.size = self.index.total_bytes()
+            unused = [n for n, changed in packs_on_disk.items() if n not in placed and changed < self.opened_at]
+            for name in unused:
+                self.files.drop_pack(name)
         except (OSError, sqlite3.Error) as exc:  # a read-only cache: reads check every chunk anyway
             self._write_failed(exc)
             return {}
+        result["packs_removed"] = len(unused)
         if any(result.values()):
             log.info("cache reconciled: %s", result)
         return result
 
     # -- reading and writing ----------------------------------------------
+    def _places(self, addresses: Iterable[str]) -> dict[str, tuple[int, Place]]:
+        with self._lock:
+            return self.index.places(addresses)
+
     def read_chunk(self, ref: ChunkRef) -> bytes | None:
-        return self._loaded(ref, *self.files.load(ref.address, ref.size))
+        return self.read_chunks([ref])[0]
 
     def read_chunks(self, refs: list[ChunkRef]) -> list[bytes | None]:
-        """:meth:`read_chunk` of each, their files' disk reads started together first."""
-        loaded = self.files.load_many([(ref.address, ref.size) for ref in refs])
-        return [self._loaded(ref, data, problem) for ref, (data, problem) in zip(refs, loaded)]
+        """The bytes of each chunk (None: not in the cache, or damaged), their disk reads started together.
 
-    def _loaded(self, ref: ChunkRef, data: bytes | None, problem: str | None) -> bytes | None:
+        A chunk the index has no row for is missing; one whose row says a
+        different size than the map that asks for it is not the same chunk.
+        """
+        try:
+            places = self._places(ref.address for ref in refs)
+        except sqlite3.Error as exc:
+            log.warning("chunk index %s cannot be read: %s; chunks are fetched again", self.index.path, exc)
+            places = {}
+        wanted = [(ref, places[ref.address][1]) for ref in refs
+                  if ref.address in places and places[ref.address][0] == ref.size]
+        loaded = dict(zip((ref.address for ref, _ in wanted),
+                          self.files.load_many([(ref.address, ref.size, place) for ref, place in wanted])))
+        result = []
+        for ref in refs:
+            data, problem = loaded.get(ref.address, (None, "missing"))
+            place = places.get(ref.address, (0, None))[1]
+            result.append(self._loaded(ref, place, data, problem))
+        return result
+
+    def _loaded(self, ref: ChunkRef, place: Place | None, data: bytes | None, problem: str | None
+                ) -> bytes | None:
         """A chunk's bytes counted as accessed, or its loss counted and its row dropped."""
         if data is None:
             if problem == "corrupt":
@@ -170,14 +211,21 @@ class ContentCache:
                 self.publish(ChunkCorrupt(ref.address))
             else:  # evicted, never stored (a full disk), or removed by hand
                 self.counters.missing += 1
-            try:
-                with self._lock:
-                    self.index.forget_chunk(ref.address)
-            except sqlite3.Error as exc:  # a read-only cache: the row is dropped at the next start
-                log.debug("cannot drop the row of chunk %s: %s", ref.address, exc)
+            if place is not None:
+                try:
+                    with self._lock:
+                        self.index.forget_chunk(ref.address)
+                        self._drop_empty([place])
+                except (OSError, sqlite3.Error) as exc:  # a read-only cache: dropped at the next start
+                    log.debug("cannot drop the row of chunk %s: %s", ref.address, exc)
             return None
         self._access[ref.address] = time.time()
         return data
+
+    def _drop_empty(self, places: Iterable[Place]) -> None:
+        """Delete the packs among ``places`` that hold no wanted chunk any more (lock held)."""
+        for name in self.index.empty_packs(p.pack for p in places if p.pack is not None):
+            self.files.drop_pack(name)
 
     def store_chunk(self, address: str, data: bytes) -> bool:
         return self.store_chunks([(address, data)]) == 1
@@ -218,24 +266,38 @@ class ContentCache:
         return len(items)
 
     def _store(self, items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-        """Write the files, then their rows; on any failure nothing new stays (files removed)."""
-        written: list[tuple[str, bytes]] = []
+        """Write the chunks the cache lacks as one pack, then their rows; on failure nothing new stays."""
         try:
-            for address, data in items:
-                if self.files.write(address, data):
-                    written.append((address, data))
-            with self._lock:
-                self.index.add_chunks([(address, len(data)) for address, data in items])
-                self.size += sum(len(data) for _, data in written)
+            known = self._intact(self._places(address for address, _ in items))
+            written = list({a: (a, d) for a, d in items if a not in known}.values())
+            name, offsets = self.files.write_pack(written) if written else ("", [])
         except (OSError, sqlite3.Error) as exc:
-            for address, _ in written:  # rows never made: do not leave files the index does not know
-                try:
-                    self.files.discard(address)
-                except OSError:
-                    pass
+            _, no_room = _describe(exc)
+            raise CacheWriteError(str(exc), no_room=no_room) from exc
+        rows = [(address, len(data), Place(name, offset)) for (address, data), offset in zip(written, offsets)]
+        rows += [(address, size, place) for address, (size, place) in known.items()]
+        try:
+            with self._lock:
+                self.index.add_chunks(rows)
+                self.size += sum(len(data) for _, data in written)
+        except sqlite3.Error as exc:
+            if name:  # rows never made: do not leave a pack the index does not know
+                self.files.drop_pack(name)
             _, no_room = _describe(exc)
             raise CacheWriteError(str(exc), no_room=no_room) from exc
         return written
+
+    def _intact(self, places: dict[str, tuple[int, Place]]) -> dict[str, tuple[int, Place]]:
+        """Those of the chunks the index holds whose bytes on disk are whole and right.
+
+        A chunk already held is only trusted after checking it: a crash or a
+        damaged disk may have left it short or altered (a damaged one has its
+        range freed by the check, and the store writes it again).
+        """
+        if not places:
+            return places
+        loaded = self.files.load_many([(address, size, place) for address, (size, place) in places.items()])
+        return {address: where for (address, where), (data, _) in zip(places.items(), loaded) if data is not None}
 
     def purge(self, addresses: Iterable[str]) -> int:
         """Remove chunks that came with bytes found wrong: those no saved map lists and nobody holds.
@@ -247,11 +309,13 @@ class ContentCache:
         try:
             with self._lock:
                 candidates = [a for a in dict.fromkeys(addresses) if a not in self._in_use]
-                for address in self.index.unreferenced(candidates):
-                    freed = self.files.discard(address)
+                places = self.index.places(self.index.unreferenced(candidates))
+                for address, (size, place) in places.items():
+                    freed = self.files.discard(address, size, place)
                     self.index.forget_chunk(address)
                     self.size -= freed
                     removed += 1
+                self._drop_empty(place for _, place in places.values())
         except (OSError, sqlite3.Error) as exc:
             log.error("cannot remove chunks of bytes found wrong from the cache %s: %s; they are "
                       "unreferenced and never served for that file", self.directory, exc)
@@ -283,7 +347,15 @@ class ContentCache:
             self._write_failed(exc)
 
     def has(self, ref: ChunkRef) -> bool:
-        return self.files.exists(ref.address)
+        return ref.address in self._places([ref.address])
+
+    def held_prefix(self, refs: list[ChunkRef]) -> int:
+        """How many of ``refs``, from the first, the cache holds (one index query)."""
+        places = self._places(ref.address for ref in refs)
+        for count, ref in enumerate(refs):
+            if ref.address not in places:
+                return count
+        return len(refs)
 
     # -- protection and eviction ------------------------------------------
     def hold(self, addresses: Iterable[str]) -> None:
@@ -317,19 +389,22 @@ class ContentCache:
             candidates = [c for c in self.index.eviction_candidates(512) if c[0] not in self._in_use]
             if not candidates:
                 return
-            for address, size in candidates:
-                try:
-                    self.files.discard(address)
+            done: list[Place] = []
+            try:
+                for address, size, place in candidates:
+                    self.files.discard(address, size, place)
                     self.index.forget_chunk(address)
-                except (OSError, sqlite3.Error) as exc:  # a read-only cache evicts nothing
-                    self._write_failed(exc)
-                    return
-                self.size -= size
-                self.counters.evictions += 1
-                self.counters.evicted_bytes += size
-                evicted.append(ChunkEvicted(address, size))
-                if self.size <= target:
-                    return
+                    done.append(place)
+                    self.size -= size
+                    self.counters.evictions += 1
+                    self.counters.evicted_bytes += size
+                    evicted.append(ChunkEvicted(address, size))
+                    if self.size <= target:
+                        break
+                self._drop_empty(done)
+            except (OSError, sqlite3.Error) as exc:  # a read-only cache evicts nothing
+                self._write_failed(exc)
+                return
 
     def _flush_access(self) -> None:
         stamps, self._access = self._access, {}
@@ -354,9 +429,11 @@ class ContentCache:
             manifests, chunks = self.index.clearable(origin_id, set(self._in_use))
             freed = sum(size for _, size in chunks)
             if not dry_run:
-                for address, _ in chunks:
-                    self.files.discard(address)
+                places = self.index.places(a for a, _ in chunks)
+                for address, (size, place) in places.items():
+                    self.files.discard(address, size, place)
                 self.index.forget(manifests, [a for a, _ in chunks])
+                self._drop_empty(place for _, place in places.values())
                 self.size = self.index.total_bytes()
         return {"origin": origin_id, "dry_run": dry_run, "manifests": len(manifests), "chunks": len(chunks),
                 "bytes": freed}
@@ -365,8 +442,10 @@ class ContentCache:
         """Drop every chunk and manifest (``musicfs-inspect cache clear``)."""
         with self._lock:
             freed = 0
-            for address in self.index.addresses():
-                freed += self.files.discard(address)
+            for address, size, place in self.index.every_chunk():  # packs go whole, below
+                freed += self.files.discard(address) if place.pack is None else size
+            for name in self.files.pack_names():
+                self.files.drop_pack(name)
             self.index.clear()
             self.size = 0
         return freed

@@ -1,16 +1,19 @@
-"""Chunk files on disk: ``<dir>/chunks/ab/ab12...`` addressed by their xxh3-128 digest.
+"""Chunks on disk: packs of chunks (``<dir>/chunks/packs/<name>``), and the loose chunk files
+(``<dir>/chunks/ab/ab12...``) of caches made before packs, read and evicted as before.
 
-Writes go to a temporary name in the same shard, then are renamed, so a killed
-daemon leaves either the whole chunk or a temp file that start-up removes.
-Every read is checked against the address; a missing, short or corrupt file is
-reported as a miss (``None``) and the caller fetches the bytes again. Nothing
-here raises on bad data: a damaged cache costs a re-fetch, never a crash.
+A chunk's address is its xxh3-128 digest; its place (which pack, at which
+offset, or its own loose file) is kept by the chunk index. New chunks are
+written a store at a time into a pack (see :mod:`.packs` for why and how), to a
+temporary name in the same folder, then renamed, so a killed daemon leaves
+either the whole pack or a temp file that start-up removes. Every read is
+checked against the address; a missing, short or corrupt chunk is reported as
+a miss (``None``) and the caller fetches the bytes again. Nothing here raises
+on bad data: a damaged cache costs a re-fetch, never a crash.
 
 Why no fsync: the check on read is what keeps wrong bytes out, and it catches
-a file that a power loss left empty or short under its final name as surely as
-one damaged any other way. An fsync per chunk (~0.6 ms each here) would only
-save the newest chunks from being fetched again after a power cut; it cost
-cold reads about a tenth of their speed.
+a pack or file that a power loss left empty or short under its final name as
+surely as one damaged any other way. An fsync per store (~0.6 ms each here)
+would only save the newest chunks from being fetched again after a power cut.
 """
 
 from __future__ import annotations
@@ -23,12 +26,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import packs
 from .chunker import MAX_SIZE
 from .digest import digest, is_address
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
+PACKS = "packs"
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a chunk's bytes are: a pack and the offset in it, or (``pack`` None) its own file."""
+
+    pack: str | None = None
+    offset: int = 0
+
+
+LOOSE = Place()
 
 
 @dataclass
@@ -38,6 +54,7 @@ class CasStats:
     missing: int = 0
     corrupt: int = 0
     bytes_written: int = 0
+    packs_written: int = 0
 
 
 class ChunkFiles:
@@ -46,118 +63,145 @@ class ChunkFiles:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for shard in range(256):
             (self.root / f"{shard:02x}").mkdir(mode=0o700, exist_ok=True)
+        self.packs_dir = self.root / PACKS
+        self.packs_dir.mkdir(mode=0o700, exist_ok=True)
         self.stats = CasStats()
         self._prefix = f"{self.root}/"  # string paths on the hot path: no Path objects per read
+        self._packs = f"{self.packs_dir}/"
         self._sequence = itertools.count()
-        self.unlisted: list[str] = []  # shard folders the last scan could not list
+        self.unlisted: list[str] = []  # folders the last scan could not list (shards, or "packs")
 
     def path(self, address: str) -> Path:
+        """The loose file a chunk of an older cache has (see :meth:`where` for any chunk)."""
         return self.root / address[:2] / address
 
-    def write(self, address: str, data: bytes) -> bool:
-        """Store ``data`` under ``address``; False if it was already there, intact.
+    def pack_path(self, name: str) -> Path:
+        return self.packs_dir / name
 
-        An existing file is only trusted after checking it: a crash or a damaged
-        disk may have left a short or altered file under the right name.
+    def where(self, address: str, place: Place) -> tuple[Path, int]:
+        """The file holding a chunk, and the offset of its bytes in it."""
+        if place.pack is None:
+            return self.path(address), 0
+        return self.pack_path(place.pack), place.offset
+
+    def _file(self, address: str, place: Place) -> str:
+        if place.pack is None:
+            return f"{self._prefix}{address[:2]}/{address}"
+        return f"{self._packs}{place.pack}"
+
+    # -- writing ----------------------------------------------------------
+    def write_pack(self, items: list[tuple[str, bytes]]) -> tuple[str, list[int]]:
+        """Write chunks (address, bytes) into a new pack; (its name, the offset of each).
+
+        The pack appears under its name whole (written to a temp name, then
+        renamed) or not at all; on failure the temp file is removed.
         """
-        final = f"{self._prefix}{address[:2]}/{address}"  # strings: pathlib costs more than the write
-        if os.path.exists(final):
-            if self._intact(final, address, len(data)):
-                return False
-            self.stats.corrupt += 1
-            log.warning("chunk %s was damaged on disk; rewriting it", address)
-        # unique within this daemon (one per cache, by its lock): a counter, not os.urandom per chunk
-        tmp = f"{self._prefix}{address[:2]}/{TMP_PREFIX}{address}-{os.getpid()}-{next(self._sequence)}"
+        name = packs.new_name()
+        tmp = f"{self._packs}{TMP_PREFIX}{name}-{os.getpid()}-{next(self._sequence)}"
+        offsets, position = [], 0
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except BaseException:
+            for _, data in items:
+                offsets.append(position)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                position += len(data)
+            table = memoryview(packs.contents_table([(address, len(data)) for address, data in items]))
+            while table:
+                table = table[os.write(fd, table):]
             os.close(fd)
+            fd = -1
+            os.rename(tmp, f"{self._packs}{name}")
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        os.close(fd)
-        os.rename(tmp, final)
-        self.stats.writes += 1
-        self.stats.bytes_written += len(data)
-        return True
+        self.stats.writes += len(items)
+        self.stats.packs_written += 1
+        self.stats.bytes_written += position
+        return name, offsets
 
-    @staticmethod
-    def _intact(path: str, address: str, size: int) -> bool:
-        try:
-            with open(path, "rb", buffering=0) as f:
-                data = f.read(size + 1)
-        except OSError:
-            return False
-        return len(data) == size and digest(data) == address
+    # -- reading ----------------------------------------------------------
+    def read(self, address: str, size: int, place: Place = LOOSE) -> bytes | None:
+        """The chunk's bytes if they are whole and match the address, else None."""
+        return self.load(address, size, place)[0]
 
-    def read(self, address: str, size: int) -> bytes | None:
-        """The chunk's bytes if the file is whole and matches its address, else None."""
-        return self.load(address, size)[0]
+    def load_many(self, chunks: list[tuple[str, int, Place]]) -> list[tuple[bytes | None, str | None]]:
+        """:meth:`load` of each (address, size, place), every file opened once and its reads started first.
 
-    def load_many(self, chunks: list[tuple[str, int]]) -> list[tuple[bytes | None, str | None]]:
-        """:meth:`load` of each (address, size), every file opened and its disk read started first.
-
-        Loading chunk files one after another from a cold disk waits one disk round trip per
-        file (~64 KiB): about 200 MB/s however fast the disk streams. A read-ahead hint for
-        each file of the batch first (posix_fadvise WILLNEED) puts all their reads in the
-        disk's queue together; the loads that follow, on the same descriptors, find the bytes
-        arriving or arrived. A file that cannot be opened ahead is loaded as usual, which
-        reports it.
+        Loading chunks one after another from a cold disk waits one disk round
+        trip per chunk (~64 KiB): about 200 MB/s however fast the disk streams. A
+        read-ahead hint for each range of the batch first (posix_fadvise WILLNEED)
+        puts all their reads in the disk's queue together; the loads that follow,
+        on the same descriptors, find the bytes arriving or arrived. A pack holding
+        several chunks of the batch is opened once. A file that cannot be opened
+        ahead is loaded as usual, which reports it.
         """
         if len(chunks) < 2:
-            return [self.load(address, size) for address, size in chunks]
-        opened: list[int | None] = []
+            return [self.load(address, size, place) for address, size, place in chunks]
+        opened: dict[str, int | None] = {}
+        spans: dict[str, tuple[int, int]] = {}  # per file: the range the batch reads of it
         try:
-            for address, size in chunks:
-                opened.append(self._open_ahead(address, size))
-            return [self.load(address, size, fd) for (address, size), fd in zip(chunks, opened)]
+            for address, size, place in chunks:
+                if not self._plausible(address, size, place):
+                    continue  # never opened: the load says why
+                path = self._file(address, place)
+                if path not in opened:
+                    try:
+                        opened[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError:
+                        opened[path] = None  # the load opens it again and reports what it finds
+                        continue
+                    spans[path] = (place.offset, place.offset + size)
+                elif path in spans:
+                    start, end = spans[path]
+                    spans[path] = (min(start, place.offset), max(end, place.offset + size))
+            for path, (start, end) in spans.items():
+                try:  # one hint per file: a pack's chunks of the batch are mostly side by side
+                    os.posix_fadvise(opened[path], start, end - start, os.POSIX_FADV_WILLNEED)
+                except OSError as exc:  # a hint the filesystem does not take: the load reads anyway
+                    log.debug("no read-ahead for %s: %s", path, exc)
+            return [self.load(address, size, place, opened.get(self._file(address, place)))
+                    for address, size, place in chunks]
         finally:
-            for fd in opened:
+            for fd in opened.values():
                 if fd is not None:
                     os.close(fd)
 
-    def _open_ahead(self, address: str, size: int) -> int | None:
-        if not self._plausible(address, size):
-            return None  # never opened: the load says why
-        try:
-            fd = os.open(f"{self._prefix}{address[:2]}/{address}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None  # the load opens it again and reports what it finds
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        except OSError as exc:  # a hint the filesystem does not take: the load reads anyway
-            log.debug("no read-ahead for chunk %s: %s", address, exc)
-        return fd
-
     @staticmethod
-    def _plausible(address: str, size: int) -> bool:
-        return 0 < size <= MAX_SIZE and is_address(address)
+    def _plausible(address: str, size: int, place: Place) -> bool:
+        return 0 < size <= MAX_SIZE and is_address(address) and (
+            place.pack is None or (packs.is_name(place.pack) and place.offset >= 0))
 
-    def load(self, address: str, size: int, fd: int | None = None) -> tuple[bytes | None, str | None]:
-        """(bytes, None) if the file is whole and matches its address, else (None, "missing" or "corrupt").
+    def load(self, address: str, size: int, place: Place = LOOSE, fd: int | None = None
+             ) -> tuple[bytes | None, str | None]:
+        """(bytes, None) if the chunk is whole and matches its address, else (None, "missing" or "corrupt").
 
-        ``size`` comes from the chunk index, which a damaged or hostile file
-        may have changed: a size no chunk can have (the chunker never cuts
-        more than ``MAX_SIZE``) or an address that is no digest is a miss,
-        never an allocation of that size or a path outside the store. ``fd``:
-        the file already opened (by :meth:`load_many`), read from its start.
+        ``size`` and ``place`` come from the chunk index, which a damaged or
+        hostile file may have changed: a size no chunk can have (the chunker
+        never cuts more than ``MAX_SIZE``), an address that is no digest or a
+        pack name that is not one is a miss, never an allocation of that size or
+        a path outside the store. ``fd``: the file already opened (by
+        :meth:`load_many`).
         """
         self.stats.reads += 1
-        if not self._plausible(address, size):
+        if not self._plausible(address, size, place):
             self.stats.corrupt += 1
-            log.warning("chunk %r has an impossible size %r in the chunk index: treated as missing",
-                        address, size)
+            log.warning("chunk %r has an impossible size %r or place %r in the chunk index: treated as "
+                        "missing", address, size, place)
             return None, "corrupt"
+        # a loose file is read one byte past its size: a longer file is as wrong as a shorter one
+        length = size if place.pack is not None else size + 1
         try:
             if fd is not None:
-                data = os.pread(fd, size + 1, 0)
+                data = os.pread(fd, length, place.offset)
             else:
-                fd = os.open(f"{self._prefix}{address[:2]}/{address}", os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self._file(address, place), os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    data = os.read(fd, size + 1)
+                    data = os.pread(fd, length, place.offset)
                 finally:
                     os.close(fd)
         except FileNotFoundError:
@@ -172,27 +216,48 @@ class ChunkFiles:
             log.warning("chunk %s is corrupt on disk (%d bytes, expected %d): it will be fetched again",
                         address, len(data), size)
             try:
-                self.discard(address)
-            except OSError as exc:  # a read-only cache: the file stays, and is checked at every read
+                self.discard(address, size, place)
+            except OSError as exc:  # a read-only cache: the bytes stay, and are checked at every read
                 log.debug("cannot remove corrupt chunk %s: %s", address, exc)
             return None, "corrupt"
         return data, None
 
-    def discard(self, address: str) -> int:
-        """Remove a chunk file; returns the bytes freed (0 if it was not there)."""
-        path = self.path(address)
+    # -- removing -----------------------------------------------------------
+    def discard(self, address: str, size: int = 0, place: Place = LOOSE) -> int:
+        """Remove a chunk: its loose file, or its range of a pack (a hole punched in it).
+
+        Returns the bytes freed (0 if it was not there). A pack left with no
+        chunk is deleted by the caller, which knows from the index (:meth:`drop_pack`).
+        """
+        if place.pack is None:
+            path = self.path(address)
+            try:
+                freed = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                return 0
+            return freed
+        if not self._plausible(address, size, place):
+            return 0
         try:
-            size = path.stat().st_size
-            path.unlink()
+            fd = os.open(self._file(address, place), os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return 0
+        try:
+            packs.punch_hole(fd, place.offset, size)
+        finally:
+            os.close(fd)
         return size
 
-    def exists(self, address: str) -> bool:
-        return self.path(address).exists()
+    def drop_pack(self, name: str) -> None:
+        """Delete a pack none of whose chunks is wanted any more."""
+        if packs.is_name(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self._packs}{name}")
 
+    # -- what is on disk ----------------------------------------------------
     def scan(self, remove_temp_before: float | None = None) -> Iterator[tuple[str, int]]:
-        """Every chunk file as (address, size).
+        """Every loose chunk file (a cache made before packs) as (address, size).
 
         Temp files last changed before ``remove_temp_before`` (a unix time: when
         this daemon started) are leftovers of a crash and are removed; newer ones
@@ -206,7 +271,7 @@ class ChunkFiles:
         """
         self.unlisted = []
         for shard in sorted(self.root.iterdir()):
-            if not shard.is_dir():
+            if not shard.is_dir() or shard.name == PACKS:
                 continue
             try:
                 with os.scandir(shard) as entries:
@@ -222,15 +287,57 @@ class ChunkFiles:
         for entry in entries:
             try:
                 if entry.name.startswith(TMP_PREFIX):
-                    if remove_temp_before is not None and entry.stat().st_mtime < remove_temp_before:
-                        try:
-                            Path(entry.path).unlink(missing_ok=True)
-                        except OSError as exc:  # a read-only cache keeps it: it is never read
-                            log.debug("cannot remove the stale temp file %s: %s", entry.path, exc)
+                    ChunkFiles._remove_stale(entry, remove_temp_before)
                 elif is_address(entry.name) and entry.name[:2] == name:
                     yield entry.name, entry.stat().st_size
             except FileNotFoundError:  # evicted or renamed while we looked
                 continue
+
+    def pack_names(self, remove_temp_before: float | None = None) -> dict[str, float]:
+        """Every pack's name and last change (unix time); call after :meth:`scan`.
+
+        Temp files are handled as :meth:`scan` does. A packs folder that cannot
+        be listed is logged and named in :attr:`unlisted` (as ``packs``).
+        """
+        found: dict[str, float] = {}
+        try:
+            with os.scandir(self.packs_dir) as entries:
+                for entry in entries:
+                    try:
+                        if entry.name.startswith(TMP_PREFIX):
+                            self._remove_stale(entry, remove_temp_before)
+                        elif packs.is_name(entry.name):
+                            found[entry.name] = entry.stat().st_mtime
+                    except FileNotFoundError:  # deleted while we looked
+                        continue
+        except OSError as exc:
+            log.warning("pack folder %s cannot be listed (%s): its chunks are left as they are",
+                        self.packs_dir, exc.strerror or exc)
+            self.unlisted.append(PACKS)
+        return found
+
+    def pack_contents(self, name: str) -> list[tuple[str, int, int]] | None:
+        """(address, size, offset) of each chunk a pack's table lists; None if it has no whole table."""
+        try:
+            fd = os.open(f"{self._packs}{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning("pack %s cannot be opened: %s", name, exc)
+            return None
+        try:
+            return packs.read_contents(fd, os.fstat(fd).st_size)
+        except OSError as exc:
+            log.warning("pack %s cannot be read: %s", name, exc)
+            return None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _remove_stale(entry: os.DirEntry, remove_temp_before: float | None) -> None:
+        if remove_temp_before is not None and entry.stat().st_mtime < remove_temp_before:
+            try:
+                Path(entry.path).unlink(missing_ok=True)
+            except OSError as exc:  # a read-only cache keeps it: it is never read
+                log.debug("cannot remove the stale temp file %s: %s", entry.path, exc)
 
     def statistics(self) -> dict:
         return dict(self.stats.__dict__)

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..index.db import transaction
+from .cas import LOOSE, PACKS, Place
 from .chunker import MAX_SIZE
 
 log = logging.getLogger(__name__)
+
+IN_BATCH = 500  # addresses per ``IN (...)`` query: well under SQLite's limit on parameters
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS chunks (
@@ -27,7 +30,9 @@ _SCHEMA = [
         size        INTEGER NOT NULL,           -- bytes
         refs        INTEGER NOT NULL DEFAULT 0, -- manifests that list it (dedup: one file, many refs)
         last_access REAL NOT NULL,              -- unix time of the last read or write (LRU eviction)
-        pinned      INTEGER NOT NULL DEFAULT 0  -- 1 = never evicted
+        pinned      INTEGER NOT NULL DEFAULT 0, -- 1 = never evicted
+        pack        TEXT,                       -- the pack holding it; NULL: its own (loose) file
+        pack_offset INTEGER NOT NULL DEFAULT 0  -- where its bytes start in the pack
     )""",
     "CREATE INDEX IF NOT EXISTS chunks_lru ON chunks(pinned, last_access)",
     """CREATE TABLE IF NOT EXISTS manifests (
@@ -113,6 +118,11 @@ def _open(path: Path) -> sqlite3.Connection:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(manifests)")}
     if "complete" not in columns:  # a cache made before partial maps were kept
         conn.execute("ALTER TABLE manifests ADD COLUMN complete INTEGER NOT NULL DEFAULT 1")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)")}
+    if "pack" not in columns:  # a cache made before packs: every chunk has its own file
+        conn.execute("ALTER TABLE chunks ADD COLUMN pack TEXT")
+        conn.execute("ALTER TABLE chunks ADD COLUMN pack_offset INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX IF NOT EXISTS chunks_pack ON chunks(pack) WHERE pack IS NOT NULL")
     return conn
 
 
@@ -138,16 +148,19 @@ def _drop_impossible_rows(conn: sqlite3.Connection, path: Path) -> None:
     """Chunk rows whose size no chunk can have (a damaged or hostile index) are dropped at open.
 
     Their size would count towards the cache's total and drive eviction, or
-    be used as a read length; the chunk file, if any, is adopted again by
-    reconciliation with its real size.
+    be used as a read length (a place, as a path or offset); the chunk, if
+    whole on disk, is adopted again by reconciliation.
     """
     dropped = conn.execute("DELETE FROM chunks WHERE size <= 0 OR size > ? OR typeof(size) != 'integer'"
-                           " OR length(address) != 32", (MAX_SIZE,)).rowcount
+                           " OR length(address) != 32 OR (pack IS NOT NULL AND (length(pack) != 16"
+                           " OR typeof(pack_offset) != 'integer' OR pack_offset < 0))", (MAX_SIZE,)).rowcount
     if dropped:
         log.error("chunk index %s: dropped %d row(s) with impossible sizes or addresses", path, dropped)
 
 
 class ChunkIndex:
+    _place = "pack, pack_offset"  # the columns of a chunk's place, as selected
+
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +170,9 @@ class ChunkIndex:
         self.readonly = not os.access(self.path.parent, os.W_OK)
         if self.readonly:
             self.conn = _open_readonly(self.path)
+            columns = {row[1] for row in self.conn.execute("PRAGMA table_info(chunks)")}
+            if "pack" not in columns:  # an older cache, read as it is: every chunk in its own file
+                self._place = "NULL, 0"
             return
         try:
             self.conn = _open(self.path)
@@ -182,20 +198,41 @@ class ChunkIndex:
         self.conn.close()
 
     # -- chunks -----------------------------------------------------------
-    def add_chunk(self, address: str, size: int) -> None:
-        self.conn.execute(
-            "INSERT INTO chunks (address, size, last_access) VALUES (?, ?, ?)"
-            " ON CONFLICT(address) DO UPDATE SET last_access = excluded.last_access",
-            (address, size, time.time()),
-        )
+    def add_chunks(self, chunks: list[tuple[str, int, Place]]) -> None:
+        """Rows for chunks just stored (address, size, place), in one transaction.
 
-    def add_chunks(self, chunks: list[tuple[str, int]]) -> None:
+        A chunk already known takes the place given (the same bytes, written
+        again because the copy it had was found damaged, or by two stores at
+        once: either copy is right); its last access is brought forward.
+        """
         now = time.time()
         with transaction(self.conn):
             self.conn.executemany(
-                "INSERT INTO chunks (address, size, last_access) VALUES (?, ?, ?)"
-                " ON CONFLICT(address) DO UPDATE SET last_access = excluded.last_access",
-                [(address, size, now) for address, size in chunks])
+                "INSERT INTO chunks (address, size, last_access, pack, pack_offset) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(address) DO UPDATE SET last_access = excluded.last_access, size = excluded.size,"
+                " pack = excluded.pack, pack_offset = excluded.pack_offset",
+                [(address, size, now, place.pack, place.offset) for address, size, place in chunks])
+
+    def places(self, addresses: Iterable[str]) -> dict[str, tuple[int, Place]]:
+        """address -> (size, place) of those of ``addresses`` the cache holds."""
+        wanted = list(dict.fromkeys(addresses))
+        found: dict[str, tuple[int, Place]] = {}
+        for start in range(0, len(wanted), IN_BATCH):
+            batch = wanted[start:start + IN_BATCH]
+            marks = ",".join("?" * len(batch))
+            for address, size, pack, offset in self.conn.execute(
+                    f"SELECT address, size, {self._place} FROM chunks WHERE address IN ({marks})", batch):
+                found[address] = (size, LOOSE if pack is None else Place(pack, offset))
+        return found
+
+    def empty_packs(self, names: Iterable[str]) -> list[str]:
+        """Those of the packs ``names`` that no chunk row places anything in any more."""
+        return [name for name in dict.fromkeys(names) if self.conn.execute(
+            "SELECT 1 FROM chunks WHERE pack = ? LIMIT 1", (name,)).fetchone() is None]
+
+    def packs(self) -> set[str]:
+        """Every pack some chunk row places a chunk in."""
+        return {row[0] for row in self.conn.execute("SELECT DISTINCT pack FROM chunks WHERE pack IS NOT NULL")}
 
     def forget_chunk(self, address: str) -> None:
         self.conn.execute("DELETE FROM chunks WHERE address = ?", (address,))
@@ -220,14 +257,21 @@ class ChunkIndex:
     def total_bytes(self) -> int:
         return self.conn.execute("SELECT COALESCE(SUM(size), 0) FROM chunks").fetchone()[0]
 
-    def eviction_candidates(self, limit: int = 256) -> list[tuple[str, int]]:
-        """Least recently used unpinned chunks, oldest first."""
-        return self.conn.execute(
-            "SELECT address, size FROM chunks WHERE pinned = 0 ORDER BY last_access LIMIT ?", (limit,)
-        ).fetchall()
+    def eviction_candidates(self, limit: int = 256) -> list[tuple[str, int, Place]]:
+        """Least recently used unpinned chunks, oldest first: (address, size, place)."""
+        return [(address, size, LOOSE if pack is None else Place(pack, offset))
+                for address, size, pack, offset in self.conn.execute(
+                    f"SELECT address, size, {self._place} FROM chunks WHERE pinned = 0"
+                    " ORDER BY last_access LIMIT ?", (limit,))]
 
     def addresses(self) -> set[str]:
         return {row[0] for row in self.conn.execute("SELECT address FROM chunks")}
+
+    def every_chunk(self) -> list[tuple[str, int, Place]]:
+        """(address, size, place) of every chunk row."""
+        return [(address, size, LOOSE if pack is None else Place(pack, offset))
+                for address, size, pack, offset in self.conn.execute(
+                    f"SELECT address, size, {self._place} FROM chunks")]
 
     # -- manifests --------------------------------------------------------
     def manifest(self, origin_id: str, real_path: str) -> Manifest | None:
@@ -370,26 +414,42 @@ class ChunkIndex:
 
     # -- start-up ---------------------------------------------------------
     def reconcile(self, on_disk: dict[str, int], older_than: float | None = None,
-                  unlisted: Sequence[str] = ()) -> dict[str, int]:
-        """Make the index agree with the chunk files found on disk.
+                  unlisted: Sequence[str] = (), packs: set[str] | None = None,
+                  packed: Sequence[tuple[str, int, Place]] = ()) -> dict[str, int]:
+        """Make the index agree with the chunks found on disk.
 
-        Rows whose file is gone are dropped; files without a row are adopted
-        (their address is their checksum, so a bad one is caught on first read).
-        Rows touched after ``older_than`` (the moment the disk scan began) belong
-        to chunks written meanwhile and are left alone, and so are rows of chunks
-        in ``unlisted`` shard folders (the scan could not see what they hold).
+        ``on_disk``: the loose chunk files (address -> size); ``packs``: the pack
+        files (None: not looked at, their rows stay); ``packed``: chunks listed by
+        the tables of packs no row places anything in. Rows whose file or pack is
+        gone are dropped; chunks without a row are adopted (their address is their
+        checksum, so a bad one is caught on first read). Rows touched after
+        ``older_than`` (the moment the disk scan began) belong to chunks written
+        meanwhile and are left alone, and so are rows of chunks in ``unlisted``
+        folders (the scan could not see what they hold; ``packs`` for the packs).
         """
         cutoff = time.time() if older_than is None else older_than
-        known = dict(self.conn.execute("SELECT address, size FROM chunks WHERE last_access < ?",
-                                       (cutoff,)).fetchall())
+        packs_seen = packs is not None and PACKS not in unlisted
+        gone = []
+        for address, pack in self.conn.execute(
+                f"SELECT address, {self._place.split(',')[0]} FROM chunks WHERE last_access < ?", (cutoff,)):
+            if pack is None:
+                if address not in on_disk and address[:2] not in unlisted:
+                    gone.append(address)
+            elif packs_seen and pack not in packs:
+                gone.append(address)
         every = {row[0] for row in self.conn.execute("SELECT address FROM chunks")}
-        gone = [a for a in known if a not in on_disk and a[:2] not in unlisted]
-        adopted = [(a, s) for a, s in on_disk.items() if a not in every]
+        adopted = [(a, s, LOOSE) for a, s in on_disk.items() if a not in every]
+        for address, size, place in packed:
+            if address not in every:
+                every.add(address)
+                adopted.append((address, size, place))
         now = time.time()
         with transaction(self.conn):
             self.conn.executemany("DELETE FROM chunks WHERE address = ?", [(a,) for a in gone])
-            self.conn.executemany("INSERT INTO chunks (address, size, last_access) VALUES (?, ?, ?)",
-                                  [(a, s, now) for a, s in adopted])
+            self.conn.executemany(
+                "INSERT INTO chunks (address, size, last_access, pack, pack_offset) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(address) DO NOTHING",
+                [(a, s, now, place.pack, place.offset) for a, s, place in adopted])
             self.conn.execute(
                 "UPDATE chunks SET refs = (SELECT COUNT(*) FROM manifest_chunks m"
                 " WHERE m.address = chunks.address)")
@@ -408,4 +468,5 @@ class ChunkIndex:
             "logical_bytes": logical,  # bytes of all mapped files, counting shared chunks each time
             "dedup_ratio": round(1 - referenced / logical, 4) if logical else 0.0,
             "pinned": q("SELECT COUNT(*) FROM chunks WHERE pinned = 1").fetchone()[0],
+            "packs": q("SELECT COUNT(DISTINCT pack) FROM chunks WHERE pack IS NOT NULL").fetchone()[0],
         }

@@ -58,7 +58,7 @@ STORE_PARALLEL = 8  # blocks of chunks being written while the fill fetches the 
 # cache's disk (8 cold readers) left every byte they read waiting in memory for its write:
 # 1.4 GB for 1.6 GB read. At the bound a fill waits for writes before it fetches on.
 PENDING_LIMIT = 32 * 1024 * 1024
-STORE_THREADS = 8  # threads writing chunk files at once, across all fills
+STORE_THREADS = 8  # threads writing packs of chunks at once, across all fills
 SAVE_EVERY = 1.0  # seconds between saves of a running fill's progress (its partial manifest)
 
 
@@ -205,9 +205,7 @@ class Filler:
     def _save_prefix(self, origin_id: str, real_path: str, size: int, version: str,
                      chunks: list[ChunkRef], saved: int) -> int:
         """In a worker thread: save the chunks from the first up to the first not on disk; how many."""
-        durable = saved
-        while durable < len(chunks) and self.cache.has(chunks[durable]):
-            durable += 1
+        durable = saved + self.cache.held_prefix(chunks[saved:])
         if durable > saved and self.cache.save_manifest(origin_id, real_path, size, version,
                                                         chunks[:durable], complete=False):
             return durable

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..index.db import transaction
-from .cas import TMP_PREFIX, ChunkFiles
+from .cas import LOOSE, PACKS, TMP_PREFIX, ChunkFiles, Place
 from .chunkdb import ChunkIndex
 from .digest import digest
 
@@ -23,68 +23,109 @@ def _index(cache_dir: Path) -> ChunkIndex:
     return ChunkIndex(cache_dir / "chunks.db")
 
 
+def chunk_rows(cache_dir: Path) -> list[tuple[str, int, Place]]:
+    """Every chunk row (address, size, place), read without changing the index (a daemon may use it)."""
+    if not (cache_dir / "chunks.db").exists():
+        return []
+    conn = sqlite3.connect(f"file:{cache_dir / 'chunks.db'}?mode=ro", uri=True)
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)")}
+        place = "pack, pack_offset" if "pack" in columns else "NULL, 0"  # a cache made before packs
+        return [(address, size, LOOSE if pack is None else Place(pack, offset))
+                for address, size, pack, offset in conn.execute(f"SELECT address, size, {place} FROM chunks")]
+    finally:
+        conn.close()
+
+
 def chunk_summary(cache_dir: Path) -> dict:
+    """The index's figures, and what is on disk: chunks (loose files, and rows whose pack is there),
+    their bytes, the files holding them, and the space those take (holes of evicted chunks not counted)."""
     index = _index(cache_dir)
     try:
         stats = index.statistics()
     finally:
         index.close()
-    on_disk = list(ChunkFiles(cache_dir).scan())
-    stats["files_on_disk"] = len(on_disk)
-    stats["bytes_on_disk"] = sum(size for _, size in on_disk)
+    files = ChunkFiles(cache_dir)
+    loose = list(files.scan())
+    packs = files.pack_names()
+    packed = [(size, place) for _, size, place in chunk_rows(cache_dir) if place.pack in packs]
+    stats["chunks_on_disk"] = len(loose) + len(packed)
+    stats["bytes_on_disk"] = sum(size for _, size in loose) + sum(size for size, _ in packed)
+    stats["files_on_disk"] = len(loose) + len(packs)
+    stats["pack_files"] = len(packs)
+    stats["disk_used"] = sum(size for _, size in loose) + sum(_allocated(files.pack_path(name)) for name in packs)
     stats["directory"] = str(cache_dir)
     return stats
 
 
+def _allocated(path: Path) -> int:
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+def _intact(files: ChunkFiles, address: str, size: int, place: Place) -> bool:
+    """Whether a chunk's bytes on disk match its address (read only: nothing is removed)."""
+    path, offset = files.where(address, place)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset)
+            data = f.read(size if place.pack else size + 1)
+    except OSError:
+        return False
+    return len(data) == size and digest(data) == address
+
+
 def verify_chunks(cache_dir: Path, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Read every chunk file and check it against its address; list indexed chunks with no file.
+    """Read every chunk and check it against its address; list indexed chunks that are not on disk.
 
     Changes nothing (a running daemon may be using the cache): ``corrupt``
-    files fail their hash or are unreadable, ``missing`` ones are in the
-    chunk index but not on disk. A shard folder that cannot be listed (a
-    failing disk) is named in ``unlisted``, and its chunks are counted in
-    neither. :func:`repair_chunks` acts on the report.
+    chunks fail their hash or are unreadable (loose files, and the chunks the
+    index places in packs), ``missing`` ones are in the chunk index but their
+    file or pack is not on disk. A folder that cannot be listed (a failing
+    disk) is named in ``unlisted``, and its chunks are counted in neither.
+    :func:`repair_chunks` acts on the report.
     """
     files = ChunkFiles(cache_dir)
-    entries = list(files.scan())
+    loose = list(files.scan())
+    packs = files.pack_names()
+    rows = chunk_rows(cache_dir)
+    entries = [(address, size, LOOSE) for address, size in loose]
+    entries += [row for row in rows if row[2].pack in packs]
     bad = []
-    for done, (address, _size) in enumerate(entries, start=1):
-        try:
-            data = files.path(address).read_bytes()
-        except OSError:
-            bad.append(address)
-            continue
-        if digest(data) != address:
+    for done, (address, size, place) in enumerate(entries, start=1):
+        if not _intact(files, address, size if place.pack else dict(loose)[address], place):
             bad.append(address)
         if progress:
             progress(done, len(entries))
-    on_disk = {address for address, _ in entries}
-    missing = []
-    if (cache_dir / "chunks.db").exists():
-        conn = sqlite3.connect(f"file:{cache_dir / 'chunks.db'}?mode=ro", uri=True)
-        try:
-            missing = sorted(a for (a,) in conn.execute("SELECT address FROM chunks")
-                             if a not in on_disk and a[:2] not in files.unlisted)
-        finally:
-            conn.close()
+    on_disk = {address for address, _ in loose}
+    missing = sorted(address for address, _, place in rows
+                     if (place.pack is None and address not in on_disk and address[:2] not in files.unlisted)
+                     or (place.pack is not None and place.pack not in packs and PACKS not in files.unlisted))
     return {"checked": len(entries), "corrupt": len(bad), "corrupt_chunks": bad,
             "missing": len(missing), "missing_chunks": missing, "unlisted": list(files.unlisted)}
 
 
 def repair_chunks(cache_dir: Path, report: dict) -> dict:
-    """Remove the corrupt chunk files of a :func:`verify_chunks` report and the index rows of
-    corrupt and missing ones. Chunk maps stay: their chunks are fetched again when read."""
+    """Remove the corrupt chunks of a :func:`verify_chunks` report (loose files deleted, holes punched
+    in packs) and the index rows of corrupt and missing ones. Chunk maps stay: their chunks are fetched
+    again when read."""
     files = ChunkFiles(cache_dir)
     index = _index(cache_dir)
     try:
+        places = index.places(report["corrupt_chunks"])
         for address in report["corrupt_chunks"]:
-            files.discard(address)
+            size, place = places.get(address, (0, LOOSE))
+            files.discard(address, size, place)
         with transaction(index.conn):
             for address in report["corrupt_chunks"] + report["missing_chunks"]:
                 index.forget_chunk(address)
+        for name in index.empty_packs(place.pack for _, place in places.values() if place.pack):
+            files.drop_pack(name)
     finally:
         index.close()
-    return {"files_removed": report["corrupt"], "rows_dropped": report["corrupt"] + report["missing"]}
+    return {"chunks_removed": report["corrupt"], "rows_dropped": report["corrupt"] + report["missing"]}
 
 
 def manifest_map(cache_dir: Path, origin_id: str, real_path: str) -> dict | None:
@@ -97,8 +138,12 @@ def manifest_map(cache_dir: Path, origin_id: str, real_path: str) -> dict | None
     if manifest is None:
         return None
     files = ChunkFiles(cache_dir)
+    packs = files.pack_names()
+    places = {address: place for address, _, place in chunk_rows(cache_dir)}
     chunks = [{"offset": c.offset, "size": c.size, "address": c.address,
-               "cached": files.exists(c.address)} for c in manifest.chunks]
+               "cached": c.address in places and (places[c.address].pack in packs if places[c.address].pack
+                                                  else files.path(c.address).exists())}
+              for c in manifest.chunks]
     cached_bytes = sum(c["size"] for c in chunks if c["cached"])
     return {"origin": origin_id, "real_path": real_path, "size": manifest.size,
             "version": manifest.version, "complete": manifest.complete, "chunks": chunks,
@@ -137,8 +182,11 @@ def clear_cache(cache_dir: Path, *, dry_run: bool) -> dict:
                   "dry_run": dry_run}
         if not dry_run:
             files = ChunkFiles(cache_dir)
-            freed = sum(files.discard(address) for address in index.addresses())
+            freed = sum(files.discard(address) if place.pack is None else size  # packs go whole, below
+                        for address, size, place in index.every_chunk())
             freed += sum(files.discard(address) for address, _ in files.scan())  # strays too
+            for name in files.pack_names():
+                files.drop_pack(name)
             for temp in files.root.glob(f"*/{TMP_PREFIX}*"):  # clear is explicit: temps go too
                 temp.unlink(missing_ok=True)
             index.clear()
