@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from chaos.remote import build_library, origin_lines
+from chaos.remote import build_library, cache_lines, origin_lines
 from conformance.expected import sha256_of
 from tests.harness import mount_library, mount_status, mounted_tracks, musicfs_cmd
 from tests.s3server import aws_env, moto_server
@@ -141,7 +141,7 @@ def lookup_seconds(host: str, bound: float) -> float | None:
 
 
 def config(path: Path, endpoint: str, bucket: str, backup: Path) -> Path:
-    lines = ["[cache]", f"read_timeout = {READ_TIMEOUT}", "", "[health]", "interval = 0.5", ""]
+    lines = [*cache_lines(READ_TIMEOUT), "[health]", "interval = 0.5", ""]
     lines += origin_lines("cloud", "s3", {"bucket": bucket, "endpoint": endpoint, "prefix": "music/",
                                           "region": "us-east-1", "timeout": 5.0}, priority=1)
     lines += origin_lines("backup", "local", {"path": str(backup)}, priority=2)

@@ -54,9 +54,26 @@ def origin_lines(origin_id: str, kind: str, options: dict, priority: int = 1) ->
     return lines + [""]
 
 
-def write_origin(path: Path, origin_id: str, kind: str, options: dict) -> Path:
-    """A config file with this one origin."""
-    path.write_text("\n".join(origin_lines(origin_id, kind, options)))
+def cache_lines(read_timeout: float | None = None, *, headers: bool = False) -> list[str]:
+    """The ``[cache]`` table of a lab's config, the header tier off unless ``headers``.
+
+    Why off: what the labs measure is reads that reach an origin (timed, broken,
+    counted), and their tracks are a few kilobytes: the header tier would hold
+    each of them whole after the scan, and no read would reach the origin. The
+    tier's own behaviour, faults included, is tested with it on
+    (``conformance/test_header_tier.py``, ``chaos/test_header_faults.py``).
+    """
+    lines = ["[cache]"]
+    if read_timeout is not None:
+        lines.append(f"read_timeout = {read_timeout}")
+    if not headers:
+        lines.append('headers_size = "0"')
+    return [*lines, ""]
+
+
+def write_origin(path: Path, origin_id: str, kind: str, options: dict, *, headers: bool = False) -> Path:
+    """A config file with this one origin (the header tier off unless ``headers``: :func:`cache_lines`)."""
+    path.write_text("\n".join([*cache_lines(headers=headers), *origin_lines(origin_id, kind, options)]))
     return path
 
 
@@ -93,8 +110,7 @@ class RemoteLab:
     def config(self, path: Path, origins: list[tuple[str, str]], *, read_timeout: float = 4.0,
                origin_timeout: float = 2.0, health_interval: float = 0.5) -> Path:
         """A config with ``origins`` as (id, kind) in priority order; kind "local" is the local copy."""
-        lines = ["[cache]", f"read_timeout = {read_timeout}", "", "[health]",
-                 f"interval = {health_interval}", ""]
+        lines = [*cache_lines(read_timeout), "[health]", f"interval = {health_interval}", ""]
         for priority, (origin_id, kind) in enumerate(origins, start=1):
             options = ({"path": str(self.local)} if kind == "local"
                        else self.options(kind, origin_timeout))

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos.httpfaults import FaultProxy, http_fault_proxy
+from chaos.remote import cache_lines
+from fixtures.bigfile import write_wav
 from tests.s3server import MotoServer, moto_server
 
 PREFIX = "music/"
@@ -41,12 +43,12 @@ class S3Lab:
         return f"/{self.bucket}/{PREFIX}{real}"
 
     def config(self, path: Path, read_timeout: float, *, backup: Path | None = None,
-               health_interval: float = 30.0, **options) -> Path:
+               health_interval: float = 30.0, headers: bool = False, **options) -> Path:
         """A config reaching the bucket ("bucket") through the proxy; with ``backup``, a local
-        replica ("backup") second."""
+        replica ("backup") second; the header tier off unless ``headers`` (``cache_lines``)."""
         origin = {"bucket": self.bucket, "endpoint": self.proxy.endpoint, "prefix": PREFIX,
                   "region": "us-east-1", **options}
-        lines = ["[cache]", f"read_timeout = {read_timeout}", "", "[health]", f"interval = {health_interval}",
+        lines = [*cache_lines(read_timeout, headers=headers), "[health]", f"interval = {health_interval}",
                  "", "[[origins]]", 'id = "bucket"', 'type = "s3"', "priority = 1",
                  *(f"{key} = {json.dumps(value)}" for key, value in origin.items())]
         if backup is not None:
@@ -70,3 +72,12 @@ def s3_lab(work: Path, data: dict[str, bytes]) -> Iterator[S3Lab]:
     with moto_server() as server, http_fault_proxy(server.endpoint) as proxy:
         bucket = server.create_bucket(data, prefix=PREFIX)
         yield S3Lab(work, server, proxy, bucket, data)
+
+
+@contextmanager
+def wav_lab(work: Path, takes: list[str], size: int, seed: int) -> Iterator[S3Lab]:
+    """:func:`s3_lab` holding ``takes`` as WAV files of ``size`` bytes (seeded from ``seed`` on)."""
+    data = {real: write_wav(work / f"take-{i}.wav", size, seed=seed + i).read_bytes()
+            for i, real in enumerate(takes)}
+    with s3_lab(work, data) as lab:
+        yield lab

@@ -23,7 +23,7 @@ import pytest
 
 from chaos.checks import assert_cache_sound, assert_eio_within, assert_exact
 from chaos.remote import wait_for_state
-from chaos.s3lab import S3Lab, s3_lab
+from chaos.s3lab import S3Lab, wav_lab
 from conformance.daemons import fd_count
 from conformance.expected import sha256_of
 from conformance.measure import drop_page_cache
@@ -54,9 +54,7 @@ SLACK = 1.5  # seconds beyond read_timeout for an EIO to reach the reader
 def lab(tmp_path_factory) -> Iterator[S3Lab]:
     """The takes in a bucket behind the fault proxy, and in a folder (a clean replica: ``lab.local``)."""
     work = tmp_path_factory.mktemp("cachefaults")
-    data = {real: write_wav(work / f"take-{i}.wav", TAKE_SIZE, seed=700 + i).read_bytes()
-            for i, real in enumerate(TAKES)}
-    with s3_lab(work, data) as lab:
+    with wav_lab(work, TAKES, TAKE_SIZE, seed=700) as lab:
         lab.local_copy(work / "library")
         yield lab
 

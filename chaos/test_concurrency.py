@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from chaos.checks import assert_cache_sound
-from chaos.remote import origin_lines
+from chaos.remote import cache_lines, origin_lines
 from fixtures.bigfile import write_wav
 from musicfs.origins.sftp import SftpOrigin
 from tests.harness import mount_library, mounted_tracks
@@ -92,7 +92,7 @@ def sftp_bench(toxiproxy, tmp_path_factory):
 
             def config(where: Path) -> Path:
                 where.mkdir(parents=True, exist_ok=True)
-                lines = ["[cache]", "read_timeout = 10.0", "", *origin_lines("remote", "sftp", options)]
+                lines = [*cache_lines(10.0), *origin_lines("remote", "sftp", options)]
                 (where / "musicfs.toml").write_text("\n".join(lines))
                 return where / "musicfs.toml"
 
@@ -114,7 +114,7 @@ def s3_bench(toxiproxy, tmp_path_factory):
             def config(where: Path) -> Path:
                 where.mkdir(parents=True, exist_ok=True)
                 options = {"bucket": bucket, "endpoint": f"http://{proxy.listen}"}
-                lines = ["[cache]", "read_timeout = 10.0", "", *origin_lines("bucket", "s3", options)]
+                lines = [*cache_lines(10.0), *origin_lines("bucket", "s3", options)]
                 (where / "musicfs.toml").write_text("\n".join(lines))
                 return where / "musicfs.toml"
 

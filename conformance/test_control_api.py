@@ -60,8 +60,8 @@ def test_origins_and_errors_say_what_was_wrong(sample_mount, good_files):
             api.get("/v1/origins/nope")
         with pytest.raises(ControlError, match=r"404"):
             api.get("/v1/no/such/route")
-        with pytest.raises(ControlError, match=r"400.*no cache tier 'headers"):
-            api.post("/v1/cache/clear", {"tier": "headers", "dry_run": True})
+        with pytest.raises(ControlError, match=r"400.*no cache tier 'metadata"):
+            api.post("/v1/cache/clear", {"tier": "metadata", "dry_run": True})
         with pytest.raises(ControlError, match=r"422.*dry_run"):
             api.post("/v1/cache/clear", {"dry_run": "perhaps"})
         with pytest.raises(ControlError, match=r"422.*now: Extra inputs are not permitted"):

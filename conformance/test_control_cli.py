@@ -130,7 +130,10 @@ def test_the_commands_drive_a_running_mount(tmp_path):
                                                            "local")
             assert "cleared 3 cached files" in ok_text(state, "cache", "clear", "--origin", "local")
             assert api.get("/v1/cache")["manifests"] == 0
-            refused(cli(state, "cache", "clear", "--tier", "headers"), "400", "no cache tier 'headers'")
+            refused(cli(state, "cache", "clear", "--tier", "metadata"), "400", "no cache tier 'metadata'")
+            # a local origin's tags are read from it directly: its header tier stays empty
+            assert "cleared 0 cached files" in ok_text(state, "cache", "clear", "--tier", "headers")
+            assert api.get("/v1/cache")["tiers"]["headers"]["entries"] == 0
 
             # origins
             (origin,) = ok_json(state, "origin", "list")

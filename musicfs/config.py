@@ -96,6 +96,9 @@ class Config:
     # NFR-5.1: what the daemon may spend on metadata kept in memory (SQLite's page cache of the
     # index and the nodes kept for the kernel's entries), `[cache] metadata_size`
     metadata_cache_size: int = 100 * 10**6
+    # the header tier's share of the cache, `[cache] headers_size` (musicfs.store.headers); None: a
+    # tenth of cache_size. 0 keeps no headers.
+    headers_size: int | None = None
     scan_workers: int = 4
     scan_interval: float | None = None  # seconds between rescans of a running mount; None: off
     read_timeout: float = 5.0
@@ -129,6 +132,18 @@ class Config:
     def resolved_cache_dir(self) -> Path:
         """Chunks are shared by content, but manifests name origin paths: one cache per library."""
         return self.cache_dir if self.cache_dir is not None else cache_home() / self.library_name()
+
+    @property
+    def header_limit(self) -> int:
+        """Bytes the header tier may hold: ``[cache] headers_size``, by default a tenth of the cache."""
+        return self.cache_size // 10 if self.headers_size is None else self.headers_size
+
+    def header_origins(self) -> list[str]:
+        """Origins whose scans keep what they read for tags in the header tier: those cached, and
+        remote (a local folder's tags are read from it directly, at no cost worth sparing)."""
+        if self.header_limit <= 0:
+            return []
+        return [o.id for o in self.origins if o.cache != "never" and o.type != "local"]
 
     def path_template(self) -> PathTemplate:
         return PathTemplate(self.template)
@@ -204,7 +219,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     else:
         kwargs_health = None
     _only(library, {"name", "template", "index"}, "library", fail)
-    _only(cache, {"dir", "size", "read_timeout", "metadata_size"}, "cache", fail)
+    _only(cache, {"dir", "size", "read_timeout", "metadata_size", "headers_size"}, "cache", fail)
     _only(scan, {"workers", "interval"}, "scan", fail)
     kwargs: dict[str, Any] = {"source": source}
     if "allow_other" in mount:
@@ -235,6 +250,14 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
             raise fail(str(exc), "cache", "size") from None
     if "metadata_size" in cache:
         kwargs["metadata_cache_size"] = _metadata_size(cache["metadata_size"], fail)
+    if "headers_size" in cache:
+        try:
+            kwargs["headers_size"] = parse_size(cache["headers_size"])
+        except ValueError as exc:
+            raise fail(str(exc), "cache", "headers_size") from None
+        if kwargs["headers_size"] > kwargs.get("cache_size", Config.cache_size):
+            raise fail(f"headers_size {cache['headers_size']!r} is more than the cache's size", "cache",
+                       "headers_size")
     if "read_timeout" in cache:
         timeout = cache["read_timeout"]
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 300:

@@ -53,6 +53,7 @@ from .origins.local import LocalOrigin
 from .search.service import SearchService
 from .status import StatusService
 from .store.cache import ContentCache
+from .store.headers import HeaderTier
 from .store.reader import CachedReader
 from .systemd import Notifier
 from .vfs.hidden import HiddenFiles
@@ -265,6 +266,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
     make_private(settings.cache_dir)  # before the store creates anything in it
     bus = EventBus()
     cache = ContentCache(settings.cache_dir, config.cache_size, bus.publish)
+    headers = HeaderTier(cache, config.header_limit)
     origins = _origins(config)
     direct = DirectReader({k: o for k, o in origins.items() if isinstance(o, LocalOrigin)}, bus=bus)
     health = HealthMonitor(origins, {o.id: o.priority for o in config.origins},
@@ -279,7 +281,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
         async with trio.open_nursery() as nursery:
             reader = CachedReader(origins, cache, bus, nursery, direct=direct,
                                   read_timeout=settings.read_timeout, health=health,
-                                  replicas=_replicas(index),
+                                  replicas=_replicas(index), headers=headers,
                                   policies={o.id: o.cache for o in config.origins})
             finished = (index.last_scan() or {}).get("finished_at") or started
             policy = AttrPolicy(entry_timeout=settings.entry_timeout, attr_timeout=settings.attr_timeout,
@@ -301,7 +303,8 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             ops = Operations(router, inodes, recorder=recorder)
             invalidator = KernelInvalidator(inodes, resolver)
             sync = SyncService(index, origins, config.path_template(), bus=bus, lifecycle=lifecycle,
-                               tree_changed=invalidator, workers=config.scan_workers)
+                               tree_changed=invalidator, workers=config.scan_workers,
+                               headers=headers.sinks(config.header_origins()))
             status.register("sync", sync.statistics)
             status.register("invalidation", invalidator.statistics)
             # how long the loop is held: CPU per task step (ASYNC-3), and a probe's wake-up lag
@@ -314,7 +317,8 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             status.register("search", search.statistics)
             status.register("search_folders", searches.statistics)
             for name, statistics in (("reader", reader.statistics), ("direct", direct.statistics),
-                                     ("cache", cache.statistics), ("events", bus.statistics),
+                                     ("cache", cache.statistics), ("headers", headers.statistics),
+                                     ("events", bus.statistics),
                                      ("raw_views", raw.statistics), ("fuse", ops.statistics)):
                 status.register(name, statistics)
             metrics = MountMetrics(status, recorder)  # /metrics: the same statistics, plus FUSE latencies
@@ -326,7 +330,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             if settings.control_socket is not None:
                 services = ControlServices(status=status, lifecycle=lifecycle, cache=cache, bus=bus,
                                            limiter=trio.CapacityLimiter(4), sync=sync, metrics=metrics,
-                                           search=search)
+                                           search=search, headers=headers)
                 control = ControlServer(settings.control_socket, functools.partial(_control_app, services))
                 try:
                     control.bind()

@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from chaos.proxy import toxiproxy_server
-from chaos.remote import origin_lines
+from chaos.remote import cache_lines, origin_lines
 from conformance.measure import median, proc_status_mb
 from fixtures.bigfile import write_wav
 from tests.harness import mount_library, mounted_tracks
@@ -84,8 +84,7 @@ def slow_origin(perf_size, tmp_path_factory):
         try:
             options = server.options_via(proxy.listen, work, timeout=10.0)
             config = work / "musicfs.toml"
-            config.write_text("\n".join(["[cache]", "read_timeout = 10.0", "",
-                                         *origin_lines("remote", "sftp", options)]))
+            config.write_text("\n".join([*cache_lines(10.0), *origin_lines("remote", "sftp", options)]))
             yield SlowOrigin(config, proxy, expected)
         finally:
             proxy.destroy()

@@ -53,7 +53,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     stats.set_defaults(func=cmd_cache_stats)
     clear = cache.add_parser("clear", help="remove cached files (never those being read)")
     clear.add_argument("--origin", help="only this origin's files (chunks other origins share stay)")
-    clear.add_argument("--tier", help="only this tier (chunks)")
+    clear.add_argument("--tier", help="only this tier: chunks (files read) or headers (what tag scans read)")
     clear.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     _common(clear)
     clear.set_defaults(func=cmd_cache_clear)

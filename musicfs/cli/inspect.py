@@ -16,7 +16,7 @@ from .. import daemon
 from ..config import state_home
 from ..errors import MusicFSError
 from ..index.library import LibraryIndex
-from ..store.inspect import chunk_summary, clear_cache, manifest_map, repair_chunks, verify_chunks
+from ..store.inspect import chunk_summary, clear_cache, header_map, manifest_map, repair_chunks, verify_chunks
 from ..vfs.resolver import Node, Resolver
 from .common import (
     add_library_options,
@@ -175,14 +175,17 @@ def _locate(args: argparse.Namespace) -> tuple[Path, str, str]:
 def cmd_manifest(args: argparse.Namespace) -> int:
     cache_dir, origin, real = _locate(args)
     chunk_map = manifest_map(cache_dir, origin, real)
+    header = header_map(cache_dir, origin, real)
     if chunk_map is None:
         if args.json:
-            print_json({"origin": origin, "real_path": real, "chunks": None, "percent_cached": 0.0})
+            print_json({"origin": origin, "real_path": real, "chunks": None, "percent_cached": 0.0,
+                        "header": header})
         else:
             console.print(f"{origin}:{real} has no chunk map yet: it has not been read through the cache")
+            _print_header(header)
         return 0
     if args.json:
-        print_json(chunk_map)
+        print_json({**chunk_map, "header": header})
         return 0
     console.print(f"{origin}:{real}  {chunk_map['size']} bytes, {chunk_map['percent_cached']}% cached,"
                   f" version {chunk_map['version']}", soft_wrap=True)
@@ -193,7 +196,28 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         table.add_row(str(i), str(chunk["offset"]), str(chunk["size"]), chunk["address"],
                       "yes" if chunk["cached"] else "[red]no")
     console.print(table)
+    _print_header(header)
     return 0
+
+
+def _print_header(header: dict | None) -> None:
+    """The header tier's part: which ranges of the file a tag scan read and the cache keeps."""
+    if header is None:
+        console.print("header tier: nothing kept for this file")
+        return
+    ranges, start, end = [], None, None
+    for piece in header["pieces"]:
+        if start is not None and piece["offset"] == end:
+            end += piece["size"]
+            continue
+        if start is not None:
+            ranges.append(f"{start}-{end}")
+        start, end = piece["offset"], piece["offset"] + piece["size"]
+    ranges.append(f"{start}-{end}")
+    missing = sum(1 for piece in header["pieces"] if not piece["cached"])
+    console.print(f"header tier: {header['bytes']} bytes in {len(header['pieces'])} pieces (bytes "
+                  f"{', '.join(ranges)}) of version {header['version']}"
+                  + (f"; {missing} pieces missing" if missing else ""), soft_wrap=True)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:

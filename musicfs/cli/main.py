@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -94,8 +95,23 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
                         help="more log lines (-vv: debug)")
 
 
-def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200) -> list:
-    """Scan every origin of ``config`` into the index at ``path``."""
+def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200,
+              cache_dir: Path | None = None) -> list:
+    """Scan every origin of ``config`` into the index at ``path``; with ``cache_dir`` (whose lock
+    the caller holds), what is read for tags is kept in that cache's header tier."""
+    with contextlib.ExitStack() as stack:
+        sinks: dict = {}
+        if cache_dir is not None and config.header_origins():
+            from ..store.cache import ContentCache
+            from ..store.headers import HeaderTier
+
+            cache = ContentCache(cache_dir, config.cache_size, lambda *events: None)
+            stack.callback(cache.close)
+            sinks = HeaderTier(cache, config.header_limit).sinks(config.header_origins())
+        return _scan_origins(config, path, show_progress, batch_size, sinks)
+
+
+def _scan_origins(config, path: Path, show_progress: bool, batch_size: int, sinks: dict) -> list:
     # imported here: a mount of an existing index needs neither mutagen nor progress bars
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -119,7 +135,7 @@ def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200)
                     bar.update(task, completed=report.seen)
 
                 scanner = Scanner(index, origin, config.path_template(), workers=config.scan_workers,
-                                  batch_size=batch_size, progress=progress)
+                                  batch_size=batch_size, progress=progress, headers=sinks.get(origin.id))
                 try:
                     reports.append(scanner.run())
                 finally:
@@ -154,8 +170,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
     serving = mounts_of_index(args.state_dir or state_home(), path)
     if serving:  # a daemon serves this index: it rescans, nobody writes the index behind its back
         return control.rescan_mounted(serving[0], path, as_json=args.json)
-    reports = run_scans(config, path, show_progress=sys.stderr.isatty() and not args.json,
-                        batch_size=args.batch_size)
+    cache_dir = config.resolved_cache_dir().expanduser().absolute()
+    lock = daemon.Lock(cache_dir / "musicfs.lock", f"cache {cache_dir}") if config.header_origins() else None
+    try:  # the tags' bytes go to the header tier unless another musicfs uses the cache
+        if lock is not None:
+            lock.acquire()
+    except (daemon.DaemonError, OSError) as exc:
+        err_console.print(f"[yellow]{exc}: the bytes read for tags are not kept in its header tier")
+        lock = None
+    try:
+        reports = run_scans(config, path, show_progress=sys.stderr.isatty() and not args.json,
+                            batch_size=args.batch_size, cache_dir=cache_dir if lock else None)
+    finally:
+        if lock is not None:
+            lock.release()
     with LibraryIndex(path, readonly=True) as index:
         skipped = index.skipped()
         if args.json:
@@ -168,21 +196,21 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_index(config, path: Path, rescan: bool) -> None:
+def _prepare_index(config, path: Path, rescan: bool, cache_dir: Path | None = None) -> None:
     """Scan when the index is missing, unfinished, made with another template, or asked to."""
     needs_scan = rescan or not path.exists()
     if not needs_scan:
         with LibraryIndex(path) as index:
             needs_scan = not index.is_complete() or index.get_meta("template") != config.template
     if needs_scan:
-        reports = run_scans(config, path, show_progress=sys.stderr.isatty())
+        reports = run_scans(config, path, show_progress=sys.stderr.isatty(), cache_dir=cache_dir)
         for report in reports:
             err_console.print(f"scanned {report.origin_id}: {report.added} new, {report.updated} updated,"
                               f" {report.unchanged} unchanged, {report.removed} removed,"
                               f" {report.skipped} skipped ({report.seconds:.1f} s)")
 
 
-def _prepare_index_apart(config, path: Path, rescan: bool) -> None:
+def _prepare_index_apart(config, path: Path, rescan: bool, cache_dir: Path | None = None) -> None:
     """:func:`_prepare_index` in a forked child, for a mount that then serves from this process.
 
     A scan imports what serving never needs (sqlite_utils for the migrations, with numpy where
@@ -196,7 +224,7 @@ def _prepare_index_apart(config, path: Path, rescan: bool) -> None:
     if pid == 0:  # the child: scan, say how it went, and leave without running the parent's cleanup
         code = 1
         try:
-            _prepare_index(config, path, rescan)
+            _prepare_index(config, path, rescan, cache_dir)
             code = 0
         except MusicFSError as exc:
             err_console.print(f"musicfs: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
@@ -271,9 +299,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         for origin_id in unreachable:
             err_console.print(f"[yellow]origin {origin_id} is not reachable: serving what is cached")
         if args.foreground:  # this process serves next: the scan must leave nothing in it
-            _prepare_index_apart(config, path, args.rescan)
+            _prepare_index_apart(config, path, args.rescan, cache_dir)
         else:
-            _prepare_index(config, path, args.rescan)
+            _prepare_index(config, path, args.rescan, cache_dir)
         if not args.foreground:
             for lock in locks:  # the daemon takes them again itself
                 lock.release()

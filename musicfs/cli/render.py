@@ -105,16 +105,16 @@ def cache_table(stats: dict) -> Table:
         table.add_column(name, justify="right")
     rows: list[tuple[str, Any]] = [
         ("size", lambda t: f"{size(t.get('bytes'))} of {size(t.get('limit_bytes'))}"),
-        ("files cached", lambda t: f"{t.get('manifests', 0)}" + (f" ({t['partial_manifests']} in part)"
-                                                              if t.get("partial_manifests") else "")),
-        ("chunks", lambda t: str(t.get("chunks", 0))),
+        ("files cached", lambda t: f"{t.get('manifests', t.get('entries', 0))}" + (
+            f" ({t['partial_manifests']} in part)" if t.get("partial_manifests") else "")),
+        ("chunks", lambda t: str(t.get("chunks", "-"))),
         ("hits", lambda t: str(t.get("hits", 0))),
-        ("misses", lambda t: str(t.get("misses", 0))),
+        ("misses", lambda t: str(t.get("misses", "-"))),
         ("hit rate", lambda t: percent(t.get("hit_rate"))),
         ("saved by dedup", lambda t: f"{size(t.get('logical_bytes', 0) - t.get('bytes', 0))} "
-                                     f"({percent(t.get('dedup_ratio'))})"),
+                                     f"({percent(t.get('dedup_ratio'))})" if "dedup_ratio" in t else "-"),
         ("evictions", lambda t: f"{t.get('evictions', 0)} ({size(t.get('evicted_bytes', 0))})"),
-        ("corrupt chunks refetched", lambda t: str(t.get("corruptions", 0))),
+        ("corrupt chunks refetched", lambda t: str(t.get("corruptions", t.get("dropped", 0)))),
         ("writable", lambda t: "yes" if t.get("writable", True) else f"no: {t.get('write_problem')}"),
     ]
     for label, value in rows:

@@ -45,7 +45,7 @@ MAX_BODY = 64 * 1024  # bytes: every request this API takes is a few small field
 BODY_TIMEOUT = 10.0  # seconds a request's body may take to arrive (a half-sent request is answered 408)
 NDJSON = "application/x-ndjson"
 _TOO_LARGE = f"request body over {MAX_BODY} bytes"
-TIERS = ("chunks",)  # the cache tiers that exist (headers and metadata come with their features)
+TIERS = ("chunks", "headers")  # the cache tiers that exist (the metadata tier comes with its feature)
 
 
 class ShutdownBody(BaseModel):
@@ -182,7 +182,10 @@ def build_app(services: ControlServices):
     @app.get("/v1/cache", summary="Hits, misses, hit rate, chunks, dedup, bytes and limit, evictions, per tier")
     async def cache() -> dict[str, Any]:
         stats = await blocking(services.cache.statistics)
-        return {**stats, "tiers": {"chunks": stats}}
+        tiers = {"chunks": stats}
+        if services.headers is not None:
+            tiers["headers"] = await blocking(services.headers.statistics)
+        return {**stats, "tiers": tiers}
 
     @app.post("/v1/cache/clear", summary="Clear one origin's cached files, or all; never those being read")
     async def clear(body: ClearBody | None = None) -> dict[str, Any]:
@@ -191,7 +194,12 @@ def build_app(services: ControlServices):
             raise HTTPException(400, f"no cache tier {body.tier!r} (tiers: {', '.join(TIERS)})")
         if body.origin is not None:
             known_origin(body.origin)
-        result = await blocking(partial(services.cache.clear_selected, body.origin, dry_run=body.dry_run))
+        if body.tier == "headers":
+            if services.headers is None:
+                raise HTTPException(400, "this mount keeps no headers")
+            result = await blocking(partial(services.headers.clear, body.origin, dry_run=body.dry_run))
+        else:
+            result = await blocking(partial(services.cache.clear_selected, body.origin, dry_run=body.dry_run))
         return {**result, "tier": body.tier or "chunks", "entries": result["manifests"] + result["chunks"],
                 "bytes_freed": 0 if body.dry_run else result["bytes"]}
 

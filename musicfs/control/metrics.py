@@ -214,6 +214,16 @@ class MountMetrics:
         yield from counter("musicfs_memory_trims", "Times the daemon gave freed memory back to the system "
                                                    "after a busy spell (5 s with no file open).",
                            reader.get("memory_trims"))
+        headers = doc.get("headers", {})  # the header tier: what tag scans read, kept apart
+        yield from gauge("musicfs_header_tier_entries", "File versions whose header (the bytes a tag scan "
+                                                        "read) is kept.", headers.get("entries"))
+        yield from gauge("musicfs_header_tier_bytes", "Bytes of files the kept headers hold.", headers.get("bytes"))
+        yield from gauge("musicfs_header_tier_limit_bytes", "The header tier's size limit.",
+                         headers.get("limit_bytes"))
+        yield from counter("musicfs_header_tier_hits", "Reads answered from a kept header, without the origin.",
+                           headers.get("hits"))
+        yield from counter("musicfs_header_tier_evictions", "Headers evicted to stay under the tier's limit.",
+                           headers.get("evictions"))
         if "writable" in cache:
             yield from gauge("musicfs_cache_writable", "1 while the cache can store chunks, 0 when its disk "
                                                       "refuses (reads go on, uncached).",

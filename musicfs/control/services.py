@@ -18,6 +18,7 @@ from ..events import EventBus
 from ..lifecycle import Lifecycle
 from ..status import StatusService
 from ..store.cache import ContentCache
+from ..store.headers import HeaderTier
 
 if TYPE_CHECKING:  # the search service imports the query engine; the API needs it only when asked
     from ..search.service import SearchService
@@ -47,3 +48,4 @@ class ControlServices:
     sync: SyncService | None = None
     metrics: MetricsSource | None = None
     search: SearchService | None = None  # /v1/search and /v1/collections (None: this mount has no index to search)
+    headers: HeaderTier | None = None  # the cache's header tier (/v1/cache's "headers")

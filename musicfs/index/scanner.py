@@ -14,6 +14,10 @@
 * Killed half-way, every finished batch is in the index; the next scan finds
   those files unchanged and carries on from there (NFR-8.3).
 * Only a walk that completes removes tracks whose files are gone.
+* Reading a remote file's tags, the scanner hands every byte range it fetched to
+  ``headers`` (the content cache's header tier), with at least the first
+  ``HEADER_HEAD`` bytes: whoever reads those tags next, through the mount,
+  is answered without the origin.
 * After each commit, ``on_commit`` is told what that transaction changed
   (:class:`Commit`: the tree writer's node changes, and tracks added, modified
   and removed), so a running mount can show exactly that at once. ``stop``
@@ -30,6 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from typing import Protocol
 
 from ..errors import NotFound, OriginUnavailable
 from ..origins.base import Entry, Origin
@@ -40,6 +45,19 @@ from .template import PathTemplate
 from .tree import TreeChanges, TreeWriter
 
 log = logging.getLogger(__name__)
+
+# Bytes from the start of a remote file the scanner fetches at least, for the header tier: the
+# kernel reads ahead of a tag reader reading through the mount (a 4 KiB read at 0 became a
+# request for up to 256 KiB), and a request past what the header holds goes to the origin.
+HEADER_HEAD = 1024 * 1024
+
+
+class HeaderSink(Protocol):
+    """Where the byte ranges read for a file's tags are kept (the header tier). Never raises for
+    a cache that cannot keep them: a scan does not depend on it."""
+
+    def keep(self, origin_id: str, real_path: str, size: int, version: str,
+             parts: list[tuple[int, bytes]]) -> object: ...
 
 
 @dataclass
@@ -82,6 +100,7 @@ class Scanner:
         on_commit: Callable[[Commit], None] | None = None,
         stop: threading.Event | None = None,
         progress_every: int = 100,
+        headers: HeaderSink | None = None,
     ):
         self.index = index
         self.origin = origin
@@ -93,6 +112,7 @@ class Scanner:
         self.read = read
         self.on_commit = on_commit
         self.stop = stop
+        self.headers = headers
         self.conn = index.conn
         self.phase = "scanning"  # then "comparing" (looking for files gone), then "done"
         self._commit = Commit(TreeChanges())  # track changes of the transaction under way
@@ -170,8 +190,13 @@ class Scanner:
                 return self.read(where)
             from ..origins.rangefile import RangeFile
 
-            with RangeFile(self.origin, entry.path, entry.size) as source:
-                return self.read(source)
+            keep = self.headers is not None
+            with RangeFile(self.origin, entry.path, entry.size, keep=keep, head=HEADER_HEAD if keep else 0
+                           ) as source:
+                tags = self.read(source)
+                if self.headers is not None:
+                    self.headers.keep(self.origin.id, entry.path, entry.size, entry.version_key, source.fetched)
+                return tags
         except MalformedAudio as exc:  # kept until the batch is written: without the frames it holds
             return exc.with_traceback(None)
         except (OriginUnavailable, NotFound) as exc:  # the origin failed, not the file

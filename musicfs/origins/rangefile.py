@@ -12,6 +12,11 @@ so a parser hopping between the start and the end of a file does not fetch
 anything twice. Blocks that are missing next to each other are fetched with one
 ``read_range``, so a large read (an embedded cover image) is one request, not dozens.
 
+For the header tier (``keep=True``), every range fetched is also kept in
+:attr:`fetched`, in order, and a fetch from byte 0 asks for at least ``head``
+bytes: what a tag reader reads through a mount later (the kernel reads ahead of
+it) is then what the scanner already has.
+
 Errors from the origin pass through unchanged (``NotFound``,
 ``OriginUnavailable``): a tag reader can then tell an origin that is down from
 a file that is corrupt. Retrying is the caller's business: pass a ``read``
@@ -44,19 +49,23 @@ class RangeFile(io.RawIOBase):
     """
 
     def __init__(self, origin: Origin, path: str, size: int, *, block_size: int = BLOCK_SIZE,
-                 cache_blocks: int = CACHE_BLOCKS, read: Callable[[str, int, int], bytes] | None = None):
+                 cache_blocks: int = CACHE_BLOCKS, read: Callable[[str, int, int], bytes] | None = None,
+                 keep: bool = False, head: int = 0):
         super().__init__()
         if size < 0 or block_size < 1 or cache_blocks < 1:
             raise ValueError("size must be >= 0, block_size and cache_blocks >= 1")
         self.name = path
         self.size = size
         self.block_size = block_size
-        self.cache_blocks = cache_blocks
+        self.cache_blocks = max(cache_blocks, head // block_size + cache_blocks)  # the head stays
         self._read_range = read or origin.read_range
         self._pos = 0
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self.requests = 0  # read_range calls made (for tests and statistics)
         self.bytes_fetched = 0
+        self.keep = keep
+        self.head = head
+        self.fetched: list[tuple[int, bytes]] = []  # (offset, bytes) of every fetch, when keep
 
     def readable(self) -> bool:
         return True
@@ -128,9 +137,10 @@ class RangeFile(io.RawIOBase):
             while run_end < last and run_end + 1 not in self._blocks:
                 run_end += 1
             data = self._fetch(index * bs, (run_end + 1) * bs)
-            for i in range(index, run_end + 1):
+            for i in range(index, index + (len(data) + bs - 1) // bs):  # a head fetch holds more
                 block = data[(i - index) * bs:(i - index + 1) * bs]
-                parts.append(block)
+                if i <= run_end:
+                    parts.append(block)
                 self._keep(i, block)
             index = run_end + 1
         joined = b"".join(parts)
@@ -138,6 +148,8 @@ class RangeFile(io.RawIOBase):
         return joined[offset:offset + (end - start)]
 
     def _fetch(self, start: int, end: int) -> bytes:
+        if start == 0:
+            end = max(end, self.head)
         end = min(end, self.size)
         data = self._read_range(self.name, start, end - start)
         self.requests += 1
@@ -145,6 +157,8 @@ class RangeFile(io.RawIOBase):
         if len(data) != end - start:
             raise OriginUnavailable(f"{self.name}: got {len(data)} bytes at {start} where {end - start} "
                                     f"were expected; the file changed while it was read")
+        if self.keep:
+            self.fetched.append((start, data))
         return data
 
     def _keep(self, index: int, block: bytes) -> None:

@@ -24,7 +24,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,9 +231,9 @@ class ContentCache:
     def store_chunk(self, address: str, data: bytes) -> bool:
         return self.store_chunks([(address, data)]) == 1
 
-    def store_chunks(self, items: list[tuple[str, bytes]]) -> int:
-        """Store chunks: each file written (checked on every read, so not fsynced), then one
-        index transaction.
+    def store_chunks(self, items: list[tuple[str, bytes]], pin: int = 0) -> int:
+        """Store chunks: written as one pack (checked on every read, so not fsynced), then one
+        index transaction that also sets the pin bits ``pin`` on them (the header tier's).
 
         Returns how many are in the cache afterwards (written now or already
         there); 0 when the cache cannot be written, which is logged once and
@@ -248,12 +249,12 @@ class ContentCache:
         self._make_room(sum(len(data) for _, data in items))
         try:
             try:
-                written = self._store(items)
+                written = self._store(items, pin)
             except CacheWriteError as exc:
                 if not exc.no_room:
                     raise
                 self.evict(max(0, self.size - 2 * sum(len(d) for _, d in items) - FREE_RESERVE))
-                written = self._store(items)
+                written = self._store(items, pin)
         except CacheWriteError as exc:
             self._write_failed(exc.__cause__ or exc)
             return 0
@@ -265,7 +266,7 @@ class ContentCache:
             self.evict()
         return len(items)
 
-    def _store(self, items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    def _store(self, items: list[tuple[str, bytes]], pin: int) -> list[tuple[str, bytes]]:
         """Write the chunks the cache lacks as one pack, then their rows; on failure nothing new stays."""
         try:
             known = self._intact(self._places(address for address, _ in items))
@@ -278,7 +279,7 @@ class ContentCache:
         rows += [(address, size, place) for address, (size, place) in known.items()]
         try:
             with self._lock:
-                self.index.add_chunks(rows)
+                self.index.add_chunks(rows, pin)
                 self.size += sum(len(data) for _, data in written)
         except sqlite3.Error as exc:
             if name:  # rows never made: do not leave a pack the index does not know
@@ -345,6 +346,13 @@ class ContentCache:
                 self.index.drop_manifest(origin_id, real_path)
         except sqlite3.Error as exc:
             self._write_failed(exc)
+
+    @contextmanager
+    def locked(self) -> Iterator[ChunkIndex]:
+        """The chunk index, this cache's lock held: for the tiers that keep rows beside the
+        chunks' (the header tier), so that no store or eviction runs between their steps."""
+        with self._lock:
+            yield self.index
 
     def has(self, ref: ChunkRef) -> bool:
         return ref.address in self._places([ref.address])

@@ -30,7 +30,7 @@ _SCHEMA = [
         size        INTEGER NOT NULL,           -- bytes
         refs        INTEGER NOT NULL DEFAULT 0, -- manifests that list it (dedup: one file, many refs)
         last_access REAL NOT NULL,              -- unix time of the last read or write (LRU eviction)
-        pinned      INTEGER NOT NULL DEFAULT 0, -- 1 = never evicted
+        pinned      INTEGER NOT NULL DEFAULT 0, -- bits: PIN_USER, PIN_HEADER; any set = not evicted
         pack        TEXT,                       -- the pack holding it; NULL: its own (loose) file
         pack_offset INTEGER NOT NULL DEFAULT 0  -- where its bytes start in the pack
     )""",
@@ -54,7 +54,31 @@ _SCHEMA = [
         PRIMARY KEY (manifest_id, seq)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS manifest_chunks_address ON manifest_chunks(address)",
+    # the header tier (musicfs.store.headers): the bytes a tag scan read of each file version
+    """CREATE TABLE IF NOT EXISTS headers (
+        id          INTEGER PRIMARY KEY,
+        origin_id   TEXT NOT NULL,
+        real_path   TEXT NOT NULL,
+        size        INTEGER NOT NULL,  -- the file version's size
+        version     TEXT NOT NULL,     -- as in manifests: a new version's header replaces the old one
+        bytes       INTEGER NOT NULL,  -- bytes of the file the header holds
+        last_access REAL NOT NULL      -- the tier's own LRU
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS headers_file ON headers(origin_id, real_path)",
+    "CREATE INDEX IF NOT EXISTS headers_lru ON headers(last_access)",
+    """CREATE TABLE IF NOT EXISTS header_pieces (
+        header_id INTEGER NOT NULL,  -- headers.id
+        seq       INTEGER NOT NULL,  -- pieces in file order, from 0
+        offset    INTEGER NOT NULL,  -- where the piece's bytes are in the file
+        size      INTEGER NOT NULL,
+        address   TEXT NOT NULL,     -- chunks.address: a piece is stored as a chunk
+        PRIMARY KEY (header_id, seq)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS header_pieces_address ON header_pieces(address)",
 ]
+
+PIN_USER = 1  # kept by a user's pin
+PIN_HEADER = 2  # a piece of some file's header (the header tier evicts it, not the LRU)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,20 +222,24 @@ class ChunkIndex:
         self.conn.close()
 
     # -- chunks -----------------------------------------------------------
-    def add_chunks(self, chunks: list[tuple[str, int, Place]]) -> None:
-        """Rows for chunks just stored (address, size, place), in one transaction.
+    def add_chunks(self, chunks: list[tuple[str, int, Place]], pin: int = 0) -> None:
+        """Rows for chunks just stored (address, size, place), in one transaction, with the pin
+        bits ``pin`` set.
 
         A chunk already known takes the place given (the same bytes, written
         again because the copy it had was found damaged, or by two stores at
-        once: either copy is right); its last access is brought forward.
+        once: either copy is right); its last access is brought forward, and
+        the pins it had stay.
         """
         now = time.time()
         with transaction(self.conn):
             self.conn.executemany(
-                "INSERT INTO chunks (address, size, last_access, pack, pack_offset) VALUES (?, ?, ?, ?, ?)"
+                "INSERT INTO chunks (address, size, last_access, pack, pack_offset, pinned)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(address) DO UPDATE SET last_access = excluded.last_access, size = excluded.size,"
-                " pack = excluded.pack, pack_offset = excluded.pack_offset",
-                [(address, size, now, place.pack, place.offset) for address, size, place in chunks])
+                " pack = excluded.pack, pack_offset = excluded.pack_offset,"
+                " pinned = pinned | excluded.pinned",
+                [(address, size, now, place.pack, place.offset, pin) for address, size, place in chunks])
 
     def places(self, addresses: Iterable[str]) -> dict[str, tuple[int, Place]]:
         """address -> (size, place) of those of ``addresses`` the cache holds."""
@@ -249,10 +277,12 @@ class ChunkIndex:
                 self.conn.executemany("UPDATE chunks SET last_access = ? WHERE address = ?",
                                       [(t, a) for a, t in stamps.items()])
 
-    def pin(self, addresses: Iterable[str], pinned: bool = True) -> None:
+    def pin(self, addresses: Iterable[str], pinned: bool = True, bit: int = PIN_USER) -> None:
+        """Set or clear one pin bit of chunks (the other bits stay)."""
         with transaction(self.conn):
-            self.conn.executemany("UPDATE chunks SET pinned = ? WHERE address = ?",
-                                  [(int(pinned), a) for a in addresses])
+            self.conn.executemany(
+                "UPDATE chunks SET pinned = (pinned | ?) & ? WHERE address = ?",
+                [(bit if pinned else 0, -1 if pinned else ~bit, a) for a in addresses])
 
     def total_bytes(self) -> int:
         return self.conn.execute("SELECT COALESCE(SUM(size), 0) FROM chunks").fetchone()[0]
@@ -370,7 +400,7 @@ class ChunkIndex:
         Returns (manifest ids, [(chunk address, size)]): the origin's chunk maps
         that list no spared chunk, and the chunks only those maps list (a chunk
         another origin's file shares stays). With no origin, chunks no map lists
-        (strays of stopped fills) go too.
+        (strays of stopped fills) go too. Pieces of kept headers stay.
         """
         q = self.conn.execute
         where, args = ("", ()) if origin_id is None else (" WHERE m.origin_id = ?", (origin_id,))
@@ -392,6 +422,8 @@ class ChunkIndex:
                 "SELECT address FROM chunks WHERE address NOT IN (SELECT address FROM manifest_chunks)")}
         else:
             others |= set().union(*(listed[m] for m in kept)) if kept else set()
+        if addresses:  # a header's pieces are the header tier's to clear (musicfs.store.headers)
+            others |= {row[0] for row in q(f"SELECT address FROM chunks WHERE pinned & {PIN_HEADER}")}
         sizes = dict(q("SELECT address, size FROM chunks").fetchall()) if addresses else {}
         chunks = [(a, sizes[a]) for a in sorted(addresses - others - spare) if a in sizes]
         return chosen, chunks
@@ -409,7 +441,7 @@ class ChunkIndex:
 
     def clear(self) -> None:
         with transaction(self.conn):
-            for table in ("manifest_chunks", "manifests", "chunks"):
+            for table in ("header_pieces", "headers", "manifest_chunks", "manifests", "chunks"):
                 self.conn.execute(f"DELETE FROM {table}")
 
     # -- start-up ---------------------------------------------------------
@@ -467,6 +499,6 @@ class ChunkIndex:
             "partial_manifests": q("SELECT COUNT(*) FROM manifests WHERE complete = 0").fetchone()[0],
             "logical_bytes": logical,  # bytes of all mapped files, counting shared chunks each time
             "dedup_ratio": round(1 - referenced / logical, 4) if logical else 0.0,
-            "pinned": q("SELECT COUNT(*) FROM chunks WHERE pinned = 1").fetchone()[0],
+            "pinned": q(f"SELECT COUNT(*) FROM chunks WHERE pinned & {PIN_USER}").fetchone()[0],
             "packs": q("SELECT COUNT(DISTINCT pack) FROM chunks WHERE pack IS NOT NULL").fetchone()[0],
         }

@@ -24,6 +24,7 @@ import trio
 
 from ..origins.base import Checksum
 from .chunkdb import ChunkRef
+from .headers import Header
 
 
 @dataclass
@@ -58,6 +59,7 @@ class FileState:
     saved: int = 0  # chunks of ``chunks`` already in the saved partial chunk map
     saved_at: float = float("-inf")  # trio time of the last save of the partial map
     save_due: bool = False  # a save of the partial map is scheduled
+    header: Header | None = None  # what the header tier holds of this version (not yet fully cached)
 
     @property
     def readable(self) -> int:
@@ -126,3 +128,4 @@ class ReaderCounters:
     replica_mismatches: int = 0  # a fill moved to a replica that held other bytes (and stopped)
     checksum_mismatches: int = 0  # bytes an origin served failed its own checksum or the chunk map
     verified_files: int = 0  # fills checked against the origin's whole-file checksum and passed
+    headers_dropped: int = 0  # headers found to differ from their file read whole (wrong at scan time)

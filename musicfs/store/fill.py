@@ -240,6 +240,7 @@ class Filler:
                                       state.size, state.version, list(state.chunks), limiter=self.limiter)
         state.reveal()
         state.complete = True
+        await self.verifier.check_header(state)
         return True
 
     async def _fetch_blocks(self, state: FileState, position: int, chunker: StreamChunker,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..index.db import transaction
+from . import headerdb
 from .cas import LOOSE, PACKS, TMP_PREFIX, ChunkFiles, Place
 from .chunkdb import ChunkIndex
 from .digest import digest
@@ -148,6 +149,24 @@ def manifest_map(cache_dir: Path, origin_id: str, real_path: str) -> dict | None
     return {"origin": origin_id, "real_path": real_path, "size": manifest.size,
             "version": manifest.version, "complete": manifest.complete, "chunks": chunks,
             "percent_cached": round(100 * cached_bytes / manifest.size, 2) if manifest.size else 100.0}
+
+
+def header_map(cache_dir: Path, origin_id: str, real_path: str) -> dict | None:
+    """What the header tier holds of one file (the ranges a tag scan read), or None."""
+    index = _index(cache_dir)
+    try:
+        found = headerdb.load(index.conn, origin_id, real_path)
+    except sqlite3.OperationalError:  # a cache made before the header tier
+        found = None
+    finally:
+        index.close()
+    if found is None:
+        return None
+    _, size, version, pieces = found
+    places = {address: place for address, _, place in chunk_rows(cache_dir)}
+    return {"size": size, "version": version, "bytes": sum(p.size for p in pieces),
+            "pieces": [{"offset": p.offset, "size": p.size, "address": p.address, "cached": p.address in places}
+                       for p in pieces]}
 
 
 def cached_files(cache_dir: Path) -> Iterator[tuple[str, str, int, bool]]:

@@ -35,12 +35,13 @@ from ..errors import OriginUnavailable
 from ..events import EventBus, FileAccessed
 from ..memtrim import release_free_memory
 from .cache import ContentCache
-from .chunkdb import ChunkRef
+from .chunkdb import ChunkRef, Manifest
 from .chunker import AVG_SIZE
 from .digest import digest
 from .fetch import ReplicaFetcher
 from .filestate import FileState, ReaderCounters
 from .fill import Filler
+from .headers import Header, HeaderTier
 from .verify import ChecksumMismatchError, Verifier
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,14 @@ class CachedReader:
     def __init__(self, origins: dict, cache: ContentCache, bus: EventBus, nursery: trio.Nursery, *,
                  direct: Any = None, policies: dict[str, str] | None = None, read_timeout: float = 5.0,
                  threads: int = 16, origin_threads: int = 128, health: Any = None,
-                 replicas: Callable[[str, str, int], list[str]] | None = None):
+                 replicas: Callable[[str, str, int], list[str]] | None = None,
+                 headers: HeaderTier | None = None):
         """``direct`` serves local origins whose policy is cache = "never" (a pass-through
         reader); ``replicas(origin_id, path, size)`` names the origins holding the same file;
-        ``health`` (a HealthMonitor) orders them."""
+        ``health`` (a HealthMonitor) orders them; ``headers`` answers reads of what a tag scan
+        read of a file not cached whole (the header tier)."""
         self.origins = origins
+        self.headers = headers
         self.direct = direct
         self.replicas = replicas
         self.cache = cache
@@ -103,7 +107,8 @@ class CachedReader:
         self._recent_bytes = 0
         self._went_idle = trio.Event()  # set when the last open file is forgotten
         self.memory_trims = 0  # times freed memory was given back after a busy spell
-        self.verifier = Verifier(cache, bus, self.counters, limiter=self.limiter, load_chunk=self._chunk_in_order)
+        self.verifier = Verifier(cache, bus, self.counters, limiter=self.limiter, load_chunk=self._chunk_in_order,
+                                 headers=headers)
         self.filler = Filler(self.fetcher, self.verifier, cache, bus, self.counters, nursery, limiter=self.limiter,
                              pending=self._pending, on_idle=self._forget)
 
@@ -132,8 +137,8 @@ class CachedReader:
             origin = self.origins.get(state.origin_id)
             state.expected = origin.whole_checksum(version) if origin is not None else None
             if not never:
-                manifest = await trio.to_thread.run_sync(self.cache.manifest, *key[:2], limiter=self.limiter)
-                if manifest is not None and manifest.version == version and manifest.size == state.size:
+                manifest, state.header = await trio.to_thread.run_sync(self._maps, state, limiter=self.limiter)
+                if manifest is not None:
                     for ref in manifest.chunks:
                         state.add(ref)
                     state.complete = manifest.complete
@@ -142,6 +147,15 @@ class CachedReader:
             state = self._states.setdefault(key, state)
         state.handles += 1
         return CachedHandle(track["id"], state, passthrough=never, keep_cache=not self.verifier.suspected(state))
+
+    def _maps(self, state: FileState) -> tuple[Manifest | None, Header | None]:
+        """The file version's chunk map, and its header unless the map is complete (one thread hop)."""
+        manifest = self.cache.manifest(state.origin_id, state.real_path)
+        if manifest is not None and (manifest.version, manifest.size) != (state.version, state.size):
+            manifest = None
+        if self.headers is None or (manifest is not None and manifest.complete):
+            return manifest, None
+        return manifest, self.headers.lookup(state.origin_id, state.real_path, state.size, state.version)
 
     def release(self, handle: CachedHandle) -> None:
         if handle.direct is not None:
@@ -200,6 +214,11 @@ class CachedReader:
             data = await self._from_chunks(state, offset, end)
             if data is not None:
                 self.cache.counters.hits += 1
+                return data
+        if state.header is not None and not state.complete:
+            data = await self._from_header(state, offset, end)
+            if data is not None:
+                self.headers.counters.hits += 1
                 return data
         self.cache.counters.misses += 1
         if offset > state.covered + AHEAD and not state.complete and not state.verify_first:
@@ -289,6 +308,36 @@ class CachedReader:
         if upto < end:
             pieces.append(memoryview(tail)[max(start, tail_at) - tail_at:end - tail_at])
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _from_header(self, state: FileState, start: int, end: int) -> bytes | memoryview | None:
+        """Bytes [start, end) from the file's header, if it holds them all; None if not.
+
+        A piece missing or damaged on disk (found so by the chunk check) costs
+        the header: it is dropped, and this read and the next go to the origin.
+        """
+        header = state.header
+        pieces = header.covering(start, end) if header is not None else None
+        if pieces is None:
+            return None
+        for piece in pieces:
+            if self._in_memory(piece.address) is None:
+                loading = self._loading.get(piece.address)
+                if loading is not None:
+                    await loading.wait()
+                elif piece.address not in self._bad:
+                    await self._load_batch([p for p in pieces if self._wanted(p)])
+        views = []
+        for piece in pieces:
+            data = self._in_memory(piece.address)
+            if data is None:
+                if state.header is header:
+                    state.header = None
+                    await trio.to_thread.run_sync(self.headers.drop, state.origin_id, state.real_path,
+                                                  limiter=self.limiter)
+                return None
+            views.append(memoryview(data)[max(start, piece.offset) - piece.offset:
+                                          min(end, piece.end) - piece.offset])
+        return views[0] if len(views) == 1 else b"".join(views)
 
     def _wanted(self, ref: ChunkRef) -> bool:
         """True if nobody holds or is fetching this chunk yet."""
@@ -421,6 +470,8 @@ class CachedReader:
         while True:
             await trio.sleep(every)
             await trio.to_thread.run_sync(self.cache.flush, limiter=self.limiter)
+            if self.headers is not None:
+                await trio.to_thread.run_sync(self.headers.flush, limiter=self.limiter)
 
     async def give_back_memory_when_idle(self, after: float = IDLE_TRIM_AFTER) -> None:
         """Once no file has been open for ``after`` seconds, hand what the reads freed back to

@@ -21,7 +21,11 @@ byte of another until a file it served has passed its check again.
 What remains exposed: bytes streamed to readers of a file's *first* fill
 before the file could be checked (its end had not arrived), and the head of
 a file read only in part (a tag scanner), which is checked when the file is
-first read to its end. Origins without a whole-file checksum (local folders,
+first read to its end. The same holds for a file's header (the header tier:
+what the scanner read of it): a part cannot be checked against a checksum of
+the whole, so it is served as the origin sent it. It goes with the file's
+chunks when they are dropped as wrong, and once the file has been read whole
+a header whose bytes differ from the file's is dropped (:meth:`check_header`). Origins without a whole-file checksum (local folders,
 SFTP, multipart S3 uploads whose ETag is not an MD5) are trusted on a first
 fill; once a file's chunk map is known, every later fetch of it is checked
 chunk by chunk (:mod:`musicfs.store.fetch`).
@@ -29,6 +33,7 @@ chunk by chunk (:mod:`musicfs.store.fetch`).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 from collections import OrderedDict
@@ -41,7 +46,9 @@ from ..errors import OriginUnavailable
 from ..events import ChecksumMismatch, EventBus
 from .cache import ContentCache
 from .chunkdb import ChunkRef
+from .digest import digest
 from .filestate import FileState, ReaderCounters
+from .headers import Header, HeaderTier
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +77,14 @@ def hash_chunks(hasher: Any, pieces: Iterable[bytes]) -> int:
 class Verifier:
     def __init__(self, cache: ContentCache, bus: EventBus, counters: ReaderCounters, *,
                  limiter: trio.CapacityLimiter,
-                 load_chunk: Callable[[FileState, ChunkRef], Awaitable[bytes]]):
+                 load_chunk: Callable[[FileState, ChunkRef], Awaitable[bytes]],
+                 headers: HeaderTier | None = None):
         """``load_chunk(state, ref)`` gives a chunk's bytes, checked against its address
         (from memory, disk, or fetched again): used to rebuild a hash over chunks cut
-        by an earlier fill."""
+        by an earlier fill. ``headers``: the header tier, whose headers follow the files'
+        chunks when those are found wrong."""
         self.cache = cache
+        self.headers = headers
         self.bus = bus
         self.counters = counters
         self.limiter = limiter
@@ -154,6 +164,7 @@ class Verifier:
     async def discard(self, state: FileState, why: str) -> None:
         """Forget and remove every chunk the state holds, and its saved map (wrong or unverified)."""
         dropped = state.reset()
+        state.header = None  # dropped with the chunks (in _remove): read from the same origins
         self.cache.unhold(ref.address for ref in dropped)
         log.info("dropping %d cached chunk(s) of %s:%s: %s", len(dropped), state.origin_id,
                  state.real_path, why)
@@ -163,6 +174,38 @@ class Verifier:
     def _remove(self, origin_id: str, real_path: str, addresses: list[str]) -> None:
         self.cache.drop_manifest(origin_id, real_path)
         self.cache.purge(addresses)
+        if self.headers is not None:  # read from the same origins: no more trusted than the chunks
+            self.headers.drop(origin_id, real_path)
+
+    async def check_header(self, state: FileState) -> None:
+        """The file was read whole: drop its header if a piece of it differs from the file's bytes
+        (the origin sent the scanner wrong bytes, or the file changed since under the same version)."""
+        header, state.header = state.header, None  # the file is cached whole: reads need it no more
+        if header is None or self.headers is None:
+            return
+        differs = await trio.to_thread.run_sync(self._differs, header, list(state.chunks), limiter=self.limiter)
+        if differs is not None:
+            log.warning("the header of %s:%s (what its scan read) differs from the file's bytes at %d: "
+                        "dropped", state.origin_id, state.real_path, differs)
+            self.counters.headers_dropped += 1
+            await trio.to_thread.run_sync(self.headers.drop, state.origin_id, state.real_path,
+                                          limiter=self.limiter)
+
+    def _differs(self, header: Header, chunks: list[ChunkRef]) -> int | None:
+        """The offset of the first header piece whose bytes are not the file's there, or None."""
+        starts = [ref.offset for ref in chunks]
+        for piece in header.pieces:
+            first = bisect.bisect_right(starts, piece.offset) - 1
+            last = bisect.bisect_left(starts, piece.end)
+            covering = chunks[max(first, 0):last]
+            loaded = self.cache.read_chunks(covering)
+            if any(data is None for data in loaded):
+                continue  # not on disk any more: nothing to compare with
+            joined = b"".join(loaded)
+            at = piece.offset - covering[0].offset
+            if digest(joined[at:at + piece.size]) != piece.address:
+                return piece.offset
+        return None
 
     async def _rehash(self, state: FileState) -> None:
         """Hash the file from its chunks (a fill resumed without the hash of what came before)."""

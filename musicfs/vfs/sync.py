@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -62,6 +62,9 @@ from ..index.template import PathTemplate
 from ..index.tree import TreeChanges
 from ..lifecycle import Lifecycle
 from ..origins.base import Origin
+
+if TYPE_CHECKING:
+    from ..index.scanner import HeaderSink
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +119,10 @@ class SyncService:
 
     def __init__(self, index: LibraryIndex, origins: dict[str, Origin], template: PathTemplate, *,
                  bus: EventBus, lifecycle: Lifecycle, tree_changed: TreeChanged | None = None,
-                 workers: int = 4, batch_size: int = 200):
-        """``workers``: tag-reading threads per rescan of a remote origin (a local one gets one)."""
+                 workers: int = 4, batch_size: int = 200, headers: dict[str, HeaderSink] | None = None):
+        """``workers``: tag-reading threads per rescan of a remote origin (a local one gets one);
+        ``headers``: per origin id, where the bytes read for tags are kept (the header tier)."""
+        self.headers = headers or {}
         self.index = index
         self.origins = origins
         self.template = template
@@ -331,7 +336,8 @@ class SyncService:
             from ..index.scanner import Scanner  # with the tag readers: paid by a rescan, not by a mount
 
             scanner = Scanner(writer, origin, self.template, workers=workers, batch_size=self.batch_size,
-                              progress=progress, on_commit=committed, stop=rescan.stop)
+                              progress=progress, on_commit=committed, stop=rescan.stop,
+                              headers=self.headers.get(origin_id))
             post(_document(origin_id, "scanning", None, total=total))
             report = scanner.run()
             post(_document(origin_id, "indexing", report, total=report.seen, errors=rescan.errors))
