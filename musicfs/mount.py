@@ -53,6 +53,7 @@ from .origins.local import LocalOrigin
 from .search.service import SearchService
 from .status import StatusService
 from .store.cache import ContentCache
+from .store.delta import DeltaSync, ScanKeeper
 from .store.headers import HeaderTier
 from .store.reader import CachedReader
 from .systemd import Notifier
@@ -267,6 +268,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
     bus = EventBus()
     cache = ContentCache(settings.cache_dir, config.cache_size, bus.publish)
     headers = HeaderTier(cache, config.header_limit)
+    delta = DeltaSync(cache)  # retag-tolerant resync, run by the scans' keeper
     origins = _origins(config)
     direct = DirectReader({k: o for k, o in origins.items() if isinstance(o, LocalOrigin)}, bus=bus)
     health = HealthMonitor(origins, {o.id: o.priority for o in config.origins},
@@ -304,7 +306,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             invalidator = KernelInvalidator(inodes, resolver)
             sync = SyncService(index, origins, config.path_template(), bus=bus, lifecycle=lifecycle,
                                tree_changed=invalidator, workers=config.scan_workers,
-                               headers=headers.sinks(config.header_origins()))
+                               headers=ScanKeeper(headers, delta).sinks(config.header_origins()))
             status.register("sync", sync.statistics)
             status.register("invalidation", invalidator.statistics)
             # how long the loop is held: CPU per task step (ASYNC-3), and a probe's wake-up lag
@@ -318,6 +320,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             status.register("search_folders", searches.statistics)
             for name, statistics in (("reader", reader.statistics), ("direct", direct.statistics),
                                      ("cache", cache.statistics), ("headers", headers.statistics),
+                                     ("delta_sync", delta.statistics),
                                      ("events", bus.statistics),
                                      ("raw_views", raw.statistics), ("fuse", ops.statistics)):
                 status.register(name, statistics)

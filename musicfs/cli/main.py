@@ -103,11 +103,13 @@ def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200,
         sinks: dict = {}
         if cache_dir is not None and config.header_origins():
             from ..store.cache import ContentCache
+            from ..store.delta import DeltaSync, ScanKeeper
             from ..store.headers import HeaderTier
 
             cache = ContentCache(cache_dir, config.cache_size, lambda *events: None)
             stack.callback(cache.close)
-            sinks = HeaderTier(cache, config.header_limit).sinks(config.header_origins())
+            sinks = ScanKeeper(HeaderTier(cache, config.header_limit), DeltaSync(cache)).sinks(
+                config.header_origins())
         return _scan_origins(config, path, show_progress, batch_size, sinks)
 
 

@@ -33,6 +33,7 @@ class ScanReport:
     slowest_seconds: float = 0.0  # the longest time one file's tags took to read
     slowest_path: str = ""
     complete: bool = False
+    bytes_fetched: int = 0  # read from a remote origin for tags (and kept in the header tier)
 
 
 class Progress(Protocol):

@@ -62,7 +62,10 @@ _SCHEMA = [
         size        INTEGER NOT NULL,  -- the file version's size
         version     TEXT NOT NULL,     -- as in manifests: a new version's header replaces the old one
         bytes       INTEGER NOT NULL,  -- bytes of the file the header holds
-        last_access REAL NOT NULL      -- the tier's own LRU
+        last_access REAL NOT NULL,     -- the tier's own LRU
+        audio_start INTEGER,           -- where the version's audio lies (musicfs.index.layout), NULL if
+        audio_end   INTEGER,           -- not known: what delta sync compares the next version with
+        fingerprint TEXT NOT NULL DEFAULT ''  -- the format's fingerprint of the audio (FLAC: samples, MD5)
     )""",
     "CREATE UNIQUE INDEX IF NOT EXISTS headers_file ON headers(origin_id, real_path)",
     "CREATE INDEX IF NOT EXISTS headers_lru ON headers(last_access)",
@@ -147,6 +150,10 @@ def _open(path: Path) -> sqlite3.Connection:
         conn.execute("ALTER TABLE chunks ADD COLUMN pack TEXT")
         conn.execute("ALTER TABLE chunks ADD COLUMN pack_offset INTEGER NOT NULL DEFAULT 0")
     conn.execute("CREATE INDEX IF NOT EXISTS chunks_pack ON chunks(pack) WHERE pack IS NOT NULL")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(headers)")}
+    if "audio_start" not in columns:  # headers kept before delta sync: their regions are unknown
+        for column in ("audio_start INTEGER", "audio_end INTEGER", "fingerprint TEXT NOT NULL DEFAULT ''"):
+            conn.execute(f"ALTER TABLE headers ADD COLUMN {column}")
     return conn
 
 

@@ -13,18 +13,22 @@ import time
 from collections.abc import Iterable, Sequence
 
 from ..index.db import transaction
+from ..index.layout import AudioRegion
 from .chunkdb import IN_BATCH, PIN_HEADER, ChunkRef
 
 
 def replace(conn: sqlite3.Connection, origin_id: str, real_path: str, size: int, version: str,
-            pieces: Sequence[ChunkRef]) -> None:
-    """Save a file version's header (its pieces, in file order) in place of any header of the file."""
+            pieces: Sequence[ChunkRef], region: AudioRegion | None = None) -> None:
+    """Save a file version's header (its pieces, in file order, and where its audio lies) in place
+    of any header of the file."""
     with transaction(conn):
         old = _remove(conn, "origin_id = ? AND real_path = ?", (origin_id, real_path))
         cur = conn.execute(
-            "INSERT INTO headers (origin_id, real_path, size, version, bytes, last_access)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (origin_id, real_path, size, version, sum(p.size for p in pieces), time.time()))
+            "INSERT INTO headers (origin_id, real_path, size, version, bytes, last_access, audio_start,"
+            " audio_end, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (origin_id, real_path, size, version, sum(p.size for p in pieces), time.time(),
+             region.start if region else None, region.end if region else None,
+             region.fingerprint if region else ""))
         header_id = int(cur.lastrowid)
         conn.executemany(
             "INSERT INTO header_pieces (header_id, seq, offset, size, address) VALUES (?, ?, ?, ?, ?)",
@@ -64,6 +68,17 @@ def held(conn: sqlite3.Connection, origin_id: str | None) -> tuple[int, int, int
     pieces = conn.execute(f"SELECT COUNT(*) FROM header_pieces WHERE header_id IN"
                           f" (SELECT id FROM headers WHERE {where})", args).fetchone()[0]
     return count, pieces, size
+
+
+def region(conn: sqlite3.Connection, origin_id: str, real_path: str) -> tuple[str, AudioRegion | None] | None:
+    """(version, audio region) of the header kept for a file, or None if there is none."""
+    row = conn.execute("SELECT version, audio_start, audio_end, fingerprint FROM headers"
+                       " WHERE origin_id = ? AND real_path = ?", (origin_id, real_path)).fetchone()
+    if row is None:
+        return None
+    version, start, end, fingerprint = row
+    known = isinstance(start, int) and isinstance(end, int) and 0 <= start < end
+    return version, AudioRegion(start, end, fingerprint or "") if known else None
 
 
 def drop(conn: sqlite3.Connection, origin_id: str | None, real_path: str | None = None) -> int:

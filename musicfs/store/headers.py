@@ -32,9 +32,9 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+from ..index.layout import AudioRegion
 from . import headerdb
 from .cache import ContentCache
 from .chunkdb import PIN_HEADER, ChunkRef
@@ -143,13 +143,8 @@ class HeaderTier:
         self._lock = threading.Lock()  # counters and access times, from several threads
         self._access: dict[int, float] = {}  # header id -> last read, written at flush()
 
-    def sinks(self, origin_ids: Iterable[str]) -> dict[str, HeaderTier]:
-        """This tier for each of ``origin_ids`` (those whose files are cached), none when its
-        limit is 0: what a scanner of each origin hands what it reads to."""
-        return {origin_id: self for origin_id in origin_ids} if self.limit > 0 else {}
-
     def keep(self, origin_id: str, real_path: str, size: int, version: str,
-             parts: list[tuple[int, bytes]]) -> Header | None:
+             parts: list[tuple[int, bytes]], region: AudioRegion | None = None) -> Header | None:
         """Keep what a tag reader fetched of one file version as its header; None if not kept.
 
         A cache that cannot be written keeps nothing (the cache logs why): the
@@ -168,7 +163,7 @@ class HeaderTier:
             return None
         try:
             with self.cache.locked() as index:
-                headerdb.replace(index.conn, origin_id, real_path, size, version, header.pieces)
+                headerdb.replace(index.conn, origin_id, real_path, size, version, header.pieces, region)
                 self._evict_to(index.conn, self.limit)
         except sqlite3.Error as exc:
             log.warning("the header of %s:%s was not kept: %s", origin_id, real_path, exc)
@@ -178,6 +173,14 @@ class HeaderTier:
         with self._lock:
             self.counters.kept += 1
         return header
+
+    def region(self, origin_id: str, real_path: str) -> tuple[str, AudioRegion | None] | None:
+        """(version, audio region) of the header kept for a file: what its next version is compared with."""
+        try:
+            with self.cache.locked() as index:
+                return headerdb.region(index.conn, origin_id, real_path)
+        except sqlite3.OperationalError:  # a read-only cache made before the header tier
+            return None
 
     def lookup(self, origin_id: str, real_path: str, size: int, version: str) -> Header | None:
         """The header of this version of the file, if the tier holds one."""
