@@ -115,3 +115,15 @@ def test_samples_cover_the_audio_ends_included_and_parts_join():
     assert _from_parts(parts, 5, 15) == b"a" * 5 + b"b" * 5
     assert _from_parts(parts, 15, 32) is None
     assert _from_parts(parts, 31, 33) == b"cc"
+
+
+def test_a_cache_that_fails_under_a_scan_costs_the_header_never_the_scan(setup, caplog):
+    from musicfs.store.delta import ScanKeeper
+    from musicfs.store.headers import HeaderTier
+
+    root, tracks, cache = setup
+    keeper = ScanKeeper(HeaderTier(cache, 10**8), DeltaSync(cache))
+    entry = LocalOrigin("o", root).stat(tracks[0].path)
+    cache.index.close()  # every query of the chunk index now fails
+    keeper.keep(LocalOrigin("o", root), entry, [(0, b"x" * 100)], None)
+    assert "was not kept in the cache" in caplog.text

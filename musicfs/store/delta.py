@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..errors import MusicFSError
 from ..index.layout import AudioRegion
 from ..origins.base import Entry, Origin
 from .cache import ContentCache
@@ -141,7 +143,7 @@ class DeltaSync:
             # version's chunks hold; the new tail likewise: audio from the cache, then its tags
             head = new_bytes(0, region.start) + self._old_bytes(old.chunks, old_region.start, first)
             tail = self._old_bytes(old.chunks, last, old_region.end) + new_bytes(region.end, size)
-        except (OSError, ValueError) as exc:  # the origin failed: the file is fetched when read
+        except (OSError, ValueError, MusicFSError) as exc:  # the origin failed: the file is fetched when read
             return Rebuilt(reason=f"the origin could not be read ({exc})")
         moved = [ChunkRef(c.offset + shift, c.size, c.address) for c in reuse]
         head_chunks = _chunks(head, 0)
@@ -234,7 +236,12 @@ class ScanKeeper:
         return {origin_id: self for origin_id in origin_ids} if self.headers.limit > 0 else {}
 
     def keep(self, origin: Origin, entry: Entry, parts: list[tuple[int, bytes]], region: AudioRegion | None) -> None:
-        old = self.headers.region(origin.id, entry.path)
-        if self.delta is not None and old is not None and old[0] != entry.version_key:
-            self.delta.rebuild(origin, entry, old[1], region, parts)
-        self.headers.keep(origin.id, entry.path, entry.size, entry.version_key, parts, region)
+        """Never raises for the cache: a scan reads tags whether or not their bytes can be kept
+        (a failure here must not turn a good file into a skipped one)."""
+        try:
+            old = self.headers.region(origin.id, entry.path)
+            if self.delta is not None and old is not None and old[0] != entry.version_key:
+                self.delta.rebuild(origin, entry, old[1], region, parts)
+            self.headers.keep(origin.id, entry.path, entry.size, entry.version_key, parts, region)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("what the scan read of %s:%s was not kept in the cache: %s", origin.id, entry.path, exc)
