@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
+from musicfs.index.artwork import COVER_NAMES
 from musicfs.index.template import PathTemplate
 
 HIDDEN = ".musicfs"
@@ -44,8 +46,9 @@ def numbered_pattern(path: str) -> re.Pattern:
     return re.compile(re.escape(stem) + r" \(([2-9]|[1-9]\d+)\)" + (re.escape("." + ext) if ext else ""))
 
 
-def walk_files(mountpoint: Path) -> list[str]:
-    """Every file below the mount, relative and '/'-separated (``/.musicfs`` excluded)."""
+def walk_files(mountpoint: Path, *, covers: bool = False) -> list[str]:
+    """Every file below the mount, relative and '/'-separated (``/.musicfs`` excluded); the album
+    covers only with ``covers`` (tests of tracks compare tracks)."""
     found = []
     for root, dirs, files in os.walk(mountpoint):
         rel = os.path.relpath(root, mountpoint)
@@ -53,7 +56,7 @@ def walk_files(mountpoint: Path) -> list[str]:
             rel = ""
             if HIDDEN in dirs:
                 dirs.remove(HIDDEN)
-        found.extend(f"{rel}/{name}" if rel else name for name in files)
+        found.extend(f"{rel}/{name}" if rel else name for name in files if covers or name not in COVER_NAMES)
     return sorted(found)
 
 
@@ -112,3 +115,56 @@ def assign(mountpoint: Path, good_files: list[dict]) -> dict[str, dict]:
 
 def forget_assignment(mountpoint: Path) -> None:
     _ASSIGNMENTS.pop(str(mountpoint), None)
+
+
+# -- album covers: each track's is its embedded front picture, else the best image file beside it
+# (cover.*, then folder.*, then front.*); a directory shows the one most of its tracks have
+SIDECAR_ORDER = ("cover", "folder", "front")
+EXTENSION = {"image/jpeg": "jpg", "image/png": "png"}
+
+
+def expected_covers(manifest: dict) -> dict[str, tuple[str, set[str]]]:
+    """Virtual directory -> (cover file name, sha256 of the images it may show: several on a tie),
+    for every directory whose tracks have a cover."""
+    sidecars: dict[str, tuple[int, str, str]] = {}  # origin folder -> (rank, sha256, extension)
+    for extra in manifest["extras"]:
+        folder, _, name = extra["path"].rpartition("/")
+        stem, _, ext = name.lower().rpartition(".")
+        if extra["kind"] == "cover" and stem in SIDECAR_ORDER:
+            found = (SIDECAR_ORDER.index(stem), extra["sha256"], "jpg" if ext == "jpeg" else ext)
+            sidecars[folder] = min(sidecars.get(folder, found), found)
+    votes: dict[str, Counter] = {}
+    names: dict[str, str] = {}
+    for entry in manifest["files"]:
+        if entry["broken"]:
+            continue
+        if entry["cover_sha256"]:
+            cover, ext = entry["cover_sha256"], EXTENSION[entry["cover"]]
+        elif entry["path"].rpartition("/")[0] in sidecars:
+            _, cover, ext = sidecars[entry["path"].rpartition("/")[0]]
+        else:
+            continue
+        directory = render_path(entry).rpartition("/")[0]
+        votes.setdefault(directory, Counter())[cover] += 1
+        names[cover] = f"cover.{ext}"
+    result = {}
+    for directory, counted in votes.items():
+        top = max(counted.values())
+        winners = {cover for cover, n in counted.items() if n == top}
+        result[directory] = (names[next(iter(winners))], winners)
+    return result
+
+
+def mounted_covers(mountpoint: Path, manifest: dict) -> dict[str, int]:
+    """Every cover file in the mount (path -> size), checked to be exactly the expected ones: the
+    right name in the right directories, the bytes of an image the tracks carry."""
+    expected = expected_covers(manifest)
+    found = {}
+    for path in sorted(set(walk_files(mountpoint, covers=True)) - set(walk_files(mountpoint))):
+        directory, _, name = path.rpartition("/")
+        assert directory in expected and expected[directory][0] == name, f"unexpected cover {path}"
+        data = (mountpoint / path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() in expected[directory][1], f"{path} is another image"
+        found[path] = len(data)
+    assert len(found) == len(expected), f"covers missing in {sorted(set(expected) - {p.rpartition('/')[0] for p in found})}"
+    return found

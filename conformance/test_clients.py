@@ -15,7 +15,7 @@ import mutagen
 import pytest
 from mutagen.id3 import ID3
 
-from conformance.expected import assign, sha256_of, walk_dirs, walk_files
+from conformance.expected import assign, mounted_covers, sha256_of, walk_dirs, walk_files
 from musicfs.index.library import LibraryIndex
 from musicfs.vfs.resolver import Resolver
 
@@ -34,13 +34,15 @@ def lines(result: subprocess.CompletedProcess) -> list[str]:
 
 
 @pytest.mark.req("PH-1.1")
-def test_ls_tree_and_find_see_every_track(sample_mount, good_files):
+def test_ls_tree_and_find_see_every_track(sample_mount, sample_library, good_files):
+    """Every track, and every album's cover (ART-2), as the tools list them."""
     mnt = sample_mount.mountpoint
-    files = walk_files(mnt)
+    files = walk_files(mnt, covers=True)
+    covers = mounted_covers(mnt, sample_library[1])
 
     listing = lines(run("ls", "-lR", "--quoting-style=literal", str(mnt)))
     assert not [ln for ln in listing if "?" in ln.split(" ", 1)[0]], "ls could not stat some entries"
-    assert sum(ln.startswith("-r--r--r--") for ln in listing) == len(good_files)
+    assert sum(ln.startswith("-r--r--r--") for ln in listing) == len(good_files) + len(covers)
     assert sum(ln.startswith("dr-xr-xr-x") for ln in listing) == len(walk_dirs(mnt)) - 1
 
     tree = lines(run("tree", "-a", "-f", "-i", "--noreport", "--charset=ascii", "-N", str(mnt)))
@@ -49,18 +51,20 @@ def test_ls_tree_and_find_see_every_track(sample_mount, good_files):
     found = lines(run("find", str(mnt), "-type", "f", "-printf", "%s\\t%P\\n"))
     sizes = {p: int(s) for s, p in (ln.split("\t", 1) for ln in found)}
     expected = {path: entry["size"] for path, entry in assign(mnt, good_files).items()}
-    assert sizes == expected
+    assert sizes == {**expected, **covers}
     flac = lines(run("find", str(mnt), "-type", "f", "-iname", "*.flac"))
     assert len(flac) == sum(e["format"] == "flac" for e in good_files)
 
 
 @pytest.mark.req("PH-1.1", "FS-5")
-def test_du_counts_exactly_the_tracks(sample_mount, good_files):
+def test_du_counts_exactly_the_tracks(sample_mount, sample_library, good_files):
+    """The tracks' bytes and the albums' covers', nothing else."""
     mnt = sample_mount.mountpoint
+    sizes = [e["size"] for e in good_files] + list(mounted_covers(mnt, sample_library[1]).values())
     apparent = int(lines(run("du", "-s", "--apparent-size", "--block-size=1", str(mnt)))[0].split()[0])
-    assert apparent == sum(e["size"] for e in good_files)
+    assert apparent == sum(sizes)
     blocks = int(lines(run("du", "-s", "--block-size=512", str(mnt)))[0].split()[0])
-    assert blocks == sum((e["size"] + 511) // 512 for e in good_files)
+    assert blocks == sum((size + 511) // 512 for size in sizes)
 
 
 @pytest.mark.req("PH-1.1", "FS-5")
@@ -68,23 +72,24 @@ def test_cp_r_copies_a_byte_identical_tree(sample_mount, good_files, tmp_path):
     mnt = sample_mount.mountpoint
     dest = tmp_path / "copy"
     run("cp", "-r", f"{mnt}/.", str(dest))
-    assert walk_files(dest) == walk_files(mnt)
+    assert walk_files(dest, covers=True) == walk_files(mnt, covers=True)
     assert walk_dirs(dest) == walk_dirs(mnt)
     for path, entry in assign(mnt, good_files).items():
         assert sha256_of(dest / path) == entry["sha256"], path
 
 
 @pytest.mark.req("PH-1.1", "FS-5")
-def test_tar_archives_the_mount(sample_mount, good_files, tmp_path):
+def test_tar_archives_the_mount(sample_mount, sample_library, good_files, tmp_path):
     mnt = sample_mount.mountpoint
+    covers = mounted_covers(mnt, sample_library[1])
     archive = tmp_path / "library.tar"
     run("tar", "-C", str(mnt), "-cf", str(archive), ".")
     names = {os.path.normpath(n) for n in lines(run("tar", "--quoting-style=literal", "-tf", str(archive)))}
-    assert names == {"."} | set(walk_dirs(mnt)[1:]) | set(walk_files(mnt))
+    assert names == {"."} | set(walk_dirs(mnt)[1:]) | set(walk_files(mnt, covers=True))
     with tarfile.open(archive) as tar:
         members = {os.path.normpath(m.name): m for m in tar.getmembers() if m.isfile()}
     expected = assign(mnt, good_files)
-    assert {p: m.size for p, m in members.items()} == {p: e["size"] for p, e in expected.items()}
+    assert {p: m.size for p, m in members.items()} == {**{p: e["size"] for p, e in expected.items()}, **covers}
 
     out = tmp_path / "extracted"
     out.mkdir()

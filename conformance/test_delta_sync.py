@@ -9,6 +9,7 @@ whole and compared with the origin. Every byte musicfs takes from the origin
 for them is counted: the rescan's tag reads, delta sync's samples and missing
 ranges, and the reader's fetches. A second round re-encodes two tracks (other
 audio of the same length): those must be fetched in full, and read exact.
+``musicfs-inspect manifest`` and ``musicfs cache stats`` say which were rebuilt.
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ import hashlib
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
 from chaos.remote import write_origin
+from conformance.test_cache import cached_map
+from conformance.test_control_cli import ok_json, ok_text
 from fixtures.audio import AudioSpec, sample_rates
 from fixtures.media import encode_audio, tag_plan, write_media_library
 from fixtures.tags import write_tags
@@ -89,6 +94,15 @@ def test_retagged_tracks_are_rebuilt_from_the_cache_and_reencoded_ones_fetched(t
                                       f"{total} bytes of tracks; every track byte-exact")
             for real, path in tracks.items():
                 read_exact(path, root / real)
+            # musicfs-inspect says how each version was obtained: the retagged FLAC rebuilt from the cache
+            flac = next(t for t in retagged if t.fmt == "flac")
+            rebuilt = cached_map(mounted, tracks[flac.path])
+            assert rebuilt["obtained"] == "delta" and rebuilt["reused_bytes"] > 0.9 * rebuilt["size"], \
+                {k: rebuilt[k] for k in ("obtained", "reused_bytes", "size")}
+            text = subprocess.run([sys.executable, "-m", "musicfs.cli.inspect", "--state-dir", str(mounted.state_dir),
+                                   "manifest", str(tracks[flac.path])], capture_output=True, text=True,
+                                  check=True).stdout
+            assert f"rebuilt by delta sync from the previous version ({rebuilt['reused_bytes']} bytes reused" in text
 
             # other audio of the same length under the same names: fetched in full, read exact
             reencoded = [t for t in written if t.tags["track"] == 3 and t.fmt in ("flac", "mp3")]
@@ -106,4 +120,9 @@ def test_retagged_tracks_are_rebuilt_from_the_cache_and_reencoded_ones_fetched(t
                 read_exact(tracks[track.path], root / track.path)
             assert fetched(mounted.mountpoint) - before >= sum((root / t.path).stat().st_size for t in reencoded) * 0.9
             assert mounted.log_text().count("changed, and not only its tags") == len(reencoded)
+            refetched = cached_map(mounted, tracks[reencoded[0].path])
+            assert (refetched["obtained"], refetched["reused_bytes"], refetched["complete"]) == ("fetched", 0, True)
+            stats = ok_json(mounted.state_dir, "cache", "stats")
+            assert stats["manifests_delta"] == len(retagged) and stats["reused_bytes"] >= rebuilt["reused_bytes"], stats
+            assert "rebuilt by delta sync" in ok_text(mounted.state_dir, "cache", "stats")
         shutil.rmtree(root)

@@ -26,7 +26,6 @@ import errno
 import http.server
 import ipaddress
 import json
-import os
 import secrets
 import shutil
 import signal
@@ -44,7 +43,7 @@ import pytest
 from chaos.remote import origin_lines
 from conformance.daemons import cleanup, launcher_cmd, wait_serving
 from musicfs import daemon
-from tests.harness import mount_library, musicfs_cmd
+from tests.harness import mount_library, mounted_tracks, musicfs_cmd
 from tests.s3server import aws_env, moto_server
 from tests.sshserver import ssh_server
 
@@ -125,8 +124,7 @@ def test_f34_no_credential_in_logs_tracebacks_cmdline_mounts_or_status(split_lib
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         spawned.append(proc)
         wait_serving(mnt, proc)
-        tracks = {os.getxattr(p, "user.musicfs.real_path").decode(): p
-                  for p in mnt.rglob("*") if p.is_file() and ".musicfs" not in p.parts}
+        tracks = mounted_tracks(mnt)
         s3_real = [f["path"] for f in lab["s3_files"]]
         sftp_real = [f["path"] for f in lab["sftp_files"]]
         for real in s3_real[:3] + sftp_real[:3]:  # both origins serve (and log at DEBUG doing so)
@@ -278,7 +276,7 @@ def test_f34_auth_is_not_forwarded_across_an_https_to_http_redirect(sample_libra
         with serving(Redirect, tls) as tls_port, mount_library(
                 config=config(tmp_path / "mount.toml", f"https://127.0.0.1:{tls_port}"), index=index,
                 work=tmp_path / "m", env={**env, "AWS_CA_BUNDLE": str(cert)}) as mounted:
-            paths = [p for p in mounted.mountpoint.rglob("*") if p.is_file() and ".musicfs" not in p.parts]
+            paths = list(mounted_tracks(mounted.mountpoint).values())
             assert len(paths) == len(files)
             started = time.monotonic()
             assert read_errno(paths[0]) == errno.EIO

@@ -30,7 +30,7 @@ from conformance.daemons import cleanup
 from conformance.expected import sha256_of
 from musicfs import daemon
 from tests.cachefiles import chunk_files
-from tests.harness import musicfs_cmd
+from tests.harness import mounted_tracks, musicfs_cmd
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's may sit where nobody cannot reach it
@@ -95,13 +95,9 @@ def open_dir():
 def a_track(mountpoint: Path, good_files: list[dict]) -> tuple[Path, str]:
     """A mounted track and its sha256 (found by its real path, through the xattr)."""
     expected = {f["path"]: f["sha256"] for f in good_files}
-    for dirpath, dirnames, filenames in os.walk(mountpoint):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            path = Path(dirpath) / name
-            real = os.getxattr(path, "user.musicfs.real_path").decode()
-            if real in expected:
-                return path, expected[real]
+    for real, path in mounted_tracks(mountpoint).items():
+        if real in expected:
+            return path, expected[real]
     raise AssertionError("no track in the mount")
 
 

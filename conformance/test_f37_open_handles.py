@@ -32,7 +32,7 @@ import pytest
 from conformance.daemons import fd_count, open_files_limit
 from conformance.measure import Latencies, copy_index, median, read_whole, settle, time_each
 from fixtures.copies import library_of_copies
-from tests.harness import mount_status, scan, settled
+from tests.harness import mount_status, mounted_tracks, scan, settled
 
 COPIES = 10  # about 1,200 distinct tracks in the tree
 HANDLES = 1_200  # held at once across all holders
@@ -110,17 +110,6 @@ def soft_open_files_limit(limit: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def presented(mountpoint: Path) -> dict[str, Path]:
-    """real path -> mounted path, from the tree itself (xattrs)."""
-    found = {}
-    for dirpath, dirnames, filenames in os.walk(mountpoint):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            path = Path(dirpath) / name
-            found[os.getxattr(path, "user.musicfs.real_path").decode()] = path
-    return found
 
 
 class Holders:
@@ -283,7 +272,7 @@ def test_f37_more_than_a_thousand_handles_across_processes_cached(mount_factory,
     handle is added), every handle reads whole and exact, and stat and cached reads are no
     slower with all of them held than before any was opened."""
     mounted = start(mount_factory, copied_library, tmp_path)
-    tracks = presented(mounted.mountpoint)
+    tracks = mounted_tracks(mounted.mountpoint)
     expected = copied_library[2]
     assert set(tracks) == set(expected)
     files = [(tracks[real], expected[real]) for real in sorted(tracks)]
@@ -338,7 +327,7 @@ cache = "never"
 def test_f37_more_than_a_thousand_handles_read_straight_through(mount_factory, copied_library, tmp_path,
                                                                 capsys):
     mounted = start(mount_factory, copied_library, tmp_path, config=NEVER_CACHE)
-    tracks = presented(mounted.mountpoint)
+    tracks = mounted_tracks(mounted.mountpoint)
     expected = copied_library[2]
     files = [(tracks[real], expected[real]) for real in sorted(tracks)]
     figures = hold_and_read(mounted, files)

@@ -99,6 +99,9 @@ class Config:
     # the header tier's share of the cache, `[cache] headers_size` (musicfs.store.headers); None: a
     # tenth of cache_size. 0 keeps no headers.
     headers_size: int | None = None
+    # album artwork's share, `[cache] artwork_size` (musicfs.store.artwork); None: a twentieth of
+    # cache_size. 0 keeps none (covers are then read from the origin when opened).
+    artwork_size: int | None = None
     scan_workers: int = 4
     scan_interval: float | None = None  # seconds between rescans of a running mount; None: off
     read_timeout: float = 5.0
@@ -137,6 +140,11 @@ class Config:
     def header_limit(self) -> int:
         """Bytes the header tier may hold: ``[cache] headers_size``, by default a tenth of the cache."""
         return self.cache_size // 10 if self.headers_size is None else self.headers_size
+
+    @property
+    def artwork_limit(self) -> int:
+        """Bytes album artwork may hold: ``[cache] artwork_size``, by default a twentieth of the cache."""
+        return self.cache_size // 20 if self.artwork_size is None else self.artwork_size
 
     def header_origins(self) -> list[str]:
         """Origins whose scans keep what they read for tags in the header tier: those cached, and
@@ -219,7 +227,8 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     else:
         kwargs_health = None
     _only(library, {"name", "template", "index"}, "library", fail)
-    _only(cache, {"dir", "size", "read_timeout", "metadata_size", "headers_size"}, "cache", fail)
+    _only(cache, {"dir", "size", "read_timeout", "metadata_size", "headers_size",
+                  "artwork_size"}, "cache", fail)
     _only(scan, {"workers", "interval"}, "scan", fail)
     kwargs: dict[str, Any] = {"source": source}
     if "allow_other" in mount:
@@ -250,14 +259,15 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
             raise fail(str(exc), "cache", "size") from None
     if "metadata_size" in cache:
         kwargs["metadata_cache_size"] = _metadata_size(cache["metadata_size"], fail)
-    if "headers_size" in cache:
+    for share in ("headers_size", "artwork_size"):  # tiers within the cache
+        if share not in cache:
+            continue
         try:
-            kwargs["headers_size"] = parse_size(cache["headers_size"])
+            kwargs[share] = parse_size(cache[share])
         except ValueError as exc:
-            raise fail(str(exc), "cache", "headers_size") from None
-        if kwargs["headers_size"] > kwargs.get("cache_size", Config.cache_size):
-            raise fail(f"headers_size {cache['headers_size']!r} is more than the cache's size", "cache",
-                       "headers_size")
+            raise fail(str(exc), "cache", share) from None
+        if kwargs[share] > kwargs.get("cache_size", Config.cache_size):
+            raise fail(f"{share} {cache[share]!r} is more than the cache's size", "cache", share)
     if "read_timeout" in cache:
         timeout = cache["read_timeout"]
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 300:

@@ -35,6 +35,7 @@ from .fuse.inodes import InodeTable
 from .fuse.invalidate import KernelInvalidator
 from .fuse.namespaces import (
     CollectionsNamespace,
+    CoverNamespace,
     HiddenNamespace,
     RawNamespace,
     ResultDirs,
@@ -52,6 +53,7 @@ from .origins.health import HealthMonitor
 from .origins.local import LocalOrigin
 from .search.service import SearchService
 from .status import StatusService
+from .store.artwork import ArtShelf
 from .store.cache import ContentCache
 from .store.delta import DeltaSync, ScanKeeper
 from .store.headers import HeaderTier
@@ -270,6 +272,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
     headers = HeaderTier(cache, config.header_limit)
     delta = DeltaSync(cache)  # retag-tolerant resync, run by the scans' keeper
     origins = _origins(config)
+    artwork = ArtShelf(cache, config.artwork_limit, origins)  # covers, kept by scans, shown by albums
     direct = DirectReader({k: o for k, o in origins.items() if isinstance(o, LocalOrigin)}, bus=bus)
     health = HealthMonitor(origins, {o.id: o.priority for o in config.origins},
                            interval=settings.health_interval, timeout=settings.read_timeout, bus=bus)
@@ -295,18 +298,20 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             recorder = LatencyRecorder()  # each FUSE handler's time, for /metrics
             listings = ListingCache(budget.listed_nodes)  # repeated listings from memory (MM-5.3), emptied by rescans
             resolver = Resolver(index.conn, listings)
-            tree = TreeNamespace(index, resolver, reader, inodes, policy)
+            covers = CoverNamespace(index.conn, artwork, policy, read_timeout=settings.read_timeout)
+            tree = TreeNamespace(index, resolver, reader, inodes, policy, covers)
             # /.search and /.collections list hits as the tree's own files; searches run in the
             # service's worker threads on connections of their own
             results = ResultDirs(search.search, tree, max_results=MAX_SEARCH_RESULTS)
             searches = SearchNamespace(search, results, policy)
             router = Router(tree, [HiddenNamespace(hidden, policy), RawNamespace(raw, reader, policy), searches,
-                                   CollectionsNamespace(search, results, policy)])
+                                   CollectionsNamespace(search, results, policy)], entered=[covers])
             ops = Operations(router, inodes, recorder=recorder)
             invalidator = KernelInvalidator(inodes, resolver)
             sync = SyncService(index, origins, config.path_template(), bus=bus, lifecycle=lifecycle,
                                tree_changed=invalidator, workers=config.scan_workers,
-                               headers=ScanKeeper(headers, delta).sinks(config.header_origins()))
+                               headers=ScanKeeper(headers, delta).sinks(config.header_origins()),
+                               artwork=artwork)
             status.register("sync", sync.statistics)
             status.register("invalidation", invalidator.statistics)
             # how long the loop is held: CPU per task step (ASYNC-3), and a probe's wake-up lag
@@ -320,6 +325,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             status.register("search_folders", searches.statistics)
             for name, statistics in (("reader", reader.statistics), ("direct", direct.statistics),
                                      ("cache", cache.statistics), ("headers", headers.statistics),
+                                     ("artwork", artwork.statistics),
                                      ("delta_sync", delta.statistics),
                                      ("events", bus.statistics),
                                      ("raw_views", raw.statistics), ("fuse", ops.statistics)):
@@ -333,7 +339,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             if settings.control_socket is not None:
                 services = ControlServices(status=status, lifecycle=lifecycle, cache=cache, bus=bus,
                                            limiter=trio.CapacityLimiter(4), sync=sync, metrics=metrics,
-                                           search=search, headers=headers)
+                                           search=search, headers=headers, artwork=artwork)
                 control = ControlServer(settings.control_socket, functools.partial(_control_app, services))
                 try:
                     control.bind()

@@ -7,7 +7,9 @@ rather than by guessing paths.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +70,9 @@ def cut_short(chunk: StoredChunk) -> None:
 def remove(chunk: StoredChunk) -> None:
     """Delete the file holding a chunk (with a pack, every chunk in it goes too)."""
     chunk.path.unlink(missing_ok=True)
+
+
+def artwork_chunks(cache_dir: Path) -> set[str]:
+    """Addresses of the chunks holding album covers (musicfs.store.artwork)."""
+    with contextlib.closing(sqlite3.connect(f"file:{cache_dir / 'chunks.db'}?mode=ro", uri=True)) as conn:
+        return {row[0] for row in conn.execute("SELECT address FROM art_pieces")}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from musicfs import daemon
+from musicfs.index.artwork import COVER_NAMES
 
 
 @dataclass
@@ -127,6 +128,8 @@ def mounted_tracks(mountpoint: Path) -> dict[str, Path]:
     for dirpath, dirnames, filenames in os.walk(mountpoint):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
+            if name in COVER_NAMES:  # an album's cover, not a track
+                continue
             path = Path(dirpath) / name
             tracks[os.getxattr(path, "user.musicfs.real_path").decode()] = path
     return tracks

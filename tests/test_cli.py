@@ -148,11 +148,11 @@ def test_the_cache_table_and_a_clear_say_what_the_api_said_in_human_units():
 
     stats = {"bytes": 3_400_000_000, "limit_bytes": 10 * 10**9, "manifests": 812, "partial_manifests": 3,
              "chunks": 9000, "hits": 934, "misses": 66, "hit_rate": 0.934, "logical_bytes": 3_600_000_000,
-             "dedup_ratio": 0.0556, "evictions": 12, "evicted_bytes": 48_000_000, "corruptions": 0,
-             "writable": True, "directory": "/var/cache/musicfs"}
+             "dedup_ratio": 0.05556, "evictions": 12, "evicted_bytes": 48_000_000, "corruptions": 0,
+             "writable": True, "directory": "/var/cache/musicfs", "manifests_delta": 5, "reused_bytes": 150_000_000}
     text = shown(render.cache_table({**stats, "tiers": {"chunks": stats}}))
-    for expected in ("3.4 GB of 10.0 GB", "812 (3 in part)", "93.4 %", "200.0 MB (5.6 %)", "12 (48.0 MB)",
-                     "/var/cache/musicfs"):
+    for expected in ("3.4 GB", "10.0 GB", "812 (3 in part)", "93.4 %", "200.0 MB (5.6 %)", "12 (48.0 MB)",
+                     "/var/cache/musicfs", "5 (150.0 MB reused)"):
         assert expected in text, (expected, text)
     assert render.clear_line({"manifests": 2, "chunks": 40, "entries": 42, "bytes": 8_000_000,
                               "bytes_freed": 8_000_000, "dry_run": False, "tier": "chunks"}) == \

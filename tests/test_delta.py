@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import sqlite3
 
 import pytest
 
 from fixtures.media import tag_plan, write_media_library
 from fixtures.tags import write_tags
+from musicfs.digest import digest
 from musicfs.index.layout import audio_region
 from musicfs.origins.base import Checksum
 from musicfs.origins.local import LocalOrigin
@@ -17,7 +19,6 @@ from musicfs.store.cache import ContentCache
 from musicfs.store.chunkdb import ChunkRef
 from musicfs.store.chunker import StreamChunker
 from musicfs.store.delta import DeltaSync, _from_parts, _sample_offsets
-from musicfs.store.digest import digest
 
 pytestmark = pytest.mark.req("NFR-6.4")
 
@@ -127,3 +128,77 @@ def test_a_cache_that_fails_under_a_scan_costs_the_header_never_the_scan(setup, 
     cache.index.close()  # every query of the chunk index now fails
     keeper.keep(LocalOrigin("o", root), entry, [(0, b"x" * 100)], None)
     assert "was not kept in the cache" in caplog.text
+
+
+def test_a_filled_map_says_fetched_and_a_rebuilt_one_says_delta_with_the_bytes_it_reused(setup, tmp_path):
+    """How a version's content was obtained is kept with its map: what ``musicfs-inspect manifest``
+    and the cache's statistics show to tell a retag that cost a few KiB from a file read again."""
+    from musicfs.store.inspect import manifest_map
+    from tests.test_cached_reader import fill_cache
+
+    root, tracks, cache = setup
+    cache.close()
+    flac = tracks[0]
+    fill_cache(tmp_path / "filled", root, [flac.path])  # a reader's fill, origin "local"
+    cache = ContentCache(tmp_path / "filled", 10**9, lambda *events: None)
+    try:
+        old = cache.manifest("local", flac.path)
+        assert old.complete and (old.obtained, old.reused_bytes) == ("fetched", 0)
+        stats = cache.statistics()
+        assert (stats["manifests_fetched"], stats["manifests_delta"], stats["reused_bytes"]) == (1, 0, 0)
+
+        path = root / flac.path
+        before = path.read_bytes()
+        old_region = audio_region(io.BytesIO(before), len(before), "flac")
+        write_tags(path, "flac", tag_plan(flac, cover_key=99, comment_pad=1500))
+        new = path.read_bytes()
+        region = audio_region(io.BytesIO(new), len(new), "flac")
+        entry = LocalOrigin("local", root).stat(flac.path)
+        parts = [(0, new[:region.start]), (region.end, new[region.end:])]
+        result = DeltaSync(cache).rebuild(LocalOrigin("local", root), entry, old_region, region, parts)
+        assert result.done, result.reason
+        moved = [c for c in old.chunks if c.offset >= old_region.start and c.end <= old_region.end]
+        shift = region.start - old_region.start
+        rebuilt = cache.manifest("local", flac.path)
+        assert {(c.offset + shift, c.address) for c in moved} <= {(c.offset, c.address) for c in rebuilt.chunks}
+        assert rebuilt.obtained == "delta" and rebuilt.reused_bytes == sum(c.size for c in moved) == result.reused
+        stats = cache.statistics()
+        assert (stats["manifests_fetched"], stats["manifests_delta"]) == (0, 1)
+        assert stats["reused_bytes"] == result.reused
+    finally:
+        cache.close()
+    shown = manifest_map(tmp_path / "filled", "local", flac.path)
+    assert (shown["obtained"], shown["reused_bytes"], shown["size"]) == ("delta", result.reused, len(new))
+
+
+def test_a_cache_made_before_maps_said_how_they_were_obtained_reads_them_as_fetched(tmp_path):
+    """An older cache's maps were all fetched (delta sync did not exist): its index is migrated in
+    place, its maps read as fetched, and new maps record how they were obtained."""
+    from musicfs.store.chunkdb import ChunkIndex
+
+    data = [b"a" * 30_000, b"b" * 20_000]
+    conn = sqlite3.connect(tmp_path / "chunks.db")
+    conn.execute("CREATE TABLE manifests (id INTEGER PRIMARY KEY, origin_id TEXT NOT NULL, real_path TEXT NOT NULL,"
+                 " size INTEGER NOT NULL, version TEXT NOT NULL, created_at REAL NOT NULL,"
+                 " complete INTEGER NOT NULL DEFAULT 1)")
+    conn.execute("CREATE TABLE manifest_chunks (manifest_id INTEGER NOT NULL, seq INTEGER NOT NULL, offset INTEGER"
+                 " NOT NULL, size INTEGER NOT NULL, address TEXT NOT NULL, PRIMARY KEY (manifest_id, seq))"
+                 " WITHOUT ROWID")
+    conn.execute("INSERT INTO manifests VALUES (1, 'o', 'old.flac', 50000, 'v1', 1000.0, 1)")
+    conn.executemany("INSERT INTO manifest_chunks VALUES (1, ?, ?, ?, ?)",
+                     [(0, 0, 30_000, digest(data[0])), (1, 30_000, 20_000, digest(data[1]))])
+    conn.commit()
+    conn.close()
+    index = ChunkIndex(tmp_path / "chunks.db")
+    try:
+        old = index.manifest("o", "old.flac")
+        assert old is not None and (old.obtained, old.reused_bytes) == ("fetched", 0) and len(old.chunks) == 2
+        refs = [ChunkRef(0, 30_000, digest(data[0])), ChunkRef(30_000, 20_000, digest(data[1]))]
+        index.save_manifest("o", "new.flac", 50_000, "v2", refs, obtained="delta", reused_bytes=20_000)
+        assert (index.manifest("o", "new.flac").obtained, index.manifest("o", "new.flac").reused_bytes) == \
+            ("delta", 20_000)
+        stats = index.statistics()
+        assert (stats["manifests"], stats["manifests_fetched"], stats["manifests_delta"], stats["reused_bytes"]) == \
+            (2, 1, 1, 20_000)
+    finally:
+        index.close()

@@ -325,7 +325,7 @@ def test_migration_4_makes_an_old_index_searchable(tmp_path, monkeypatch):
     with LibraryIndex(old) as index:
         conn = index.conn
         conn.row_factory = None
-        assert index_db.schema_version(conn) == 4
+        assert index_db.schema_version(conn) == index_db.LATEST
         files = _tree_files(conn)
         assert len(files) == len(NAS) and _fts_rows(conn) == files
         engine = SearchEngine(conn)

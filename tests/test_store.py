@@ -13,12 +13,12 @@ from fastcdc.fastcdc_cy import fastcdc_cy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from musicfs.digest import digest
 from musicfs.events import EventBus
 from musicfs.store.cache import ContentCache
 from musicfs.store.cas import LOOSE, ChunkFiles, Place
 from musicfs.store.chunkdb import ChunkIndex, ChunkRef
 from musicfs.store.chunker import AVG_SIZE, MAX_SIZE, MIN_SIZE, StreamChunker
-from musicfs.store.digest import digest
 from musicfs.store.inspect import chunk_summary
 from tests.cachefiles import pack_files, stored_chunks
 

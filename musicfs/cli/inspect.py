@@ -196,8 +196,19 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         table.add_row(str(i), str(chunk["offset"]), str(chunk["size"]), chunk["address"],
                       "yes" if chunk["cached"] else "[red]no")
     console.print(table)
+    _print_obtained(chunk_map)
     _print_header(header)
     return 0
+
+
+def _print_obtained(chunk_map: dict) -> None:
+    """How the version's content came to be: says whether a retag cost the origin the whole file."""
+    if chunk_map["obtained"] == "delta":
+        reused = chunk_map["reused_bytes"]
+        console.print(f"obtained: rebuilt by delta sync from the previous version ({reused} bytes reused, "
+                      f"{chunk_map['size'] - reused} fetched)", soft_wrap=True)
+    else:
+        console.print("obtained: fetched from the origin")
 
 
 def _print_header(header: dict | None) -> None:
@@ -244,8 +255,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print_json(summary)
         return 0
     table = Table(title=f"cache {cache_dir}", show_header=False)
-    for key in ("bytes", "limit_bytes", "chunks", "manifests", "dedup_ratio", "hits", "misses", "hit_rate",
-                "evictions", "corruptions", "daemon"):
+    for key in ("bytes", "limit_bytes", "chunks", "manifests", "manifests_delta", "reused_bytes", "dedup_ratio",
+                "hits", "misses", "hit_rate", "evictions", "corruptions", "daemon"):
         value = summary.get(key)
         table.add_row(key, "-" if value is None else str(value))
     console.print(table)

@@ -101,7 +101,9 @@ def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200,
     the caller holds), what is read for tags is kept in that cache's header tier."""
     with contextlib.ExitStack() as stack:
         sinks: dict = {}
-        if cache_dir is not None and config.header_origins():
+        artwork = None
+        if cache_dir is not None:
+            from ..store.artwork import ArtShelf
             from ..store.cache import ContentCache
             from ..store.delta import DeltaSync, ScanKeeper
             from ..store.headers import HeaderTier
@@ -110,10 +112,11 @@ def run_scans(config, path: Path, *, show_progress: bool, batch_size: int = 200,
             stack.callback(cache.close)
             sinks = ScanKeeper(HeaderTier(cache, config.header_limit), DeltaSync(cache)).sinks(
                 config.header_origins())
-        return _scan_origins(config, path, show_progress, batch_size, sinks)
+            artwork = ArtShelf(cache, config.artwork_limit)
+        return _scan_origins(config, path, show_progress, batch_size, sinks, artwork)
 
 
-def _scan_origins(config, path: Path, show_progress: bool, batch_size: int, sinks: dict) -> list:
+def _scan_origins(config, path: Path, show_progress: bool, batch_size: int, sinks: dict, artwork) -> list:
     # imported here: a mount of an existing index needs neither mutagen nor progress bars
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -137,7 +140,8 @@ def _scan_origins(config, path: Path, show_progress: bool, batch_size: int, sink
                     bar.update(task, completed=report.seen)
 
                 scanner = Scanner(index, origin, config.path_template(), workers=config.scan_workers,
-                                  batch_size=batch_size, progress=progress, headers=sinks.get(origin.id))
+                                  batch_size=batch_size, progress=progress, headers=sinks.get(origin.id),
+                                  artwork=artwork)
                 try:
                     reports.append(scanner.run())
                 finally:
@@ -173,12 +177,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if serving:  # a daemon serves this index: it rescans, nobody writes the index behind its back
         return control.rescan_mounted(serving[0], path, as_json=args.json)
     cache_dir = config.resolved_cache_dir().expanduser().absolute()
-    lock = daemon.Lock(cache_dir / "musicfs.lock", f"cache {cache_dir}") if config.header_origins() else None
-    try:  # the tags' bytes go to the header tier unless another musicfs uses the cache
+    keeps = config.header_origins() or config.artwork_limit > 0
+    lock = daemon.Lock(cache_dir / "musicfs.lock", f"cache {cache_dir}") if keeps else None
+    try:  # tags' bytes and covers go to the cache unless another musicfs uses it
         if lock is not None:
             lock.acquire()
     except (daemon.DaemonError, OSError) as exc:
-        err_console.print(f"[yellow]{exc}: the bytes read for tags are not kept in its header tier")
+        err_console.print(f"[yellow]{exc}: the bytes read for tags, and covers, are not kept in it")
         lock = None
     try:
         reports = run_scans(config, path, show_progress=sys.stderr.isatty() and not args.json,

@@ -104,14 +104,18 @@ def cache_table(stats: dict) -> Table:
     for name in tiers:
         table.add_column(name, justify="right")
     rows: list[tuple[str, Any]] = [
-        ("size", lambda t: f"{size(t.get('bytes'))} of {size(t.get('limit_bytes'))}"),
+        ("size", lambda t: size(t.get("bytes"))),
+        ("limit", lambda t: size(t.get("limit_bytes"))),
         ("files cached", lambda t: f"{t.get('manifests', t.get('entries', 0))}" + (
             f" ({t['partial_manifests']} in part)" if t.get("partial_manifests") else "")),
+        ("rebuilt by delta sync", lambda t: f"{t['manifests_delta']} ({size(t.get('reused_bytes', 0))} reused)"
+                                            if "manifests_delta" in t else "-"),
         ("chunks", lambda t: str(t.get("chunks", "-"))),
         ("hits", lambda t: str(t.get("hits", 0))),
         ("misses", lambda t: str(t.get("misses", "-"))),
         ("hit rate", lambda t: percent(t.get("hit_rate"))),
-        ("saved by dedup", lambda t: f"{size(t.get('logical_bytes', 0) - t.get('bytes', 0))} "
+        # what maps list twice is stored once (the cache's bytes also hold headers and covers)
+        ("saved by dedup", lambda t: f"{size(round(t.get('logical_bytes', 0) * t['dedup_ratio']))} "
                                      f"({percent(t.get('dedup_ratio'))})" if "dedup_ratio" in t else "-"),
         ("evictions", lambda t: f"{t.get('evictions', 0)} ({size(t.get('evicted_bytes', 0))})"),
         ("corrupt chunks refetched", lambda t: str(t.get("corruptions", t.get("dropped", 0)))),

@@ -185,6 +185,8 @@ def build_app(services: ControlServices):
         tiers = {"chunks": stats}
         if services.headers is not None:
             tiers["headers"] = await blocking(services.headers.statistics)
+        if services.artwork is not None:  # kept while the index shows them: not cleared, not evicted
+            tiers["artwork"] = await blocking(services.artwork.statistics)
         return {**stats, "tiers": tiers}
 
     @app.post("/v1/cache/clear", summary="Clear one origin's cached files, or all; never those being read")

@@ -224,6 +224,16 @@ class MountMetrics:
                            headers.get("hits"))
         yield from counter("musicfs_header_tier_evictions", "Headers evicted to stay under the tier's limit.",
                            headers.get("evictions"))
+        art = doc.get("artwork", {})  # album covers, kept while the index shows them
+        yield from gauge("musicfs_artwork_images", "Cover images kept in the cache (each once, however many "
+                                                   "tracks show it).", art.get("images"))
+        yield from gauge("musicfs_artwork_bytes", "Bytes of the cover images kept.", art.get("bytes"))
+        yield from gauge("musicfs_artwork_limit_bytes", "The limit on cover images kept.", art.get("limit_bytes"))
+        yield from counter("musicfs_artwork_hits", "Covers opened from the cache.", art.get("hits"))
+        yield from counter("musicfs_artwork_fetched", "Covers read from an origin (not kept, or lost).",
+                           art.get("fetched"))
+        yield from counter("musicfs_artwork_over_limit", "Cover images not kept: the limit was reached.",
+                           art.get("over_limit"))
         if "writable" in cache:
             yield from gauge("musicfs_cache_writable", "1 while the cache can store chunks, 0 when its disk "
                                                       "refuses (reads go on, uncached).",

@@ -17,6 +17,7 @@ import trio
 from ..events import EventBus
 from ..lifecycle import Lifecycle
 from ..status import StatusService
+from ..store.artwork import ArtShelf
 from ..store.cache import ContentCache
 from ..store.headers import HeaderTier
 
@@ -49,3 +50,4 @@ class ControlServices:
     metrics: MetricsSource | None = None
     search: SearchService | None = None  # /v1/search and /v1/collections (None: this mount has no index to search)
     headers: HeaderTier | None = None  # the cache's header tier (/v1/cache's "headers")
+    artwork: ArtShelf | None = None  # album covers kept in the cache (/v1/cache's "artwork")

@@ -14,6 +14,8 @@
 * Killed half-way, every finished batch is in the index; the next scan finds
   those files unchanged and carries on from there (NFR-8.3).
 * Only a walk that completes removes tracks whose files are gone.
+* Covers (an embedded front picture, or a ``cover.jpg`` beside the tracks) are
+  found and kept as it goes (:mod:`musicfs.index.scanart`).
 * Reading a remote file's tags, the scanner hands every byte range it fetched to
   ``headers`` (the content cache's header tier), with at least the first
   ``HEADER_HEAD`` bytes: whoever reads those tags next, through the mount,
@@ -38,8 +40,10 @@ from typing import Protocol
 
 from ..errors import NotFound, OriginUnavailable
 from ..origins.base import Entry, Origin
+from .artwork import sidecar_rank
 from .layout import AudioRegion, audio_region
 from .library import TRACK_FIELDS, LibraryIndex
+from .scanart import ArtKeeper, ScanArt
 from .scanreport import Commit, Progress, ScanReport, ScanStopped
 from .tags import AUDIO_EXTENSIONS, MalformedAudio, read_tags
 from .template import PathTemplate
@@ -106,7 +110,9 @@ class Scanner:
         stop: threading.Event | None = None,
         progress_every: int = 100,
         headers: HeaderSink | None = None,
+        artwork: ArtKeeper | None = None,
     ):
+        """``headers``: where the bytes read for tags are kept; ``artwork``: where covers' are."""
         self.index = index
         self.origin = origin
         self.template = template
@@ -119,6 +125,7 @@ class Scanner:
         self.stop = stop
         self.headers = headers
         self.conn = index.conn
+        self.art = ScanArt(self.conn, origin, artwork)
         self.phase = "scanning"  # then "comparing" (looking for files gone), then "done"
         self._commit = Commit(TreeChanges())  # track changes of the transaction under way
         self._unlisted = 0  # folders the origin failed to list during the walk
@@ -139,9 +146,12 @@ class Scanner:
                 if self.stop is not None and self.stop.is_set():
                     for item in pending:  # tags not read yet are not waited for
                         item.result.cancel()
+                    self.art.cancel()
                     raise ScanStopped(f"scan of origin {self.origin.id} stopped after {report.seen} files")
                 if not entry.path.lower().endswith(tuple(AUDIO_EXTENSIONS)):
                     report.ignored += 1
+                    if sidecar_rank(entry.path) is not None and _storable(entry) is entry:
+                        self.art.found(entry, pool)
                     continue
                 report.seen += 1
                 if self.progress and report.seen % self.progress_every == 0:
@@ -158,7 +168,7 @@ class Scanner:
                     pending.append(_Pending(named, track_id, future))
                 if len(pending) >= self.batch_size or len(seen_ids) >= 10 * self.batch_size:
                     self._flush(pending, seen_ids, tree, scan_id, report, entry.path)
-            self._flush(pending, seen_ids, tree, scan_id, report, None)
+            self._flush(pending, seen_ids, tree, scan_id, report, None, last=True)
         report.unreadable += self._unlisted
         self.phase = "comparing"
         if self.progress:
@@ -168,6 +178,8 @@ class Scanner:
                         self.origin.id, report.unreadable)
         else:
             self._finish(scan_id, tree, report)
+        self.art.finish(scan_id, not report.unreadable, self.index.transaction)
+        report.images = self.art.images_read
         report.seconds = time.monotonic() - started
         report.bytes_fetched = self.bytes_fetched
         report.complete = not report.unreadable
@@ -196,7 +208,7 @@ class Scanner:
                     where = str(local_path(entry.path))
                 except ValueError as exc:  # swapped for a link out of the origin since the walk
                     return MalformedAudio("outside the origin", str(exc))
-                return self.read(where)
+                return self.art.from_tags(self.read(where))
             from ..origins.rangefile import BLOCK_SIZE, RangeFile
 
             keep = self.headers is not None
@@ -206,7 +218,7 @@ class Scanner:
             block = CHANGED_BLOCK if keep and changed else BLOCK_SIZE
             with RangeFile(self.origin, entry.path, entry.size, keep=keep, head=head, block_size=block) as source:
                 try:
-                    tags = self.read(source)
+                    tags = self.art.from_tags(self.read(source))
                     if self.headers is not None:
                         region = audio_region(source, entry.size, tags["format"])
                         self.headers.keep(self.origin, entry, source.fetched, region)
@@ -263,7 +275,7 @@ class Scanner:
         if placed:
             log.info("template changed: virtual tree rebuilt with %d files", placed)
 
-    def _flush(self, pending, seen_ids, tree, scan_id, report, current) -> None:
+    def _flush(self, pending, seen_ids, tree, scan_id, report, current, last: bool = False) -> None:
         now = time.time()
         with self.index.transaction():
             for table in ("tracks", "skipped"):
@@ -276,6 +288,7 @@ class Scanner:
                 if seconds > report.slowest_seconds:
                     report.slowest_seconds, report.slowest_path = seconds, item.entry.path
                 self._write(item, result, tree, scan_id, now, report)
+            self.art.write(scan_id, wait=last)
         self._committed(tree)
         if self.progress:
             self.progress(report, current)
@@ -336,6 +349,7 @@ class Scanner:
             report.updated += 1
             self._commit.modified.append((entry.path, entry.size))
         tree.place(track_id, row)
+        self.art.track_written(track_id, entry.path, result)
 
     def _finish(self, scan_id: int, tree: TreeWriter, report: ScanReport) -> None:
         """After a complete walk: files not seen by it are gone from the origin."""

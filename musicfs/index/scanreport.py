@@ -27,6 +27,7 @@ class ScanReport:
     skipped: int = 0  # malformed files (new or still broken)
     parsed: int = 0  # files actually opened to read tags
     ignored: int = 0  # files that are not audio by extension
+    images: int = 0  # image files beside the tracks read for covers (cover.jpg, folder.png...)
     unreadable: int = 0  # files the origin failed to deliver (tried again next scan)
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0

@@ -123,11 +123,53 @@ def _v4_search(db: sqlite_utils.Database) -> None:
     )""")
 
 
+def _v5_artwork(db: sqlite_utils.Database) -> None:
+    db.execute("""
+    CREATE TABLE images (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- a cover file's inode is derived from it: never reused
+        address TEXT NOT NULL UNIQUE,   -- xxh3-128 of the bytes: their chunk address in the content cache
+        mime    TEXT NOT NULL,          -- image/jpeg, image/png, ... (from the bytes, not the tag's claim)
+        size    INTEGER NOT NULL,       -- bytes
+        width   INTEGER NOT NULL,       -- pixels
+        height  INTEGER NOT NULL        -- pixels
+    )""")
+    db.execute("""
+    CREATE TABLE artwork (
+        id       INTEGER PRIMARY KEY,
+        track_id INTEGER NOT NULL,      -- tracks.id
+        art_type TEXT NOT NULL,         -- 'front'
+        image_id INTEGER NOT NULL,      -- images.id
+        source   TEXT NOT NULL,         -- 'embedded' in the track, or 'folder': an image file beside it
+        UNIQUE (track_id, art_type)
+    )""")
+    db.execute("CREATE INDEX artwork_image ON artwork(image_id)")
+    db.execute("""
+    CREATE TABLE sidecars (
+        id        INTEGER PRIMARY KEY,
+        origin_id TEXT NOT NULL,        -- origin that holds the image file
+        real_path TEXT NOT NULL,        -- its path inside the origin (cover.jpg, folder.png, front.*)
+        folder    TEXT NOT NULL,        -- the folder it is in: its tracks show it unless they embed a cover
+        rank      INTEGER NOT NULL,     -- preference among a folder's image files, lower first
+        size      INTEGER NOT NULL,     -- size, mtime and version when read (change detection)
+        mtime_ns  INTEGER NOT NULL,
+        version   TEXT NOT NULL,
+        image_id  INTEGER,              -- images.id; NULL: not an image shown as a cover
+        scan_id   INTEGER NOT NULL      -- last scan that saw it
+    )""")
+    db.execute("CREATE UNIQUE INDEX sidecars_path ON sidecars(origin_id, real_path)")
+    db.execute("CREATE INDEX sidecars_folder ON sidecars(origin_id, folder)")
+    db.execute("CREATE INDEX sidecars_image ON sidecars(image_id)")
+    # a track that leaves the index takes its artwork rows along, whichever code path removes it
+    db.execute("CREATE TRIGGER tracks_artwork_gone AFTER DELETE ON tracks"
+               " BEGIN DELETE FROM artwork WHERE track_id = OLD.id; END")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema: tracks, skipped, nodes, scans", _v1_initial),
     (2, "index tracks by path and size to find replicas on other origins", _v2_replicas),
     (3, "keep each track's version at its origin (an S3 ETag)", _v3_versions),
     (4, "full-text search table over the tracks shown, and saved searches (collections)", _v4_search),
+    (5, "album artwork: images by content, each track's front cover, image files beside tracks", _v5_artwork),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -28,6 +28,7 @@ from mutagen.id3 import ID3
 from mutagen.mp4 import MP4Tags
 
 from .budget import BudgetedFile, Watchdog
+from .pictures import front_picture
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,8 @@ def _failure(guard: BudgetedFile, exc: Exception) -> Exception:
 
 
 def read_tags(path: str | os.PathLike[str] | BinaryIO) -> dict[str, Any]:
-    """FR-6 fields of an audio file; raises :class:`MalformedAudio`.
+    """FR-6 fields of an audio file, and under ``picture`` the bytes of its embedded front cover
+    (or None: :mod:`musicfs.index.artwork`); raises :class:`MalformedAudio`.
 
     ``path`` is a local path, or a seekable binary file object with ``name`` and
     ``size`` (a remote file read through ranged requests). An origin failing
@@ -207,5 +209,6 @@ def read_tags(path: str | os.PathLike[str] | BinaryIO) -> dict[str, Any]:
         "bitrate": min(int(getattr(info, "bitrate", 0) or 0), 1 << 40),
         "sample_rate": min(sample_rate, 1 << 40),
         "format": kind or ext or "audio",
+        "picture": front_picture(audio),
     }
 

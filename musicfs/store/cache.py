@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..events import ChunkCorrupt, ChunkEvicted, ChunkStored, Publish
 from .cas import ChunkFiles, Place
-from .chunkdb import ChunkIndex, ChunkRef
+from .chunkdb import ChunkIndex, ChunkRef, Obtained
 
 log = logging.getLogger(__name__)
 
@@ -328,13 +328,16 @@ class ContentCache:
             return self.index.manifest(origin_id, real_path)
 
     def save_manifest(self, origin_id: str, real_path: str, size: int, version: str,
-                      chunks: list[ChunkRef], *, complete: bool = True) -> bool:
-        """Save a chunk map; False (logged once) if the cache cannot be written now."""
+                      chunks: list[ChunkRef], *, complete: bool = True, obtained: Obtained = "fetched",
+                      reused_bytes: int = 0) -> bool:
+        """Save a chunk map, and how its content was obtained (see :meth:`ChunkIndex.save_manifest`);
+        False (logged once) if the cache cannot be written now."""
         if not self.writable:
             return False
         try:
             with self._lock:
-                self.index.save_manifest(origin_id, real_path, size, version, chunks, complete=complete)
+                self.index.save_manifest(origin_id, real_path, size, version, chunks, complete=complete,
+                                         obtained=obtained, reused_bytes=reused_bytes)
         except sqlite3.Error as exc:
             self._write_failed(exc)
             return False

@@ -26,9 +26,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..digest import digest, is_address
 from . import packs
 from .chunker import MAX_SIZE
-from .digest import digest, is_address
 
 log = logging.getLogger(__name__)
 

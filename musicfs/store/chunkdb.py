@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..index.db import transaction
 from .cas import LOOSE, PACKS, Place
@@ -30,19 +31,22 @@ _SCHEMA = [
         size        INTEGER NOT NULL,           -- bytes
         refs        INTEGER NOT NULL DEFAULT 0, -- manifests that list it (dedup: one file, many refs)
         last_access REAL NOT NULL,              -- unix time of the last read or write (LRU eviction)
-        pinned      INTEGER NOT NULL DEFAULT 0, -- bits: PIN_USER, PIN_HEADER; any set = not evicted
+        pinned      INTEGER NOT NULL DEFAULT 0, -- bits: PIN_USER, PIN_HEADER, PIN_ART; any set = not evicted
         pack        TEXT,                       -- the pack holding it; NULL: its own (loose) file
         pack_offset INTEGER NOT NULL DEFAULT 0  -- where its bytes start in the pack
     )""",
     "CREATE INDEX IF NOT EXISTS chunks_lru ON chunks(pinned, last_access)",
     """CREATE TABLE IF NOT EXISTS manifests (
-        id         INTEGER PRIMARY KEY,  -- manifest id
-        origin_id  TEXT NOT NULL,        -- origin of the file
-        real_path  TEXT NOT NULL,        -- path inside the origin
-        size       INTEGER NOT NULL,     -- file size in bytes
-        version    TEXT NOT NULL,        -- size:mtime_ns, or an ETag: a new version replaces the map
-        created_at REAL NOT NULL,        -- unix time the map was saved
-        complete   INTEGER NOT NULL DEFAULT 1  -- 0: the chunks cover a prefix (a fill stopped or was cut off)
+        id           INTEGER PRIMARY KEY,  -- manifest id
+        origin_id    TEXT NOT NULL,        -- origin of the file
+        real_path    TEXT NOT NULL,        -- path inside the origin
+        size         INTEGER NOT NULL,     -- file size in bytes
+        version      TEXT NOT NULL,        -- size:mtime_ns, or an ETag: a new version replaces the map
+        created_at   REAL NOT NULL,        -- unix time the map was saved
+        complete     INTEGER NOT NULL DEFAULT 1,  -- 0: the chunks cover a prefix (a fill stopped or was cut off)
+        obtained     TEXT NOT NULL DEFAULT 'fetched',  -- 'fetched': read from the origin by a fill;
+                                                       -- 'delta': rebuilt by delta sync from the previous version
+        reused_bytes INTEGER NOT NULL DEFAULT 0  -- bytes of the map taken from the previous version's chunks
     )""",
     "CREATE UNIQUE INDEX IF NOT EXISTS manifests_file ON manifests(origin_id, real_path)",
     """CREATE TABLE IF NOT EXISTS manifest_chunks (
@@ -78,10 +82,29 @@ _SCHEMA = [
         PRIMARY KEY (header_id, seq)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS header_pieces_address ON header_pieces(address)",
+    # album artwork (musicfs.store.artwork): images by content, kept apart from the LRU
+    """CREATE TABLE IF NOT EXISTS art_images (
+        address   TEXT PRIMARY KEY,  -- xxh3-128 of the whole image (the index's images.address)
+        size      INTEGER NOT NULL,  -- bytes
+        stored_at REAL NOT NULL      -- unix time it was kept
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS art_pieces (
+        image   TEXT NOT NULL,     -- art_images.address
+        seq     INTEGER NOT NULL,  -- pieces in order, from 0
+        size    INTEGER NOT NULL,
+        address TEXT NOT NULL,     -- chunks.address: an image is stored as chunks of at most MAX_SIZE
+        PRIMARY KEY (image, seq)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS art_pieces_address ON art_pieces(address)",
 ]
+
+# how a file version's map came to be: read from the origin by a fill, or rebuilt by delta sync
+# (musicfs.store.delta) from the previous version's cached chunks
+Obtained = Literal["fetched", "delta"]
 
 PIN_USER = 1  # kept by a user's pin
 PIN_HEADER = 2  # a piece of some file's header (the header tier evicts it, not the LRU)
+PIN_ART = 4  # a piece of an album's artwork (kept while the index shows the image)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +127,8 @@ class Manifest:
     version: str
     chunks: tuple[ChunkRef, ...]
     complete: bool = True  # False: the chunks cover the file's first bytes only
+    obtained: Obtained = "fetched"  # how the content was obtained (see the manifests table)
+    reused_bytes: int = 0  # bytes taken from the previous version's cached chunks (delta sync)
 
     @property
     def covered(self) -> int:
@@ -145,6 +170,9 @@ def _open(path: Path) -> sqlite3.Connection:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(manifests)")}
     if "complete" not in columns:  # a cache made before partial maps were kept
         conn.execute("ALTER TABLE manifests ADD COLUMN complete INTEGER NOT NULL DEFAULT 1")
+    if "obtained" not in columns:  # a cache made before delta sync: every map was fetched
+        conn.execute("ALTER TABLE manifests ADD COLUMN obtained TEXT NOT NULL DEFAULT 'fetched'")
+        conn.execute("ALTER TABLE manifests ADD COLUMN reused_bytes INTEGER NOT NULL DEFAULT 0")
     columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)")}
     if "pack" not in columns:  # a cache made before packs: every chunk has its own file
         conn.execute("ALTER TABLE chunks ADD COLUMN pack TEXT")
@@ -191,6 +219,7 @@ def _drop_impossible_rows(conn: sqlite3.Connection, path: Path) -> None:
 
 class ChunkIndex:
     _place = "pack, pack_offset"  # the columns of a chunk's place, as selected
+    _obtained = ("obtained", "reused_bytes")  # the columns of how a map's content was obtained, as selected
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -204,6 +233,8 @@ class ChunkIndex:
             columns = {row[1] for row in self.conn.execute("PRAGMA table_info(chunks)")}
             if "pack" not in columns:  # an older cache, read as it is: every chunk in its own file
                 self._place = "NULL, 0"
+            if "obtained" not in {row[1] for row in self.conn.execute("PRAGMA table_info(manifests)")}:
+                self._obtained = ("'fetched'", "0")  # made before delta sync: every map was fetched
             return
         try:
             self.conn = _open(self.path)
@@ -319,15 +350,15 @@ class ChunkIndex:
         never been cached.
         """
         row = self.conn.execute(
-            "SELECT id, size, version, complete FROM manifests WHERE origin_id = ? AND real_path = ?",
-            (origin_id, real_path),
+            f"SELECT id, size, version, complete, {', '.join(self._obtained)} FROM manifests"
+            " WHERE origin_id = ? AND real_path = ?", (origin_id, real_path),
         ).fetchone()
         if row is None:
             return None
         chunks = tuple(ChunkRef(*r) for r in self.conn.execute(
             "SELECT offset, size, address FROM manifest_chunks WHERE manifest_id = ? ORDER BY seq",
             (row[0],)))
-        manifest = Manifest(row[0], origin_id, real_path, row[1], row[2], chunks, bool(row[3]))
+        manifest = Manifest(row[0], origin_id, real_path, row[1], row[2], chunks, bool(row[3]), row[4], row[5])
         problem = manifest.problem()
         if problem is not None:
             log.error("chunk map of %s:%s is damaged (%s); dropped, the file will be fetched again",
@@ -340,22 +371,26 @@ class ChunkIndex:
         return manifest
 
     def save_manifest(self, origin_id: str, real_path: str, size: int, version: str,
-                      chunks: Sequence[ChunkRef], *, complete: bool = True) -> Manifest:
+                      chunks: Sequence[ChunkRef], *, complete: bool = True, obtained: Obtained = "fetched",
+                      reused_bytes: int = 0) -> Manifest:
         """Save the file's chunk map; ``complete=False`` saves the prefix a fill has stored so far.
 
         A prefix saved before for the same version is extended in place (a
         fill saves its progress many times; rewriting the whole map each time
-        would cost quadratic time on long files); any other map of the file
-        is replaced. Chunk refs follow.
+        would cost quadratic time on long files), and keeps how it was
+        obtained; any other map of the file is replaced. ``obtained`` and
+        ``reused_bytes`` record where a new map's content came from, so that
+        a user can tell a file rebuilt by delta sync from one read in full.
+        Chunk refs follow.
         """
         with transaction(self.conn):
             row = self.conn.execute(
-                "SELECT id, version, complete FROM manifests WHERE origin_id = ? AND real_path = ?",
-                (origin_id, real_path)).fetchone()
+                "SELECT id, version, complete, obtained, reused_bytes FROM manifests"
+                " WHERE origin_id = ? AND real_path = ?", (origin_id, real_path)).fetchone()
             start = 0
             if row is not None and row[1] == version and row[2] and not complete:
                 # progress saved late: the map is already complete, and stays so
-                return Manifest(row[0], origin_id, real_path, size, version, tuple(chunks), True)
+                return Manifest(row[0], origin_id, real_path, size, version, tuple(chunks), True, row[3], row[4])
             if row is not None and row[1] == version and not row[2]:
                 manifest_id = row[0]
                 start = self.conn.execute("SELECT COUNT(*) FROM manifest_chunks WHERE manifest_id = ?",
@@ -369,14 +404,15 @@ class ChunkIndex:
                 else:
                     self.conn.execute("UPDATE manifests SET complete = ?, created_at = ? WHERE id = ?",
                                       (int(complete), time.time(), manifest_id))
+                    obtained, reused_bytes = row[3], row[4]
             elif row is not None:
                 self._drop_manifest(origin_id, real_path)
                 row = None
             if row is None:
                 cur = self.conn.execute(
-                    "INSERT INTO manifests (origin_id, real_path, size, version, created_at, complete)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (origin_id, real_path, size, version, time.time(), int(complete)))
+                    "INSERT INTO manifests (origin_id, real_path, size, version, created_at, complete, obtained,"
+                    " reused_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (origin_id, real_path, size, version, time.time(), int(complete), obtained, reused_bytes))
                 manifest_id = int(cur.lastrowid)
             added = chunks[start:]
             self.conn.executemany(
@@ -384,7 +420,8 @@ class ChunkIndex:
                 [(manifest_id, start + i, c.offset, c.size, c.address) for i, c in enumerate(added)])
             self.conn.executemany("UPDATE chunks SET refs = refs + 1 WHERE address = ?",
                                   [(c.address,) for c in added])
-        return Manifest(manifest_id, origin_id, real_path, size, version, tuple(chunks), complete)
+        return Manifest(manifest_id, origin_id, real_path, size, version, tuple(chunks), complete, obtained,
+                        reused_bytes)
 
     def drop_manifest(self, origin_id: str, real_path: str) -> None:
         with transaction(self.conn):
@@ -429,8 +466,9 @@ class ChunkIndex:
                 "SELECT address FROM chunks WHERE address NOT IN (SELECT address FROM manifest_chunks)")}
         else:
             others |= set().union(*(listed[m] for m in kept)) if kept else set()
-        if addresses:  # a header's pieces are the header tier's to clear (musicfs.store.headers)
-            others |= {row[0] for row in q(f"SELECT address FROM chunks WHERE pinned & {PIN_HEADER}")}
+        if addresses:  # a header's pieces are the header tier's to clear (musicfs.store.headers), and
+            # artwork stays while the index shows it (musicfs.store.artwork)
+            others |= {row[0] for row in q(f"SELECT address FROM chunks WHERE pinned & {PIN_HEADER | PIN_ART}")}
         sizes = dict(q("SELECT address, size FROM chunks").fetchall()) if addresses else {}
         chunks = [(a, sizes[a]) for a in sorted(addresses - others - spare) if a in sizes]
         return chosen, chunks
@@ -448,7 +486,8 @@ class ChunkIndex:
 
     def clear(self) -> None:
         with transaction(self.conn):
-            for table in ("header_pieces", "headers", "manifest_chunks", "manifests", "chunks"):
+            for table in ("art_pieces", "art_images", "header_pieces", "headers", "manifest_chunks", "manifests",
+                          "chunks"):
                 self.conn.execute(f"DELETE FROM {table}")
 
     # -- start-up ---------------------------------------------------------
@@ -499,11 +538,19 @@ class ChunkIndex:
         chunks, stored = q("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks").fetchone()
         logical = q("SELECT COALESCE(SUM(size), 0) FROM manifest_chunks").fetchone()[0]
         referenced = q("SELECT COALESCE(SUM(c.size), 0) FROM chunks c WHERE c.refs > 0").fetchone()[0]
+        obtained, reused = self._obtained
+        # one pass over the maps (this runs for every read of status.json)
+        manifests, partial, delta, reused_bytes = q(
+            f"SELECT COUNT(*), COALESCE(SUM(complete = 0), 0), COALESCE(SUM({obtained} = 'delta'), 0),"
+            f" COALESCE(SUM({reused}), 0) FROM manifests").fetchone()
         return {
             "chunks": chunks,
             "bytes": stored,
-            "manifests": q("SELECT COUNT(*) FROM manifests").fetchone()[0],
-            "partial_manifests": q("SELECT COUNT(*) FROM manifests WHERE complete = 0").fetchone()[0],
+            "manifests": manifests,
+            "partial_manifests": partial,
+            "manifests_fetched": manifests - delta,  # read from the origin by a fill
+            "manifests_delta": delta,  # rebuilt by delta sync from the previous version's chunks
+            "reused_bytes": reused_bytes,  # bytes of those maps taken from the previous versions' chunks
             "logical_bytes": logical,  # bytes of all mapped files, counting shared chunks each time
             "dedup_ratio": round(1 - referenced / logical, 4) if logical else 0.0,
             "pinned": q(f"SELECT COUNT(*) FROM chunks WHERE pinned & {PIN_USER}").fetchone()[0],

@@ -40,13 +40,13 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..digest import digest
 from ..errors import MusicFSError
 from ..index.layout import AudioRegion
 from ..origins.base import Entry, Origin
 from .cache import ContentCache
 from .chunkdb import ChunkRef
 from .chunker import StreamChunker
-from .digest import digest
 from .headers import HeaderTier
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,11 @@ class DeltaSync:
         if self.cache.store_chunks(items) != len(items):
             return Rebuilt(reason="the cache could not be written")
         refs = [c for c, _ in head_chunks] + moved + [c for c, _ in tail_chunks]
-        if not self.cache.save_manifest(origin_id, real_path, size, version, refs):
+        reused = sum(c.size for c in moved)
+        if not self.cache.save_manifest(origin_id, real_path, size, version, refs, obtained="delta",
+                                        reused_bytes=reused):
             return Rebuilt(reason="the cache could not be written")
-        return Rebuilt(reused=sum(c.size for c in moved), fetched=fetched)
+        return Rebuilt(reused=reused, fetched=fetched)
 
     def _old_bytes(self, chunks: tuple[ChunkRef, ...] | list[ChunkRef], start: int, end: int) -> bytes:
         """Bytes [start, end) of the old version, from its cached chunks."""

@@ -20,10 +20,10 @@ from typing import Any
 
 import trio
 
+from ..digest import digest
 from ..errors import NotFound, OriginUnavailable
 from ..events import ChecksumMismatch, EventBus, OriginError
 from ..origins.retry import call_with_retry
-from .digest import digest
 from .filestate import FileState, ReaderCounters
 
 log = logging.getLogger(__name__)

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ..digest import digest
 from ..errors import MusicFSError, OriginUnavailable
 from ..events import ChunkFetched, EventBus, FetchStarted, FillCompleted, FillStopped
 from .cache import ContentCache
 from .chunkdb import ChunkRef
 from .chunker import MAX_SIZE, StreamChunker
-from .digest import digest
 from .fetch import ReplicaDiffers, ReplicaFetcher
 from .filestate import FileState, ReaderCounters
 from .verify import Verifier

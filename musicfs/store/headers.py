@@ -34,12 +34,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
+from ..digest import digest
 from ..index.layout import AudioRegion
 from . import headerdb
 from .cache import ContentCache
 from .chunkdb import PIN_HEADER, ChunkRef
 from .chunker import MAX_SIZE, StreamChunker
-from .digest import digest
 
 log = logging.getLogger(__name__)
 

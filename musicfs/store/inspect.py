@@ -11,11 +11,11 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..digest import digest
 from ..index.db import transaction
 from . import headerdb
 from .cas import LOOSE, PACKS, TMP_PREFIX, ChunkFiles, Place
 from .chunkdb import ChunkIndex
-from .digest import digest
 
 
 def _index(cache_dir: Path) -> ChunkIndex:
@@ -130,7 +130,8 @@ def repair_chunks(cache_dir: Path, report: dict) -> dict:
 
 
 def manifest_map(cache_dir: Path, origin_id: str, real_path: str) -> dict | None:
-    """The chunk map of one file: offsets, sizes, addresses, and which are on disk."""
+    """The chunk map of one file: offsets, sizes, addresses, which are on disk, and how its content
+    was obtained (fetched from the origin, or rebuilt by delta sync from the previous version)."""
     index = _index(cache_dir)
     try:
         manifest = index.manifest(origin_id, real_path)
@@ -147,7 +148,8 @@ def manifest_map(cache_dir: Path, origin_id: str, real_path: str) -> dict | None
               for c in manifest.chunks]
     cached_bytes = sum(c["size"] for c in chunks if c["cached"])
     return {"origin": origin_id, "real_path": real_path, "size": manifest.size,
-            "version": manifest.version, "complete": manifest.complete, "chunks": chunks,
+            "version": manifest.version, "complete": manifest.complete, "obtained": manifest.obtained,
+            "reused_bytes": manifest.reused_bytes, "chunks": chunks,
             "percent_cached": round(100 * cached_bytes / manifest.size, 2) if manifest.size else 100.0}
 
 

@@ -31,13 +31,13 @@ from typing import Any
 
 import trio
 
+from ..digest import digest
 from ..errors import OriginUnavailable
 from ..events import EventBus, FileAccessed
 from ..memtrim import release_free_memory
 from .cache import ContentCache
 from .chunkdb import ChunkRef, Manifest
 from .chunker import AVG_SIZE
-from .digest import digest
 from .fetch import ReplicaFetcher
 from .filestate import FileState, ReaderCounters
 from .fill import Filler

@@ -42,11 +42,11 @@ from typing import Any
 
 import trio
 
+from ..digest import digest
 from ..errors import OriginUnavailable
 from ..events import ChecksumMismatch, EventBus
 from .cache import ContentCache
 from .chunkdb import ChunkRef
-from .digest import digest
 from .filestate import FileState, ReaderCounters
 from .headers import Header, HeaderTier
 

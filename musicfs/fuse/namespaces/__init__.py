@@ -2,6 +2,7 @@
 
 from .base import Namespace, OpenFile, Reply, SpecialNamespace
 from .collections import CollectionsNamespace
+from .covers import CoverNamespace
 from .hidden import HiddenNamespace
 from .raw import RawNamespace
 from .results import ResultDirs
@@ -9,5 +10,5 @@ from .router import Router
 from .search import SearchNamespace
 from .tree import TreeNamespace
 
-__all__ = ["CollectionsNamespace", "HiddenNamespace", "Namespace", "OpenFile", "RawNamespace", "Reply",
+__all__ = ["CollectionsNamespace", "CoverNamespace", "HiddenNamespace", "Namespace", "OpenFile", "RawNamespace", "Reply",
            "ResultDirs", "Router", "SearchNamespace", "SpecialNamespace", "TreeNamespace"]

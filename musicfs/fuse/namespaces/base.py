@@ -63,12 +63,16 @@ class Namespace(Protocol):
     async def xattrs(self, inode: int) -> dict[str, str]: ...
 
 
-class SpecialNamespace(Namespace, Protocol):
-    """A namespace reached by a name in the root (``.musicfs``...), owning the inodes from
-    ``inode_base`` up to the next namespace's base."""
+class RangeNamespace(Namespace, Protocol):
+    """A namespace owning the inodes from ``inode_base`` up to the next namespace's base."""
+
+    inode_base: int
+
+
+class SpecialNamespace(RangeNamespace, Protocol):
+    """A namespace reached by a name in the root (``.musicfs``...)."""
 
     dir_name: str
-    inode_base: int
 
 
 @dataclass

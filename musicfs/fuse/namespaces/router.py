@@ -17,23 +17,26 @@ from collections.abc import Sequence
 import pyfuse3
 
 from ...index.schema import ROOT_ID
-from .base import Namespace, SpecialNamespace
+from .base import Namespace, RangeNamespace, SpecialNamespace
 from .tree import TreeNamespace
 
 
 class Router:
-    def __init__(self, tree: TreeNamespace, specials: Sequence[SpecialNamespace] = ()):
-        ordered = sorted(specials, key=lambda ns: ns.inode_base)
+    def __init__(self, tree: TreeNamespace, specials: Sequence[SpecialNamespace] = (),
+                 entered: Sequence[RangeNamespace] = ()):
+        """``entered``: namespaces owning an inode range whose entries are reached from another
+        namespace's directories, never by a name in the root (the tree's album covers)."""
+        ordered = sorted([*specials, *entered], key=lambda ns: ns.inode_base)
         bases = [ns.inode_base for ns in ordered]
         if len(set(bases)) != len(bases) or (bases and bases[0] <= ROOT_ID):
             raise ValueError(f"namespace inode ranges overlap: {bases}")
-        names = [ns.dir_name for ns in ordered]
+        names = [ns.dir_name for ns in specials]
         if len(set(names)) != len(names) or not all(n.startswith(".") for n in names):
             raise ValueError(f"special directory names must be distinct and begin with a dot: {names}")
         self.tree = tree
         self._bases = bases
         self._ranges: list[Namespace] = [tree, *ordered]
-        self._by_name: dict[str, SpecialNamespace] = {ns.dir_name: ns for ns in ordered}
+        self._by_name: dict[str, SpecialNamespace] = {ns.dir_name: ns for ns in specials}
 
     def __call__(self, inode: int) -> Namespace:
         """The namespace owning ``inode``."""

@@ -23,6 +23,7 @@ from ...vfs.resolver import Resolver
 from ..attrs import AttrPolicy, node_attributes
 from ..inodes import InodeTable
 from .base import OpenFile, ReaderFile, Reply
+from .covers import CoverNamespace
 
 XATTR_PREFIX = "user.musicfs."
 XATTR_FIELDS = ("title", "artist", "album", "album_artist", "genre", "year", "track", "disc",
@@ -34,12 +35,14 @@ class TreeNamespace:
     root_inode = ROOT_ID
 
     def __init__(self, index: LibraryIndex, resolver: Resolver, reader, inodes: InodeTable,
-                 policy: AttrPolicy):
+                 policy: AttrPolicy, covers: CoverNamespace | None = None):
+        """``covers``: the album covers its directories show (none without it)."""
         self.index = index
         self.resolver = resolver
         self.reader = reader
         self.inodes = inodes
         self.policy = policy
+        self.covers = covers
 
     # -- shared with the namespaces whose entries are tree files -------------
     def node(self, inode: int) -> Node:
@@ -55,7 +58,12 @@ class TreeNamespace:
 
     # -- the namespace -------------------------------------------------------
     async def lookup(self, parent: int, name: str) -> pyfuse3.EntryAttributes:
-        node = self.resolver.lookup(parent, name)
+        try:
+            node = self.resolver.lookup(parent, name)
+        except NotFound:
+            if self.covers is None or not name.startswith("cover."):
+                raise
+            return self.covers.lookup_in(parent, name)
         self.remember(node)
         return self.attributes(node)
 
@@ -72,6 +80,13 @@ class TreeNamespace:
         # the root lists the library only: /.musicfs and the other special directories are
         # found by lookup, never listed (CAS-3)
         after = start
+        if start == 0 and self.covers is not None:  # the album's cover first, at offset 1 (node
+            # ids of children start above the root's 1, so the tracks follow from there)
+            cover = self.covers.cover_of(inode)
+            if cover is not None:
+                name, attributes = self.covers.entry(cover)
+                if not reply(name, attributes, 1):
+                    return
         while True:
             page = self.resolver.children(inode, after, _PAGE)
             for node in page:

@@ -1,4 +1,9 @@
-"""Chunk addresses: xxh3-128, as 32 hex digits; the same function checks chunks on read."""
+"""Content addresses: xxh3-128, as 32 hex digits.
+
+A chunk's address in the content cache, checked again on every read; also an
+artwork image's identity in the index, so that the index names an image by the
+address the cache stores it under.
+"""
 
 from __future__ import annotations
 
