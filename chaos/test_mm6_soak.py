@@ -67,6 +67,7 @@ from conformance.measure import proc_status_mb
 from fixtures.bigfile import write_wav
 from fixtures.tags import TagPlan, write_tags
 from musicfs.control.client import ControlClient
+from musicfs.index.artwork import COVER_NAMES
 from musicfs.store.inspect import verify_chunks
 from tests.harness import MountedLibrary, mount_library, mount_status, mounted_tracks, settled
 from tests.s3server import aws_env
@@ -373,6 +374,10 @@ class Walker(Worker):
                     if S_ISDIR(st.st_mode):
                         if not name.startswith("."):
                             folders.append(path)
+                        continue
+                    if name in COVER_NAMES:  # an album's cover: its type, and its bytes
+                        self.timed(f"getxattr {path}", META_STALL, os.getxattr, path, "user.musicfs.mime")
+                        self.timed(f"read {path}", META_STALL, path.read_bytes)
                         continue
                     real = self.timed(f"getxattr {path}", META_STALL, os.getxattr, path, "user.musicfs.real_path")
                     seen.add(real.decode())

@@ -29,11 +29,7 @@ def outage(sample_library, good_files, tmp_path):
     config.write_text(f'[cache]\nread_timeout = {READ_TIMEOUT}\n\n[[origins]]\nid = "nas"\ntype = "local"\n'
                       f'path = "{origin}"\n')
     with mount_library(config=config, work=tmp_path / "work") as mounted:
-        paths = {}
-        for dirpath, _dirnames, filenames in os.walk(mounted.mountpoint):
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                paths[os.getxattr(path, "user.musicfs.real_path").decode()] = path
+        paths = {real: str(path) for real, path in mounted_tracks(mounted.mountpoint).items()}
         yield mounted, origin, paths, {f["path"]: f["sha256"] for f in good_files}
 
 

@@ -28,6 +28,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -96,6 +97,15 @@ def big_files(big_mount, big_origin):
 
 
 # -- sequential reads ----------------------------------------------------------------------
+def _cached_passes(files: list[Path]) -> tuple[float, float]:
+    """MB/s of one read of cached ``files`` through the daemon (the mount's pages evicted), then one
+    from the chunk files on disk (every cache dropped)."""
+    evict_files(files)
+    daemon = _mbps(files)
+    drop_page_cache()
+    return daemon, _mbps(files)
+
+
 def _passes(files: list[Path]) -> dict[str, float]:
     """MB/s of reading ``files`` front to back: cold (empty chunk cache, page cache dropped),
     warm (read again: the kernel's page cache), through the daemon from the chunk cache (the
@@ -103,10 +113,7 @@ def _passes(files: list[Path]) -> dict[str, float]:
     disk (every cache dropped)."""
     drop_page_cache()
     figures = {"cold": _mbps(files), "warm": _mbps(files)}
-    evict_files(files)
-    figures["daemon"] = _mbps(files)
-    drop_page_cache()
-    figures["disk"] = _mbps(files)
+    figures["daemon"], figures["disk"] = _cached_passes(files)
     return figures
 
 
@@ -159,10 +166,15 @@ def test_sequential_reads(big_mount, big_files, results, record_requirement, req
                                   f"cache dropped (the lower is recorded); {x['warm']:,.0f} MB/s read again "
                                   "from the kernel's page cache")
     # a smaller run shows the same path in the table without claiming MM-4 (stated for 1 GiB);
-    # while MM-4 is a known shortfall (not gated, planned in the catalogue) nothing asserts it
+    # while MM-4 is a known shortfall (not gated, planned in the catalogue) nothing asserts it. One
+    # read of a 48 MiB file takes ~60 ms, within the machine's noise: the gate takes the median of
+    # five more passes of each cached read
     if requirement_catalogue["MM-4"].gate and mix.stat().st_size < GIB:
-        assert large_file >= requirement_catalogue["MM-4"].maximum, (
-            f"a {mix_mb:,.0f} MB cached file read at {large_file:,.0f} MB/s")
+        again = [_cached_passes([mix]) for _ in range(5)]
+        daemon, disk = (statistics.median(p[i] for p in again) for i in (0, 1))
+        assert min(daemon, disk) >= requirement_catalogue["MM-4"].maximum, (
+            f"a {mix_mb:,.0f} MB cached file read at {daemon:,.0f} MB/s through the daemon and {disk:,.0f} MB/s "
+            f"from disk (medians of 5 passes: {again})")
     _record_peak(record_requirement, big_mount,
                  f"reading {size_mb + mix_mb:,.0f} MB through it four times")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musicfs import daemon
+from musicfs.index.artwork import COVER_NAMES
 from tests.harness import mount_library, mount_status, settled
 
 from .library import CROWD_ARTIST, CROWD_DIR, Library
@@ -87,6 +88,8 @@ def _musicfs_layout(root: Path, library: Library, pid: int) -> Mounted:
     for artist in library.large_artists:
         for dirpath, _, names in os.walk(root / artist):
             for name in names:
+                if name in COVER_NAMES:  # an album's cover, not a track
+                    continue
                 path = Path(dirpath) / name
                 by_real[os.getxattr(path, "user.musicfs.real_path").decode()] = path
     missing = [t.relpath for t in library.large if t.relpath not in by_real]
