@@ -62,7 +62,7 @@ def config_for(tmp_path, server, root, headers: bool):
                         headers=headers)
 
 
-@pytest.mark.req("HDR-1", "HDR-2")
+@pytest.mark.req("HDR-1", "HDR-2", "FS-11")
 def test_a_tag_scan_through_a_fresh_mount_costs_the_origin_nothing(sftp_origin, tmp_path, record_requirement):
     server, root, written = sftp_origin
     library_bytes = sum((root / t.path).stat().st_size for t in written)
@@ -94,6 +94,21 @@ def test_a_tag_scan_through_a_fresh_mount_costs_the_origin_nothing(sftp_origin, 
                     f.seek(offset)
                     original.seek(offset)
                     assert f.read(length) == original.read(length), f"{real} at {offset}"
+        # a track played after the scan: its map starts with the head the header holds, and the fill
+        # fetches from where that head's last final chunk ends, not from byte 0 again (FS-11)
+        real, path = max(tracks.items(), key=lambda item: (root / item[0]).stat().st_size)
+        size = (root / real).stat().st_size
+        header = cached_map(mounted, path)["header"]["pieces"]
+        head = [p for i, p in enumerate(header) if p["offset"] == sum(q["size"] for q in header[:i])][:-1]
+        before = fetched(mounted.mountpoint)
+        with open(path, "rb") as f, open(root / real, "rb") as original:
+            assert f.read() == original.read()
+        played = fetched(mounted.mountpoint) - before
+        seeded = head[-1]["offset"] + head[-1]["size"]
+        assert seeded >= 512 * 1024 and played <= size - seeded, (played, size, seeded)
+        shown = cached_map(mounted, path)
+        assert [c["address"] for c in shown["chunks"][:len(head)]] == [p["address"] for p in head]
+        assert mount_status(mounted.mountpoint)["reader"]["seeded_bytes"] >= seeded
         # the CLI shows the tier beside the chunks; clearing it gives its pieces back to the LRU
         stats = ok_json(mounted.state_dir, "cache", "stats")["tiers"]["headers"]
         assert stats["entries"] == len(written) and stats["hits"] >= hits

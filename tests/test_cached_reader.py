@@ -568,3 +568,43 @@ def test_a_fill_moves_to_another_replica_only_if_it_holds_the_same_bytes(origin_
         assert result == data
     else:
         assert isinstance(result, OriginUnavailable) and "differs" in str(result)
+
+
+@pytest.mark.req("FS-11", "HDR-1")
+def test_a_track_played_after_a_scan_fetches_from_where_its_header_ends(origin_dir, tmp_path):
+    """The head a tag scan kept (cut as a fill cuts it) starts the file's map: reading the head
+    fetches nothing, reading on fetches from the end of its last final chunk, and the file is
+    whole and exact; the header's unfinished last piece is fetched again as part of a chunk."""
+    from musicfs.store.headers import HeaderTier
+
+    root, data = origin_dir
+    origin = CountingOrigin("local", root)
+    meta = track(root)
+    version = f"{meta['size']}:{meta['mtime_ns']}"
+    bus = EventBus()
+    cache = ContentCache(tmp_path / "cache", 10**10, bus.publish)
+    tier = HeaderTier(cache, 10**9)
+    header = tier.keep("local", "song.flac", SIZE, version, [(0, data[:1 << 20]), (SIZE - 128, data[-128:])])
+    head = header.head_chunks()
+    assert head and head[-1].end < 1 << 20 and head[-1].end == header.pieces[len(head)].offset
+
+    async def body():
+        async with trio.open_nursery() as nursery:
+            reader = CachedReader({"local": origin}, cache, bus, nursery, headers=tier)
+            handle = await reader.open(meta)
+            assert await reader.read(handle, 0, 65536) == data[:65536]
+            assert await reader.read(handle, SIZE - 128, 128) == data[-128:]
+            assert origin.requests == []  # the head from its chunks, the end from the header
+            assert await read_all(reader, handle, SIZE) == data
+            await fills_done(reader)
+            assert min(offset for offset, _ in origin.requests) == head[-1].end
+            assert reader.statistics()["seeded_bytes"] == head[-1].end
+            reader.release(handle)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(body)
+        saved = cache.manifest("local", "song.flac")
+        assert saved.complete and list(saved.chunks[:len(head)]) == head
+    finally:
+        cache.close()

@@ -222,6 +222,9 @@ class MountMetrics:
                          headers.get("limit_bytes"))
         yield from counter("musicfs_header_tier_hits", "Reads answered from a kept header, without the origin.",
                            headers.get("hits"))
+        yield from counter("musicfs_header_tier_seeded_bytes", "Bytes of played files' heads taken from their "
+                                                              "headers instead of the origin.",
+                           reader.get("seeded_bytes"))
         yield from counter("musicfs_header_tier_evictions", "Headers evicted to stay under the tier's limit.",
                            headers.get("evictions"))
         art = doc.get("artwork", {})  # album covers, kept while the index shows them

@@ -129,3 +129,4 @@ class ReaderCounters:
     checksum_mismatches: int = 0  # bytes an origin served failed its own checksum or the chunk map
     verified_files: int = 0  # fills checked against the origin's whole-file checksum and passed
     headers_dropped: int = 0  # headers found to differ from their file read whole (wrong at scan time)
+    seeded_bytes: int = 0  # bytes of files' heads a fill took from their headers instead of the origin

@@ -71,6 +71,19 @@ class Header:
                 return found
         return None
 
+    def head_chunks(self) -> list[ChunkRef]:
+        """The pieces that run without a gap from byte 0, which :func:`cut` cut as a fill cuts the
+        file: a fill can start from their end instead of fetching them again. The last is left
+        out unless it ends the file (it is the unfinished rest of the run, not a final chunk)."""
+        run: list[ChunkRef] = []
+        for piece in self.pieces:
+            if piece.offset != (run[-1].end if run else 0):
+                break
+            run.append(piece)
+        if run and run[-1].end < self.size:
+            run.pop()
+        return run
+
     def problem(self) -> str | None:
         """Why these pieces cannot be parts of the file (a damaged or hostile index), or None."""
         position = 0

@@ -143,10 +143,32 @@ class CachedReader:
                         state.add(ref)
                     state.complete = manifest.complete
                     state.saved = len(manifest.chunks)
-                    self.cache.hold(r.address for r in state.chunks)
+                if state.header is not None and not state.complete:
+                    self._seed(state, state.header)
+                self.cache.hold(r.address for r in state.chunks)
             state = self._states.setdefault(key, state)
         state.handles += 1
         return CachedHandle(track["id"], state, passthrough=never, keep_cache=not self.verifier.suspected(state))
+
+    def _seed(self, state: FileState, header: Header) -> None:
+        """Start the map of a file not cached whole with the head its header holds (FS-11).
+
+        The header's run from byte 0 was cut as a fill cuts the file, and its
+        pieces are chunks of the cache: they are the first chunks of the map,
+        as a partial map's would be, so a track played after a scan fetches
+        from where they end, not from byte 0 again. Only when they extend the
+        map known so far; each is checked against its hash when read, like
+        every chunk.
+        """
+        head = header.head_chunks()
+        known = len(state.chunks)
+        if len(head) <= known or head[:known] != state.chunks:
+            return
+        for ref in head[known:]:
+            state.add(ref)
+        if not known:  # the scan read them from the file's own origin, this version: no replica
+            state.filled_from = state.origin_id  # check needed before that origin fills on
+        self.counters.seeded_bytes += head[-1].end - (head[known - 1].end if known else 0)
 
     def _maps(self, state: FileState) -> tuple[Manifest | None, Header | None]:
         """The file version's chunk map, and its header unless the map is complete (one thread hop)."""
