@@ -60,6 +60,7 @@ class FileState:
     saved_at: float = float("-inf")  # trio time of the last save of the partial map
     save_due: bool = False  # a save of the partial map is scheduled
     header: Header | None = None  # what the header tier holds of this version (not yet fully cached)
+    seeded: int = 0  # the map's first bytes were taken from the header (FS-11), not fetched by a fill
 
     @property
     def readable(self) -> int:
@@ -85,7 +86,7 @@ class FileState:
         """Forget every chunk (they held wrong or unverified bytes); returns them."""
         dropped = self.chunks
         self.chunks, self.offsets = [], []
-        self.covered = self.hashed = self.saved = 0
+        self.covered = self.hashed = self.saved = self.seeded = 0
         self.tail = b""
         self.hasher = None
         self.complete = False

@@ -168,6 +168,7 @@ class CachedReader:
             state.add(ref)
         if not known:  # the scan read them from the file's own origin, this version: no replica
             state.filled_from = state.origin_id  # check needed before that origin fills on
+        state.seeded = head[-1].end
         self.counters.seeded_bytes += head[-1].end - (head[known - 1].end if known else 0)
 
     def _maps(self, state: FileState) -> tuple[Manifest | None, Header | None]:

@@ -144,10 +144,13 @@ class Verifier:
                                 origin_id, state.origin_id, state.real_path, expected.source)
             return
         self.counters.checksum_mismatches += 1
+        if state.seeded:  # the head came from what the scan read: the header goes too (in discard)
+            self.counters.headers_dropped += 1
         detail = (f"{expected.algorithm} of the bytes served by {', '.join(served) or '?'} is {got}, "
                   f"the {expected.source} says {expected.hexdigest}")
-        log.error("%s:%s does not match its origin's checksum (%s): its cached chunks are dropped and "
+        log.error("%s:%s does not match its origin's checksum (%s): its cached chunks%s are dropped and "
                   "the file will be fetched again%s", state.origin_id, state.real_path, detail,
+                  ", and the header its scan kept (its first bytes were taken from it)" if state.seeded else "",
                   ", from another replica first" if len(state.replicas) > 1 else "")
         for origin_id in served:
             self.bus.publish(ChecksumMismatch(origin_id, state.real_path, detail))
