@@ -107,6 +107,12 @@ class Config:
     read_timeout: float = 5.0
     health_interval: float = 30.0
     # the raw view (/.origins) keeps an origin's listing this long, and drops it after this long unused
+    # [prefetch] (musicfs.vfs.prefetch): on, seconds a track plays before the next is fetched whole,
+    # bytes prefetched and not opened yet at most, prefetches at once
+    prefetch: bool = True
+    prefetch_whole_after: float = 20.0
+    prefetch_budget: int = 1_000_000_000
+    prefetch_concurrent: int = 1
     raw_ttl: float = 300.0  # seconds; seed 000: 5 minutes (B2-5)
     raw_idle: float = 60.0  # seconds; seed 000: 1 minute
     # let other users in (FUSE allow_other); the kernel then checks the modes shown (default_permissions)
@@ -205,7 +211,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         return ConfigError(message, source=source, line=where.line_of(table, key, index))
 
     unknown = set(data) - {"library", "cache", "scan", "health", "mount", "metrics", "origins", "raw",
-                           "collections"}
+                           "collections", "prefetch"}
     if unknown:
         name = sorted(unknown)[0]
         raise fail(f"unknown section or key {name!r}", None, name) if not isinstance(
@@ -291,6 +297,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         except ValueError as exc:
             raise fail(str(exc), "metrics", "listen") from None
     kwargs.update(_raw_view(_table(data, "raw", fail), fail))
+    kwargs.update(_prefetch(_table(data, "prefetch", fail), fail))
     kwargs["origins"] = _origins(data.get("origins", []), fail)
     kwargs["collections"] = _collections(data.get("collections", []), fail)
     return Config(**kwargs)
@@ -341,6 +348,30 @@ def _raw_view(raw: dict, fail) -> dict[str, float]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
                 raise fail(f"{key} must be a number of seconds between 0 and 86400", "raw", key)
             settings[f"raw_{key}"] = float(value)
+    return settings
+
+
+def _prefetch(table: dict, fail) -> dict[str, Any]:
+    """``[prefetch] enabled, whole_after, budget, concurrent`` (musicfs.vfs.prefetch)."""
+    _only(table, {"enabled", "whole_after", "budget", "concurrent"}, "prefetch", fail)
+    settings: dict[str, Any] = {}
+    if "enabled" in table:
+        settings["prefetch"] = _typed(table, "enabled", bool, "prefetch", fail)
+    if "whole_after" in table:
+        value = table["whole_after"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
+            raise fail("whole_after must be a number of seconds between 0 and 86400", "prefetch", "whole_after")
+        settings["prefetch_whole_after"] = float(value)
+    if "budget" in table:
+        try:
+            settings["prefetch_budget"] = parse_size(table["budget"])
+        except ValueError as exc:
+            raise fail(str(exc), "prefetch", "budget") from None
+    if "concurrent" in table:
+        value = table["concurrent"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+            raise fail("concurrent must be a whole number from 1 to 16", "prefetch", "concurrent")
+        settings["prefetch_concurrent"] = value
     return settings
 
 

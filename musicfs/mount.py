@@ -59,8 +59,10 @@ from .store.delta import DeltaSync, ScanKeeper
 from .store.headers import HeaderTier
 from .store.reader import CachedReader
 from .systemd import Notifier
+from .vfs.access import AccessTracker
 from .vfs.hidden import HiddenFiles
 from .vfs.listings import ListingCache
+from .vfs.prefetch import Prefetcher, PrefetchPolicy
 from .vfs.rawview import RawView
 from .vfs.reader import DirectReader
 from .vfs.resolver import Node, Resolver
@@ -281,6 +283,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
                            started=started)
     notifier = Notifier.from_environment()  # systemd's socket and watchdog, when systemd runs this daemon
     search = SearchService(settings.index_path)  # shared by /.search, /.collections and the control API
+    access: AccessTracker | None = None
     mounted = False
     try:
         async with trio.open_nursery() as nursery:
@@ -291,7 +294,9 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             finished = (index.last_scan() or {}).get("finished_at") or started
             policy = AttrPolicy(entry_timeout=settings.entry_timeout, attr_timeout=settings.attr_timeout,
                                 dir_mtime_ns=int(finished * 10**9))
-            hidden = HiddenFiles({"status.json": status.status, "errors.json": status.errors})
+            access = AccessTracker(settings.index_path)  # opens, heat, transitions (CAS-4), for prefetch too
+            hidden = HiddenFiles({"status.json": status.status, "errors.json": status.errors,
+                                  "heat.json": access.heat, "access.log": access.access_log})
             raw = RawView(origins, ttl=config.raw_ttl, idle=config.raw_idle)
             # the kernel's lookup counts: shared with the rescans' invalidation; nodes kept within the bound
             inodes = InodeTable(budget.max_nodes, _forget_entry)
@@ -299,7 +304,10 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             listings = ListingCache(budget.listed_nodes)  # repeated listings from memory (MM-5.3), emptied by rescans
             resolver = Resolver(index.conn, listings)
             covers = CoverNamespace(index.conn, artwork, policy, read_timeout=settings.read_timeout)
-            tree = TreeNamespace(index, resolver, reader, inodes, policy, covers)
+            prefetch = Prefetcher(index.conn, reader, access, PrefetchPolicy(
+                enabled=config.prefetch, whole_after=config.prefetch_whole_after, budget=config.prefetch_budget,
+                concurrent=config.prefetch_concurrent), nursery)
+            tree = TreeNamespace(index, resolver, reader, inodes, policy, covers, access, prefetch)
             # /.search and /.collections list hits as the tree's own files; searches run in the
             # service's worker threads on connections of their own
             results = ResultDirs(search.search, tree, max_results=MAX_SEARCH_RESULTS)
@@ -328,7 +336,8 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
                                      ("artwork", artwork.statistics),
                                      ("delta_sync", delta.statistics),
                                      ("events", bus.statistics),
-                                     ("raw_views", raw.statistics), ("fuse", ops.statistics)):
+                                     ("raw_views", raw.statistics), ("access", access.statistics),
+                                     ("prefetch", prefetch.statistics), ("fuse", ops.statistics)):
                 status.register(name, statistics)
             metrics = MountMetrics(status, recorder)  # /metrics: the same statistics, plus FUSE latencies
             status.register("metrics", metrics.statistics)
@@ -376,6 +385,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             nursery.start_soon(_sync_collections, search, config.collections)
             nursery.start_soon(_supervised, "systemd notifications", notifier.run, lifecycle, settings.mountpoint)
             nursery.start_soon(_supervised, "rescan metrics", metrics.follow, bus)
+            nursery.start_soon(_supervised, "listening activity", access.run)
             if exporter is not None:
                 nursery.start_soon(_serve_metrics, exporter)
             nursery.start_soon(_supervised, "live rescans", sync.run)
@@ -400,5 +410,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             origin.close()
         cache.close()
         search.close()
+        if access is not None:
+            access.close()
         index.close()
         notifier.close()

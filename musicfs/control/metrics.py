@@ -227,6 +227,16 @@ class MountMetrics:
                            reader.get("seeded_bytes"))
         yield from counter("musicfs_header_tier_evictions", "Headers evicted to stay under the tier's limit.",
                            headers.get("evictions"))
+        ahead = doc.get("prefetch", {})  # what was fetched before a listener opened it
+        yield from counter("musicfs_prefetch_bytes", "Bytes fetched ahead of a listener (next tracks' heads, "
+                                                     "whole next tracks).", ahead.get("bytes"))
+        yield from counter("musicfs_prefetch_hits", "Opens of a track that was prefetched.", ahead.get("hits"))
+        yield from gauge("musicfs_prefetch_unused_bytes", "Bytes prefetched that nobody has opened yet.",
+                         ahead.get("unused_bytes"))
+        yield from counter("musicfs_prefetch_wasted_bytes", "Bytes prefetched and not opened within an hour.",
+                           ahead.get("wasted_bytes"))
+        listening = doc.get("access", {})  # each open of a track (CAS-4)
+        yield from counter("musicfs_track_opens", "Opens of tracks through the mount.", listening.get("opens"))
         art = doc.get("artwork", {})  # album covers, kept while the index shows them
         yield from gauge("musicfs_artwork_images", "Cover images kept in the cache (each once, however many "
                                                    "tracks show it).", art.get("images"))

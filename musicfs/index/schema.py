@@ -164,12 +164,37 @@ def _v5_artwork(db: sqlite_utils.Database) -> None:
                " BEGIN DELETE FROM artwork WHERE track_id = OLD.id; END")
 
 
+def _v6_listening(db: sqlite_utils.Database) -> None:
+    db.execute("""
+    CREATE TABLE heat (
+        track_id    INTEGER PRIMARY KEY,  -- tracks.id
+        opens       INTEGER NOT NULL,     -- times the track was opened through the mount
+        bytes_read  INTEGER NOT NULL,     -- bytes read of it through those opens
+        last_access REAL NOT NULL         -- unix time of the last open
+    )""")
+    db.execute("""
+    CREATE TABLE transitions (
+        id         INTEGER PRIMARY KEY,
+        from_track INTEGER NOT NULL,      -- tracks.id opened first...
+        to_track   INTEGER NOT NULL,      -- ...and this one within a few minutes (musicfs.vfs.access)
+        count      INTEGER NOT NULL,      -- times it happened
+        last_at    REAL NOT NULL,         -- unix time it last happened (the least recent go first)
+        UNIQUE (from_track, to_track)
+    )""")
+    db.execute("CREATE INDEX transitions_to ON transitions(to_track)")
+    db.execute("CREATE INDEX transitions_last ON transitions(last_at)")
+    db.execute("CREATE TRIGGER tracks_heat_gone AFTER DELETE ON tracks BEGIN"
+               " DELETE FROM heat WHERE track_id = OLD.id;"
+               " DELETE FROM transitions WHERE from_track = OLD.id OR to_track = OLD.id; END")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema: tracks, skipped, nodes, scans", _v1_initial),
     (2, "index tracks by path and size to find replicas on other origins", _v2_replicas),
     (3, "keep each track's version at its origin (an S3 ETag)", _v3_versions),
     (4, "full-text search table over the tracks shown, and saved searches (collections)", _v4_search),
     (5, "album artwork: images by content, each track's front cover, image files beside tracks", _v5_artwork),
+    (6, "listening activity: opens and bytes read per track, which track followed which", _v6_listening),
 ]
 
 LATEST = MIGRATIONS[-1][0]

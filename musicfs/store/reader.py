@@ -40,7 +40,7 @@ from .chunkdb import ChunkRef, Manifest
 from .chunker import AVG_SIZE
 from .fetch import ReplicaFetcher
 from .filestate import FileState, ReaderCounters
-from .fill import Filler
+from .fill import FIRST_BLOCK, Filler
 from .headers import Header, HeaderTier
 from .verify import ChecksumMismatchError, Verifier
 
@@ -149,6 +149,34 @@ class CachedReader:
             state = self._states.setdefault(key, state)
         state.handles += 1
         return CachedHandle(track["id"], state, passthrough=never, keep_cache=not self.verifier.suspected(state))
+
+    async def prefetch(self, track: dict, *, whole: bool, timeout: float = 60.0) -> int:
+        """Fill a track as a reader would, without one: its first block (``whole`` False, what a
+        player's first reads take) or all of it. No FileAccessed: nobody opened it. Returns the
+        bytes the fill cut meanwhile (0 for a file cached already, or never cached)."""
+        if self.policies.get(track["origin_id"], "always") == "never":
+            return 0
+        handle = await self._open_cached(track, never=False)
+        state = handle.state
+        before = state.cut
+        try:
+            if whole:
+                self._reads_on(state, state.size)  # a reader going on: the fill does not wait at the head
+            with trio.move_on_after(timeout):
+                while not state.complete:
+                    if state.error is not None and not state.filling:
+                        break
+                    if not whole and (state.parked or state.readable >= min(state.size, FIRST_BLOCK)):
+                        break
+                    self.filler.start(state)
+                    await state.changed.wait()
+            return state.cut - before
+        finally:
+            self.release(handle)
+
+    def busy(self) -> bool:
+        """A reader waits for bytes a fill has not made readable yet (prefetch gives way)."""
+        return any(state.wanted > state.readable and not state.complete for state in self._states.values())
 
     def _seed(self, state: FileState, header: Header) -> None:
         """Start the map of a file not cached whole with the head its header holds (FS-11).

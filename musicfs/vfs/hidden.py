@@ -1,7 +1,9 @@
 """The hidden ``/.musicfs`` directory: read-only files generated when they are read.
 
 ``status.json`` and ``errors.json`` let any tool (``cat``, a script, a media
-server's health check) see what musicfs knows without the control socket.
+server's health check) see what musicfs knows without the control socket;
+``heat.json`` and ``access.log`` show what was listened to
+(:mod:`musicfs.vfs.access`).
 They live at fixed inode numbers far above any node id, so they never collide
 with the tree and stay stable across remounts.
 """
@@ -29,10 +31,13 @@ class HiddenFiles:
     dir_inode = HIDDEN_BASE
 
     def __init__(self, providers: dict[str, Callable[[], object]]):
+        """``providers``: file name -> what it shows; a ``.json`` file's provider returns a document,
+        any other's the text itself."""
         self._by_name: dict[str, HiddenFile] = {}
         self._by_inode: dict[int, HiddenFile] = {}
         for offset, (name, provider) in enumerate(sorted(providers.items()), start=1):
-            item = HiddenFile(HIDDEN_BASE + offset, name, self._json(provider))
+            render = self._json(provider) if name.endswith(".json") else self._text(provider)
+            item = HiddenFile(HIDDEN_BASE + offset, name, render)
             self._by_name[name] = item
             self._by_inode[item.inode] = item
 
@@ -40,6 +45,12 @@ class HiddenFiles:
     def _json(provider: Callable[[], object]) -> Callable[[], bytes]:
         def render() -> bytes:
             return (json.dumps(provider(), indent=2, sort_keys=True, default=str) + "\n").encode()
+        return render
+
+    @staticmethod
+    def _text(provider: Callable[[], object]) -> Callable[[], bytes]:
+        def render() -> bytes:
+            return str(provider()).encode()
         return render
 
     def is_hidden(self, inode: int) -> bool:

@@ -91,21 +91,24 @@ class Snapshot:
 
 
 class ReaderFile:
-    """A track opened through the reader; ``on_release`` runs first when the handle goes (the
-    tag tree's open-handle count, CAS-2)."""
+    """A track opened through the reader; ``on_release`` runs first when the handle goes, with the
+    bytes read through it (the tag tree's open-handle count, CAS-2; listening activity, CAS-4)."""
 
     direct_io = False
 
-    def __init__(self, reader, handle, *, keep_cache: bool, on_release: Callable[[], None] | None = None):
+    def __init__(self, reader, handle, *, keep_cache: bool, on_release: Callable[[int], None] | None = None):
         self.reader = reader
         self.handle = handle
         self.keep_cache = keep_cache
         self._on_release = on_release
+        self.bytes_read = 0
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
-        return await self.reader.read(self.handle, offset, size)
+        data = await self.reader.read(self.handle, offset, size)
+        self.bytes_read += len(data)
+        return data
 
     def release(self) -> None:
         if self._on_release is not None:
-            self._on_release()
+            self._on_release(self.bytes_read)
         self.reader.release(self.handle)

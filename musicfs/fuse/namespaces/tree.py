@@ -18,7 +18,9 @@ import pyfuse3
 from ...errors import IsADirectory, NotADirectory, NotFound
 from ...index.library import LibraryIndex
 from ...index.schema import ROOT_ID
+from ...vfs.access import AccessTracker
 from ...vfs.node import Node
+from ...vfs.prefetch import Prefetcher
 from ...vfs.resolver import Resolver
 from ..attrs import AttrPolicy, node_attributes
 from ..inodes import InodeTable
@@ -35,14 +37,18 @@ class TreeNamespace:
     root_inode = ROOT_ID
 
     def __init__(self, index: LibraryIndex, resolver: Resolver, reader, inodes: InodeTable,
-                 policy: AttrPolicy, covers: CoverNamespace | None = None):
-        """``covers``: the album covers its directories show (none without it)."""
+                 policy: AttrPolicy, covers: CoverNamespace | None = None, access: AccessTracker | None = None,
+                 prefetch: Prefetcher | None = None):
+        """``covers``: the album covers its directories show (none without it); ``access``: where
+        each open of a track is recorded (CAS-4); ``prefetch``: told of each open and close."""
         self.index = index
         self.resolver = resolver
         self.reader = reader
         self.inodes = inodes
         self.policy = policy
         self.covers = covers
+        self.access = access
+        self.prefetch = prefetch
 
     # -- shared with the namespaces whose entries are tree files -------------
     def node(self, inode: int) -> Node:
@@ -106,10 +112,22 @@ class TreeNamespace:
             raise NotFound(f"track of inode {inode} left the index")
         handle = await self.reader.open(track)
         self.inodes.opened(node)  # kept until released, even if the kernel forgets it first
+        access, prefetch = self.access, self.prefetch
+        if access is not None:
+            access.opened(node.track_id, self.resolver.path_of(node.id))
+        if prefetch is not None:  # after the access: what it learns from is this open's past
+            prefetch.opened(node)
+
+        def released(bytes_read: int) -> None:
+            self.inodes.released(inode)
+            if access is not None:
+                access.closed(node.track_id, bytes_read)
+            if prefetch is not None:
+                prefetch.closed(node.track_id)
+
         # the kernel keeps what it read of an unchanged file, unless those bytes failed a check
         # (the plain pass-through reader checks nothing: its handles always say keep)
-        return ReaderFile(self.reader, handle, keep_cache=handle.keep_cache,
-                          on_release=lambda: self.inodes.released(inode))
+        return ReaderFile(self.reader, handle, keep_cache=handle.keep_cache, on_release=released)
 
     async def xattrs(self, inode: int) -> dict[str, str]:
         node = self.node(inode)

@@ -1,0 +1,183 @@
+"""Prefetch: the track a listener will likely play next is in the cache before it is opened.
+
+Why: on a slow origin a player that moves to the next track waits for its
+first bytes, and for every block it reads faster than the fill comes; only the
+open file is read ahead. What is fetched, in the background, when a track is
+opened (PH-3.1):
+
+* at once, the head (the fill's first block, what a player's first reads take)
+  of the tracks opened after this one before, most often first
+  (:meth:`~musicfs.vfs.access.AccessTracker.next_tracks`: a shuffle, a playlist
+  played in another order), and of the next track in album order (the next file
+  of the same directory; after an album's last, the first of the next album
+  beside it), from the very first listen;
+* once the track has been open for ``whole_after`` seconds (being played, not
+  skipped), all of the likeliest next track: the learned one, else the album's.
+
+It stays out of the way of listening: one prefetch at a time (``concurrent``),
+none while a reader waits for a fill, and never more than ``budget`` bytes
+prefetched that nobody has opened yet. What it fetched goes into the chunk
+cache like any fill, and is evicted like anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass, field, fields
+from typing import Protocol
+
+import trio
+
+from ..errors import MusicFSError
+from .access import AccessTracker
+from .node import Node
+
+log = logging.getLogger(__name__)
+
+GIVE_WAY = 0.05  # seconds between looks at whether a reader still waits for a fill
+QUEUE = 8  # prefetches waiting their turn at most (a scanner opening every track queues no more)
+WASTED_AFTER = 3600.0  # seconds after which a prefetch nobody opened counts as wasted
+
+
+@dataclass(frozen=True)
+class PrefetchPolicy:
+    """``[prefetch]`` in the config."""
+
+    enabled: bool = True
+    whole_after: float = 20.0  # seconds a track is open before the next one is fetched whole
+    budget: int = 1_000_000_000  # bytes prefetched and not opened yet, at most
+    concurrent: int = 1  # prefetches at once
+    learned: int = 2  # learned next tracks whose heads are fetched (seen once is enough)
+
+
+class PrefetchReader(Protocol):
+    async def prefetch(self, track: dict, *, whole: bool) -> int: ...
+
+    def busy(self) -> bool: ...
+
+
+@dataclass
+class PrefetchCounters:
+    heads: int = 0  # heads fetched
+    wholes: int = 0  # whole tracks fetched
+    bytes: int = 0  # bytes those fetches cut
+    hits: int = 0  # opens of a track prefetched before
+    hit_bytes: int = 0  # bytes of those prefetches
+    over_budget: int = 0  # prefetches not made: too much prefetched and not opened yet
+    dropped: int = 0  # prefetches not made: too many waiting
+    wasted_bytes: int = 0  # bytes prefetched and not opened within WASTED_AFTER
+    failures: int = 0
+    # track id -> (bytes prefetched, trio time): not opened yet
+    unused: dict[int, tuple[int, float]] = field(default_factory=dict)
+
+
+class Prefetcher:
+    def __init__(self, conn: sqlite3.Connection, reader: PrefetchReader, access: AccessTracker,
+                 policy: PrefetchPolicy, nursery: trio.Nursery):
+        self.conn = conn  # the index, read on the loop as the tree reads it
+        self.reader = reader
+        self.access = access
+        self.policy = policy
+        self.nursery = nursery
+        self.counters = PrefetchCounters()
+        self._limiter = trio.CapacityLimiter(max(1, policy.concurrent))
+        self._open: dict[int, int] = {}  # track id -> handles open through the tree
+        self._queued: set[tuple[int, bool]] = set()  # (track id, whole) waiting or running
+
+    # -- told by the tag tree ------------------------------------------------------------------
+    def opened(self, node: Node) -> None:
+        track_id = node.track_id
+        self._open[track_id] = self._open.get(track_id, 0) + 1
+        fetched = self.counters.unused.pop(track_id, None)
+        if fetched is not None:
+            self.counters.hits += 1
+            self.counters.hit_bytes += fetched[0]
+        if self.policy.enabled:
+            self.nursery.start_soon(self._after_open, node)
+
+    def closed(self, track_id: int) -> None:
+        left = self._open.get(track_id, 0) - 1
+        if left > 0:
+            self._open[track_id] = left
+        else:
+            self._open.pop(track_id, None)
+
+    # -- the work --------------------------------------------------------------------------------
+    async def _after_open(self, node: Node) -> None:
+        started = trio.current_time()
+        album_next = self._album_next(node)
+        try:
+            learned = await trio.to_thread.run_sync(self.access.next_tracks, node.track_id, self.policy.learned, 1)
+        except sqlite3.Error as exc:  # the album's order still holds
+            log.debug("no learned next tracks for %d: %s", node.track_id, exc)
+            learned = []
+        heads = [t for t in dict.fromkeys([*learned, album_next]) if t is not None and t != node.track_id]
+        for track_id in heads:
+            await self._fetch(track_id, whole=False)
+        if not heads:
+            return
+        await trio.sleep_until(started + self.policy.whole_after)
+        if self._open.get(node.track_id):  # still open: played, not skipped
+            await self._fetch(heads[0], whole=True)
+
+    def _album_next(self, node: Node) -> int | None:
+        """The next file of the track's directory, else the first file of the next directory beside it."""
+        q = self.conn.execute
+        row = q("SELECT track_id FROM nodes WHERE parent = ? AND kind = 'file' AND name > ? ORDER BY name LIMIT 1",
+                (node.parent, node.name)).fetchone()
+        if row is None:
+            after = q("SELECT d.id FROM nodes album JOIN nodes d ON d.parent = album.parent AND d.name > album.name"
+                      " AND d.kind = 'dir' WHERE album.id = ? ORDER BY d.name LIMIT 1", (node.parent,)).fetchone()
+            if after is not None:
+                row = q("SELECT track_id FROM nodes WHERE parent = ? AND kind = 'file' ORDER BY name LIMIT 1",
+                        (after[0],)).fetchone()
+        return row[0] if row is not None else None
+
+    def _unused_bytes(self) -> int:
+        """Bytes prefetched that nobody opened yet; older ones count as wasted and no longer hold."""
+        now, unused = trio.current_time(), self.counters.unused
+        for track_id, (size, at) in list(unused.items()):
+            if now - at > WASTED_AFTER:
+                del unused[track_id]
+                self.counters.wasted_bytes += size
+        return sum(size for size, _ in unused.values())
+
+    async def _fetch(self, track_id: int, *, whole: bool) -> None:
+        row = self.conn.execute("SELECT * FROM tracks WHERE id = ?", (track_id,)).fetchone()
+        if row is None or (track_id, whole) in self._queued:
+            return
+        track = dict(row)
+        if self._unused_bytes() + (track["size"] if whole else 0) > self.policy.budget:
+            self.counters.over_budget += 1
+            return
+        if len(self._queued) >= QUEUE:
+            self.counters.dropped += 1
+            return
+        self._queued.add((track_id, whole))
+        try:
+            async with self._limiter:
+                while self.reader.busy():  # a listener waits for the origin: it goes first
+                    await trio.sleep(GIVE_WAY)
+                cut = await self.reader.prefetch(track, whole=whole)
+        except (MusicFSError, OSError) as exc:
+            self.counters.failures += 1
+            log.info("prefetch of %s:%s failed: %s", track["origin_id"], track["real_path"], exc)
+            return
+        finally:
+            self._queued.discard((track_id, whole))
+        if whole:
+            self.counters.wholes += 1
+        else:
+            self.counters.heads += 1
+        self.counters.bytes += cut
+        if cut and not self._open.get(track_id):
+            size, _ = self.counters.unused.get(track_id, (0, 0.0))
+            self.counters.unused[track_id] = (size + cut, trio.current_time())
+
+    def statistics(self) -> dict:
+        # read from the status thread: copies (atomic in CPython), never an iteration of the live dict
+        unused = list(dict(self.counters.unused).values())
+        counters = {f.name: getattr(self.counters, f.name) for f in fields(self.counters) if f.name != "unused"}
+        return {"enabled": self.policy.enabled, **counters, "unused_bytes": sum(size for size, _ in unused),
+                "unused_tracks": len(unused), "queued": len(self._queued)}

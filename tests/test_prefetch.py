@@ -1,0 +1,138 @@
+"""Prefetch in process: the next track's head at once, the whole of it once a track plays, learned
+successors, and the budget (PH-3.1; the measured session on a real mount is chaos/test_prefetch.py)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from fixtures.media import short_track
+from musicfs.events import EventBus
+from musicfs.index.library import LibraryIndex
+from musicfs.index.scanner import Scanner
+from musicfs.index.tags import read_tags
+from musicfs.index.template import PathTemplate
+from musicfs.origins.local import LocalOrigin
+from musicfs.store.cache import ContentCache
+from musicfs.store.fill import FIRST_BLOCK
+from musicfs.store.reader import CachedReader
+from musicfs.vfs.access import AccessTracker
+from musicfs.vfs.prefetch import Prefetcher, PrefetchPolicy
+from musicfs.vfs.resolver import Resolver
+
+pytestmark = pytest.mark.req("PH-3.1")
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """One album of four FLAC tracks of about 1.5 MB (several fill blocks each), scanned."""
+    root = tmp_path_factory.mktemp("prefetch") / "music"
+    for n in range(1, 5):
+        short_track(root, f"A/Album/{n:02d}.flac", "flac", n, album="Album", cover=None, seconds=8.0)
+    index_path = root.parent / "index.db"
+    with LibraryIndex(index_path) as index:
+        Scanner(index, LocalOrigin("local", root), PathTemplate(), read=read_tags).run()
+    return root, index_path
+
+
+def run(library, tmp_path, body, **policy):
+    root, index_path = library
+    bus = EventBus()
+    cache = ContentCache(tmp_path / "cache", 10**10, bus.publish)
+    access = AccessTracker(index_path)
+    index = LibraryIndex(index_path)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            reader = CachedReader({"local": LocalOrigin("local", root)}, cache, bus, nursery)
+            prefetcher = Prefetcher(index.conn, reader, access, PrefetchPolicy(**policy), nursery)
+            resolver = Resolver(index.conn)
+            nodes = {row[1]: resolver.get(row[0]) for row in index.conn.execute(
+                "SELECT n.id, t.track FROM nodes n JOIN tracks t ON t.id = n.track_id")}
+            await body(prefetcher, nodes, cache, access)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        access.close()
+        index.close()
+        cache.close()
+
+
+async def settle(prefetcher: Prefetcher, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        await trio.sleep(0.05)
+        while prefetcher.statistics()["queued"]:
+            await trio.sleep(0.02)
+
+
+def cached(cache: ContentCache, node) -> tuple[int, bool]:
+    """(bytes mapped, complete) of a track's chunk map."""
+    manifest = cache.manifest("local", f"A/Album/{node.name[:2]}.flac")
+    return (manifest.covered, manifest.complete) if manifest else (0, False)
+
+
+def test_the_next_tracks_head_at_once_and_all_of_it_once_a_track_plays(library, tmp_path):
+    async def body(prefetcher, nodes, cache, access):
+        prefetcher.opened(nodes[1])
+        await settle(prefetcher)
+        covered, complete = cached(cache, nodes[2])
+        assert FIRST_BLOCK // 2 <= covered < nodes[2].size and not complete  # its head only
+        assert cached(cache, nodes[3]) == (0, False)
+        await trio.sleep(0.3)  # still open past whole_after: played, so the next is fetched whole
+        await settle(prefetcher)
+        assert cached(cache, nodes[2]) == (nodes[2].size, True)
+        prefetcher.opened(nodes[2])  # the listener gets there: a hit
+        prefetcher.closed(nodes[2].track_id)
+        stats = prefetcher.statistics()
+        assert stats["hits"] == 1 and stats["heads"] >= 1 and stats["wholes"] == 1 and stats["bytes"] > 0
+
+    run(library, tmp_path, body, whole_after=0.2)
+
+
+def test_a_skipped_track_does_not_fetch_the_next_whole(library, tmp_path):
+    async def body(prefetcher, nodes, cache, access):
+        prefetcher.opened(nodes[1])
+        prefetcher.closed(nodes[1].track_id)  # skipped at once
+        await trio.sleep(0.4)
+        await settle(prefetcher)
+        assert not cached(cache, nodes[2])[1]
+        assert prefetcher.statistics()["wholes"] == 0 and prefetcher.statistics()["unused_bytes"] > 0
+
+    run(library, tmp_path, body, whole_after=0.2)
+
+
+def test_learned_successors_are_fetched_before_the_albums_order(library, tmp_path):
+    async def body(prefetcher, nodes, cache, access):
+        for _ in range(2):  # a playlist that goes from track 1 to track 4
+            access.opened(nodes[1].track_id, "1")
+            access.opened(nodes[4].track_id, "4")
+        access.opened(nodes[3].track_id, "3")  # so that 3 -> 1 below is no transition either way
+        await trio.to_thread.run_sync(access.flush)
+        prefetcher.opened(nodes[1])
+        await trio.sleep(0.3)
+        await settle(prefetcher)
+        assert cached(cache, nodes[4]) == (nodes[4].size, True)  # the learned one, whole
+        assert 0 < cached(cache, nodes[2])[0] < nodes[2].size  # the album's next: its head
+
+    run(library, tmp_path, body, whole_after=0.2)
+
+
+def test_nothing_is_prefetched_when_off_or_past_the_budget(library, tmp_path):
+    async def off(prefetcher, nodes, cache, access):
+        prefetcher.opened(nodes[1])
+        await trio.sleep(0.3)
+        assert cached(cache, nodes[2]) == (0, False) and prefetcher.statistics()["bytes"] == 0
+
+    run(library, tmp_path / "off", off, enabled=False, whole_after=0.1)
+
+    async def tight(prefetcher, nodes, cache, access):
+        prefetcher.opened(nodes[1])
+        await trio.sleep(0.3)
+        await settle(prefetcher)
+        stats = prefetcher.statistics()
+        assert stats["wholes"] == 0 and stats["over_budget"] >= 1  # a head fits, a whole track does not
+        assert not cached(cache, nodes[2])[1]
+
+    run(library, tmp_path / "tight", tight, whole_after=0.1, budget=FIRST_BLOCK * 2)
