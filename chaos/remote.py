@@ -54,21 +54,27 @@ def origin_lines(origin_id: str, kind: str, options: dict, priority: int = 1) ->
     return lines + [""]
 
 
-def cache_lines(read_timeout: float | None = None, *, headers: bool = False) -> list[str]:
-    """The ``[cache]`` table of a lab's config, the header tier off unless ``headers``.
+def cache_lines(read_timeout: float | None = None, *, headers: bool = False, prefetch: bool = False) -> list[str]:
+    """The ``[cache]`` table of a lab's config, the header tier off unless ``headers``, and a
+    ``[prefetch]`` table turning it off unless ``prefetch`` (then the caller may write its own).
 
     Why off: what the labs measure is reads that reach an origin (timed, broken,
     counted), and their tracks are a few kilobytes: the header tier would hold
-    each of them whole after the scan, and no read would reach the origin. The
-    tier's own behaviour, faults included, is tested with it on
-    (``conformance/test_header_tier.py``, ``chaos/test_header_faults.py``).
+    each of them whole after the scan, and no read would reach the origin; prefetch
+    would fetch tracks nobody read yet, beside the reads measured. Their own
+    behaviour, faults included, is tested with them on
+    (``conformance/test_header_tier.py``, ``chaos/test_header_faults.py``,
+    ``chaos/test_prefetch.py``).
     """
     lines = ["[cache]"]
     if read_timeout is not None:
         lines.append(f"read_timeout = {read_timeout}")
     if not headers:
         lines.append('headers_size = "0"')
-    return [*lines, ""]
+    lines.append("")
+    if not prefetch:
+        lines += ["[prefetch]", "enabled = false", ""]
+    return lines
 
 
 def write_origin(path: Path, origin_id: str, kind: str, options: dict, *, headers: bool = False) -> Path:

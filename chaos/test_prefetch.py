@@ -106,7 +106,7 @@ def test_prefetch_halves_the_stalls_of_a_listening_session(toxiproxy, tmp_path, 
 
         def config(enabled: bool) -> Path:
             path = tmp_path / f"prefetch-{enabled}.toml"
-            path.write_text("\n".join([*cache_lines(10.0), *origin_lines("music", "s3", options),
+            path.write_text("\n".join([*cache_lines(10.0, prefetch=True), *origin_lines("music", "s3", options),
                                        "[prefetch]", f"enabled = {str(enabled).lower()}",
                                        f"whole_after = {WHOLE_AFTER}", ""]))
             return path

@@ -19,7 +19,7 @@ from musicfs.mount import READ_AHEAD_KIB
 from musicfs.store.chunker import MAX_SIZE
 from musicfs.store.fill import FIRST_BLOCK
 from tests.cachefiles import artwork_chunks, chunk_files, cut_short, flip_bit, remove, stored_chunks
-from tests.harness import mount_library, mount_status, settled
+from tests.harness import NO_PREFETCH, mount_library, mount_status, settled
 from tests.harness import mounted_tracks as mounted_files
 
 
@@ -268,7 +268,7 @@ def test_reading_the_heads_of_tracks_fetches_their_heads_not_the_tracks(tmp_path
     for i in range(6):
         path = write_wav(origin / f"take {i}.wav", 6 * 1024 * 1024, seed=40 + i)
         sizes[path.name] = path.stat().st_size
-    with mount_library(origin=origin, work=tmp_path / "work") as mounted:
+    with mount_library(extra_args=NO_PREFETCH, origin=origin, work=tmp_path / "work") as mounted:
         if os.geteuid() == 0:  # raised by the daemon once the kernel's INIT is done: 512 KiB requests
             deadline = time.monotonic() + 5
             while kernel_read_ahead(mounted.mountpoint) != READ_AHEAD_KIB * 1024 and time.monotonic() < deadline:
@@ -316,7 +316,7 @@ def test_reading_the_heads_of_tracks_fetches_their_heads_not_the_tracks(tmp_path
 def test_inspect_manifest_and_cache_tools_on_a_running_mount(library, tmp_path):
     work = tmp_path / "work"
     inspect = [sys.executable, "-m", "musicfs.cli.inspect", "--state-dir", str(work / "state")]
-    with mount_library(origin=library, work=work) as mounted:
+    with mount_library(extra_args=NO_PREFETCH, origin=library, work=work) as mounted:
         files = sorted(mounted_files(mounted.mountpoint).values(), key=lambda p: -p.stat().st_size)
         read, unread = files[0], files[1]
         read.read_bytes()

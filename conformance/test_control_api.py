@@ -22,7 +22,7 @@ from fixtures.bigfile import write_wav
 from musicfs import daemon
 from musicfs.control.client import ControlClient, ControlError
 from musicfs.store.inspect import cached_files
-from tests.harness import mount_library, mount_status, mounted_tracks, settled
+from tests.harness import NO_PREFETCH, mount_library, mount_status, mounted_tracks, settled
 from tests.s3server import aws_env
 
 
@@ -87,7 +87,8 @@ def test_cache_clear_removes_only_what_was_asked_and_never_an_open_file(tmp_path
     config = tmp_path / "musicfs.toml"
     config.write_text(f'[[origins]]\nid = "a"\ntype = "local"\npath = "{a}"\n\n'
                       f'[[origins]]\nid = "b"\ntype = "local"\npath = "{b}"\n')
-    with mount_library(config=config, work=tmp_path / "work") as mounted, client_of(mounted) as api:
+    with mount_library(config=config, work=tmp_path / "work", extra_args=NO_PREFETCH) as mounted, \
+            client_of(mounted) as api:
         tracks = mounted_tracks(mounted.mountpoint)
         for real, path in tracks.items():
             assert_exact(expected, path, real)

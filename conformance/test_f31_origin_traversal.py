@@ -27,7 +27,7 @@ import pytest
 from chaos.remote import write_origin
 from conformance.expected import sha256_of, walk_files
 from conformance.hostile import skip_lines, tagged
-from tests.harness import mount_library, mounted_tracks
+from tests.harness import NO_PREFETCH, mount_library, mounted_tracks
 from tests.sshserver import ssh_server
 
 SWAP = "good/swap.flac"
@@ -124,7 +124,7 @@ def _judge(mounted, origin_id: str, root: Path, outside: Path, *, local: bool) -
 @pytest.mark.req("FAULT-31", "B2-6")
 def test_f31_links_out_of_a_local_origin_are_never_followed(tmp_path):
     root, outside = _layout(tmp_path / "base")
-    with mount_library(origin=root, work=tmp_path / "m") as mounted:
+    with mount_library(origin=root, work=tmp_path / "m", extra_args=NO_PREFETCH) as mounted:  # swap: uncached
         _judge(mounted, "local", root, outside, local=True)
 
 

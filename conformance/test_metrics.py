@@ -26,7 +26,7 @@ from chaos.proxy import free_port
 from conformance.expected import sha256_of
 from conformance.measure import walk_tree
 from musicfs.control.client import ControlClient, ControlError
-from tests.harness import mount_library, mounted_tracks
+from tests.harness import NO_PREFETCH, mount_library, mounted_tracks
 
 ORIGIN = "lib"
 TRACKS = 12
@@ -86,7 +86,7 @@ def metered(sample_library, good_files, tmp_path_factory):
     config = work / "musicfs.toml"
     config.write_text(f'[health]\ninterval = 0.5\n\n[metrics]\nlisten = "127.0.0.1:{port}"\n\n'
                       f'[[origins]]\nid = "{ORIGIN}"\ntype = "local"\npath = "{origin}"\n')
-    with mount_library(config=config, work=work) as mounted:
+    with mount_library(config=config, work=work, extra_args=NO_PREFETCH) as mounted:  # counts compared exactly
         yield Metered(mounted, origin, port)
 
 

@@ -74,6 +74,11 @@ def unmount(mounted: MountedLibrary, timeout: float = 15.0) -> None:
         daemon.fusermount_unmount(mounted.mountpoint, lazy=True)
 
 
+# for tests that count what reaches an origin: prefetch would fetch tracks nobody read yet beside
+# the reads measured (its own tests: tests/test_prefetch.py, chaos/test_prefetch.py)
+NO_PREFETCH = ("--no-prefetch",)
+
+
 def start_mount(*, work: Path, origin: Path | None = None, config: Path | None = None,
                 index: Path | None = None, cache_dir: Path | None = None, timeout: float = 120.0,
                 extra_args: tuple[str, ...] = (),

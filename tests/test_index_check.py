@@ -29,10 +29,14 @@ def open_and_close(path) -> LibraryIndex:
 
 def test_a_checked_index_is_not_checked_again_until_it_changes(tmp_path, caplog):
     path = tmp_path / "i.db"
-    with LibraryIndex(path) as index:  # new: nothing to check
+    with LibraryIndex(path) as index:  # new: nothing to check; its own writes, closed cleanly, neither
         index.set_meta("k", "v")
+    assert not needs_check(path)
     with caplog.at_level(logging.INFO, logger="musicfs.index.db"):
-        open_and_close(path)  # written since: checked once
+        open_and_close(path)
+        assert not any(CHECKING in r.getMessage() for r in caplog.records), "checked for nothing"
+        (tmp_path / "i.db.verified").unlink()  # never checked (a file from before stamps)
+        open_and_close(path)
         assert sum(CHECKING in r.getMessage() for r in caplog.records) == 1
         assert not needs_check(path)
         caplog.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--cache-dir", type=Path, help="content cache directory (overrides the config)")
     mount.add_argument("--allow-other", action="store_true",
                        help="let other users read the mount too (the kernel then enforces its modes)")
+    mount.add_argument("--no-prefetch", action="store_true",
+                       help="fetch nothing ahead of a listener (overrides [prefetch] enabled)")
     mount.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
     mount.set_defaults(func=cmd_mount)
 
@@ -284,6 +287,8 @@ def _acquire(locks: list[daemon.Lock]) -> None:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     config = resolve_config(args, origin_must_exist=False)
+    if args.no_prefetch:
+        config = dataclasses.replace(config, prefetch=False)
     path = index_path(args, config)
     state = args.state_dir or state_home()
     mountpoint = daemon.canonical(args.mountpoint)
@@ -315,6 +320,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             argv = [*(["--state-dir", str(state)] if args.state_dir else []), *(["-v"] * args.verbose),
                     "mount", "--foreground", "--index", str(path), *_library_argv(args),
                     "--cache-dir", str(cache_dir), *(["--allow-other"] if allow_other else []),
+                    *(["--no-prefetch"] if args.no_prefetch else []),
                     str(mountpoint)]
             pid = daemon.start_background(argv, files, mountpoint)
             console.print(f"musicfs pid {pid} mounted {mountpoint} (log: {files.log})")

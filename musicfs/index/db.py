@@ -116,6 +116,13 @@ def check(conn: sqlite3.Connection, path: Path) -> None:
         # SQLite's report runs over several lines: one line in the log is enough to say where
         text = " ".join(" ".join(problems).split()).replace("*** in database main *** ", "")
         raise IndexDamaged(text if len(text) <= 200 else text[:197] + "...")
+    remember(path)
+
+
+def remember(path: Path) -> None:
+    """Take the file as it is now for one that passed its check: after :func:`check`, and after a
+    clean close of this process's writes (a listening record, a rescan) left no WAL behind. A
+    crash leaves the stamp of before, and the next open checks."""
     if not _wal_left(path):  # with frames in the WAL the file itself is not yet what passed
         _stamp_path(path).write_text(json.dumps(_identity(path)))
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .db import checkpoint, connect, open_checked, transaction
+from .db import checkpoint, connect, open_checked, remember, transaction
 from .metacache import MetadataBudget
 from .schema import ROOT_ID
 
@@ -53,9 +53,13 @@ class LibraryIndex:
         self.conn.row_factory = sqlite3.Row
 
     def close(self) -> None:
-        if not self.readonly:
-            checkpoint(self.conn)
+        """Checkpoint and close; a writable index closed cleanly needs no check at its next open."""
+        if self.readonly:
+            self.conn.close()
+            return
+        checkpoint(self.conn)
         self.conn.close()
+        remember(self.path)
 
     def __enter__(self) -> LibraryIndex:
         return self
