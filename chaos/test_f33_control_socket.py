@@ -48,6 +48,7 @@ ROUTES = {  # the whole API: reads, a shutdown, a cache clear, rescans, the two 
     "/v1/events": {"get"}, "/metrics": {"get"},
     "/v1/search": {"get"}, "/v1/search/stream": {"get"},
     "/v1/collections": {"get", "post"}, "/v1/collections/{name}": {"delete"},
+    "/v1/prefetch": {"post"},  # files fetched into the cache: what a read would fetch, nothing else
 }
 
 
@@ -350,9 +351,10 @@ def test_f33_there_is_no_route_that_runs_commands_or_widens_access(sample_mount)
     routes = {path: set(methods) for path, methods in described["paths"].items()}
     assert routes == ROUTES
     schemas = described["components"]["schemas"]
-    bodies = {name: set(schemas[name]["properties"]) for name in ("ShutdownBody", "ClearBody", "CollectionBody")}
+    bodies = {name: set(schemas[name]["properties"])
+              for name in ("ShutdownBody", "ClearBody", "CollectionBody", "PrefetchBody")}
     assert bodies == {"ShutdownBody": {"force", "drain_timeout_ms"}, "ClearBody": {"origin", "tier", "dry_run"},
-                      "CollectionBody": {"name", "query"}}
+                      "CollectionBody": {"name", "query"}, "PrefetchBody": {"paths", "query", "strategy"}}
     assert all(schemas[name]["additionalProperties"] is False for name in bodies)
     parameters = {p["name"] for item in described["paths"].values() for operation in item.values()
                   for p in operation.get("parameters", [])}
@@ -365,7 +367,7 @@ JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(all
 TARGETS = [("GET", "/v1/status"), ("GET", "/v1/cache"), ("POST", "/v1/cache/clear"), ("GET", "/v1/origins"),
            ("GET", "/v1/origins/{}"), ("POST", "/v1/origins/{}/rescan"), ("GET", "/v1/events"),
            ("GET", "/metrics"), ("GET", "/v1/search"), ("GET", "/v1/search/stream"), ("GET", "/v1/collections"),
-           ("POST", "/v1/collections"), ("DELETE", "/v1/collections/{}"),
+           ("POST", "/v1/collections"), ("DELETE", "/v1/collections/{}"), ("POST", "/v1/prefetch"),
            ("PUT", "/v1/status"), ("POST", "/v1/{}"), ("GET", "/{}")]
 
 

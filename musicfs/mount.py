@@ -306,7 +306,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             covers = CoverNamespace(index.conn, artwork, policy, read_timeout=settings.read_timeout)
             prefetch = Prefetcher(index.conn, reader, access, PrefetchPolicy(
                 enabled=config.prefetch, whole_after=config.prefetch_whole_after, budget=config.prefetch_budget,
-                concurrent=config.prefetch_concurrent), nursery)
+                concurrent=config.prefetch_concurrent), nursery, resolver)
             tree = TreeNamespace(index, resolver, reader, inodes, policy, covers, access, prefetch)
             # /.search and /.collections list hits as the tree's own files; searches run in the
             # service's worker threads on connections of their own
@@ -348,7 +348,8 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             if settings.control_socket is not None:
                 services = ControlServices(status=status, lifecycle=lifecycle, cache=cache, bus=bus,
                                            limiter=trio.CapacityLimiter(4), sync=sync, metrics=metrics,
-                                           search=search, headers=headers, artwork=artwork)
+                                           search=search, headers=headers, artwork=artwork,
+                                           prefetch=prefetch)
                 control = ControlServer(settings.control_socket, functools.partial(_control_app, services))
                 try:
                     control.bind()

@@ -136,3 +136,28 @@ def test_nothing_is_prefetched_when_off_or_past_the_budget(library, tmp_path):
         assert not cached(cache, nodes[2])[1]
 
     run(library, tmp_path / "tight", tight, whole_after=0.1, budget=FIRST_BLOCK * 2)
+
+
+def test_a_request_fetches_what_it_names_with_progress_per_file(library, tmp_path):
+    from musicfs.errors import NotFound
+
+    async def body(prefetcher, nodes, cache, access):
+        files = prefetcher.files_under(["A"])
+        assert [path.rsplit("/", 1)[1][:2] for _, path in files] == ["01", "02", "03", "04"]
+        assert prefetcher.files_under([files[1][1], "A/Album (2001) [FLAC]"]) == files  # no file twice
+        with pytest.raises(NotFound):
+            prefetcher.files_under(["A/Nothing"])
+        documents = [d async for d in prefetcher.request(files[:2], "full")]
+        summary = documents[-1]
+        assert summary == {"done": True, "strategy": "full", "files": 2, "complete": 2, "failed": 0,
+                           "fetched": nodes[1].size + nodes[2].size}
+        last = {d["path"]: d for d in documents[:-1]}
+        assert all(d["complete"] and d["cached"] == d["total"] and d["error"] is None for d in last.values())
+        assert len(documents) > 3  # progress came between a file's first and last documents
+        assert cached(cache, nodes[1]) == (nodes[1].size, True)
+        heads = [d async for d in prefetcher.request(files[2:], "headers")]
+        assert heads[-1]["complete"] == 2 and not cached(cache, nodes[3])[1] and cached(cache, nodes[3])[0] > 0
+        nothing = [d async for d in prefetcher.request(files, "metadata")]
+        assert nothing[-1]["fetched"] == 0 and nothing[-1]["complete"] == 4
+
+    run(library, tmp_path, body, enabled=False)

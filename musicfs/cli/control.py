@@ -72,6 +72,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _common(rescan, json_help="print the progress documents as NDJSON")
     rescan.set_defaults(func=cmd_origin_rescan)
 
+    prefetch = sub.add_parser("prefetch", help="fetch files, folders or a search's hits into a running mount's "
+                                               "cache (progress as it goes)")
+    prefetch.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                          help="files or folders inside the mount (or paths relative to its root)")
+    prefetch.add_argument("--query", "-q", metavar="Q", help="the tracks this search finds instead")
+    prefetch.add_argument("--strategy", choices=("metadata", "headers", "full"), default="full",
+                          help="full (default): whole files; headers: each file's head; metadata: nothing "
+                               "(the index has the tags)")
+    prefetch.add_argument("--mount", type=Path, metavar="MOUNTPOINT", dest="mountpoint",
+                          help="the mount to ask (may be left out while only one runs, or when PATHs are in it)")
+    prefetch.add_argument("--json", action="store_true", help="print the progress documents as NDJSON")
+    prefetch.set_defaults(func=cmd_prefetch)
+
     events = sub.add_parser("events", help="follow a running mount's events until interrupted")
     events.add_argument("--type", action="append", default=[], metavar="T",
                         help="only events of this type (repeat for several; default: the file, origin, "
@@ -192,6 +205,75 @@ def cmd_origin_rescan(args: argparse.Namespace) -> int:
     with client:
         last = follow_rescan(client, args.origin_id, as_json=args.json)
     return _rescan_status(args.origin_id, last, as_json=args.json)
+
+
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    """Exit 0 once every file named is fetched as asked, 1 if some failed (each says why)."""
+    if bool(args.paths) == bool(args.query):
+        raise ControlError("name PATHs or --query, one of them")
+    mountpoint = args.mountpoint
+    if mountpoint is None and args.paths:  # the mount the first path is in
+        mountpoint = _mount_holding(_state(args), args.paths[0].absolute())
+    info = find_mount(_state(args), mountpoint)
+    root = Path(info["mountpoint"])
+    body = {"strategy": args.strategy, **({"query": args.query} if args.query else
+                                          {"paths": [_virtual(path, root) for path in args.paths]})}
+    with _connect(info["socket"]) as client:
+        documents = client.stream("POST", "/v1/prefetch", body=body)
+        last = _follow_prefetch(documents, as_json=args.json)
+    return 0 if last.get("done") and not last.get("failed") else 1
+
+
+def _mount_holding(state: Path, path: Path) -> Path | None:
+    """The running mount whose mountpoint holds ``path``, if any."""
+    for info in daemon.running_mounts(state):
+        mountpoint = Path(info.get("mountpoint", ""))
+        if mountpoint.is_absolute() and (path == mountpoint or mountpoint in path.parents):
+            return mountpoint
+    return None
+
+
+def _virtual(path: Path, root: Path) -> str:
+    """A path inside the mount as the API names it (from the mount's root); a relative path that
+    does not exist here is taken as one already."""
+    absolute = path.absolute()
+    if absolute == root or root in absolute.parents:
+        return absolute.relative_to(root).as_posix()
+    if not path.is_absolute() and not path.exists():
+        return path.as_posix()
+    raise ControlError(f"{path} is not inside the mount at {root}")
+
+
+def _follow_prefetch(documents: Iterator[dict], *, as_json: bool) -> dict:
+    """NDJSON lines, or a progress bar (files, and bytes of the file under way) then a summary."""
+    last: dict = {}
+    if as_json:
+        for document in documents:
+            _line(document)
+            last = document
+        return last
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    files: dict[str, dict] = {}  # path -> its last document (every file's first comes at once)
+    with Progress(TextColumn("prefetch", style="bold"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[current]}", markup=False),
+                  console=err_console.rich, transient=True) as bar:
+        task = bar.add_task("files", total=None, current="")
+        for document in documents:
+            last = document
+            if document.get("done"):
+                break
+            files[document["path"]] = document
+            done = sum(d["complete"] or d["error"] is not None for d in files.values())
+            current = f"{document['path'][-50:]} {_render().size(document['cached'])}"
+            bar.update(task, completed=done, total=len(files), current=current)
+    failed = [d for d in files.values() if d["error"] is not None]
+    for document in failed:
+        _say(f"musicfs: {document['path']}: {document['error']}", err_console)
+    if last.get("done"):
+        console.print(f"prefetched {last['complete']} of {last['files']} files ({last['strategy']}): "
+                      f"{_render().size(last['fetched'])} fetched" + (f", {last['failed']} failed" if last["failed"] else ""))
+    return last
 
 
 def _rescan_status(origin_id: str, last: dict, *, as_json: bool) -> int:

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from functools import partial
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import trio
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -33,10 +33,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import QueryError, QueryTimeout
+from ..errors import NotADirectory, NotFound, QueryError, QueryTimeout
 from ..events import FEED_DEFAULT, Dropped, Event, Subscription, event_types
 from ..search.engine import DEFAULT_LIMIT, MAX_LIMIT
 from ..search.query import MAX_QUERY_CHARS, check_fields
+from ..vfs.prefetch import MAX_FILES as MAX_PREFETCH  # files one prefetch request may name
 from .services import ControlServices
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ MAX_BODY = 64 * 1024  # bytes: every request this API takes is a few small field
 BODY_TIMEOUT = 10.0  # seconds a request's body may take to arrive (a half-sent request is answered 408)
 NDJSON = "application/x-ndjson"
 _TOO_LARGE = f"request body over {MAX_BODY} bytes"
+
 TIERS = ("chunks", "headers")  # the cache tiers that exist (the metadata tier comes with its feature)
 
 
@@ -59,6 +61,13 @@ class ClearBody(BaseModel):
     origin: str | None = Field(None, max_length=200)
     tier: str | None = Field(None, max_length=50)
     dry_run: bool = False
+
+
+class PrefetchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    paths: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=1000)
+    query: str | None = Field(None, max_length=4 * MAX_QUERY_CHARS)
+    strategy: Literal["metadata", "headers", "full"] = "full"
 
 
 class CollectionBody(BaseModel):
@@ -240,6 +249,34 @@ def build_app(services: ControlServices):
         # subscribed now, before the answer starts: an event right after the client sees it is kept
         feed = services.bus.subscribe(wants=wanted)
         return _ClosingStream(_ndjson(_event_feed(feed)), on_close=feed.close, media_type=NDJSON)
+
+    @app.post("/v1/prefetch", summary="Fetch files, folders or a search's hits into the cache; progress as NDJSON",
+              description="`paths` (virtual paths in the mount: files or folders) or `query` (the search "
+                          "language), and `strategy`: `metadata` (nothing fetched: the index holds the tags), "
+                          "`headers` (each file's head) or `full`. One document per file as its bytes come "
+                          "(`cached`, `fetched`, `total`, `complete`, `error`), then a summary with `done`. "
+                          "A client that hangs up does not stop it.")
+    async def prefetch(body: PrefetchBody) -> StreamingResponse:
+        if services.prefetch is None:
+            raise HTTPException(503, "this mount cannot prefetch")
+        if bool(body.paths) == bool(body.query):
+            raise HTTPException(400, "name the files: paths or a query, one of them")
+        if body.query:
+            files: list[tuple[int, str]] = []
+            with _refused():
+                async with aclosing(searching().stream(body.query)) as batches:
+                    async for batch in batches:
+                        files += [(hit.track_id, hit.virtual_path) for hit in batch]
+                        if len(files) > MAX_PREFETCH:
+                            raise HTTPException(400, f"the query matches more than {MAX_PREFETCH} tracks")
+        else:
+            try:
+                files = services.prefetch.files_under(body.paths)
+            except (NotFound, NotADirectory) as exc:
+                raise HTTPException(404, f"not in the mount: {exc}") from None
+            except ValueError as exc:
+                raise HTTPException(400, str(exc)) from None
+        return StreamingResponse(_ndjson(services.prefetch.request(files, body.strategy)), media_type=NDJSON)
 
     def searching():
         if services.search is None:

@@ -20,6 +20,7 @@ from ..status import StatusService
 from ..store.artwork import ArtShelf
 from ..store.cache import ContentCache
 from ..store.headers import HeaderTier
+from ..vfs.prefetch import Prefetcher
 
 if TYPE_CHECKING:  # the search service imports the query engine; the API needs it only when asked
     from ..search.service import SearchService
@@ -51,3 +52,4 @@ class ControlServices:
     search: SearchService | None = None  # /v1/search and /v1/collections (None: this mount has no index to search)
     headers: HeaderTier | None = None  # the cache's header tier (/v1/cache's "headers")
     artwork: ArtShelf | None = None  # album covers kept in the cache (/v1/cache's "artwork")
+    prefetch: Prefetcher | None = None  # /v1/prefetch: files fetched into the cache on request

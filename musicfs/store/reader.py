@@ -150,15 +150,19 @@ class CachedReader:
         state.handles += 1
         return CachedHandle(track["id"], state, passthrough=never, keep_cache=not self.verifier.suspected(state))
 
-    async def prefetch(self, track: dict, *, whole: bool, timeout: float = 60.0) -> int:
+    async def prefetch(self, track: dict, *, whole: bool, timeout: float = 60.0,
+                       progress: Callable[[int], None] | None = None) -> int:
         """Fill a track as a reader would, without one: its first block (``whole`` False, what a
         player's first reads take) or all of it. No FileAccessed: nobody opened it. Returns the
-        bytes the fill cut meanwhile (0 for a file cached already, or never cached)."""
+        bytes the fill cut meanwhile (0 for a file cached already, or never cached); ``progress``
+        hears the bytes of the file cut so far as they grow. An origin that fails raises."""
         if self.policies.get(track["origin_id"], "always") == "never":
             return 0
         handle = await self._open_cached(track, never=False)
         state = handle.state
         before = state.cut
+        if progress is not None:
+            progress(state.cut)
         try:
             if whole:
                 self._reads_on(state, state.size)  # a reader going on: the fill does not wait at the head
@@ -170,6 +174,10 @@ class CachedReader:
                         break
                     self.filler.start(state)
                     await state.changed.wait()
+                    if progress is not None:
+                        progress(state.cut)
+            if state.error is not None and not state.complete and not state.filling:
+                raise OriginUnavailable(f"{state.origin_id}:{state.real_path}: {state.error}")
             return state.cut - before
         finally:
             self.release(handle)

@@ -14,6 +14,10 @@ opened (PH-3.1):
 * once the track has been open for ``whole_after`` seconds (being played, not
   skipped), all of the likeliest next track: the learned one, else the album's.
 
+:meth:`Prefetcher.request` does the same on request (``POST /v1/prefetch``,
+``musicfs prefetch``): named folders, files or a search's hits, their heads or
+whole, with progress per file.
+
 It stays out of the way of listening: one prefetch at a time (``concurrent``),
 none while a reader waits for a fill, and never more than ``budget`` bytes
 prefetched that nobody has opened yet. What it fetched goes into the chunk
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
@@ -32,12 +37,16 @@ import trio
 from ..errors import MusicFSError
 from .access import AccessTracker
 from .node import Node
+from .resolver import Resolver
 
 log = logging.getLogger(__name__)
 
 GIVE_WAY = 0.05  # seconds between looks at whether a reader still waits for a fill
 QUEUE = 8  # prefetches waiting their turn at most (a scanner opening every track queues no more)
 WASTED_AFTER = 3600.0  # seconds after which a prefetch nobody opened counts as wasted
+STRATEGIES = ("metadata", "headers", "full")  # what a request fetches: nothing (the index has the tags),
+# each file's head, each file whole
+MAX_FILES = 10_000  # files one request may name (a folder's, a search's)
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ class PrefetchPolicy:
 
 
 class PrefetchReader(Protocol):
-    async def prefetch(self, track: dict, *, whole: bool) -> int: ...
+    async def prefetch(self, track: dict, *, whole: bool, progress=None) -> int: ...
 
     def busy(self) -> bool: ...
 
@@ -74,8 +83,9 @@ class PrefetchCounters:
 
 class Prefetcher:
     def __init__(self, conn: sqlite3.Connection, reader: PrefetchReader, access: AccessTracker,
-                 policy: PrefetchPolicy, nursery: trio.Nursery):
+                 policy: PrefetchPolicy, nursery: trio.Nursery, resolver: Resolver | None = None):
         self.conn = conn  # the index, read on the loop as the tree reads it
+        self.resolver = resolver or Resolver(conn)
         self.reader = reader
         self.access = access
         self.policy = policy
@@ -175,9 +185,107 @@ class Prefetcher:
             size, _ = self.counters.unused.get(track_id, (0, 0.0))
             self.counters.unused[track_id] = (size + cut, trio.current_time())
 
+    # -- on request -------------------------------------------------------------------------------
+    def files_under(self, paths: list[str]) -> list[tuple[int, str]]:
+        """(track id, path) of every file at or below the virtual ``paths``, in tree order; raises
+        NotFound for a path the tree does not hold, ValueError past MAX_FILES."""
+        found: dict[int, str] = {}
+        for path in paths:
+            node = self.resolver.resolve(path)
+            if not node.is_dir:
+                found[node.track_id] = self.resolver.path_of(node.id)
+                continue
+            rows = self.conn.execute(
+                "WITH RECURSIVE below(id) AS (SELECT ? UNION ALL SELECT n.id FROM nodes n JOIN below b"
+                " ON n.parent = b.id WHERE n.kind = 'dir') SELECT f.id, f.track_id FROM nodes f JOIN below b"
+                " ON f.parent = b.id WHERE f.kind = 'file' LIMIT ?", (node.id, MAX_FILES + 1)).fetchall()
+            for node_id, track_id in rows:
+                found.setdefault(track_id, self.resolver.path_of(node_id))
+            if len(found) > MAX_FILES:
+                raise ValueError(f"more than {MAX_FILES} files named; ask for less at a time")
+        return sorted(found.items(), key=lambda item: item[1])
+
+    async def request(self, files: list[tuple[int, str]], strategy: str) -> AsyncIterator[dict]:
+        """Fetch ``files`` one after another (``strategy`` of STRATEGIES): a progress document per
+        file as its bytes come, then a summary. A client that leaves does not stop it."""
+        job = _Job([_FileProgress(track_id, path) for track_id, path in files])
+        self.nursery.start_soon(self._serve, job, strategy)
+        shown: dict[int, tuple] = {}
+        while True:
+            changed = job.changed
+            for item in job.files:
+                if shown.get(id(item)) != item.key():
+                    shown[id(item)] = item.key()
+                    yield item.document(strategy)
+            if job.done:
+                yield job.summary(strategy)
+                return
+            await changed.wait()
+
+    async def _serve(self, job: _Job, strategy: str) -> None:
+        try:
+            for item in job.files:
+                row = self.conn.execute("SELECT * FROM tracks WHERE id = ?", (item.track_id,)).fetchone()
+                if row is None:
+                    item.error = "no longer in the library"
+                    job.notify()
+                    continue
+                track = dict(row)
+                item.total = track["size"]
+                if strategy != "metadata":
+                    def progress(cut: int, item=item) -> None:
+                        item.cached = cut
+                        job.notify()
+
+                    try:
+                        async with self._limiter:
+                            item.fetched = await self.reader.prefetch(track, whole=strategy == "full",
+                                                                      progress=progress)
+                    except (MusicFSError, OSError) as exc:
+                        item.error = str(exc)
+                item.complete = item.error is None
+                job.notify()
+        finally:
+            job.done = True
+            job.notify()
+
     def statistics(self) -> dict:
         # read from the status thread: copies (atomic in CPython), never an iteration of the live dict
         unused = list(dict(self.counters.unused).values())
         counters = {f.name: getattr(self.counters, f.name) for f in fields(self.counters) if f.name != "unused"}
         return {"enabled": self.policy.enabled, **counters, "unused_bytes": sum(size for size, _ in unused),
                 "unused_tracks": len(unused), "queued": len(self._queued)}
+
+
+@dataclass
+class _FileProgress:
+    track_id: int
+    path: str
+    total: int = 0
+    cached: int = 0  # bytes of it in the cache (from its start)
+    fetched: int = 0  # bytes this request fetched of it
+    complete: bool = False
+    error: str | None = None
+
+    def key(self) -> tuple:
+        return (self.total, self.cached, self.fetched, self.complete, self.error)
+
+    def document(self, strategy: str) -> dict:
+        return {"path": self.path, "track_id": self.track_id, "strategy": strategy, "total": self.total,
+                "cached": self.cached, "fetched": self.fetched, "complete": self.complete, "error": self.error}
+
+
+@dataclass
+class _Job:
+    files: list[_FileProgress]
+    done: bool = False
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def summary(self, strategy: str) -> dict:
+        return {"done": True, "strategy": strategy, "files": len(self.files),
+                "complete": sum(f.complete for f in self.files), "failed": sum(f.error is not None for f in self.files),
+                "fetched": sum(f.fetched for f in self.files)}
