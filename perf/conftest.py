@@ -58,7 +58,7 @@ class PerfSize:
 
 
 SIZES = {
-    "ci": PerfSize("ci", mix_bytes=48 << 20, track_bytes=16 << 20, tracks=4, fio_seconds=1.0,
+    "ci": PerfSize("ci", mix_bytes=128 << 20, track_bytes=16 << 20, tracks=4, fio_seconds=1.0,
                    small_library=500, library=50_000, memory_sizes=(5_000, 50_000),
                    client_levels=(1, 3, 10, 30), client_rounds=2, search_library=200_000),
     "full": PerfSize("full", mix_bytes=1 << 30, track_bytes=128 << 20, tracks=4, fio_seconds=5.0,

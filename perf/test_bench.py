@@ -10,7 +10,7 @@ the end (see ``perf/conftest.py``). Figures the catalogue holds are recorded in 
 
 Workloads:
 * sequential reads of long tracks (4 x 128 MiB; CI: 4 x 16 MiB) and of a 1 GiB mix (CI:
-  48 MiB): cold (empty chunk cache, kernel page cache dropped), warm (second read), and
+  128 MiB): cold (empty chunk cache, kernel page cache dropped), warm (second read), and
   from the chunk cache alone (page cache dropped again, so every read goes through the
   daemon);
 * random 4 KiB reads with fio (psync, buffered), warm and with the page cache dropped;
@@ -167,8 +167,8 @@ def test_sequential_reads(big_mount, big_files, results, record_requirement, req
                                   "from the kernel's page cache")
     # a smaller run shows the same path in the table without claiming MM-4 (stated for 1 GiB);
     # while MM-4 is a known shortfall (not gated, planned in the catalogue) nothing asserts it. One
-    # read of a 48 MiB file takes ~60 ms, within the machine's noise: the gate takes the median of
-    # five more passes of each cached read
+    # read of CI's 128 MiB file takes ~150 ms, not far above the machine's noise: the gate takes the
+    # median of five more passes of each cached read
     if requirement_catalogue["MM-4"].gate and mix.stat().st_size < GIB:
         again = [_cached_passes([mix]) for _ in range(5)]
         daemon, disk = (statistics.median(p[i] for p in again) for i in (0, 1))
