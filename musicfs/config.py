@@ -338,17 +338,18 @@ def _collections(items: Any, fail) -> list[tuple[str, str]]:
     return collections
 
 
+def _seconds(table: dict, key: str, section: str, fail, high: float = 86400) -> float:
+    """A number of seconds from 0 to ``high`` (not a bool, not text), or the error naming its line."""
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+        raise fail(f"{key} must be a number of seconds between 0 and {high:g}", section, key)
+    return float(value)
+
+
 def _raw_view(raw: dict, fail) -> dict[str, float]:
     """``[raw] ttl, idle``: how long a listing of /.origins is kept, and kept unused (0: not kept)."""
     _only(raw, {"ttl", "idle"}, "raw", fail)
-    settings = {}
-    for key in ("ttl", "idle"):
-        if key in raw:
-            value = raw[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
-                raise fail(f"{key} must be a number of seconds between 0 and 86400", "raw", key)
-            settings[f"raw_{key}"] = float(value)
-    return settings
+    return {f"raw_{key}": _seconds(raw, key, "raw", fail) for key in ("ttl", "idle") if key in raw}
 
 
 def _prefetch(table: dict, fail) -> dict[str, Any]:
@@ -358,10 +359,7 @@ def _prefetch(table: dict, fail) -> dict[str, Any]:
     if "enabled" in table:
         settings["prefetch"] = _typed(table, "enabled", bool, "prefetch", fail)
     if "whole_after" in table:
-        value = table["whole_after"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
-            raise fail("whole_after must be a number of seconds between 0 and 86400", "prefetch", "whole_after")
-        settings["prefetch_whole_after"] = float(value)
+        settings["prefetch_whole_after"] = _seconds(table, "whole_after", "prefetch", fail)
     if "budget" in table:
         try:
             settings["prefetch_budget"] = parse_size(table["budget"])

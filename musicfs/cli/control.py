@@ -246,14 +246,11 @@ def _virtual(path: Path, root: Path) -> str:
 
 def _follow_prefetch(documents: Iterator[dict], *, as_json: bool) -> dict:
     """NDJSON lines, or a progress bar (files, and bytes of the file under way) then a summary."""
-    last: dict = {}
     if as_json:
-        for document in documents:
-            _line(document)
-            last = document
-        return last
+        return _print_lines(documents)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    last: dict = {}
     files: dict[str, dict] = {}  # path -> its last document (every file's first comes at once)
     with Progress(TextColumn("prefetch", style="bold"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[current]}", markup=False),
@@ -288,13 +285,11 @@ def _rescan_status(origin_id: str, last: dict, *, as_json: bool) -> int:
 def follow_rescan(client: ControlClient, origin_id: str, *, as_json: bool) -> dict:
     """Stream one origin's rescan: NDJSON lines, or a progress bar then a summary. The last document."""
     documents = _rescan(client, origin_id)
-    last: dict = {}
     if as_json:
-        for document in documents:
-            _line(document)
-            last = document
-        return last
+        return _print_lines(documents)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    last: dict = {}
 
     with Progress(TextColumn(f"rescan {origin_id}", style="bold", markup=False),
                   TextColumn("{task.fields[phase]}", markup=False), BarColumn(), MofNCompleteColumn(),
@@ -347,6 +342,15 @@ def _leave_at_once(signum: int, frame: object) -> None:
 def _say(text: str, where: Any = console) -> None:
     """One plain line, as it is: never wrapped, never read as markup (paths may hold "[")."""
     where.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_lines(documents: Iterator[dict]) -> dict:
+    """Each streamed document as one NDJSON line, as it comes; the last one."""
+    last: dict = {}
+    for document in documents:
+        _line(document)
+        last = document
+    return last
 
 
 def _line(document: dict) -> None:
