@@ -52,6 +52,7 @@ from tests.harness import mount_library
 MB = 1_000_000
 BLOCK = 1 << 20
 GIB = 1 << 30
+DISK_SHARE = 0.9  # MM-4 from disk at CI size, where the disk itself is below the bound: of its native rate
 MILLION = 1_000_000  # the library size NFR-3.1 is stated at
 
 
@@ -165,18 +166,40 @@ def test_sequential_reads(big_mount, big_files, results, record_requirement, req
                                   f"with the chunk files in the OS cache, {x['disk']:,.0f} MB/s with every "
                                   f"cache dropped (the lower is recorded); {x['warm']:,.0f} MB/s read again "
                                   "from the kernel's page cache")
-    # a smaller run shows the same path in the table without claiming MM-4 (stated for 1 GiB);
-    # while MM-4 is a known shortfall (not gated, planned in the catalogue) nothing asserts it. One
+    # a smaller run shows the same path in the table without claiming MM-4 (stated for 1 GiB). One
     # read of CI's 128 MiB file takes ~150 ms, not far above the machine's noise: the gate takes the
     # median of five more passes of each cached read
     if requirement_catalogue["MM-4"].gate and mix.stat().st_size < GIB:
-        again = [_cached_passes([mix]) for _ in range(5)]
-        daemon, disk = (statistics.median(p[i] for p in again) for i in (0, 1))
-        assert min(daemon, disk) >= requirement_catalogue["MM-4"].maximum, (
-            f"a {mix_mb:,.0f} MB cached file read at {daemon:,.0f} MB/s through the daemon and {disk:,.0f} MB/s "
-            f"from disk (medians of 5 passes: {again})")
+        _gate_mix_at_ci_size(mix, big_files["native_mix"], requirement_catalogue["MM-4"].maximum, capsys)
     _record_peak(record_requirement, big_mount,
                  f"reading {size_mb + mix_mb:,.0f} MB through it four times")
+
+
+def _gate_mix_at_ci_size(mix: Path, native: Path, bound: float, capsys) -> None:
+    """MM-4's path at CI size: the median of five passes of each cached read, beside five reads of
+    the same file straight from the origin's disk (every cache dropped).
+
+    Through the daemon with the chunk files in the OS cache, the bound holds on any machine. From
+    disk the daemon cannot beat the disk itself: where the disk reads the file natively below the
+    bound, this machine cannot show the figure; the test says so and then holds the daemon to
+    :data:`DISK_SHARE` of the disk's own rate, so a slow path still fails."""
+    passes = []
+    for _ in range(5):
+        daemon, disk = _cached_passes([mix])
+        drop_page_cache()
+        passes.append((daemon, disk, _mbps([native])))
+    daemon, disk, plain = (statistics.median(p[i] for p in passes) for i in (0, 1, 2))
+    figures = (f"a {mix.stat().st_size / MB:,.0f} MB cached file read at {daemon:,.0f} MB/s through the daemon, "
+               f"{disk:,.0f} MB/s from disk; the origin's copy read natively from disk at {plain:,.0f} MB/s "
+               f"(medians of 5 passes: {[tuple(round(x) for x in p) for p in passes]})")
+    assert daemon >= bound, figures
+    if plain >= bound:
+        assert disk >= bound, figures
+        return
+    with capsys.disabled():
+        print(f"\nMM-4 this machine cannot show {bound:,.0f} MB/s from disk (its disk reads the file at "
+              f"{plain:,.0f} MB/s natively): the from-disk read is held to {DISK_SHARE:.0%} of that; {figures}")
+    assert disk >= DISK_SHARE * plain, figures
 
 
 # -- random reads with fio ----------------------------------------------------------------
