@@ -102,6 +102,9 @@ class Config:
     # album artwork's share, `[cache] artwork_size` (musicfs.store.artwork); None: a twentieth of
     # cache_size. 0 keeps none (covers are then read from the origin when opened).
     artwork_size: int | None = None
+    # what pinned files may hold, `[cache] pins_size`; None: the cache less the header and artwork
+    # tiers and a tenth kept for whatever is played unpinned
+    pins_size: int | None = None
     scan_workers: int = 4
     scan_interval: float | None = None  # seconds between rescans of a running mount; None: off
     read_timeout: float = 5.0
@@ -151,6 +154,14 @@ class Config:
     def artwork_limit(self) -> int:
         """Bytes album artwork may hold: ``[cache] artwork_size``, by default a twentieth of the cache."""
         return self.cache_size // 20 if self.artwork_size is None else self.artwork_size
+
+    @property
+    def pin_limit(self) -> int:
+        """Bytes pinned files may hold: ``[cache] pins_size``, by default what the header tier,
+        artwork and a tenth of the cache (room for what is played unpinned) leave."""
+        if self.pins_size is not None:
+            return self.pins_size
+        return max(0, self.cache_size - self.header_limit - self.artwork_limit - self.cache_size // 10)
 
     def header_origins(self) -> list[str]:
         """Origins whose scans keep what they read for tags in the header tier: those cached, and
@@ -234,7 +245,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         kwargs_health = None
     _only(library, {"name", "template", "index"}, "library", fail)
     _only(cache, {"dir", "size", "read_timeout", "metadata_size", "headers_size",
-                  "artwork_size"}, "cache", fail)
+                  "artwork_size", "pins_size"}, "cache", fail)
     _only(scan, {"workers", "interval"}, "scan", fail)
     kwargs: dict[str, Any] = {"source": source}
     if "allow_other" in mount:
@@ -265,7 +276,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
             raise fail(str(exc), "cache", "size") from None
     if "metadata_size" in cache:
         kwargs["metadata_cache_size"] = _metadata_size(cache["metadata_size"], fail)
-    for share in ("headers_size", "artwork_size"):  # tiers within the cache
+    for share in ("headers_size", "artwork_size", "pins_size"):  # tiers within the cache
         if share not in cache:
             continue
         try:

@@ -73,6 +73,19 @@ class QueryTimeout(MusicFSError):
     errno = errno.ETIMEDOUT
 
 
+class NoRoom(MusicFSError):
+    """A pin the cache cannot hold within the room pins may use: refused, nothing fetched or dropped."""
+
+    errno = errno.ENOSPC
+
+    def __init__(self, files: int, needed: int, held: int, room: int):
+        self.files, self.needed, self.held, self.room = files, needed, held, room
+        super().__init__(
+            f"cannot pin {files} more file{'s' if files != 1 else ''}: they need {needed / 1e6:,.1f} MB and pins "
+            f"already hold {held / 1e6:,.1f} MB of the {room / 1e6:,.1f} MB they may use ([cache] pins_size); "
+            "nothing was fetched or dropped: unpin something, or give the cache more room")
+
+
 def errno_for(exc: BaseException) -> int:
     """Return the errno a failed filesystem call should answer for ``exc``."""
     if isinstance(exc, MusicFSError):

@@ -62,6 +62,7 @@ from .systemd import Notifier
 from .vfs.access import AccessTracker
 from .vfs.hidden import HiddenFiles
 from .vfs.listings import ListingCache
+from .vfs.pins import Pinner
 from .vfs.prefetch import Prefetcher, PrefetchPolicy
 from .vfs.rawview import RawView
 from .vfs.reader import DirectReader
@@ -307,6 +308,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             prefetch = Prefetcher(index.conn, reader, access, PrefetchPolicy(
                 enabled=config.prefetch, whole_after=config.prefetch_whole_after, budget=config.prefetch_budget,
                 concurrent=config.prefetch_concurrent), nursery, resolver)
+            pins = Pinner(index.conn, cache, reader, prefetch, config.pin_limit, resolver)  # kept whole, never evicted
             tree = TreeNamespace(index, resolver, reader, inodes, policy, covers, access, prefetch)
             # /.search and /.collections list hits as the tree's own files; searches run in the
             # service's worker threads on connections of their own
@@ -337,7 +339,8 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
                                      ("delta_sync", delta.statistics),
                                      ("events", bus.statistics),
                                      ("raw_views", raw.statistics), ("access", access.statistics),
-                                     ("prefetch", prefetch.statistics), ("fuse", ops.statistics)):
+                                     ("prefetch", prefetch.statistics), ("pins", pins.statistics),
+                                     ("fuse", ops.statistics)):
                 status.register(name, statistics)
             metrics = MountMetrics(status, recorder)  # /metrics: the same statistics, plus FUSE latencies
             status.register("metrics", metrics.statistics)
@@ -349,7 +352,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
                 services = ControlServices(status=status, lifecycle=lifecycle, cache=cache, bus=bus,
                                            limiter=trio.CapacityLimiter(4), sync=sync, metrics=metrics,
                                            search=search, headers=headers, artwork=artwork,
-                                           prefetch=prefetch)
+                                           prefetch=prefetch, pins=pins)
                 control = ControlServer(settings.control_socket, functools.partial(_control_app, services))
                 try:
                     control.bind()
@@ -387,6 +390,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             nursery.start_soon(_supervised, "systemd notifications", notifier.run, lifecycle, settings.mountpoint)
             nursery.start_soon(_supervised, "rescan metrics", metrics.follow, bus)
             nursery.start_soon(_supervised, "listening activity", access.run)
+            nursery.start_soon(_supervised, "pin keeper", pins.run, bus)
             if exporter is not None:
                 nursery.start_soon(_serve_metrics, exporter)
             nursery.start_soon(_supervised, "live rescans", sync.run)

@@ -1,7 +1,7 @@
 """The commands that drive a running mount through its control API.
 
 ``musicfs status``, ``cache stats|clear``, ``origin list|health|rescan``,
-``events`` and ``shutdown``: each finds the daemon (the one serving
+``prefetch``, ``pin``/``pin list``/``unpin``, ``events`` and ``shutdown``: each finds the daemon (the one serving
 MOUNTPOINT, or the only one running), makes its request with
 :class:`~musicfs.control.client.ControlClient`, and prints the answer: with
 ``--json`` exactly as the API gave it, otherwise as tables in human units
@@ -85,6 +85,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     prefetch.add_argument("--json", action="store_true", help="print the progress documents as NDJSON")
     prefetch.set_defaults(func=cmd_prefetch)
 
+    pin = sub.add_parser("pin", help="keep files, folders or a search's hits whole in a running mount's cache, "
+                                     "never evicted (fetched now, progress as it goes); `musicfs pin list` lists pins")
+    _named(pin, "pin")
+    pin.set_defaults(func=cmd_pin)
+    unpin = sub.add_parser("unpin", help="let pinned files go (evicted like any other from then on)")
+    _named(unpin, "unpin")
+    unpin.set_defaults(func=cmd_unpin)
+
     events = sub.add_parser("events", help="follow a running mount's events until interrupted")
     events.add_argument("--type", action="append", default=[], metavar="T",
                         help="only events of this type (repeat for several; default: the file, origin, "
@@ -99,6 +107,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                           help="seconds reads under way get to finish (default 5)")
     _common(shutdown)
     shutdown.set_defaults(func=cmd_shutdown)
+
+
+def _named(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The arguments naming files, as ``musicfs prefetch`` takes them."""
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                        help="files or folders inside the mount (or paths relative to its root)")
+    parser.add_argument("--query", "-q", metavar="Q", help=f"{verb} the tracks this search finds instead")
+    parser.add_argument("--mount", type=Path, metavar="MOUNTPOINT", dest="mountpoint",
+                        help="the mount to ask (may be left out while only one runs, or when PATHs are in it)")
+    parser.add_argument("--json", action="store_true", help="print the API's answers as JSON")
 
 
 def _common(parser: argparse.ArgumentParser, json_help: str = "print the API's answer as JSON") -> None:
@@ -209,6 +227,15 @@ def cmd_origin_rescan(args: argparse.Namespace) -> int:
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
     """Exit 0 once every file named is fetched as asked, 1 if some failed (each says why)."""
+    info, body = _naming(args)
+    with _connect(info["socket"]) as client:
+        documents = client.stream("POST", "/v1/prefetch", body={"strategy": args.strategy, **body})
+        last = _follow_prefetch(documents, as_json=args.json)
+    return 0 if last.get("done") and not last.get("failed") else 1
+
+
+def _naming(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The mount to ask, and the body naming the files (``paths`` or ``query``)."""
     if bool(args.paths) == bool(args.query):
         raise ControlError("name PATHs or --query, one of them")
     mountpoint = args.mountpoint
@@ -216,12 +243,54 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
         mountpoint = _mount_holding(_state(args), args.paths[0].absolute())
     info = find_mount(_state(args), mountpoint)
     root = Path(info["mountpoint"])
-    body = {"strategy": args.strategy, **({"query": args.query} if args.query else
-                                          {"paths": [_virtual(path, root) for path in args.paths]})}
+    return info, ({"query": args.query} if args.query else {"paths": [_virtual(path, root) for path in args.paths]})
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    """``musicfs pin list [MOUNTPOINT]`` lists the pins (``./list`` pins a file named list). Else:
+    exit 0 once every file named is pinned and whole in the cache, 1 if some could not be fetched
+    yet (pinned all the same: the daemon fetches them when it can), 2 if the pin was refused."""
+    if args.paths and args.paths[0] == Path("list") and not args.query:
+        return _pin_list(args)
+    info, body = _naming(args)
+    from ..control.client import Refused
+
     with _connect(info["socket"]) as client:
-        documents = client.stream("POST", "/v1/prefetch", body=body)
-        last = _follow_prefetch(documents, as_json=args.json)
+        try:
+            last = _follow_prefetch(client.stream("POST", "/v1/pins", body=body), as_json=args.json, label="pin",
+                                    verb="pinned")
+        except Refused as exc:
+            raise ControlError(exc.detail or str(exc)) from None
+    if last.get("failed"):
+        _say("musicfs: the files that failed stay pinned; the daemon fetches them after the next rescan "
+             "or when their origin is back", err_console)
     return 0 if last.get("done") and not last.get("failed") else 1
+
+
+def _pin_list(args: argparse.Namespace) -> int:
+    if len(args.paths) > 2:
+        raise ControlError("musicfs pin list takes at most a MOUNTPOINT")
+    mountpoint = args.paths[1] if len(args.paths) == 2 else args.mountpoint
+    info = find_mount(_state(args), mountpoint)
+    with _connect(info["socket"]) as client:
+        answer = client.get("/v1/pins")
+    if args.json:
+        print_json(answer)
+    else:
+        console.print(_render().pins_table(answer))
+    return 0
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    info, body = _naming(args)
+    with _connect(info["socket"]) as client:
+        answer = client.post("/v1/pins/remove", body=body)
+    if args.json:
+        print_json(answer)
+    else:
+        console.print(f"unpinned {answer['unpinned']} of the {answer['files']} files named "
+                      "(their bytes stay cached until evicted)")
+    return 0
 
 
 def _mount_holding(state: Path, path: Path) -> Path | None:
@@ -244,7 +313,8 @@ def _virtual(path: Path, root: Path) -> str:
     raise ControlError(f"{path} is not inside the mount at {root}")
 
 
-def _follow_prefetch(documents: Iterator[dict], *, as_json: bool) -> dict:
+def _follow_prefetch(documents: Iterator[dict], *, as_json: bool, label: str = "prefetch",
+                     verb: str = "prefetched") -> dict:
     """NDJSON lines, or a progress bar (files, and bytes of the file under way) then a summary."""
     if as_json:
         return _print_lines(documents)
@@ -252,7 +322,7 @@ def _follow_prefetch(documents: Iterator[dict], *, as_json: bool) -> dict:
 
     last: dict = {}
     files: dict[str, dict] = {}  # path -> its last document (every file's first comes at once)
-    with Progress(TextColumn("prefetch", style="bold"), BarColumn(), MofNCompleteColumn(),
+    with Progress(TextColumn(label, style="bold"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[current]}", markup=False),
                   console=err_console.rich, transient=True) as bar:
         task = bar.add_task("files", total=None, current="")
@@ -268,8 +338,11 @@ def _follow_prefetch(documents: Iterator[dict], *, as_json: bool) -> dict:
     for document in failed:
         _say(f"musicfs: {document['path']}: {document['error']}", err_console)
     if last.get("done"):
-        console.print(f"prefetched {last['complete']} of {last['files']} files ({last['strategy']}): "
-                      f"{_render().size(last['fetched'])} fetched" + (f", {last['failed']} failed" if last["failed"] else ""))
+        newly = (f"; {last['pinned']} newly pinned, {_render().size(last['pinned_bytes'])} of the pins' room"
+                 if "pinned" in last else "")
+        console.print(f"{verb} {last['complete']} of {last['files']} files ({last['strategy']}): "
+                      f"{_render().size(last['fetched'])} fetched" + (f", {last['failed']} failed" if last["failed"] else "")
+                      + newly)
     return last
 
 

@@ -17,7 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 STATE_COLOURS = {"healthy": "green", "ready": "green", "degraded": "yellow", "syncing": "cyan",
-                 "mounting": "cyan", "unknown": "white", "unhealthy": "red", "unmounting": "yellow"}
+                 "mounting": "cyan", "unknown": "white", "unhealthy": "red", "unmounting": "yellow",
+                 "cached": "green", "fetching": "cyan", "waiting": "yellow", "missing": "red"}
 
 
 def size(n: int | float | None) -> str:
@@ -301,4 +302,19 @@ def collections_table(collections: list[dict]) -> Table:
     for item in collections:
         table.add_row(Text(item["name"]), Text(item["query"]),
                       Text("config file" if item.get("source") == "config" else "musicfs collection add"))
+    return table
+
+
+def pins_table(answer: dict) -> Table:
+    """/v1/pins: every pin, where the mount shows it, its size, how much is cached, its state."""
+    pins = answer.get("pins", [])
+    table = _table(f"{len(pins)} pinned, {size(answer.get('size'))} of {size(answer.get('room'))} "
+                   "the pins may hold")
+    table.add_column("path", overflow="fold")
+    table.add_column("size", justify="right")
+    table.add_column("cached", justify="right")
+    table.add_column("state")
+    for pin in pins:
+        where = pin["path"] or f"({pin['origin']}:{pin['real_path']}, not in the library now)"
+        table.add_row(Text(where), size(pin["size"]), size(pin["cached"]), state(pin["state"]))
     return table

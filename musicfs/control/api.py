@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import NotADirectory, NotFound, QueryError, QueryTimeout
+from ..errors import NoRoom, NotADirectory, NotFound, QueryError, QueryTimeout
 from ..events import FEED_DEFAULT, Dropped, Event, Subscription, event_types
 from ..search.engine import DEFAULT_LIMIT, MAX_LIMIT
 from ..search.query import MAX_QUERY_CHARS, check_fields
@@ -68,6 +68,12 @@ class PrefetchBody(BaseModel):
     paths: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=1000)
     query: str | None = Field(None, max_length=4 * MAX_QUERY_CHARS)
     strategy: Literal["metadata", "headers", "full"] = "full"
+
+
+class PinBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    paths: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=1000)
+    query: str | None = Field(None, max_length=4 * MAX_QUERY_CHARS)
 
 
 class CollectionBody(BaseModel):
@@ -250,6 +256,65 @@ def build_app(services: ControlServices):
         feed = services.bus.subscribe(wants=wanted)
         return _ClosingStream(_ndjson(_event_feed(feed)), on_close=feed.close, media_type=NDJSON)
 
+    async def named_files(paths: list[str], query: str | None) -> list[tuple[int, str]]:
+        """(track id, virtual path) of the files ``paths`` name (files, or every file below a
+        folder) or ``query`` finds: one of them; 400/404 in words otherwise."""
+        if services.prefetch is None:
+            raise HTTPException(503, "this mount cannot fetch files on request")
+        if bool(paths) == bool(query):
+            raise HTTPException(400, "name the files: paths or a query, one of them")
+        if query:
+            files: list[tuple[int, str]] = []
+            with _refused():
+                async with aclosing(searching().stream(query)) as batches:
+                    async for batch in batches:
+                        files += [(hit.track_id, hit.virtual_path) for hit in batch]
+                        if len(files) > MAX_PREFETCH:
+                            raise HTTPException(400, f"the query matches more than {MAX_PREFETCH} tracks")
+            return files
+        try:
+            return services.prefetch.files_under(paths)
+        except (NotFound, NotADirectory) as exc:
+            raise HTTPException(404, f"not in the mount: {exc}") from None
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    def pinning():
+        if services.pins is None:
+            raise HTTPException(503, "this mount cannot pin")
+        return services.pins
+
+    @app.post("/v1/pins", summary="Pin files, folders or a search's hits: fetched whole, never evicted",
+              description="`paths` (virtual paths: files or folders) or `query`. All or nothing: when the "
+                          "pinned files would hold more than the room pins may use (`[cache] pins_size`), the "
+                          "answer is 507 and nothing is pinned, fetched or dropped. Otherwise each file is "
+                          "fetched in full, with progress as NDJSON as for `/v1/prefetch`; the summary says "
+                          "how many were newly `pinned` and the `pinned_bytes` of room they took. A fetch "
+                          "that fails is retried by the daemon (after a rescan, when its origin is back).")
+    async def pin(body: PinBody) -> StreamingResponse:
+        pins = pinning()
+        files = await named_files(body.paths, body.query)
+        try:
+            progress = await pins.pin(files)
+        except NoRoom as exc:
+            raise HTTPException(507, str(exc)) from None
+        return StreamingResponse(_ndjson(progress), media_type=NDJSON)
+
+    @app.post("/v1/pins/remove", summary="Unpin files, folders or a search's hits",
+              description="`paths` or `query`, as for pinning. Their chunks stay cached until evicted like "
+                          "any other. Answers how many of the files named were pinned.")
+    async def unpin(body: PinBody) -> dict:
+        return await pinning().unpin(await named_files(body.paths, body.query))
+
+    @app.get("/v1/pins", summary="Every pin: where the mount shows it, its size, how much is cached",
+             description="`state`: `cached` (every byte of the library's version is in the cache), "
+                         "`fetching`, `waiting` (fetched when its origin can serve it) or `missing` (the "
+                         "library does not hold it now; pinned again if it comes back).")
+    async def pin_list() -> dict:
+        pins = pinning()
+        listing = await pins.listing()
+        return {"room": pins.room, "size": sum(p.size for p in listing), "pins": [p.as_dict() for p in listing]}
+
     @app.post("/v1/prefetch", summary="Fetch files, folders or a search's hits into the cache; progress as NDJSON",
               description="`paths` (virtual paths in the mount: files or folders) or `query` (the search "
                           "language), and `strategy`: `metadata` (nothing fetched: the index holds the tags), "
@@ -257,25 +322,7 @@ def build_app(services: ControlServices):
                           "(`cached`, `fetched`, `total`, `complete`, `error`), then a summary with `done`. "
                           "A client that hangs up does not stop it.")
     async def prefetch(body: PrefetchBody) -> StreamingResponse:
-        if services.prefetch is None:
-            raise HTTPException(503, "this mount cannot prefetch")
-        if bool(body.paths) == bool(body.query):
-            raise HTTPException(400, "name the files: paths or a query, one of them")
-        if body.query:
-            files: list[tuple[int, str]] = []
-            with _refused():
-                async with aclosing(searching().stream(body.query)) as batches:
-                    async for batch in batches:
-                        files += [(hit.track_id, hit.virtual_path) for hit in batch]
-                        if len(files) > MAX_PREFETCH:
-                            raise HTTPException(400, f"the query matches more than {MAX_PREFETCH} tracks")
-        else:
-            try:
-                files = services.prefetch.files_under(body.paths)
-            except (NotFound, NotADirectory) as exc:
-                raise HTTPException(404, f"not in the mount: {exc}") from None
-            except ValueError as exc:
-                raise HTTPException(400, str(exc)) from None
+        files = await named_files(body.paths, body.query)
         return StreamingResponse(_ndjson(services.prefetch.request(files, body.strategy)), media_type=NDJSON)
 
     def searching():

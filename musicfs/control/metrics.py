@@ -235,6 +235,15 @@ class MountMetrics:
                          ahead.get("unused_bytes"))
         yield from counter("musicfs_prefetch_wasted_bytes", "Bytes prefetched and not opened within an hour.",
                            ahead.get("wasted_bytes"))
+        pins = doc.get("pins", {})  # files kept whole, never evicted
+        yield from gauge("musicfs_pins", "Files pinned.", cache.get("pins"))
+        yield from gauge("musicfs_pins_size_bytes", "Sizes of the pinned files: what pins hold of their room.",
+                         cache.get("pins_size"))
+        yield from gauge("musicfs_pins_room_bytes", "Room pins may use ([cache] pins_size).", pins.get("room"))
+        yield from gauge("musicfs_pinned_bytes", "Bytes of the chunks pinned files keep in the cache.",
+                         cache.get("pinned_bytes"))
+        yield from counter("musicfs_pins_made_whole", "Pinned files the daemon fetched whole on its own (after "
+                                                      "a rescan, an origin back).", pins.get("made_whole"))
         listening = doc.get("access", {})  # each open of a track (CAS-4)
         yield from counter("musicfs_track_opens", "Opens of tracks through the mount.", listening.get("opens"))
         art = doc.get("artwork", {})  # album covers, kept while the index shows them

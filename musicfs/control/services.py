@@ -20,6 +20,7 @@ from ..status import StatusService
 from ..store.artwork import ArtShelf
 from ..store.cache import ContentCache
 from ..store.headers import HeaderTier
+from ..vfs.pins import Pinner
 from ..vfs.prefetch import Prefetcher
 
 if TYPE_CHECKING:  # the search service imports the query engine; the API needs it only when asked
@@ -53,3 +54,4 @@ class ControlServices:
     headers: HeaderTier | None = None  # the cache's header tier (/v1/cache's "headers")
     artwork: ArtShelf | None = None  # album covers kept in the cache (/v1/cache's "artwork")
     prefetch: Prefetcher | None = None  # /v1/prefetch: files fetched into the cache on request
+    pins: Pinner | None = None  # /v1/pins: files kept whole in the cache

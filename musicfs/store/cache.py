@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..events import ChunkCorrupt, ChunkEvicted, ChunkStored, Publish
+from . import pindb
 from .cas import ChunkFiles, Place
 from .chunkdb import ChunkIndex, ChunkRef, Obtained
+from .pindb import PinState
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,7 @@ class ContentCache:
             with self._lock:
                 result = self.index.reconcile(on_disk, older_than=started, unlisted=self.files.unlisted,
                                               packs=set(packs_on_disk), packed=packed)
+                pindb.repin(self.index.conn)  # adopted rows came without their pin
                 placed = self.index.packs()
                 self.size = self.index.total_bytes()
             unused = [n for n, changed in packs_on_disk.items() if n not in placed and changed < self.opened_at]
@@ -349,6 +352,26 @@ class ContentCache:
                 self.index.drop_manifest(origin_id, real_path)
         except sqlite3.Error as exc:
             self._write_failed(exc)
+
+    # -- pins (musicfs.vfs.pins decides what; the chunk index keeps PIN_USER true) ----------------
+    def pin(self, files: list[tuple[str, str, int]], room: int) -> tuple[int, int]:
+        """Pin (origin id, path, size) files, all or none (:class:`~musicfs.errors.NoRoom` past
+        ``room`` bytes of pins). Returns (files newly pinned, bytes they add). A cache that cannot be
+        written raises sqlite3.Error: a pin that was not kept must not look as if it had been."""
+        with self._lock:
+            return pindb.add(self.index.conn, files, room)
+
+    def unpin(self, files: list[tuple[str, str]]) -> int:
+        with self._lock:
+            return pindb.remove(self.index.conn, files)
+
+    def pins(self) -> list[PinState]:
+        with self._lock:
+            return pindb.states(self.index.conn)
+
+    def resize_pin(self, origin_id: str, real_path: str, size: int) -> None:
+        with self._lock:
+            pindb.resize(self.index.conn, origin_id, real_path, size)
 
     @contextmanager
     def locked(self) -> Iterator[ChunkIndex]:

@@ -23,6 +23,10 @@ from .chunker import MAX_SIZE
 
 log = logging.getLogger(__name__)
 
+PIN_USER = 1  # kept by a user's pin
+PIN_HEADER = 2  # a piece of some file's header (the header tier evicts it, not the LRU)
+PIN_ART = 4  # a piece of an album's artwork (kept while the index shows the image)
+
 IN_BATCH = 500  # addresses per ``IN (...)`` query: well under SQLite's limit on parameters
 
 _SCHEMA = [
@@ -96,15 +100,44 @@ _SCHEMA = [
         PRIMARY KEY (image, seq)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS art_pieces_address ON art_pieces(address)",
+    # a user's pins (musicfs.store.pins): files kept whole in the cache, by origin path, so that a
+    # new version of a pinned file (a retag) is pinned too
+    """CREATE TABLE IF NOT EXISTS pins (
+        origin_id TEXT NOT NULL,
+        real_path TEXT NOT NULL,
+        size      INTEGER NOT NULL,  -- the pinned version's size: what the pin holds of the cache
+        pinned_at REAL NOT NULL,     -- unix time of the pin
+        PRIMARY KEY (origin_id, real_path)
+    ) WITHOUT ROWID""",
+    # PIN_USER on a chunk means: some pinned file's map lists it. The triggers keep that true
+    # whoever writes the maps (fills, delta sync, a cache clear), so no path can forget a pin
+    f"""CREATE TRIGGER IF NOT EXISTS pins_listed AFTER INSERT ON manifest_chunks
+        WHEN EXISTS (SELECT 1 FROM manifests m JOIN pins p ON p.origin_id = m.origin_id
+                     AND p.real_path = m.real_path WHERE m.id = NEW.manifest_id)
+        BEGIN UPDATE chunks SET pinned = pinned | {PIN_USER} WHERE address = NEW.address; END""",
+    f"""CREATE TRIGGER IF NOT EXISTS pins_unlisted AFTER DELETE ON manifest_chunks
+        BEGIN UPDATE chunks SET pinned = pinned & ~{PIN_USER}
+              WHERE address = OLD.address AND pinned & {PIN_USER} AND NOT EXISTS (
+                  SELECT 1 FROM manifest_chunks c JOIN manifests m ON m.id = c.manifest_id
+                  JOIN pins p ON p.origin_id = m.origin_id AND p.real_path = m.real_path
+                  WHERE c.address = OLD.address); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS pins_added AFTER INSERT ON pins
+        BEGIN UPDATE chunks SET pinned = pinned | {PIN_USER} WHERE address IN (
+                  SELECT c.address FROM manifests m JOIN manifest_chunks c ON c.manifest_id = m.id
+                  WHERE m.origin_id = NEW.origin_id AND m.real_path = NEW.real_path); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS pins_removed AFTER DELETE ON pins
+        BEGIN UPDATE chunks SET pinned = pinned & ~{PIN_USER} WHERE address IN (
+                  SELECT c.address FROM manifests m JOIN manifest_chunks c ON c.manifest_id = m.id
+                  WHERE m.origin_id = OLD.origin_id AND m.real_path = OLD.real_path) AND NOT EXISTS (
+                  SELECT 1 FROM manifest_chunks c JOIN manifests m ON m.id = c.manifest_id
+                  JOIN pins p ON p.origin_id = m.origin_id AND p.real_path = m.real_path
+                  WHERE c.address = chunks.address); END""",
 ]
 
 # how a file version's map came to be: read from the origin by a fill, or rebuilt by delta sync
 # (musicfs.store.delta) from the previous version's cached chunks
 Obtained = Literal["fetched", "delta"]
 
-PIN_USER = 1  # kept by a user's pin
-PIN_HEADER = 2  # a piece of some file's header (the header tier evicts it, not the LRU)
-PIN_ART = 4  # a piece of an album's artwork (kept while the index shows the image)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,8 +261,10 @@ class ChunkIndex:
         # a cache on a filesystem turned read-only (disk errors) is still read: every write fails,
         # and the cache says so once (ContentCache) instead of failing the mount
         self.readonly = not os.access(self.path.parent, os.W_OK)
+        self._has_pins = True  # False: a read-only cache made before pins
         if self.readonly:
             self.conn = _open_readonly(self.path)
+            self._has_pins = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'pins'").fetchone() is not None
             columns = {row[1] for row in self.conn.execute("PRAGMA table_info(chunks)")}
             if "pack" not in columns:  # an older cache, read as it is: every chunk in its own file
                 self._place = "NULL, 0"
@@ -314,13 +349,6 @@ class ChunkIndex:
             with transaction(self.conn):
                 self.conn.executemany("UPDATE chunks SET last_access = ? WHERE address = ?",
                                       [(t, a) for a, t in stamps.items()])
-
-    def pin(self, addresses: Iterable[str], pinned: bool = True, bit: int = PIN_USER) -> None:
-        """Set or clear one pin bit of chunks (the other bits stay)."""
-        with transaction(self.conn):
-            self.conn.executemany(
-                "UPDATE chunks SET pinned = (pinned | ?) & ? WHERE address = ?",
-                [(bit if pinned else 0, -1 if pinned else ~bit, a) for a in addresses])
 
     def total_bytes(self) -> int:
         return self.conn.execute("SELECT COALESCE(SUM(size), 0) FROM chunks").fetchone()[0]
@@ -452,7 +480,10 @@ class ChunkIndex:
         for manifest_id, address in q("SELECT m.id, c.address FROM manifests m LEFT JOIN manifest_chunks c"
                                       " ON c.manifest_id = m.id" + where, args):
             listed.setdefault(manifest_id, set()).update([address] if address else [])
-        chosen = [m for m, addresses in listed.items() if not addresses & spare]  # open files stay whole
+        pinned = {row[0] for row in q("SELECT m.id FROM manifests m JOIN pins p ON p.origin_id = m.origin_id"
+                                      " AND p.real_path = m.real_path")}
+        # open files stay whole, pinned ones too (unpinning is how they go)
+        chosen = [m for m, addresses in listed.items() if not addresses & spare and m not in pinned]
         addresses = set().union(*(listed[m] for m in chosen)) if chosen else set()
         kept = set(listed) - set(chosen)
         others = {row[0] for row in q("SELECT DISTINCT address FROM manifest_chunks c JOIN manifests m"
@@ -485,6 +516,7 @@ class ChunkIndex:
             self.conn.executemany("DELETE FROM chunks WHERE address = ?", [(a,) for a in addresses])
 
     def clear(self) -> None:
+        """Drop every chunk and map; the pins stay (a user's wish: the daemon fetches them again)."""
         with transaction(self.conn):
             for table in ("art_pieces", "art_images", "header_pieces", "headers", "manifest_chunks", "manifests",
                           "chunks"):
@@ -554,5 +586,9 @@ class ChunkIndex:
             "logical_bytes": logical,  # bytes of all mapped files, counting shared chunks each time
             "dedup_ratio": round(1 - referenced / logical, 4) if logical else 0.0,
             "pinned": q(f"SELECT COUNT(*) FROM chunks WHERE pinned & {PIN_USER}").fetchone()[0],
+            "pinned_bytes": q(f"SELECT COALESCE(SUM(size), 0) FROM chunks WHERE pinned & {PIN_USER}").fetchone()[0],
+            "pins": q("SELECT COUNT(*) FROM pins").fetchone()[0] if self._has_pins else 0,
+            # the pinned files' sizes: what pins hold of their room (musicfs.store.pindb)
+            "pins_size": q("SELECT COALESCE(SUM(size), 0) FROM pins").fetchone()[0] if self._has_pins else 0,
             "packs": q("SELECT COUNT(DISTINCT pack) FROM chunks WHERE pack IS NOT NULL").fetchone()[0],
         }

@@ -47,6 +47,7 @@ WASTED_AFTER = 3600.0  # seconds after which a prefetch nobody opened counts as 
 STRATEGIES = ("metadata", "headers", "full")  # what a request fetches: nothing (the index has the tags),
 # each file's head, each file whole
 MAX_FILES = 10_000  # files one request may name (a folder's, a search's)
+REQUEST_TIMEOUT = 60.0  # seconds one requested file's fetch may take before the request moves on
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class PrefetchPolicy:
 
 
 class PrefetchReader(Protocol):
-    async def prefetch(self, track: dict, *, whole: bool, progress=None) -> int: ...
+    async def prefetch(self, track: dict, *, whole: bool, timeout: float = 60.0, progress=None) -> int: ...
 
     def busy(self) -> bool: ...
 
@@ -205,11 +206,13 @@ class Prefetcher:
                 raise ValueError(f"more than {MAX_FILES} files named; ask for less at a time")
         return sorted(found.items(), key=lambda item: item[1])
 
-    async def request(self, files: list[tuple[int, str]], strategy: str) -> AsyncIterator[dict]:
+    async def request(self, files: list[tuple[int, str]], strategy: str,
+                      timeout: float = REQUEST_TIMEOUT) -> AsyncIterator[dict]:
         """Fetch ``files`` one after another (``strategy`` of STRATEGIES): a progress document per
-        file as its bytes come, then a summary. A client that leaves does not stop it."""
+        file as its bytes come, then a summary. A file not fetched as asked within ``timeout``
+        seconds is given up with an error saying so. A client that leaves does not stop it."""
         job = _Job([_FileProgress(track_id, path) for track_id, path in files])
-        self.nursery.start_soon(self._serve, job, strategy)
+        self.nursery.start_soon(self._serve, job, strategy, timeout)
         shown: dict[int, tuple] = {}
         while True:
             changed = job.changed
@@ -222,7 +225,7 @@ class Prefetcher:
                 return
             await changed.wait()
 
-    async def _serve(self, job: _Job, strategy: str) -> None:
+    async def _serve(self, job: _Job, strategy: str, timeout: float) -> None:
         try:
             for item in job.files:
                 row = self.conn.execute("SELECT * FROM tracks WHERE id = ?", (item.track_id,)).fetchone()
@@ -240,9 +243,11 @@ class Prefetcher:
                     try:
                         async with self._limiter:
                             item.fetched = await self.reader.prefetch(track, whole=strategy == "full",
-                                                                      progress=progress)
+                                                                      timeout=timeout, progress=progress)
                     except (MusicFSError, OSError) as exc:
                         item.error = str(exc)
+                    if item.error is None and strategy == "full" and item.cached < item.total:
+                        item.error = f"{item.cached:,} of {item.total:,} bytes cached after {timeout:g} s"
                 item.complete = item.error is None
                 job.notify()
         finally:
