@@ -86,6 +86,13 @@ class NoRoom(MusicFSError):
             "nothing was fetched or dropped: unpin something, or give the cache more room")
 
 
+class Uncacheable(MusicFSError):
+    """Files of an origin that is never cached (``cache = "never"``) named where caching is the point
+    (a pin): refused, nothing done."""
+
+    errno = errno.EINVAL
+
+
 def errno_for(exc: BaseException) -> int:
     """Return the errno a failed filesystem call should answer for ``exc``."""
     if isinstance(exc, MusicFSError):

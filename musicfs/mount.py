@@ -308,7 +308,9 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             prefetch = Prefetcher(index.conn, reader, access, PrefetchPolicy(
                 enabled=config.prefetch, whole_after=config.prefetch_whole_after, budget=config.prefetch_budget,
                 concurrent=config.prefetch_concurrent), nursery, resolver)
-            pins = Pinner(index.conn, cache, reader, prefetch, config.pin_limit, resolver)  # kept whole, never evicted
+            # pinned files: kept whole, never evicted
+            pins = Pinner(index.conn, cache, reader, prefetch, config.pin_limit, resolver,
+                          uncached=frozenset(o.id for o in config.origins if o.cache == "never"))
             tree = TreeNamespace(index, resolver, reader, inodes, policy, covers, access, prefetch)
             # /.search and /.collections list hits as the tree's own files; searches run in the
             # service's worker threads on connections of their own

@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import NoRoom, NotADirectory, NotFound, QueryError, QueryTimeout
+from ..errors import NoRoom, NotADirectory, NotFound, QueryError, QueryTimeout, Uncacheable
 from ..events import FEED_DEFAULT, Dropped, Event, Subscription, event_types
 from ..search.engine import DEFAULT_LIMIT, MAX_LIMIT
 from ..search.query import MAX_QUERY_CHARS, check_fields
@@ -298,6 +298,8 @@ def build_app(services: ControlServices):
             progress = await pins.pin(files)
         except NoRoom as exc:
             raise HTTPException(507, str(exc)) from None
+        except Uncacheable as exc:
+            raise HTTPException(400, str(exc)) from None
         return StreamingResponse(_ndjson(progress), media_type=NDJSON)
 
     @app.post("/v1/pins/remove", summary="Unpin files, folders or a search's hits",

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import trio
 
-from ..errors import MusicFSError, OriginUnavailable
+from ..errors import MusicFSError, OriginUnavailable, Uncacheable
 from ..events import ChunkCorrupt, EventBus, OriginConnected, SyncCompleted
 from ..store.pindb import PinState
 from .prefetch import GIVE_WAY, Prefetcher, PrefetchReader
@@ -76,11 +76,13 @@ def version_of(track: dict) -> str:
 
 class Pinner:
     def __init__(self, conn: sqlite3.Connection, store: PinStore, reader: PrefetchReader, prefetch: Prefetcher,
-                 room: int, resolver: Resolver | None = None):
+                 room: int, resolver: Resolver | None = None, uncached: frozenset[str] = frozenset()):
         """``conn``: the index, read on the loop as the tree reads it; ``reader`` fetches the keeper's
         files; ``prefetch`` runs a pin request's fetches (one queue of requested work, with progress);
-        ``room``: bytes the pinned files may add up to."""
+        ``room``: bytes the pinned files may add up to; ``uncached``: origins whose files are never
+        cached (``cache = "never"``), which no pin could keep."""
         self.conn = conn
+        self.uncached = uncached
         self.resolver = resolver or Resolver(conn)
         self.store = store
         self.reader = reader
@@ -100,6 +102,10 @@ class Pinner:
         document), then fetch each in full: the prefetch documents, the summary saying how many
         files were newly pinned and the bytes of room they took."""
         tracks = [t for t in (self._track(track_id) for track_id, _ in files) if t is not None]
+        never = sorted({t["origin_id"] for t in tracks} & self.uncached)
+        if never:
+            raise Uncacheable(f"origin {', '.join(never)} is read without caching (cache = \"never\" in the "
+                              "config): its files cannot be pinned; nothing was pinned")
         wanted = [(t["origin_id"], t["real_path"], t["size"]) for t in tracks]
         pinned, adds = await trio.to_thread.run_sync(self.store.pin, wanted, self.room)
         self._wake.set()  # a fetch below that fails is the keeper's to finish
