@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import NotADirectory, NotFound, QueryError, QueryTimeout
-from ..events import FEED_DEFAULT, Dropped, Event, Subscription, event_types
+from ..events import FEED_DEFAULT, CacheCleared, Dropped, Event, Subscription, event_types
 from ..search.engine import DEFAULT_LIMIT, MAX_LIMIT
 from ..search.query import MAX_QUERY_CHARS, check_fields
 from ..vfs.prefetch import MAX_FILES as MAX_PREFETCH  # files one prefetch request may name
@@ -211,6 +211,9 @@ def build_app(services: ControlServices):
             result = await blocking(partial(services.headers.clear, body.origin, dry_run=body.dry_run))
         else:
             result = await blocking(partial(services.cache.clear_selected, body.origin, dry_run=body.dry_run))
+            if not body.dry_run and (result["manifests"] or result["chunks"]):  # the offline view follows it
+                services.bus.publish(CacheCleared(body.origin, result["manifests"], result["chunks"],
+                                                  result["bytes"]))
         return {**result, "tier": body.tier or "chunks", "entries": result["manifests"] + result["chunks"],
                 "bytes_freed": 0 if body.dry_run else result["bytes"]}
 

@@ -490,3 +490,15 @@ class ContentCache:
             "purged": counters.purged,
             "directory": str(self.directory),
         }
+
+    def whole_files(self, page: int = 256) -> list[tuple[str, str, int, str]]:
+        """``(origin_id, real_path, size, version)`` of every file version held whole (the offline
+        view's question, :meth:`ChunkIndex.whole_files`): a page of maps per turn of the lock, so
+        reads are not held up behind a query over the whole cache."""
+        found: list[tuple[str, str, int, str]] = []
+        after: int | None = 0
+        while after is not None:
+            with self._lock:
+                files, after = self.index.whole_files(after, page)
+            found += files
+        return found
