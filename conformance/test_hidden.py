@@ -20,6 +20,10 @@ GENERATED = ["access.log", "errors.json", "heat.json", "status.json"]
 def test_hidden_dir_is_found_but_not_listed(sample_mount):
     mnt = sample_mount.mountpoint
     assert HIDDEN not in os.listdir(mnt), "readdir of the root lists /.musicfs"
+    # nor any other special folder (/.origins, /.search, /.collections, /.offline): found by name only
+    assert not [name for name in os.listdir(mnt) if name.startswith(".")]
+    for special in (".origins", ".search", ".collections", ".offline"):
+        assert stat.S_ISDIR(os.stat(mnt / special).st_mode), special
     ls = subprocess.run(["ls", "-A", str(mnt)], capture_output=True, text=True, check=True)
     assert HIDDEN not in ls.stdout.splitlines()
 

@@ -30,12 +30,14 @@ def _write(p: Path) -> None:
         f.write(b"x")
 
 
-# the node types of a mount: the tag tree, the hidden /.musicfs, the raw view /.origins
+# the node types of a mount: the tag tree, the hidden /.musicfs, the raw view /.origins, the
+# offline view /.offline (its files are the tree's own)
 FILE, DIR, ARTIST, ROOT = "file", "album", "artist", "root"
 HIDDEN, HIDDEN_DIR = "hidden-file", "hidden-dir"
 RAW_ROOT, RAW_ORIGIN, RAW_DIR, RAW_FILE = "raw-root", "raw-origin", "raw-dir", "raw-file"
+OFFLINE_ROOT = "offline-root"
 FILES = (FILE, HIDDEN, RAW_FILE)
-DIRS = (DIR, ARTIST, ROOT, HIDDEN_DIR, RAW_ROOT, RAW_ORIGIN, RAW_DIR)
+DIRS = (DIR, ARTIST, ROOT, HIDDEN_DIR, RAW_ROOT, RAW_ORIGIN, RAW_DIR, OFFLINE_ROOT)
 ALL = FILES + DIRS
 
 # name -> (operation on a path, node types it applies to)
@@ -87,6 +89,7 @@ def targets(sample_mount) -> dict[str, Path]:
         RAW_ORIGIN: raw,
         RAW_DIR: (raw / real).parent,
         RAW_FILE: raw / real,
+        OFFLINE_ROOT: mnt / ".offline",
     }
 
 

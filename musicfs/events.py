@@ -88,6 +88,20 @@ class ChunkCorrupt(Event):
 
 
 @dataclass(frozen=True)
+class CacheCleared(Event):
+    """A user cleared cached files (``musicfs cache clear``): one origin's, or every origin's (None).
+
+    Eviction announces each chunk it removes; a clear removes maps and chunks at once and says
+    so here, so that whoever follows what the cache holds (the offline view) knows it changed.
+    """
+
+    origin_id: str | None
+    manifests: int
+    chunks: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class ChecksumMismatch(Event):
     """An origin served bytes that fail a checksum: its own (ETag) or the file's known chunk map."""
 

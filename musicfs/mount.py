@@ -37,6 +37,7 @@ from .fuse.namespaces import (
     CollectionsNamespace,
     CoverNamespace,
     HiddenNamespace,
+    OfflineNamespace,
     RawNamespace,
     ResultDirs,
     Router,
@@ -62,6 +63,7 @@ from .systemd import Notifier
 from .vfs.access import AccessTracker
 from .vfs.hidden import HiddenFiles
 from .vfs.listings import ListingCache
+from .vfs.offline import OfflineService
 from .vfs.pins import Pinner
 from .vfs.prefetch import Prefetcher, PrefetchPolicy
 from .vfs.rawview import RawView
@@ -285,6 +287,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
     notifier = Notifier.from_environment()  # systemd's socket and watchdog, when systemd runs this daemon
     search = SearchService(settings.index_path)  # shared by /.search, /.collections and the control API
     access: AccessTracker | None = None
+    offline: OfflineService | None = None
     mounted = False
     try:
         async with trio.open_nursery() as nursery:
@@ -316,8 +319,12 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             # service's worker threads on connections of their own
             results = ResultDirs(search.search, tree, max_results=MAX_SEARCH_RESULTS)
             searches = SearchNamespace(search, results, policy)
+            # /.offline: the tree's tracks held whole in the cache, worked out in worker threads on a
+            # connection of its own when asked for, after the bus said the cache or the tree changed
+            offline = OfflineService(settings.index_path, cache)
             router = Router(tree, [HiddenNamespace(hidden, policy), RawNamespace(raw, reader, policy), searches,
-                                   CollectionsNamespace(search, results, policy)], entered=[covers])
+                                   CollectionsNamespace(search, results, policy),
+                                   OfflineNamespace(offline, tree, policy)], entered=[covers])
             ops = Operations(router, inodes, recorder=recorder)
             invalidator = KernelInvalidator(inodes, resolver)
             sync = SyncService(index, origins, config.path_template(), bus=bus, lifecycle=lifecycle,
@@ -335,6 +342,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             status.register("listings", listings.statistics)
             status.register("search", search.statistics)
             status.register("search_folders", searches.statistics)
+            status.register("offline", offline.statistics)
             for name, statistics in (("reader", reader.statistics), ("direct", direct.statistics),
                                      ("cache", cache.statistics), ("headers", headers.statistics),
                                      ("artwork", artwork.statistics),
@@ -393,6 +401,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             nursery.start_soon(_supervised, "rescan metrics", metrics.follow, bus)
             nursery.start_soon(_supervised, "listening activity", access.run)
             nursery.start_soon(_supervised, "pin keeper", pins.run, bus)
+            nursery.start_soon(_supervised, "offline view", offline.follow, bus)
             if exporter is not None:
                 nursery.start_soon(_serve_metrics, exporter)
             nursery.start_soon(_supervised, "live rescans", sync.run)
@@ -419,5 +428,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
         search.close()
         if access is not None:
             access.close()
+        if offline is not None:
+            offline.close()
         index.close()
         notifier.close()

@@ -19,6 +19,8 @@ import trio
 from musicfs.errors import NotFound, QueryError
 from musicfs.fuse.attrs import AttrPolicy, node_attributes
 from musicfs.fuse.namespaces import ResultDirs, Router, SearchNamespace
+from musicfs.fuse.namespaces.covers import COVERS_BASE
+from musicfs.fuse.namespaces.offline import OFFLINE_BASE
 from musicfs.fuse.namespaces.results import entry_names
 from musicfs.index.names import is_legal
 from musicfs.index.schema import ROOT_ID
@@ -49,14 +51,17 @@ SEARCH_BASE, COLLECTIONS_BASE = HIDDEN_BASE + (2 << 40), HIDDEN_BASE + (3 << 40)
 @pytest.fixture
 def router():
     specials = [Fake("raw", ".origins", RAW_BASE), Fake("hidden", ".musicfs", HIDDEN_BASE),
-                Fake("collections", ".collections", COLLECTIONS_BASE), Fake("search", ".search", SEARCH_BASE)]
-    return Router(Fake("tree"), specials)
+                Fake("collections", ".collections", COLLECTIONS_BASE), Fake("search", ".search", SEARCH_BASE),
+                Fake("offline", ".offline", OFFLINE_BASE)]
+    return Router(Fake("tree"), specials, entered=[Fake("covers", "", COVERS_BASE)])
 
 
 @pytest.mark.parametrize(("inode", "label"), [
     (ROOT_ID, "tree"), (HIDDEN_BASE - 1, "tree"), (HIDDEN_BASE, "hidden"), (HIDDEN_BASE + 2, "hidden"),
     (RAW_BASE - 1, "hidden"), (RAW_BASE, "raw"), (RAW_BASE + 10**6, "raw"), (SEARCH_BASE, "search"),
     (SEARCH_BASE + 5, "search"), (COLLECTIONS_BASE - 1, "search"), (COLLECTIONS_BASE + 7, "collections"),
+    (COVERS_BASE - 1, "collections"), (COVERS_BASE + 3, "covers"), (OFFLINE_BASE - 1, "covers"),
+    (OFFLINE_BASE + ROOT_ID, "offline"), (OFFLINE_BASE + 10**9, "offline"),
 ])
 def test_each_inode_goes_to_the_namespace_owning_its_range(router, inode, label):
     assert router(inode).label == label
@@ -65,7 +70,8 @@ def test_each_inode_goes_to_the_namespace_owning_its_range(router, inode, label)
 def test_special_names_are_found_from_the_root_only(router):
     for name, label, base in ((".musicfs", "hidden", HIDDEN_BASE), (".origins", "raw", RAW_BASE),
                               (".search", "search", SEARCH_BASE), (".collections", "collections",
-                                                                     COLLECTIONS_BASE)):
+                                                                     COLLECTIONS_BASE),
+                              (".offline", "offline", OFFLINE_BASE)):
         assert trio.run(router.lookup, ROOT_ID, name) == (label, "getattr", base)
     # below the root the name is the tree's to answer (and it has none such)
     with pytest.raises(NotFound):

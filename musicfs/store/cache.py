@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..events import ChunkCorrupt, ChunkEvicted, ChunkStored, Publish
+from ..events import CacheCleared, ChunkCorrupt, ChunkEvicted, ChunkStored, Publish
 from . import pindb
 from .cas import ChunkFiles, Place
 from .chunkdb import ChunkIndex, ChunkRef, Obtained
@@ -469,6 +469,8 @@ class ContentCache:
                 self.index.forget(manifests, [a for a, _ in chunks])
                 self._drop_empty(place for _, place in places.values())
                 self.size = self.index.total_bytes()
+        if not dry_run and (manifests or chunks):  # whoever follows what the cache holds (the offline view)
+            self.publish(CacheCleared(origin_id, len(manifests), len(chunks), freed))
         return {"origin": origin_id, "dry_run": dry_run, "manifests": len(manifests), "chunks": len(chunks),
                 "bytes": freed}
 
@@ -513,3 +515,15 @@ class ContentCache:
             "purged": counters.purged,
             "directory": str(self.directory),
         }
+
+    def whole_files(self, page: int = 256) -> list[tuple[str, str, int, str]]:
+        """``(origin_id, real_path, size, version)`` of every file version held whole (the offline
+        view's question, :meth:`ChunkIndex.whole_files`): a page of maps per turn of the lock, so
+        reads are not held up behind a query over the whole cache."""
+        found: list[tuple[str, str, int, str]] = []
+        after: int | None = 0
+        while after is not None:
+            with self._lock:
+                files, after = self.index.whole_files(after, page)
+            found += files
+        return found

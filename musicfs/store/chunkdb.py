@@ -592,3 +592,23 @@ class ChunkIndex:
             "pins_size": q("SELECT COALESCE(SUM(size), 0) FROM pins").fetchone()[0] if self._has_pins else 0,
             "packs": q("SELECT COUNT(DISTINCT pack) FROM chunks WHERE pack IS NOT NULL").fetchone()[0],
         }
+
+    # -- whole files (the offline view, musicfs.vfs.offline) --------------
+    def whole_files(self, after: int = 0, limit: int = 256) -> tuple[list[tuple[str, str, int, str]], int | None]:
+        """The file versions the cache holds every byte of, a page at a time.
+
+        Looks at the complete maps with an id above ``after`` (at most ``limit``, in id order) and
+        returns ``(origin_id, real_path, size, version)`` of those whose every chunk has its row,
+        of the size the map gives it (a row of another size is not that chunk, as for a read),
+        and the id to pass as ``after`` for the next page (None: that was the last). Paged so
+        that a caller taking the cache's lock for each page lets reads in between: a whole 10 GB
+        cache (160K chunk rows) takes ~80 ms in one query.
+        """
+        rows = self.conn.execute(
+            "SELECT m.id, m.origin_id, m.real_path, m.size, m.version, NOT EXISTS ("
+            " SELECT 1 FROM manifest_chunks mc WHERE mc.manifest_id = m.id AND NOT EXISTS ("
+            " SELECT 1 FROM chunks c WHERE c.address = mc.address AND c.size = mc.size))"
+            " FROM manifests m WHERE m.id > ? AND m.complete = 1 ORDER BY m.id LIMIT ?", (after, limit)).fetchall()
+        whole = [(origin_id, real_path, size, version) for _, origin_id, real_path, size, version, held in rows
+                 if held]
+        return whole, (rows[-1][0] if len(rows) == limit else None)
