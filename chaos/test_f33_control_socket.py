@@ -49,6 +49,8 @@ ROUTES = {  # the whole API: reads, a shutdown, a cache clear, rescans, the two 
     "/v1/search": {"get"}, "/v1/search/stream": {"get"},
     "/v1/collections": {"get", "post"}, "/v1/collections/{name}": {"delete"},
     "/v1/prefetch": {"post"},  # files fetched into the cache: what a read would fetch, nothing else
+    # pins: files named in the mount kept whole in the cache (fetched as a read would), and let go
+    "/v1/pins": {"get", "post"}, "/v1/pins/remove": {"post"},
 }
 
 
@@ -368,6 +370,7 @@ TARGETS = [("GET", "/v1/status"), ("GET", "/v1/cache"), ("POST", "/v1/cache/clea
            ("GET", "/v1/origins/{}"), ("POST", "/v1/origins/{}/rescan"), ("GET", "/v1/events"),
            ("GET", "/metrics"), ("GET", "/v1/search"), ("GET", "/v1/search/stream"), ("GET", "/v1/collections"),
            ("POST", "/v1/collections"), ("DELETE", "/v1/collections/{}"), ("POST", "/v1/prefetch"),
+           ("GET", "/v1/pins"), ("POST", "/v1/pins"), ("POST", "/v1/pins/remove"),
            ("PUT", "/v1/status"), ("POST", "/v1/{}"), ("GET", "/{}")]
 
 
