@@ -75,6 +75,17 @@ class CacheCounters:
     purged: int = 0  # chunks removed because the bytes they came with failed a checksum
 
 
+@dataclass
+class _Rows:
+    """One store's rows, waiting for the index's writer (:meth:`ContentCache._commit`)."""
+
+    rows: list[tuple[str, int, Place]]
+    pin: int
+    added: int  # bytes the store wrote (chunks the cache did not hold)
+    done: bool = False
+    error: sqlite3.Error | None = None
+
+
 class ContentCache:
     def __init__(self, directory: Path | str, limit_bytes: int, publish: Publish, *,
                  write_retry: float = WRITE_RETRY, error_repeat: float = ERROR_REPEAT):
@@ -88,6 +99,8 @@ class ContentCache:
         self.counters = CacheCounters()
         self.opened_at = time.time()  # temp files older than this are crash leftovers
         self._lock = threading.Lock()  # one writer at a time on the SQLite connection
+        self._queue_lock = threading.Lock()  # guards _queued
+        self._queued: list[_Rows] = []  # stores' rows waiting for the writer (_commit)
         self._access: dict[str, float] = {}
         self._in_use: dict[str, int] = {}
         self.size = self.index.total_bytes()
@@ -178,8 +191,7 @@ class ContentCache:
 
     # -- reading and writing ----------------------------------------------
     def _places(self, addresses: Iterable[str]) -> dict[str, tuple[int, Place]]:
-        with self._lock:
-            return self.index.places(addresses)
+        return self.index.places(addresses)  # on the index's lookup connection: no wait for a commit
 
     def read_chunk(self, ref: ChunkRef) -> bytes | None:
         return self.read_chunks([ref])[0]
@@ -281,15 +293,40 @@ class ContentCache:
         rows = [(address, len(data), Place(name, offset)) for (address, data), offset in zip(written, offsets)]
         rows += [(address, size, place) for address, (size, place) in known.items()]
         try:
-            with self._lock:
-                self.index.add_chunks(rows, pin)
-                self.size += sum(len(data) for _, data in written)
+            self._commit(_Rows(rows, pin, sum(len(data) for _, data in written)))
         except sqlite3.Error as exc:
             if name:  # rows never made: do not leave a pack the index does not know
                 self.files.drop_pack(name)
             _, no_room = _describe(exc)
             raise CacheWriteError(str(exc), no_room=no_room) from exc
         return written
+
+    def _commit(self, mine: _Rows) -> None:
+        """Add a store's rows to the index, together with those of the stores queued meanwhile.
+
+        Stores write their packs in parallel and then queue for the index's one writer: whoever
+        gets the lock commits every store queued so far in one transaction, and the others find
+        theirs done. Eight cold readers' stores cost a commit or two instead of eight. A failed
+        commit fails every store in it: each drops its own pack.
+        """
+        with self._queue_lock:
+            self._queued.append(mine)
+        with self._lock:
+            if not mine.done:  # else a store queued after it committed it
+                with self._queue_lock:
+                    batch, self._queued = self._queued, []
+                try:
+                    self.index.add_stores([(rows.rows, rows.pin) for rows in batch])
+                except sqlite3.Error as exc:
+                    for rows in batch:
+                        rows.error = exc
+                else:
+                    self.size += sum(rows.added for rows in batch)
+                finally:
+                    for rows in batch:
+                        rows.done = True
+        if mine.error is not None:
+            raise mine.error
 
     def _intact(self, places: dict[str, tuple[int, Place]]) -> dict[str, tuple[int, Place]]:
         """Those of the chunks the index holds whose bytes on disk are whole and right.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -218,6 +219,15 @@ def _open(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _open_lookups(path: Path) -> sqlite3.Connection:
+    """A second connection to the chunk index, for lookups only: in WAL mode it reads the last
+    commit while the writing connection commits the next."""
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA query_only=1")
+    return conn
+
+
 def _open_readonly(path: Path) -> sqlite3.Connection:
     """The index of a cache that cannot be written, read as it is; an empty one if unusable."""
     try:
@@ -262,8 +272,9 @@ class ChunkIndex:
         # and the cache says so once (ContentCache) instead of failing the mount
         self.readonly = not os.access(self.path.parent, os.W_OK)
         self._has_pins = True  # False: a read-only cache made before pins
+        self._lookup_lock = threading.Lock()  # one lookup at a time on the lookup connection
         if self.readonly:
-            self.conn = _open_readonly(self.path)
+            self.conn = self._lookups = _open_readonly(self.path)
             self._has_pins = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'pins'").fetchone() is not None
             columns = {row[1] for row in self.conn.execute("PRAGMA table_info(chunks)")}
             if "pack" not in columns:  # an older cache, read as it is: every chunk in its own file
@@ -281,6 +292,7 @@ class ChunkIndex:
             _drop_impossible_rows(self.conn, self.path)
         except sqlite3.OperationalError as exc:  # a read-only cache (said once by the cache): sizes
             log.debug("chunk index %s: cannot drop damaged rows: %s", self.path, exc)  # are checked on use
+        self._lookups = _open_lookups(self.path)
 
     def _set_aside(self, exc: Exception) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -292,12 +304,18 @@ class ChunkIndex:
                 part.rename(f"{self.path}.damaged-{stamp}{suffix}")
 
     def close(self) -> None:
+        if self._lookups is not self.conn:
+            self._lookups.close()
         self.conn.close()
 
     # -- chunks -----------------------------------------------------------
     def add_chunks(self, chunks: list[tuple[str, int, Place]], pin: int = 0) -> None:
         """Rows for chunks just stored (address, size, place), in one transaction, with the pin
-        bits ``pin`` set.
+        bits ``pin`` set (see :meth:`add_stores`)."""
+        self.add_stores([(chunks, pin)])
+
+    def add_stores(self, stores: Sequence[tuple[Sequence[tuple[str, int, Place]], int]]) -> None:
+        """The rows of several stores, each (chunks, pin bits), in one transaction.
 
         A chunk already known takes the place given (the same bytes, written
         again because the copy it had was found damaged, or by two stores at
@@ -312,18 +330,24 @@ class ChunkIndex:
                 " ON CONFLICT(address) DO UPDATE SET last_access = excluded.last_access, size = excluded.size,"
                 " pack = excluded.pack, pack_offset = excluded.pack_offset,"
                 " pinned = pinned | excluded.pinned",
-                [(address, size, now, place.pack, place.offset, pin) for address, size, place in chunks])
+                [(address, size, now, place.pack, place.offset, pin)
+                 for chunks, pin in stores for address, size, place in chunks])
 
     def places(self, addresses: Iterable[str]) -> dict[str, tuple[int, Place]]:
-        """address -> (size, place) of those of ``addresses`` the cache holds."""
+        """address -> (size, place) of those of ``addresses`` the cache holds, as last committed.
+
+        Asked on a connection of its own (:attr:`_lookups`), so that the lookups of reads and of
+        stores checking what is there already never queue behind another store's commit.
+        """
         wanted = list(dict.fromkeys(addresses))
         found: dict[str, tuple[int, Place]] = {}
-        for start in range(0, len(wanted), IN_BATCH):
-            batch = wanted[start:start + IN_BATCH]
-            marks = ",".join("?" * len(batch))
-            for address, size, pack, offset in self.conn.execute(
-                    f"SELECT address, size, {self._place} FROM chunks WHERE address IN ({marks})", batch):
-                found[address] = (size, LOOSE if pack is None else Place(pack, offset))
+        with self._lookup_lock:
+            for start in range(0, len(wanted), IN_BATCH):
+                batch = wanted[start:start + IN_BATCH]
+                marks = ",".join("?" * len(batch))
+                for address, size, pack, offset in self._lookups.execute(
+                        f"SELECT address, size, {self._place} FROM chunks WHERE address IN ({marks})", batch):
+                    found[address] = (size, LOOSE if pack is None else Place(pack, offset))
         return found
 
     def empty_packs(self, names: Iterable[str]) -> list[str]:

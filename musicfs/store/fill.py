@@ -269,11 +269,19 @@ class Filler:
                 while window:
                     fetch = window[0]
                     await fetch.done.wait()
-                    window.popleft()
-                    self._ahead -= fetch.extra
-                    starved += state.wanted > state.readable and not fetch.paced  # a reader waited for it
+                    taken = [window.popleft()]
+                    # past the head, the blocks that came meanwhile are cut with it: one trip to a
+                    # thread and one store for all, where the cutting is what a reader waits for
+                    # (as many as the bytes waiting for their write may grow by)
+                    room = self.budget.limit - self.budget.used - fetch.size
+                    while head is not None and window and window[0].done.is_set() and window[0].size <= room:
+                        room -= window[0].size
+                        taken.append(window.popleft())
+                    for block in taken:
+                        self._ahead -= block.extra
+                        starved += state.wanted > state.readable and not block.paced  # a reader waited for it
                     try:
-                        position = await self._take(state, fetch, chunker, stores, slots)
+                        position = await self._take(state, taken, chunker, stores, slots)
                     except (MusicFSError, OSError) as exc:
                         failure = exc
                         break
@@ -346,9 +354,43 @@ class Filler:
         finally:
             fetch.done.set()
 
-    async def _take(self, state: FileState, fetch: _Fetch, chunker: StreamChunker, stores: trio.Nursery,
+    async def _take(self, state: FileState, fetches: list[_Fetch], chunker: StreamChunker, stores: trio.Nursery,
                     slots: trio.Semaphore) -> int:
-        """One fetched block, in file order: checked, cut, readable, queued for writing; the new position."""
+        """Fetched blocks, in file order: checked, cut, readable, queued for writing; the new position.
+        A block that failed is raised once the blocks before it are taken."""
+        blocks: list[bytes] = []
+        failure: BaseException | None = None
+        for fetch in fetches:
+            try:
+                blocks.append(await self._accept(state, fetch))
+            except (MusicFSError, OSError) as exc:
+                failure = exc
+                break
+        position = fetches[0].offset + sum(fetch.size for fetch in fetches[:len(blocks)])
+        if blocks:
+            hasher = state.hasher if state.hasher is not None and state.hashed == state.cut else None
+            items = await trio.to_thread.run_sync(self._cut, chunker, blocks, position >= state.size, hasher,
+                                                  limiter=self.limiter)
+            if hasher is not None:
+                state.hashed += sum(ref.size for ref, _ in items)
+            for ref, piece in items:
+                self._pending[ref.address] = piece
+                state.add(ref)
+                self.bus.publish(ChunkFetched(state.origin_id, state.real_path, ref.offset, ref.size))
+            if not state.verify_first and chunker.position == state.covered:
+                state.tail = chunker.buffered  # the rest of the blocks: readable before it is cut
+            state.notify()
+            if items:
+                self.cache.hold(ref.address for ref, _ in items)
+                await self.budget.take(sum(ref.size for ref, _ in items))
+                await slots.acquire()
+                stores.start_soon(self._store, state, items, slots)
+        if failure is not None:
+            raise failure
+        return position
+
+    async def _accept(self, state: FileState, fetch: _Fetch) -> bytes:
+        """A fetched block's bytes, once its replica is known to agree with the one the file was cut from."""
         if fetch.error is not None:
             raise fetch.error
         data, served_by = fetch.result
@@ -365,30 +407,12 @@ class Filler:
         if len(data) < fetch.size:
             raise OriginUnavailable(f"file ended at {fetch.offset + len(data)} of {state.size} bytes;"
                                     " it changed since the scan")
-        position = fetch.offset + fetch.size
-        hasher = state.hasher if state.hasher is not None and state.hashed == state.cut else None
-        items = await trio.to_thread.run_sync(self._cut, chunker, data, position >= state.size, hasher,
-                                              limiter=self.limiter)
-        if hasher is not None:
-            state.hashed += sum(ref.size for ref, _ in items)
-        for ref, piece in items:
-            self._pending[ref.address] = piece
-            state.add(ref)
-            self.bus.publish(ChunkFetched(state.origin_id, state.real_path, ref.offset, ref.size))
-        if not state.verify_first and chunker.position == state.covered:
-            state.tail = chunker.buffered  # the rest of the block: readable before it is cut
-        state.notify()
-        if items:
-            self.cache.hold(ref.address for ref, _ in items)
-            await self.budget.take(sum(ref.size for ref, _ in items))
-            await slots.acquire()
-            stores.start_soon(self._store, state, items, slots)
-        return position
+        return data
 
     @staticmethod
-    def _cut(chunker: StreamChunker, data: bytes, last: bool, hasher) -> list[tuple[ChunkRef, bytes]]:
-        """Cut a block into chunks (in a worker thread), feeding them to the file's running hash."""
-        pieces = chunker.feed(data)
+    def _cut(chunker: StreamChunker, blocks: list[bytes], last: bool, hasher) -> list[tuple[ChunkRef, bytes]]:
+        """Cut blocks into chunks (in a worker thread), feeding them to the file's running hash."""
+        pieces = [piece for data in blocks for piece in chunker.feed(data)]
         if last:
             pieces += chunker.finish()
         if hasher is not None:
