@@ -6,7 +6,7 @@ import pytest
 
 from musicfs.errors import NotFound, OriginUnavailable
 from musicfs.origins.local import LocalOrigin
-from tests.origin_contract import OriginContract, add_hostile_links
+from musicfs.testing.origin_contract import OriginContract, add_hostile_links
 
 
 class TestLocalOrigin(OriginContract):

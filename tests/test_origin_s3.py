@@ -41,7 +41,7 @@ from musicfs.origins.rangefile import RangeFile
 from musicfs.origins.retry import call_with_retry
 from musicfs.origins.s3 import S3Origin, _retry_after
 from musicfs.origins.s3creds import CredentialRenewer, renewal_time
-from tests.origin_contract import OriginContract
+from musicfs.testing.origin_contract import OriginContract
 from tests.s3server import isolate_aws_env, moto_server, write_credentials
 
 PREFIX = "music/"

@@ -21,7 +21,7 @@ from musicfs.errors import ConfigError, NotFound, OriginUnavailable
 from musicfs.origins.base import create
 from musicfs.origins.sftp import SftpOrigin
 from musicfs.origins.sftppool import SHARE
-from tests.origin_contract import PAGE_FILES, OriginContract, add_hostile_links
+from musicfs.testing.origin_contract import PAGE_FILES, OriginContract, add_hostile_links
 from tests.sshserver import SshServer, ssh_server
 
 

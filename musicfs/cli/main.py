@@ -18,7 +18,7 @@ from ..control.sockets import socket_path
 from ..errors import MusicFSError
 from ..index.library import LibraryIndex
 from ..origins.base import create
-from . import control, search
+from . import control, plugins, search
 from .common import (
     add_library_options,
     console,
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     control.add_commands(sub)  # status, cache, origin, events, shutdown: through a mount's control API
     search.add_commands(sub)  # search, collection: through the mount's API, else on the index file
+    plugins.add_commands(sub)  # the origin kinds installed, and whether each loads
 
     unit = sub.add_parser("systemd-unit", help="print a systemd user service that keeps a mount mounted")
     unit.add_argument("name", help="the service's name (install it as musicfs-NAME.service)")

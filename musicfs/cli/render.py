@@ -318,3 +318,14 @@ def pins_table(answer: dict) -> Table:
         where = pin["path"] or f"({pin['origin']}:{pin['real_path']}, not in the library now)"
         table.add_row(Text(where), size(pin["size"]), size(pin["cached"]), state(pin["state"]))
     return table
+
+
+def plugins_table(plugins: list[dict]) -> Table:
+    """``musicfs plugins``: each kind, the package that provides it, where from, and whether it loads."""
+    table = _table(None)
+    for column in ("kind", "package", "version", "from", "loads"):
+        table.add_column(column, overflow="fold")
+    for item in plugins:
+        loads = Text("yes", style="green") if item["loads"] else Text(item["error"] or "no", style="red")
+        table.add_row(Text(item["name"]), Text(item["package"]), Text(item["version"]), Text(item["from"]), loads)
+    return table

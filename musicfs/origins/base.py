@@ -20,6 +20,10 @@ unavailable and may be retried; :class:`OriginBusy` carries a server's
 
 from __future__ import annotations
 
+import functools
+import importlib
+import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -103,6 +107,12 @@ class Origin(ABC):
     def health(self) -> None:
         """Return if the origin answers; raise :class:`OriginUnavailable` (or OSError) if not."""
 
+    @classmethod
+    def from_options(cls, origin_id: str, options: dict[str, Any]) -> Origin:
+        """An origin from its ``[[origins]]`` table (without ``id``, ``type``, ``priority``,
+        ``cache``); the keys were checked against :attr:`required` and :attr:`optional`."""
+        return cls(origin_id, **options)
+
     def close(self) -> None:
         return None
 
@@ -142,38 +152,100 @@ class Origin(ABC):
             stack.extend(f"{prefix}{name}/" for name in sorted(dirs, reverse=True))
 
 
-_KINDS: dict[str, type[Origin]] = {}
-# built-in kinds, imported only when a config uses them: a client library such as boto3
-# costs tens of megabytes that a mount of local folders should not pay
-BUILTIN = {"local": "local", "s3": "s3", "sftp": "sftp"}
+ORIGIN_GROUP = "musicfs.origins"  # the entry-point group origin kinds are found in, built-in ones too
+# where the built-in kinds are when musicfs runs from a source tree that was never installed (no
+# entry points at all); an installed musicfs finds them in ORIGIN_GROUP like any plugin
+BUILTIN = {"local": "musicfs.origins.local:LocalOrigin", "s3": "musicfs.origins.s3:S3Origin",
+           "sftp": "musicfs.origins.sftp:SftpOrigin"}
+_KINDS: dict[str, type[Origin]] = {}  # kinds loaded so far (a kind's module is imported when a config uses it)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Where an origin kind comes from: its entry point, and the distribution that declares it."""
+
+    kind: str
+    target: str  # "module:Class"
+    distribution: str  # the package that installed it ("musicfs" for the built-in kinds)
+    version: str
+    location: str  # where that package lives
+
+
+@functools.cache
+def providers() -> dict[str, Provider]:
+    """Every origin kind installed, by name: the entry points of :data:`ORIGIN_GROUP` (imports
+    nothing of theirs), and the built-in kinds of an uninstalled source tree. Read once a process."""
+    from importlib.metadata import entry_points
+
+    found = {kind: Provider(kind, target, "musicfs", "", "source tree") for kind, target in BUILTIN.items()}
+    for point in entry_points(group=ORIGIN_GROUP):
+        dist = point.dist
+        found[point.name] = Provider(point.name, point.value, dist.name if dist is not None else "?",
+                                     dist.version if dist is not None else "", _where(dist))
+    return found
+
+
+def _where(dist) -> str:
+    """Where an installed package came from: the folder or URL it was installed from (pip records
+    it for a folder, editable or not), else where it is installed."""
+    if dist is None:
+        return ""
+    try:
+        origin = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+    except ValueError:
+        origin = ""
+    return origin.removeprefix("file://") or os.path.abspath(str(dist.locate_file("")))
 
 
 def register(cls: type[Origin]) -> type[Origin]:
-    """Class decorator: make an origin kind available to configs under ``cls.kind``."""
+    """Class decorator: make an origin kind available under ``cls.kind`` without an entry point
+    (tests that define a kind of their own)."""
     _KINDS[cls.kind] = cls
     return cls
 
 
 def kind_names() -> list[str]:
-    return sorted(set(BUILTIN) | set(_KINDS))
+    return sorted(set(providers()) | set(_KINDS))
 
 
 def kind_class(kind: str) -> type[Origin]:
-    """The class of an origin kind, importing its module on first use."""
-    if kind not in _KINDS and kind in BUILTIN:
-        try:
-            __import__(f"{__package__}.{BUILTIN[kind]}")
-        except ImportError as exc:
-            raise ConfigError(f"origin type {kind!r} is not available: {exc}") from None
+    """The class of an origin kind, importing its module on first use.
+
+    A kind that cannot be loaded (its package fails to import, or what it names is no origin
+    of that kind) is a :class:`~musicfs.errors.ConfigError` naming the kind, the package it
+    comes from and the error: a library that uses it does not mount, the others are not
+    concerned (nothing is loaded before a config asks for it).
+    """
     cls = _KINDS.get(kind)
-    if cls is None:
+    if cls is not None:
+        return cls
+    provider = providers().get(kind)
+    if provider is None:
         raise ConfigError(f"unknown origin type {kind!r} (known: {', '.join(kind_names())})")
+    cls = load(provider)
+    _KINDS[kind] = cls
+    return cls
+
+
+def load(provider: Provider) -> type[Origin]:
+    """Import what ``provider`` names and check that it is an origin of its kind."""
+    module_name, _, attribute = provider.target.partition(":")
+    origin = f"origin type {provider.kind!r} ({provider.distribution} {provider.version}".rstrip() + ")"
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attribute) if attribute else module
+    except Exception as exc:  # a plugin may fail to import in any way at all: said, with its name
+        raise ConfigError(f"{origin} cannot be loaded: {type(exc).__name__}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Origin)):
+        raise ConfigError(f"{origin}: {provider.target} is not an Origin class")
+    if getattr(cls, "kind", None) != provider.kind:
+        raise ConfigError(f"{origin}: its class says its kind is {getattr(cls, 'kind', None)!r}")
     return cls
 
 
 def kinds() -> dict[str, type[Origin]]:
     """Every kind that can be loaded here (imports them all: for tools and tests)."""
-    for kind in BUILTIN:
+    for kind in providers():
         try:
             kind_class(kind)
         except ConfigError:
@@ -182,7 +254,7 @@ def kinds() -> dict[str, type[Origin]]:
 
 
 def create(origin_id: str, kind: str, options: dict[str, Any]) -> Origin:
-    return kind_class(kind).from_options(origin_id, options)  # type: ignore[attr-defined]
+    return kind_class(kind).from_options(origin_id, options)
 
 
 @dataclass

@@ -1,9 +1,20 @@
-"""The contract every origin kind passes unchanged.
+"""The contract every origin kind passes unchanged: the built-in ones and every plugin's.
 
 A test module for an origin kind subclasses :class:`OriginContract` and
 provides one fixture, ``make_origin(files) -> Origin``, that puts ``files``
 (path -> bytes) into a fresh instance of that kind and returns an origin
-reading it. Nothing here knows which kind it is testing.
+reading it. Nothing here knows which kind it is testing. A plugin author runs
+it with pytest::
+
+    from musicfs.testing.origin_contract import OriginContract
+
+    class TestMyOrigin(OriginContract):
+        @pytest.fixture
+        def make_origin(self, tmp_path):
+            def make(files):
+                ...  # put files where a new MyOrigin reads them
+                return MyOrigin("mine", ...)
+            return make
 """
 
 from __future__ import annotations
