@@ -86,7 +86,7 @@ def test_pinned_albums_stay_whole_through_eviction_and_play_with_the_origin_gone
             assert all(p["state"] == "cached" and p["cached"] == p["size"] for p in pins.values()), pins
             assert all(pins[real]["path"] == str(tracks[real].relative_to(mnt)) for real in pins)
             table = ok_text(state, "pin", "list")
-            assert "6 pinned" in table and "cached" in table, table
+            assert "6 pinned, holding" in table and "cached" in table, table
 
             # a third album does not fit: refused whole, before anything is fetched or dropped
             read_all([tracks[by_album[ALBUMS[2]][0]]])  # one unpinned track cached meanwhile

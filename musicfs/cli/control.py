@@ -277,7 +277,9 @@ def _pin_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(answer)
     else:
-        console.print(_render().pins_table(answer))
+        if answer.get("pins"):
+            console.print(_render().pins_table(answer))
+        console.print(_render().pins_summary(answer))
     return 0
 
 

@@ -305,11 +305,16 @@ def collections_table(collections: list[dict]) -> Table:
     return table
 
 
+def pins_summary(answer: dict) -> str:
+    """/v1/pins in a line: how many, and how much of their room they hold."""
+    return (f"{len(answer.get('pins', []))} pinned, holding {size(answer.get('size'))} of the "
+            f"{size(answer.get('room'))} pins may use")
+
+
 def pins_table(answer: dict) -> Table:
     """/v1/pins: every pin, where the mount shows it, its size, how much is cached, its state."""
     pins = answer.get("pins", [])
-    table = _table(f"{len(pins)} pinned, {size(answer.get('size'))} of {size(answer.get('room'))} "
-                   "the pins may hold")
+    table = _table(None)
     table.add_column("path", overflow="fold")
     table.add_column("size", justify="right")
     table.add_column("cached", justify="right")
