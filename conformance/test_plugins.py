@@ -23,20 +23,24 @@ from conformance.expected import sha256_of
 from fixtures.media import short_track
 from tests.harness import NO_PREFETCH, mount_library, mounted_tracks, musicfs_cmd, settled
 
-ROOT = Path(__file__).resolve().parent.parent
-PLUGIN = ROOT / "examples" / "musicfs-zip-origin"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.fixture(scope="module")
-def plugin_path(tmp_path_factory) -> Path:
-    """The example plugin installed (wheel built from its folder) into a folder of its own."""
-    target = tmp_path_factory.mktemp("plugins")
-    build = tmp_path_factory.mktemp("plugin-build")
-    shutil.copytree(PLUGIN, build / "src", ignore=shutil.ignore_patterns("tests", "conftest.py", "__pycache__"))
+def install(name: str, tmp_path_factory) -> Path:
+    """An example plugin installed (a wheel built from its folder) into a folder of its own."""
+    target = tmp_path_factory.mktemp(name)
+    build = tmp_path_factory.mktemp(f"{name}-build")
+    shutil.copytree(EXAMPLES / name, build / "src", ignore=shutil.ignore_patterns("tests", "conftest.py",
+                                                                                 "__pycache__"))
     done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                            "--target", str(target), str(build / "src")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return target
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory) -> Path:
+    return install("musicfs-zip-origin", tmp_path_factory)
 
 
 def broken_plugin(folder: Path) -> Path:
@@ -130,3 +134,69 @@ def test_a_plugin_that_fails_to_load_is_named_and_costs_only_the_libraries_using
     assert "needs libfoo" in refused.stderr and "Traceback" not in refused.stderr
     with mount_library(origin=library, work=tmp_path / "work", env=env) as mounted:  # a library not using it
         assert len(mounted_tracks(mounted.mountpoint)) == 1
+
+
+# -- a metadata plugin: tags from a beets library ---------------------------------------------------
+def beet(beetsdir: Path, *args: str) -> str:
+    done = subprocess.run([str(Path(sys.executable).parent / "beet"), *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "BEETSDIR": str(beetsdir)}, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout
+
+
+def tree_dirs(mountpoint: Path) -> set[str]:
+    return {str(p.relative_to(mountpoint)) for p in mountpoint.glob("*/*") if p.is_dir()}
+
+
+@pytest.mark.req("META-1")
+def test_tags_from_a_beets_library_show_in_the_tree_and_follow_beet_modify(tmp_path_factory, tmp_path):
+    """A library imported into beets as it is, then corrected in beets' database only (``beet modify
+    -W``: no file is written): the mount shows beets' tags, and a second correction shows after a
+    rescan; the files' bytes are the files' all along."""
+    from conformance.test_control_cli import ok_text
+
+    plugin = install("musicfs-beets-metadata", tmp_path_factory)
+    env = env_with(plugin)
+    code, listed = plugins(env)
+    found = {(item["group"], item["name"]): item for item in listed}
+    assert code == 0 and found[("musicfs.metadata", "beets")]["package"] == "musicfs-beets-metadata"
+    assert found[("musicfs.metadata", "beets")]["loads"]
+    library, beetsdir = tmp_path / "music", tmp_path / "beets"
+    beetsdir.mkdir()
+    for n in range(1, 4):
+        short_track(library, f"A/Kind/{n:02d}.flac", "flac", n, album="Kind", cover=None)
+    original = {p.name: sha256_of(p) for p in (library / "A" / "Kind").iterdir()}
+    (beetsdir / "config.yaml").write_text(
+        f"directory: {library}\nlibrary: {beetsdir / 'library.db'}\nplugins: []\n"
+        "import:\n  copy: no\n  move: no\n  write: no\n  autotag: no\n")
+    beet(beetsdir, "import", "-q", "-A", str(library))
+    beet(beetsdir, "modify", "-y", "-W", "album:Kind", "artist=The Corrected", "albumartist=The Corrected")
+    config = tmp_path / "musicfs.toml"
+    config.write_text(f'[metadata]\nsource = "beets"\nlibrary = "{beetsdir / "library.db"}"\n\n'
+                      f'[[origins]]\nid = "music"\ntype = "local"\npath = "{library}"\n')
+    with mount_library(config=config, work=tmp_path / "work", env=env) as mounted:
+        mnt = mounted.mountpoint
+        assert tree_dirs(mnt) == {"The Corrected/Kind (2001) [FLAC]"}, tree_dirs(mnt)
+        tracks = mounted_tracks(mnt)
+        assert len(tracks) == 3
+        for path in tracks.values():
+            assert os.getxattr(path, "user.musicfs.artist").decode() == "The Corrected"
+        assert {sha256_of(p) for p in tracks.values()} == set(original.values())  # the files, untouched
+
+        beet(beetsdir, "modify", "-y", "-W", "album:Kind", "album=Kind of Blue")
+        ok_text(mounted.state_dir, "origin", "rescan", "music")
+        assert tree_dirs(mnt) == {"The Corrected/Kind of Blue (2001) [FLAC]"}, tree_dirs(mnt)
+        assert {sha256_of(p) for p in mounted_tracks(mnt).values()} == set(original.values())
+    assert {p.name: sha256_of(p) for p in (library / "A" / "Kind").iterdir()} == original
+
+
+@pytest.mark.req("META-1")
+def test_a_metadata_source_that_is_not_installed_is_a_config_error_with_its_line(tmp_path):
+    library = tmp_path / "music"
+    short_track(library, "A/Album/01.flac", "flac", 1, album="Album", cover=None)
+    config = tmp_path / "musicfs.toml"
+    config.write_text(f'[[origins]]\nid = "x"\ntype = "local"\npath = "{library}"\n\n'
+                      '[metadata]\nsource = "nowhere"\n')
+    done = subprocess.run(musicfs_cmd("--state-dir", str(tmp_path / "state"), "scan", "--config", str(config)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "musicfs.toml:7: unknown metadata source 'nowhere'" in done.stderr, done.stderr

@@ -124,7 +124,18 @@ class Config:
     # [[collections]]: (name, query) pairs, checked as `musicfs collection add` checks them; a mount makes
     # the index's config collections exactly these (musicfs.search.service.SearchService.sync_config)
     collections: list[tuple[str, str]] = field(default_factory=list)
+    # [metadata]: a metadata plugin's name and options (musicfs.index.metadata); None: the files' tags
+    metadata: tuple[str, dict[str, Any]] | None = None
     source: str | None = None
+
+    def metadata_source(self):
+        """A new instance of the configured metadata source, or None (imports its plugin)."""
+        if self.metadata is None:
+            return None
+        from .index.metadata import source_class
+
+        name, options = self.metadata
+        return source_class(name).from_options(dict(options))
 
     def library_name(self) -> str:
         """A stable name for this library: the configured one, or one derived from its origins."""
@@ -222,7 +233,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         return ConfigError(message, source=source, line=where.line_of(table, key, index))
 
     unknown = set(data) - {"library", "cache", "scan", "health", "mount", "metrics", "origins", "raw",
-                           "collections", "prefetch"}
+                           "collections", "prefetch", "metadata"}
     if unknown:
         name = sorted(unknown)[0]
         raise fail(f"unknown section or key {name!r}", None, name) if not isinstance(
@@ -311,7 +322,29 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     kwargs.update(_prefetch(_table(data, "prefetch", fail), fail))
     kwargs["origins"] = _origins(data.get("origins", []), fail)
     kwargs["collections"] = _collections(data.get("collections", []), fail)
+    kwargs["metadata"] = _metadata(_table(data, "metadata", fail), fail)
     return Config(**kwargs)
+
+
+def _metadata(table: dict, fail) -> tuple[str, dict[str, Any]] | None:
+    """``[metadata]``: ``source`` names a metadata plugin, the other keys are its options, checked
+    against what it declares (its package is imported here: a broken one is named now)."""
+    if not table:
+        return None
+    from .index.metadata import source_class
+
+    if "source" not in table:
+        raise fail("[metadata] needs 'source' (the name of a metadata plugin)", "metadata", None)
+    name = _typed(table, "source", str, "metadata", fail)
+    try:
+        cls = source_class(name)
+    except ConfigError as exc:
+        raise fail(str(exc), "metadata", "source") from None
+    options = {k: v for k, v in table.items() if k != "source"}
+    _only(options, cls.required | cls.optional, "metadata", fail)
+    for key in sorted(cls.required - set(options)):
+        raise fail(f"metadata source {name!r} needs {key!r}", "metadata", None)
+    return name, options
 
 
 def _collections(items: Any, fail) -> list[tuple[str, str]]:

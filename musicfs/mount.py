@@ -277,6 +277,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
     headers = HeaderTier(cache, config.header_limit)
     delta = DeltaSync(cache)  # retag-tolerant resync, run by the scans' keeper
     origins = _origins(config)
+    metadata = config.metadata_source()  # tags from a metadata plugin for rescans (None: the files')
     artwork = ArtShelf(cache, config.artwork_limit, origins)  # covers, kept by scans, shown by albums
     direct = DirectReader({k: o for k, o in origins.items() if isinstance(o, LocalOrigin)}, bus=bus)
     health = HealthMonitor(origins, {o.id: o.priority for o in config.origins},
@@ -330,7 +331,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             sync = SyncService(index, origins, config.path_template(), bus=bus, lifecycle=lifecycle,
                                tree_changed=invalidator, workers=config.scan_workers,
                                headers=ScanKeeper(headers, delta).sinks(config.header_origins()),
-                               artwork=artwork)
+                               artwork=artwork, metadata=metadata)
             status.register("sync", sync.statistics)
             status.register("invalidation", invalidator.statistics)
             # how long the loop is held: CPU per task step (ASYNC-3), and a probe's wake-up lag
@@ -424,6 +425,8 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
         direct.close()
         for origin in origins.values():
             origin.close()
+        if metadata is not None:
+            metadata.close()
         cache.close()
         search.close()
         if access is not None:

@@ -65,6 +65,16 @@ async def settle(prefetcher: Prefetcher, timeout: float = 10.0) -> None:
         await trio.sleep(0.05)
         while prefetcher.statistics()["queued"]:
             await trio.sleep(0.02)
+    await fills_ended(prefetcher.reader, timeout)
+
+
+async def fills_ended(reader, timeout: float = 10.0) -> None:
+    """Until no fill runs: a fill stopped after a head saves its map once its writes are done,
+    a moment after the request that asked for the head has answered."""
+    counters = reader.counters
+    with trio.fail_after(timeout):
+        while counters.fills_started > counters.fills_completed + counters.fills_stopped + counters.fills_failed:
+            await trio.sleep(0.01)
 
 
 def cached(cache: ContentCache, node) -> tuple[int, bool]:
@@ -156,6 +166,7 @@ def test_a_request_fetches_what_it_names_with_progress_per_file(library, tmp_pat
         assert len(documents) > 3  # progress came between a file's first and last documents
         assert cached(cache, nodes[1]) == (nodes[1].size, True)
         heads = [d async for d in prefetcher.request(files[2:], "headers")]
+        await fills_ended(prefetcher.reader)
         assert heads[-1]["complete"] == 2 and not cached(cache, nodes[3])[1] and cached(cache, nodes[3])[0] > 0
         nothing = [d async for d in prefetcher.request(files, "metadata")]
         assert nothing[-1]["fetched"] == 0 and nothing[-1]["complete"] == 4

@@ -127,7 +127,8 @@ def _scan_origins(config, path: Path, show_progress: bool, batch_size: int, sink
     from ..index.scanner import Scanner, ScanReport
 
     reports = []
-    with LibraryIndex(path) as index:
+    metadata = config.metadata_source()  # tags from a metadata plugin instead of the files' (or None)
+    with LibraryIndex(path) as index, contextlib.closing(metadata) if metadata else contextlib.nullcontext():
         for origin_cfg in config.origins:
             origin = create(origin_cfg.id, origin_cfg.type, origin_cfg.options)
             problem = probe(origin)
@@ -145,7 +146,7 @@ def _scan_origins(config, path: Path, show_progress: bool, batch_size: int, sink
 
                 scanner = Scanner(index, origin, config.path_template(), workers=config.scan_workers,
                                   batch_size=batch_size, progress=progress, headers=sinks.get(origin.id),
-                                  artwork=artwork)
+                                  artwork=artwork, metadata=metadata)
                 try:
                     reports.append(scanner.run())
                 finally:

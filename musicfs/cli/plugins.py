@@ -1,7 +1,8 @@
-"""``musicfs plugins``: the origin kinds installed, where each comes from, and whether it loads.
+"""``musicfs plugins``: the origin kinds and metadata sources installed, where each comes from, and
+whether it loads.
 
-Each kind is imported here (that is the question), so a broken plugin is named with its
-error; a mount imports only the kinds its config uses.
+Each is imported here (that is the question), so a broken plugin is named with its error; a
+mount imports only what its config names.
 """
 
 from __future__ import annotations
@@ -12,25 +13,28 @@ from .common import console, print_json
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    plugins = sub.add_parser("plugins", help="the origin kinds installed (built-in and plugins): package, "
-                                             "version, where from, and whether each loads")
+    plugins = sub.add_parser("plugins", help="the origin kinds and metadata sources installed (built-in and "
+                                             "plugins): package, version, where from, and whether each loads")
     plugins.add_argument("--json", action="store_true", help="print them as JSON")
     plugins.set_defaults(func=cmd_plugins)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """Exit 0 when every kind loads, 1 when one does not (each says why)."""
+    """Exit 0 when every one loads, 1 when one does not (each says why)."""
     from ..errors import ConfigError
-    from ..origins.base import ORIGIN_GROUP, load, providers
+    from ..index import metadata
+    from ..origins import base
 
+    checks = [(provider, lambda p=provider: base.load(p)) for provider in base.providers().values()]
+    checks += [(provider, lambda p=provider: metadata.source_class(p.name)) for provider in metadata.providers().values()]
     listed = []
-    for kind, provider in sorted(providers().items()):
+    for provider, load in sorted(checks, key=lambda check: (check[0].group, check[0].name)):
         try:
-            load(provider)
+            load()
             error = None
         except ConfigError as exc:
             error = str(exc)
-        listed.append({"group": ORIGIN_GROUP, "name": kind, "target": provider.target,
+        listed.append({"group": provider.group, "name": provider.name, "target": provider.target,
                        "package": provider.distribution, "version": provider.version,
                        "from": provider.location, "loads": error is None, "error": error})
     if args.json:

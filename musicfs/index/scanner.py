@@ -43,6 +43,7 @@ from ..origins.base import Entry, Origin
 from .artwork import sidecar_rank
 from .layout import AudioRegion, audio_region
 from .library import TRACK_FIELDS, LibraryIndex
+from .metadata import MetadataSource, clean, fields_key
 from .scanart import ArtKeeper, ScanArt
 from .scanreport import Commit, Progress, ScanReport, ScanStopped
 from .tags import AUDIO_EXTENSIONS, MalformedAudio, read_tags
@@ -111,8 +112,10 @@ class Scanner:
         progress_every: int = 100,
         headers: HeaderSink | None = None,
         artwork: ArtKeeper | None = None,
+        metadata: MetadataSource | None = None,
     ):
-        """``headers``: where the bytes read for tags are kept; ``artwork``: where covers' are."""
+        """``headers``: where the bytes read for tags are kept; ``artwork``: where covers' are;
+        ``metadata``: a source whose fields replace the files' (:mod:`musicfs.index.metadata`)."""
         self.index = index
         self.origin = origin
         self.template = template
@@ -124,6 +127,7 @@ class Scanner:
         self.on_commit = on_commit
         self.stop = stop
         self.headers = headers
+        self.metadata = metadata
         self.conn = index.conn
         self.art = ScanArt(self.conn, origin, artwork)
         self.phase = "scanning"  # then "comparing" (looking for files gone), then "done"
@@ -137,6 +141,8 @@ class Scanner:
         started = time.monotonic()
         report = ScanReport(self.origin.id)
         scan_id = self._begin()
+        if self.metadata is not None:
+            self.metadata.refresh()
         tree = TreeWriter(self.conn, self.template, record=self.on_commit is not None)
         self._prepare_tree(tree)
         pending: deque[_Pending] = deque()
@@ -157,13 +163,14 @@ class Scanner:
                 if self.progress and report.seen % self.progress_every == 0:
                     self.progress(report, entry.path)
                 named = _storable(entry)
-                known = self._known(named)
+                given = self._given(named)
+                known = self._known(named, fields_key(given))
                 if known is not None and known[2]:
                     report.unchanged += 1
                     seen_ids.append((known[0], known[1]))
                 else:
                     track_id = known[1] if known and known[0] == "tracks" else None
-                    future = (pool.submit(self._timed_read, entry, track_id is not None) if named is entry
+                    future = (pool.submit(self._timed_read, entry, track_id is not None, given) if named is entry
                               else _bad_name())
                     pending.append(_Pending(named, track_id, future))
                 if len(pending) >= self.batch_size or len(seen_ids) >= 10 * self.batch_size:
@@ -194,9 +201,23 @@ class Scanner:
             # forbidden folder): the files in it are not gone, so this scan removes nothing
             self._unlisted += 1
 
-    def _timed_read(self, entry: Entry, changed: bool = False) -> tuple[dict | Exception, float]:
+    def _given(self, entry: Entry) -> dict:
+        """What the metadata source holds for a file (cleaned), {} without one."""
+        if self.metadata is None:
+            return {}
+        local_path = getattr(self.origin, "local_path", None)
+        try:
+            where = str(local_path(entry.path)) if local_path is not None else None
+        except ValueError:  # leads out of the origin: read (and refused) as the file
+            return {}
+        return clean(self.metadata.fields(self.origin.id, entry.path, where))
+
+    def _timed_read(self, entry: Entry, changed: bool = False, given: dict | None = None
+                    ) -> tuple[dict | Exception, float]:
         started = time.monotonic()
         result = self._read(entry, changed)
+        if isinstance(result, dict):  # the source's fields over the file's; the stream's stay
+            result = {**result, **(given or {}), "meta": fields_key(given or {})}
         return result, time.monotonic() - started
 
     def _read(self, entry: Entry, changed: bool = False) -> dict | MalformedAudio | OriginUnavailable | NotFound:
@@ -234,16 +255,18 @@ class Scanner:
             log.debug("reading the tags of %s:%s failed", self.origin.id, entry.path, exc_info=exc)
             return MalformedAudio("parser failure", f"{type(exc).__name__}: {exc}"[:500])
 
-    def _known(self, entry: Entry) -> tuple[str, int, bool] | None:
-        """(table, row id, unchanged?) for a path already in the index."""
+    def _known(self, entry: Entry, meta: str = "") -> tuple[str, int, bool] | None:
+        """(table, row id, unchanged?) for a path already in the index; ``meta``: the key of what the
+        metadata source gives the file now (a change there is a change of the track)."""
         row = self.conn.execute(
-            "SELECT id, size, mtime_ns, version FROM tracks WHERE origin_id = ? AND real_path = ?",
+            "SELECT id, size, mtime_ns, version, meta FROM tracks WHERE origin_id = ? AND real_path = ?",
             (self.origin.id, entry.path),
         ).fetchone()
         if row is not None:
             # a version (an ETag) catches a replaced object of the same size and second; an
             # index made before versions were kept has '' there: it is filled in, not a change
-            unchanged = (row[1], row[2]) == (entry.size, entry.mtime_ns) and row[3] in ("", entry.version)
+            unchanged = ((row[1], row[2]) == (entry.size, entry.mtime_ns) and row[3] in ("", entry.version)
+                         and row[4] == meta)
             if unchanged and row[3] != entry.version:
                 self.conn.execute("UPDATE tracks SET version = ? WHERE id = ?", (entry.version, row[0]))
             return "tracks", row[0], unchanged
@@ -334,7 +357,8 @@ class Scanner:
         self.conn.execute("DELETE FROM skipped WHERE origin_id = ? AND real_path = ?", key)
         values = {name: result.get(name) for name in TRACK_FIELDS}
         row = {**values, "origin_id": self.origin.id, "real_path": entry.path, "size": entry.size,
-               "mtime_ns": entry.mtime_ns, "version": entry.version, "scan_id": scan_id, "indexed_at": now}
+               "mtime_ns": entry.mtime_ns, "version": entry.version, "meta": result.get("meta", ""),
+               "scan_id": scan_id, "indexed_at": now}
         if item.track_id is None:
             cols = ", ".join(row)
             marks = ", ".join("?" for _ in row)

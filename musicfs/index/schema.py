@@ -188,6 +188,12 @@ def _v6_listening(db: sqlite_utils.Database) -> None:
                " DELETE FROM transitions WHERE from_track = OLD.id OR to_track = OLD.id; END")
 
 
+def _v7_metadata(db: sqlite_utils.Database) -> None:
+    # what a metadata source (musicfs.index.metadata) gave the track, as a key: '' for none; a
+    # rescan that finds the source's fields changed reads the file again
+    db.execute("ALTER TABLE tracks ADD COLUMN meta TEXT NOT NULL DEFAULT ''")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema: tracks, skipped, nodes, scans", _v1_initial),
     (2, "index tracks by path and size to find replicas on other origins", _v2_replicas),
@@ -195,6 +201,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (4, "full-text search table over the tracks shown, and saved searches (collections)", _v4_search),
     (5, "album artwork: images by content, each track's front cover, image files beside tracks", _v5_artwork),
     (6, "listening activity: opens and bytes read per track, which track followed which", _v6_listening),
+    (7, "what a metadata source gave each track (a key), so a rescan notices it changed", _v7_metadata),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -20,16 +20,14 @@ unavailable and may be retried; :class:`OriginBusy` carries a server's
 
 from __future__ import annotations
 
-import functools
-import importlib
-import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .. import plugins
 from ..errors import ConfigError, OriginUnavailable
+from ..plugins import Provider
 
 
 @dataclass(frozen=True)
@@ -155,46 +153,14 @@ class Origin(ABC):
 ORIGIN_GROUP = "musicfs.origins"  # the entry-point group origin kinds are found in, built-in ones too
 # where the built-in kinds are when musicfs runs from a source tree that was never installed (no
 # entry points at all); an installed musicfs finds them in ORIGIN_GROUP like any plugin
-BUILTIN = {"local": "musicfs.origins.local:LocalOrigin", "s3": "musicfs.origins.s3:S3Origin",
-           "sftp": "musicfs.origins.sftp:SftpOrigin"}
+BUILTIN = (("local", "musicfs.origins.local:LocalOrigin"), ("s3", "musicfs.origins.s3:S3Origin"),
+           ("sftp", "musicfs.origins.sftp:SftpOrigin"))
 _KINDS: dict[str, type[Origin]] = {}  # kinds loaded so far (a kind's module is imported when a config uses it)
 
 
-@dataclass(frozen=True)
-class Provider:
-    """Where an origin kind comes from: its entry point, and the distribution that declares it."""
-
-    kind: str
-    target: str  # "module:Class"
-    distribution: str  # the package that installed it ("musicfs" for the built-in kinds)
-    version: str
-    location: str  # where that package lives
-
-
-@functools.cache
 def providers() -> dict[str, Provider]:
-    """Every origin kind installed, by name: the entry points of :data:`ORIGIN_GROUP` (imports
-    nothing of theirs), and the built-in kinds of an uninstalled source tree. Read once a process."""
-    from importlib.metadata import entry_points
-
-    found = {kind: Provider(kind, target, "musicfs", "", "source tree") for kind, target in BUILTIN.items()}
-    for point in entry_points(group=ORIGIN_GROUP):
-        dist = point.dist
-        found[point.name] = Provider(point.name, point.value, dist.name if dist is not None else "?",
-                                     dist.version if dist is not None else "", _where(dist))
-    return found
-
-
-def _where(dist) -> str:
-    """Where an installed package came from: the folder or URL it was installed from (pip records
-    it for a folder, editable or not), else where it is installed."""
-    if dist is None:
-        return ""
-    try:
-        origin = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
-    except ValueError:
-        origin = ""
-    return origin.removeprefix("file://") or os.path.abspath(str(dist.locate_file("")))
+    """Every origin kind installed, by name (imports nothing of theirs)."""
+    return plugins.providers(ORIGIN_GROUP, BUILTIN)
 
 
 def register(cls: type[Origin]) -> type[Origin]:
@@ -229,17 +195,11 @@ def kind_class(kind: str) -> type[Origin]:
 
 def load(provider: Provider) -> type[Origin]:
     """Import what ``provider`` names and check that it is an origin of its kind."""
-    module_name, _, attribute = provider.target.partition(":")
-    origin = f"origin type {provider.kind!r} ({provider.distribution} {provider.version}".rstrip() + ")"
-    try:
-        module = importlib.import_module(module_name)
-        cls = getattr(module, attribute) if attribute else module
-    except Exception as exc:  # a plugin may fail to import in any way at all: said, with its name
-        raise ConfigError(f"{origin} cannot be loaded: {type(exc).__name__}: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Origin)):
-        raise ConfigError(f"{origin}: {provider.target} is not an Origin class")
-    if getattr(cls, "kind", None) != provider.kind:
-        raise ConfigError(f"{origin}: its class says its kind is {getattr(cls, 'kind', None)!r}")
+    what = f"origin type {provider.name!r}"
+    cls = plugins.load(provider, Origin, what)
+    if getattr(cls, "kind", None) != provider.name:
+        raise ConfigError(f"{what} ({provider.describe()}): its class says its kind is "
+                          f"{getattr(cls, 'kind', None)!r}")
     return cls
 
 

@@ -64,6 +64,7 @@ from ..lifecycle import Lifecycle
 from ..origins.base import Origin
 
 if TYPE_CHECKING:
+    from ..index.metadata import MetadataSource
     from ..index.scanart import ArtKeeper
     from ..index.scanner import HeaderSink
 
@@ -121,11 +122,13 @@ class SyncService:
     def __init__(self, index: LibraryIndex, origins: dict[str, Origin], template: PathTemplate, *,
                  bus: EventBus, lifecycle: Lifecycle, tree_changed: TreeChanged | None = None,
                  workers: int = 4, batch_size: int = 200, headers: dict[str, HeaderSink] | None = None,
-                 artwork: ArtKeeper | None = None):
+                 artwork: ArtKeeper | None = None, metadata: MetadataSource | None = None):
         """``workers``: tag-reading threads per rescan of a remote origin (a local one gets one);
         ``headers``: per origin id, where the bytes read for tags are kept (the header tier);
-        ``artwork``: where the covers found are kept."""
+        ``artwork``: where the covers found are kept; ``metadata``: a source of tags that replace
+        the files' (read again at each rescan)."""
         self.headers = headers or {}
+        self.metadata = metadata
         self.artwork = artwork
         self.index = index
         self.origins = origins
@@ -341,7 +344,7 @@ class SyncService:
 
             scanner = Scanner(writer, origin, self.template, workers=workers, batch_size=self.batch_size,
                               progress=progress, on_commit=committed, stop=rescan.stop,
-                              headers=self.headers.get(origin_id), artwork=self.artwork)
+                              headers=self.headers.get(origin_id), artwork=self.artwork, metadata=self.metadata)
             post(_document(origin_id, "scanning", None, total=total))
             report = scanner.run()
             post(_document(origin_id, "indexing", report, total=report.seen, errors=rescan.errors))
