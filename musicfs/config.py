@@ -135,7 +135,10 @@ class Config:
         from .index.metadata import source_class
 
         name, options = self.metadata
-        return source_class(name).from_options(dict(options))
+        try:
+            return source_class(name).from_options(dict(options))
+        except (TypeError, ValueError) as exc:  # options of the wrong type: said, not a traceback
+            raise ConfigError(f"metadata source {name!r}: {exc}") from None
 
     def library_name(self) -> str:
         """A stable name for this library: the configured one, or one derived from its origins."""
