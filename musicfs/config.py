@@ -57,6 +57,15 @@ def state_home() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "musicfs"
 
 
+def config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "musicfs"
+
+
+def libraries_dir() -> Path:
+    """Where library files live: one ``<name>.toml`` per library (``musicfs mount --all``)."""
+    return config_home() / "libraries"
+
+
 def cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "musicfs"
 
@@ -126,6 +135,7 @@ class Config:
     collections: list[tuple[str, str]] = field(default_factory=list)
     # [metadata]: a metadata plugin's name and options (musicfs.index.metadata); None: the files' tags
     metadata: tuple[str, dict[str, Any]] | None = None
+    mountpoint: Path | None = None  # [library] mountpoint: where `musicfs mount --all` mounts it
     source: str | None = None
 
     def metadata_source(self):
@@ -257,11 +267,15 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         kwargs_health = float(interval)
     else:
         kwargs_health = None
-    _only(library, {"name", "template", "index"}, "library", fail)
+    _only(library, {"name", "template", "index", "mountpoint"}, "library", fail)
+    if "mountpoint" in library:  # where `musicfs mount --all` mounts a library file's library
+        kwargs_mountpoint = Path(_typed(library, "mountpoint", str, "library", fail)).expanduser()
+    else:
+        kwargs_mountpoint = None
     _only(cache, {"dir", "size", "read_timeout", "metadata_size", "headers_size",
                   "artwork_size", "pins_size"}, "cache", fail)
     _only(scan, {"workers", "interval"}, "scan", fail)
-    kwargs: dict[str, Any] = {"source": source}
+    kwargs: dict[str, Any] = {"source": source, "mountpoint": kwargs_mountpoint}
     if "allow_other" in mount:
         kwargs["allow_other"] = _typed(mount, "allow_other", bool, "mount", fail)
     if kwargs_health is not None:

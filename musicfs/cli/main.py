@@ -15,10 +15,10 @@ from .. import daemon
 from ..config import state_home
 from ..control.locate import mounts_of_index
 from ..control.sockets import socket_path
-from ..errors import MusicFSError
+from ..errors import ConfigError, MusicFSError
 from ..index.library import LibraryIndex
 from ..origins.base import create
-from . import control, plugins, search
+from . import control, libraries, plugins, search
 from .common import (
     add_library_options,
     console,
@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount = sub.add_parser("mount", help="mount a library (scanning it first if it has no index)")
     add_library_options(mount)
     _add_verbose(mount)
-    mount.add_argument("mountpoint", type=Path)
+    mount.add_argument("mountpoint", type=Path, nargs="?")
+    mount.add_argument("--all", action="store_true", dest="all_libraries",
+                       help="mount every library file's library (libraries/<name>.toml under the config directory)")
     mount.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     mount.add_argument("--rescan", action="store_true", help="scan for changes before mounting")
     mount.add_argument("--cache-dir", type=Path, help="content cache directory (overrides the config)")
@@ -60,12 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     mount.set_defaults(func=cmd_mount)
 
     umount = sub.add_parser("umount", help="unmount a musicfs mount and stop its daemon")
-    umount.add_argument("mountpoint", type=Path)
+    umount.add_argument("mountpoint", type=Path, nargs="?")
+    umount.add_argument("--all", action="store_true", dest="all_libraries",
+                        help="unmount every library file's library that is mounted")
     umount.set_defaults(func=cmd_umount)
 
     control.add_commands(sub)  # status, cache, origin, events, shutdown: through a mount's control API
     search.add_commands(sub)  # search, collection: through the mount's API, else on the index file
     plugins.add_commands(sub)  # the origin kinds installed, and whether each loads
+    libraries.add_commands(sub)  # library list: the library files and their state
 
     unit = sub.add_parser("systemd-unit", help="print a systemd user service that keeps a mount mounted")
     unit.add_argument("name", help="the service's name (install it as musicfs-NAME.service)")
@@ -288,6 +293,13 @@ def _acquire(locks: list[daemon.Lock]) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    if getattr(args, "all_libraries", False):
+        if args.mountpoint or args.config or args.origin or args.foreground:
+            raise ConfigError("--all mounts the library files' libraries: no MOUNTPOINT, --config, --origin "
+                              "or --foreground with it")
+        return libraries.mount_all(args)
+    if args.mountpoint is None:
+        raise ConfigError("say where to mount: MOUNTPOINT (or --all for the library files)")
     config = resolve_config(args, origin_must_exist=False)
     if args.no_prefetch:
         config = dataclasses.replace(config, prefetch=False)
@@ -353,6 +365,10 @@ def _library_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    if args.all_libraries:
+        return libraries.umount_all(args)
+    if args.mountpoint is None:
+        raise ConfigError("say which mount: MOUNTPOINT (or --all for the library files')")
     state = args.state_dir or state_home()
     mountpoint = daemon.canonical(args.mountpoint)
     files = daemon.RunFiles.for_mountpoint(state, mountpoint)
@@ -362,7 +378,6 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 def cmd_systemd_unit(args: argparse.Namespace) -> int:
     """Print the unit with every location resolved now (the same files ``musicfs mount`` would use)."""
-    from ..errors import ConfigError
     from ..systemd import mount_unit, unit_name_ok
 
     if not unit_name_ok(args.name):
