@@ -9,6 +9,7 @@ file that cannot be read or used is said with its line and reason, and the other
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,10 +86,9 @@ def _say(text: str, where=err_console) -> None:
     where.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def mount_all(args: argparse.Namespace) -> int:
-    """Mount every library file's library that is not mounted yet; 1 if one could not be."""
-    from .main import cmd_mount  # the one mount path
-
+def mount_all(args: argparse.Namespace, mount: Callable[[argparse.Namespace], int]) -> int:
+    """Mount every library file's library that is not mounted yet with ``mount`` (``musicfs mount``'s
+    own command: the one mount path); 1 if one could not be."""
     found = libraries()
     if not found:
         _say(f"musicfs: no library files in {libraries_dir()} (one <name>.toml each, with [library] mountpoint)")
@@ -108,7 +108,7 @@ def mount_all(args: argparse.Namespace) -> int:
                                     "mountpoint": mountpoint, "foreground": False, "cache_dir": None,
                                     "debug_fuse": False, "all_libraries": False})
         try:
-            cmd_mount(one)
+            mount(one)
         except MusicFSError as exc:  # this library only: the others still mount
             _say(f"musicfs: library {library.name}: {exc}")
             failed += 1

@@ -297,7 +297,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if args.mountpoint or args.config or args.origin or args.foreground:
             raise ConfigError("--all mounts the library files' libraries: no MOUNTPOINT, --config, --origin "
                               "or --foreground with it")
-        return libraries.mount_all(args)
+        return libraries.mount_all(args, cmd_mount)
     if args.mountpoint is None:
         raise ConfigError("say where to mount: MOUNTPOINT (or --all for the library files)")
     config = resolve_config(args, origin_must_exist=False)
