@@ -247,7 +247,8 @@ def _naming(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    """``musicfs pin list [MOUNTPOINT]`` lists the pins (``./list`` pins a file named list). Else:
+    """``musicfs pin list [MOUNTPOINT]`` lists the pins (a file named list is pinned by its path in the
+    mount, ``MOUNT/list``). Else:
     exit 0 once every file named is pinned and whole in the cache, 1 if some could not be fetched
     yet (pinned all the same: the daemon fetches them when it can), 2 if the pin was refused."""
     if args.paths and args.paths[0] == Path("list") and not args.query:

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from functools import partial
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import trio
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -46,6 +46,8 @@ MAX_BODY = 64 * 1024  # bytes: every request this API takes is a few small field
 BODY_TIMEOUT = 10.0  # seconds a request's body may take to arrive (a half-sent request is answered 408)
 NDJSON = "application/x-ndjson"
 _TOO_LARGE = f"request body over {MAX_BODY} bytes"
+
+T = TypeVar("T")
 
 TIERS = ("chunks", "headers")  # the cache tiers that exist (the metadata tier comes with its feature)
 
@@ -81,6 +83,13 @@ class CollectionBody(BaseModel):
     # bounds generous enough that the store's own checks (255 bytes, the parser's length) answer, in words
     name: str = Field(..., max_length=1024)
     query: str = Field(..., max_length=4 * MAX_QUERY_CHARS)
+
+
+def _offered(service: T | None, what: str) -> T:
+    """A service of the mount, or 503 saying what this mount cannot do without it."""
+    if service is None:
+        raise HTTPException(503, f"this mount cannot {what}")
+    return service
 
 
 def _finite(value: Any) -> Any:
@@ -259,14 +268,13 @@ def build_app(services: ControlServices):
     async def named_files(paths: list[str], query: str | None) -> list[tuple[int, str]]:
         """(track id, virtual path) of the files ``paths`` name (files, or every file below a
         folder) or ``query`` finds: one of them; 400/404 in words otherwise."""
-        if services.prefetch is None:
-            raise HTTPException(503, "this mount cannot fetch files on request")
+        _offered(services.prefetch, "fetch files on request")
         if bool(paths) == bool(query):
             raise HTTPException(400, "name the files: paths or a query, one of them")
         if query:
             files: list[tuple[int, str]] = []
             with _refused():
-                async with aclosing(searching().stream(query)) as batches:
+                async with aclosing(_offered(services.search, "search").stream(query)) as batches:
                     async for batch in batches:
                         files += [(hit.track_id, hit.virtual_path) for hit in batch]
                         if len(files) > MAX_PREFETCH:
@@ -279,11 +287,6 @@ def build_app(services: ControlServices):
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
 
-    def pinning():
-        if services.pins is None:
-            raise HTTPException(503, "this mount cannot pin")
-        return services.pins
-
     @app.post("/v1/pins", summary="Pin files, folders or a search's hits: fetched whole, never evicted",
               description="`paths` (virtual paths: files or folders) or `query`. All or nothing: when the "
                           "pinned files would hold more than the room pins may use (`[cache] pins_size`), the "
@@ -292,7 +295,7 @@ def build_app(services: ControlServices):
                           "how many were newly `pinned` and the `pinned_bytes` of room they took. A fetch "
                           "that fails is retried by the daemon (after a rescan, when its origin is back).")
     async def pin(body: PinBody) -> StreamingResponse:
-        pins = pinning()
+        pins = _offered(services.pins, "pin")
         files = await named_files(body.paths, body.query)
         try:
             progress = await pins.pin(files)
@@ -306,14 +309,14 @@ def build_app(services: ControlServices):
               description="`paths` or `query`, as for pinning. Their chunks stay cached until evicted like "
                           "any other. Answers how many of the files named were pinned.")
     async def unpin(body: PinBody) -> dict:
-        return await pinning().unpin(await named_files(body.paths, body.query))
+        return await _offered(services.pins, "pin").unpin(await named_files(body.paths, body.query))
 
     @app.get("/v1/pins", summary="Every pin: where the mount shows it, its size, how much is cached",
              description="`state`: `cached` (every byte of the library's version is in the cache), "
                          "`fetching`, `waiting` (fetched when its origin can serve it) or `missing` (the "
                          "library does not hold it now; pinned again if it comes back).")
     async def pin_list() -> dict:
-        pins = pinning()
+        pins = _offered(services.pins, "pin")
         listing = await pins.listing()
         return {"room": pins.room, "size": sum(p.size for p in listing), "pins": [p.as_dict() for p in listing]}
 
@@ -327,11 +330,6 @@ def build_app(services: ControlServices):
         files = await named_files(body.paths, body.query)
         return StreamingResponse(_ndjson(services.prefetch.request(files, body.strategy)), media_type=NDJSON)
 
-    def searching():
-        if services.search is None:
-            raise HTTPException(503, "this mount cannot search")
-        return services.search
-
     @app.get("/v1/search", summary="One page of tracks matching a query, best first",
              description="`q` is the query language of `musicfs search` (README, \"Search\"). Each result "
                          "has the file's `virtual_path` in the mount, its tags, `score` (higher is better) "
@@ -344,7 +342,7 @@ def build_app(services: ControlServices):
                      offset: int = Query(0, ge=0, le=10**9),
                      fields: list[str] = Query(default=[], max_length=50),
                      origin: str | None = Query(default=None, max_length=200)) -> dict[str, Any]:
-        service = searching()
+        service = _offered(services.search, "search")
         if origin is not None:
             known_origin(origin)
         with _refused():
@@ -360,7 +358,7 @@ def build_app(services: ControlServices):
     async def search_stream(q: str = Query(..., max_length=_QUERY_PARAM_CHARS),
                             fields: list[str] = Query(default=[], max_length=50),
                             origin: str | None = Query(default=None, max_length=200)) -> StreamingResponse:
-        service = searching()
+        service = _offered(services.search, "search")
         if origin is not None:
             known_origin(origin)
         with _refused():  # refused now, while the answer can still be a 400
@@ -371,16 +369,16 @@ def build_app(services: ControlServices):
 
     @app.get("/v1/collections", summary="The saved searches shown under /.collections, by name")
     async def collections() -> list[dict[str, Any]]:
-        return [c.as_dict() for c in await searching().collections()]
+        return [c.as_dict() for c in await _offered(services.search, "search").collections()]
 
     @app.post("/v1/collections", status_code=201, summary="Save a query as a collection (/.collections/NAME)")
     async def add_collection(body: CollectionBody) -> dict[str, Any]:
         with _refused():
-            return (await searching().add_collection(body.name, body.query)).as_dict()
+            return (await _offered(services.search, "search").add_collection(body.name, body.query)).as_dict()
 
     @app.delete("/v1/collections/{name}", summary="Remove a saved collection (one from the config stays)")
     async def remove_collection(name: str) -> dict[str, Any]:
-        service = searching()
+        service = _offered(services.search, "search")
         if await service.collection(name) is None:
             raise HTTPException(404, f"no collection named {name!r}")
         with _refused():

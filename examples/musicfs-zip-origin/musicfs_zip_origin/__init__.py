@@ -16,7 +16,6 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from musicfs.errors import NotFound, OriginUnavailable
 from musicfs.origins.base import Entry, Origin, Page
@@ -57,10 +56,6 @@ class ZipOrigin(Origin):
         self._kept: OrderedDict[Path, _Archive] = OrderedDict()
         self._lock = threading.Lock()
         self.archives_read = 0  # tables of contents read (statistics)
-
-    @classmethod
-    def from_options(cls, origin_id: str, options: dict[str, Any]) -> ZipOrigin:
-        return cls(origin_id, options["path"])
 
     @property
     def location(self) -> str:
