@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,6 +226,10 @@ class Lock:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
 
+    def fileno(self) -> int | None:
+        """The lock file's descriptor while held (a forked child that must not keep it closes it)."""
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -315,7 +320,7 @@ def running_mounts(state_dir: Path) -> list[dict]:
             info = json.loads(pidfile.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(info.get("pid"), int) and _alive(info["pid"]):
+        if isinstance(info.get("pid"), int) and is_alive(info["pid"]):
             mounts.append(info)
     return mounts
 
@@ -330,7 +335,7 @@ def mount_of(path: Path, state_dir: Path) -> dict | None:
     return None
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
     """True while ``pid`` runs. An exited daemon waiting to be reaped (a zombie: background
     daemons are reparented to init, which may reap late or never) counts as stopped."""
     try:
@@ -354,16 +359,29 @@ def start_background(argv: list[str], files: RunFiles, mountpoint: Path, timeout
     with open(files.log, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "musicfs.cli.main", *argv], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, start_new_session=True, close_fds=True)
+    try:
+        wait_mounted(proc.pid, files, mountpoint, ended=lambda: proc.poll() is not None, timeout=timeout)
+    except DaemonError:
+        if proc.poll() is None:
+            proc.terminate()
+        raise
+    return proc.pid
+
+
+def wait_mounted(pid: int, files: RunFiles, mountpoint: Path, *, ended: Callable[[], bool] | None = None,
+                 timeout: float = 60.0, poll: float = 0.005) -> None:
+    """Return once daemon ``pid`` has mounted ``mountpoint`` (its pid file names it: a stale mount
+    would not); a daemon that ends first is a :class:`DaemonError` with the end of its log."""
+    ended = ended or (lambda: not is_alive(pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = read_pidfile(files)
-        if info and info.get("pid") == proc.pid and is_mounted(mountpoint):
-            return proc.pid
-        if proc.poll() is not None:
-            tail = files.log.read_text(errors="replace").strip().splitlines()[-5:]
+        if info and info.get("pid") == pid and is_mounted(mountpoint):
+            return
+        if ended():
+            tail = files.log.read_text(errors="replace").strip().splitlines()[-5:] if files.log.exists() else []
             raise DaemonError("the daemon exited before mounting:\n  " + "\n  ".join(tail))
-        time.sleep(0.05)
-    proc.terminate()
+        time.sleep(poll)
     raise DaemonError(f"the daemon did not mount within {timeout:.0f} s; see {files.log}")
 
 
@@ -371,12 +389,12 @@ def stop(files: RunFiles, mountpoint: Path, timeout: float = 15.0) -> str:
     """Stop the daemon serving ``mountpoint`` (SIGTERM, then wait); unmount leftovers."""
     info = read_pidfile(files)
     pid = info.get("pid") if info else None
-    if pid and _alive(pid):
+    if pid and is_alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while is_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if is_alive(pid):
             raise DaemonError(f"musicfs pid {pid} did not stop within {timeout:.0f} s")
         files.pid.unlink(missing_ok=True)
         return f"stopped musicfs pid {pid}"

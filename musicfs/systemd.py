@@ -205,3 +205,37 @@ RestartSec=5s
 [Install]
 WantedBy=default.target
 """
+
+
+def manager_unit(*, state_dir: Path) -> str:
+    """The user service for the manager (:mod:`musicfs.manager`): ``musicfs mount`` and
+    ``musicfs mount --all`` then hand their mounts to it.
+
+    ``KillMode=mixed``: on stop, SIGTERM goes to the manager alone, which unmounts its
+    mounts one by one and waits for them; only what is left after ``TimeoutStopSec`` is
+    killed. ``NotifyAccess=main``: the mounts it starts are not the service's voice.
+    """
+    program = [*musicfs_program(), "--state-dir", str(state_dir)]
+    return f"""\
+# musicfs manager: starts the mounts that `musicfs mount` hands it, each in a process of its own.
+# Install:  save as ~/.config/systemd/user/musicfs-manager.service, then
+#           systemctl --user daemon-reload && systemctl --user enable --now musicfs-manager
+# Logs:     journalctl --user -u musicfs-manager (each mount keeps its own log, see musicfs manager status)
+
+[Unit]
+Description=musicfs manager: mounts music libraries
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={" ".join(quote(a) for a in [*program, "manager", "run"])}
+# once it is ready: every library file's library (libraries/<name>.toml with [library] mountpoint)
+ExecStartPost=-{" ".join(quote(a) for a in [*program, "mount", "--all"])}
+KillMode=mixed
+TimeoutStopSec=60s
+Restart=on-failure
+RestartSec=5s
+
+[Install]
+WantedBy=default.target
+"""

@@ -174,3 +174,29 @@ def errno_of(call, *args) -> int | None:
     except OSError as exc:
         return exc.errno
     return None
+
+
+@contextmanager
+def running_manager(state_dir: Path, env: dict | None = None) -> Iterator[int]:
+    """``musicfs manager start`` for ``state_dir``; its pid. Afterwards ``manager stop``, and
+    whatever is still there (the manager, a mount it started) is killed and unmounted."""
+    environ = {**os.environ, **(env or {})}
+    started = subprocess.run(musicfs_cmd("--state-dir", str(state_dir), "manager", "start"), capture_output=True,
+                             text=True, timeout=60, env=environ, stdin=subprocess.DEVNULL)
+    assert started.returncode == 0, (started.stdout, started.stderr)
+    status = subprocess.run(musicfs_cmd("--state-dir", str(state_dir), "manager", "status", "--json"),
+                            capture_output=True, text=True, timeout=30, env=environ)
+    pid = json.loads(status.stdout)["statistics"]["pid"]
+    try:
+        yield pid
+    finally:
+        subprocess.run(musicfs_cmd("--state-dir", str(state_dir), "manager", "stop"), capture_output=True,
+                       timeout=120, env=environ)
+        leftovers = daemon.running_mounts(state_dir)
+        for process in [pid, *(info["pid"] for info in leftovers)]:
+            if daemon.is_alive(process):
+                os.kill(process, signal.SIGKILL)
+        for info in leftovers:
+            if daemon.is_mounted(Path(info["mountpoint"])):
+                daemon.abort_connection(Path(info["mountpoint"]))
+                daemon.fusermount_unmount(Path(info["mountpoint"]), lazy=True)

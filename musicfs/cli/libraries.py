@@ -94,6 +94,8 @@ def mount_all(args: argparse.Namespace, mount: Callable[[argparse.Namespace], in
         _say(f"musicfs: no library files in {libraries_dir()} (one <name>.toml each, with [library] mountpoint)")
         return 1
     failed = 0
+    pending: list[Callable[[], int]] = []  # mounts handed to the manager, waited for together
+    waiting: list[str] = []  # the library of each
     for library in found:
         if library.problem is not None:
             _say(f"musicfs: library {library.name}: {library.problem}")
@@ -106,11 +108,19 @@ def mount_all(args: argparse.Namespace, mount: Callable[[argparse.Namespace], in
         mountpoint.mkdir(parents=True, exist_ok=True)
         one = argparse.Namespace(**{**vars(args), "config": library.file, "origin": None, "index": None,
                                     "mountpoint": mountpoint, "foreground": False, "cache_dir": None,
-                                    "debug_fuse": False, "all_libraries": False})
+                                    "debug_fuse": False, "all_libraries": False, "pending": pending,
+                                    "library_name": library.name})
         try:
             mount(one)
         except MusicFSError as exc:  # this library only: the others still mount
             _say(f"musicfs: library {library.name}: {exc}")
+            failed += 1
+        waiting += [library.name] * (len(pending) - len(waiting))
+    for name, mounted in zip(waiting, pending):
+        try:
+            mounted()
+        except MusicFSError as exc:
+            _say(f"musicfs: library {name}: {exc}")
             failed += 1
     return 1 if failed else 0
 

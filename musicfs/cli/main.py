@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from ..control.sockets import socket_path
 from ..errors import ConfigError, MusicFSError
 from ..index.library import LibraryIndex
 from ..origins.base import create
-from . import control, libraries, plugins, search
+from . import control, libraries, manager, plugins, search
 from .common import (
     add_library_options,
     console,
@@ -32,7 +33,9 @@ from .common import (
 log = logging.getLogger("musicfs.cli")  # not __name__: run as -m, that is "__main__"
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
+    """Built once a process: the manager's mount children parse with the manager's (~13 ms each)."""
     parser = argparse.ArgumentParser(prog="musicfs", description=__doc__)
     parser.add_argument("--state-dir", type=Path, default=None,
                         help=f"where indexes, pid and log files live (default {state_home()})")
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_commands(sub)  # search, collection: through the mount's API, else on the index file
     plugins.add_commands(sub)  # the origin kinds installed, and whether each loads
     libraries.add_commands(sub)  # library list: the library files and their state
+    manager.add_commands(sub, lambda argv: main(argv))  # its mount children run this module's main
 
     unit = sub.add_parser("systemd-unit", help="print a systemd user service that keeps a mount mounted")
     unit.add_argument("name", help="the service's name (install it as musicfs-NAME.service)")
@@ -315,6 +319,20 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise daemon.DaemonError(f"{mountpoint} is already mounted")
     if not mountpoint.is_dir():
         raise daemon.DaemonError(f"mountpoint {mountpoint} is not a directory")
+    if not args.foreground:
+        client = _manager(state)
+        if client is not None:  # the manager's child does all of what follows, as a foreground mount
+            with client:
+                mounted = manager.hand_over(
+                    client, argv=["--state-dir", str(state), "mount",
+                                  *_foreground_argv(args, path, cache_dir, allow_other, mountpoint)],
+                    mountpoint=mountpoint, files=files, name=getattr(args, "library_name", None) or
+                    config.library_name(), restart=config.restart)
+            if isinstance(getattr(args, "pending", None), list):  # mount --all: waited for together
+                args.pending.append(mounted)
+            else:
+                mounted()
+            return 0
     locks = _locks(path, cache_dir, files, mountpoint)
     _acquire(locks)  # before anything is scanned: a second daemon must not touch the first's index
     try:
@@ -331,11 +349,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if not args.foreground:
             for lock in locks:  # the daemon takes them again itself
                 lock.release()
-            argv = [*(["--state-dir", str(state)] if args.state_dir else []), *(["-v"] * args.verbose),
-                    "mount", "--foreground", "--index", str(path), *_library_argv(args),
-                    "--cache-dir", str(cache_dir), *(["--allow-other"] if allow_other else []),
-                    *(["--no-prefetch"] if args.no_prefetch else []),
-                    str(mountpoint)]
+            argv = ["--state-dir", str(state), "mount",
+                    *_foreground_argv(args, path, cache_dir, allow_other, mountpoint, rescan=False)]
             pid = daemon.start_background(argv, files, mountpoint)
             console.print(f"musicfs pid {pid} mounted {mountpoint} (log: {files.log})")
             return 0
@@ -356,6 +371,26 @@ def cmd_mount(args: argparse.Namespace) -> int:
         for lock in reversed(locks):
             lock.release()
     return 0
+
+
+def _foreground_argv(args: argparse.Namespace, path: Path, cache_dir: Path, allow_other: bool,
+                     mountpoint: Path, *, rescan: bool | None = None) -> list[str]:
+    """``mount``'s arguments for the foreground daemon that serves what ``args`` asks for, every
+    location resolved (it may run elsewhere: the manager's child). ``rescan``: whether it scans
+    first (default: as asked)."""
+    rescan = args.rescan if rescan is None else rescan
+    return [*(["-v"] * args.verbose), "--foreground", "--index", str(path.absolute()),
+            *_library_argv(args), "--cache-dir", str(cache_dir), *(["--allow-other"] if allow_other else []),
+            *(["--no-prefetch"] if args.no_prefetch else []), *(["--rescan"] if rescan else []),
+            str(mountpoint)]
+
+
+def _manager(state: Path):
+    """The manager of ``state`` if one answers (its client, imported here: a mount without one
+    does not pay for it), else None."""
+    from ..control.manager_client import ManagerClient
+
+    return ManagerClient.running(state)
 
 
 def _library_argv(args: argparse.Namespace) -> list[str]:
