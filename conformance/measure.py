@@ -326,19 +326,51 @@ def timed_mount(work: Path, *, index: Path, origin: Path, cache_dir: Path | None
         _stop(mountpoint, proc)
 
 
-def mount_seconds(work: Path, *, index: Path, origin: Path, cache_dir: Path | None = None) -> float:
+def mount_seconds(work: Path, *, index: Path, origin: Path, cache_dir: Path | None = None,
+                  manager: Path | None = None) -> float:
+    """Seconds from the command to the mount's first answered stat: ``musicfs mount --foreground``
+    as a new process, or, with ``manager`` (the state directory of a running manager), ``musicfs
+    mount`` as a user types it, handed to the manager."""
+    if manager is not None:
+        return _managed_mount_seconds(work, state=manager, index=index, origin=origin, cache_dir=cache_dir)
     with timed_mount(work, index=index, origin=origin, cache_dir=cache_dir) as mounted:
         return mounted.seconds
 
 
+def _managed_mount_seconds(work: Path, *, state: Path, index: Path, origin: Path, cache_dir: Path | None,
+                           timeout: float = 60.0) -> float:
+    mountpoint = work / "mnt"
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    underlying = os.stat(mountpoint).st_dev
+    command = musicfs_cmd("--state-dir", str(state), "mount", "--index", str(index), "--cache-dir",
+                          str(cache_dir or work / "cache"), "--origin", str(origin), str(mountpoint))
+    started = time.perf_counter()
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=DAEMON_ENV,
+                                stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise RuntimeError(f"musicfs mount exited with {result.returncode}:\n{result.stderr}")
+        while os.stat(mountpoint).st_dev == underlying:  # returned once mounted: this is at once
+            if time.perf_counter() - started > timeout:
+                raise RuntimeError(f"musicfs did not mount within {timeout} s")
+            time.sleep(0.001)
+        return time.perf_counter() - started
+    finally:
+        subprocess.run(musicfs_cmd("--state-dir", str(state), "umount", str(mountpoint)), capture_output=True,
+                       timeout=60)
+        if daemon.is_mounted(mountpoint):
+            daemon.abort_connection(mountpoint)
+            daemon.fusermount_unmount(mountpoint, lazy=True)
+
+
 def interleaved_mount_times(libraries: dict[str, Path], work: Path, origin: Path, *,
-                            repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+                            repeats: int, warmup: int = 1, manager: Path | None = None) -> dict[str, list[float]]:
     """Mount each library ``repeats`` times, alternating between them so that noise on a
     shared machine lands on all of them alike; returns seconds per library."""
     times: dict[str, list[float]] = {name: [] for name in libraries}
     for round_no in range(warmup + repeats):
         for name, index in libraries.items():
-            seconds = mount_seconds(work / name, index=index, origin=origin)
+            seconds = mount_seconds(work / name, index=index, origin=origin, manager=manager)
             if round_no >= warmup:
                 times[name].append(seconds)
     return times

@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from conformance.measure import (
+    DAEMON_ENV,
     drop_page_cache,
     evict_files,
     interleaved_mount_times,
@@ -47,7 +48,7 @@ from conformance.measure import (
     time_each,
     walk_tree,
 )
-from tests.harness import mount_library
+from tests.harness import mount_library, running_manager
 
 MB = 1_000_000
 BLOCK = 1 << 20
@@ -371,8 +372,13 @@ def test_million_track_library(synthetic_index, empty_origin, tmp_path, perf_siz
     built = time.perf_counter() - started
     scans = scan_count(large)
     repeats = 7  # interleaved mounts of each library, after one untimed warm-up each
-    times = interleaved_mount_times({"small": small, "large": large}, tmp_path, empty_origin,
-                                    repeats=repeats)
+    # NFR-1.7 from the command line, as a user mounts: `musicfs mount` handed to the manager; and a
+    # foreground daemon started as a new process (no manager), shown beside it
+    manager_state = tmp_path / "manager-state"
+    with running_manager(manager_state, DAEMON_ENV):
+        times = interleaved_mount_times({"small": small, "large": large}, tmp_path, empty_origin,
+                                        repeats=repeats, manager=manager_state)
+    alone = interleaved_mount_times({"large": large}, tmp_path / "alone", empty_origin, repeats=3)["large"]
     assert scan_count(large) == scans, "mounting the large index rescanned it"
     small_ms, large_ms = median(times["small"]) * 1000, median(times["large"]) * 1000
     ratio = large_ms / small_ms
@@ -413,6 +419,7 @@ def test_million_track_library(synthetic_index, empty_origin, tmp_path, perf_siz
                 req="NFR-1.7")
     results.add(section, f"mount, {n_large:,} tracks (median of {repeats})", large_ms, unit="ms",
                 req="NFR-1.7")
+    results.add(section, f"mount, {n_large:,} tracks, no manager (median of 3)", median(alone) * 1000, unit="ms")
     results.add(section, "mount large / mount small", f"{ratio:.2f}", req="NFR-3.3")
     results.add(section, "tracks served (every directory listed)", served, unit="", fmt=",.0f",
                 req="NFR-3.1" if n_large >= MILLION else "")
@@ -431,7 +438,8 @@ def test_million_track_library(synthetic_index, empty_origin, tmp_path, perf_siz
               f"mix {mix_rate:,.0f} ops/s; RSS {rss:.1f} MB")
     for tracks, value in ((n_small, small_ms), (n_large, large_ms)):
         record_requirement("NFR-1.7", value, samples=repeats,
-                           detail=f"perf: median of {repeats} mounts, {tracks:,} tracks")
+                           detail=f"perf: median of {repeats} `musicfs mount` commands through the manager, "
+                                  f"{tracks:,} tracks (without it: {median(alone) * 1000:.0f} ms for {n_large:,})")
     record_requirement("NFR-3.3", ratio, samples=2 * repeats,
                        detail=f"median of {repeats} interleaved mounts each: {n_large:,} tracks "
                               f"{large_ms:.0f} ms / {n_small:,} tracks {small_ms:.0f} ms")
