@@ -202,6 +202,17 @@ def test_a_child_that_dies_is_reported_its_mountpoint_freed_and_restarted_if_its
         assert f"mount {points[1]} (pid {pids[str(points[1])]}) died: SIGKILL" in log
         ok(run(state, "mount", "--config", str(libraries[1]), str(points[1])))  # mounts again, as new
         assert serves(points[1], 1)
+
+        # lib0 (restart = true) asked for a second time, elsewhere: its index is in use, so that
+        # child ends before it mounts; the command says why, and it is not started again and again
+        elsewhere = mountpoints(tmp_path / "elsewhere", 1)[0]
+        twice = run(state, "mount", "--config", str(libraries[0]), str(elsewhere))
+        assert twice.returncode == 2 and "is already in use by musicfs pid" in twice.stderr, twice.stderr
+        wait_for(lambda: mount_states(state)[str(elsewhere)] == ("failed", "exit 2"), what="the refusal seen")
+        time.sleep(1)
+        report = manager_report(state)
+        assert next(m for m in report["mounts"] if m["mountpoint"] == str(elsewhere))["restarts"] == 0
+        assert report["statistics"]["died"] == 2 and not daemon.is_mounted(elsewhere)
     assert not any(daemon.is_mounted(p) for p in points)
 
 

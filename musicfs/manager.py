@@ -114,7 +114,9 @@ class Child:
     request: MountRequest
     pid: int
     started_at: float
-    state: str = "running"  # running, stopped (ended cleanly), died, failed (gave up restarting)
+    # running; stopped (ended cleanly); died (ended by a failure after it had mounted); failed (ended
+    # before it mounted, or died too often to be started again)
+    state: str = "running"
     exit: str | None = None  # how it ended: "exit 2", "SIGKILL"
     restarts: list[float] = field(default_factory=list)  # when it was started again
 
@@ -374,10 +376,18 @@ class ManagerServer(socketserver.UnixStreamServer):
             child.state = "stopped"
             log.info("mount %s (pid %d) ended", mountpoint, child.pid)
             return
+        files = daemon.RunFiles.for_mountpoint(self.state_dir, mountpoint)
+        info = daemon.read_pidfile(files)
+        served = bool(info) and info.get("pid") == child.pid  # it had mounted: its pid file names it
+        cleaned = daemon.recover_stale(mountpoint)
+        if not served:  # refused before it mounted (a lock held, a bad config): the command said why
+            child.state = "failed"
+            log.warning("mount %s (pid %d) did not start: %s; its log: %s", mountpoint, child.pid, child.exit,
+                        child.request.log)
+            return
         self._died += 1
         child.state = "died"
-        cleaned = daemon.recover_stale(mountpoint)
-        daemon.RunFiles.for_mountpoint(self.state_dir, mountpoint).pid.unlink(missing_ok=True)
+        files.pid.unlink(missing_ok=True)
         log.warning("mount %s (pid %d) died: %s%s; its log: %s", mountpoint, child.pid, child.exit,
                     " (its stale mountpoint was unmounted)" if cleaned else "", child.request.log)
         if not child.request.restart or self.stopping:
