@@ -252,6 +252,8 @@ def test_collections_through_the_daemon(mounted, api):
     removed = cli(state, "collection", "remove", "Nineties Metallica")
     assert removed.returncode == 0 and "removed" in removed.stdout
     assert [c["name"] for c in api.collections()] == ["Björk"]
+    assert "Nineties Metallica" not in os.listdir(folder.parent)  # gone from the next listing
+    time.sleep(1.2)  # the kernel keeps a generated folder's name for a second
     assert not folder.exists()
 
 

@@ -36,13 +36,15 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# the default locations, named here too for the code that reads them with a config
+from .dirs import cache_home, state_home
+from .dirs import config_home as config_home
+from .dirs import libraries_dir as libraries_dir
 from .errors import ConfigError, TemplateError
 from .index.template import DEFAULT_TEMPLATE, PathTemplate
 
@@ -51,23 +53,6 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
           "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
-
-
-def state_home() -> Path:
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "musicfs"
-
-
-def config_home() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "musicfs"
-
-
-def libraries_dir() -> Path:
-    """Where library files live: one ``<name>.toml`` per library (``musicfs mount --all``)."""
-    return config_home() / "libraries"
-
-
-def cache_home() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "musicfs"
 
 
 def parse_size(value: Any) -> int:
@@ -236,6 +221,8 @@ def load_config(path: Path | str) -> Config:
 
 
 def parse_config(text: str, *, source: str = "<config>") -> Config:
+    import tomllib  # here: a mount from --origin, and most commands, read no TOML
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -7,10 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import Config, config_for_folder, load_config
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 class _LazyConsole:
@@ -50,6 +52,8 @@ def resolve_config(args: argparse.Namespace, *, origin_must_exist: bool = True) 
     A mount of an existing index may go ahead with its folder missing (offline
     start: cached tracks still play), so ``mount`` passes ``origin_must_exist=False``.
     """
+    from ..config import config_for_folder, load_config  # here: the commands that ask a daemon read no config
+
     if args.config and args.origin:
         raise ConfigError("give either --config or --origin, not both")
     if args.config:

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .. import daemon
-from ..config import state_home
 from ..control.locate import ControlError, find_mount
+from ..dirs import state_home
 from .common import console, err_console, print_json
 
 if TYPE_CHECKING:
     from ..control.client import ControlClient
+
 
 def _render():
     """The rendering module (rich tables and units), imported by the commands that print."""

@@ -12,11 +12,15 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import daemon
-from ..config import Config, libraries_dir, load_config, state_home
+from ..dirs import libraries_dir, state_home
 from ..errors import ConfigError, MusicFSError
 from .common import console, err_console, print_json
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Library:
 
 def libraries() -> list[Library]:
     """Every library file, in name order, read; a bad one carries its problem instead of a config."""
+    from ..config import load_config  # here: only the commands about library files read them
+
     found = []
     for file in sorted(libraries_dir().glob("*.toml")):
         library = Library(file.stem, file)

@@ -13,12 +13,10 @@ import traceback
 from pathlib import Path
 
 from .. import daemon
-from ..config import state_home
 from ..control.locate import mounts_of_index
 from ..control.sockets import socket_path
+from ..dirs import state_home
 from ..errors import ConfigError, MusicFSError
-from ..index.library import LibraryIndex
-from ..origins.base import create
 from . import control, libraries, manager, plugins, search
 from .common import (
     add_library_options,
@@ -133,7 +131,9 @@ def _scan_origins(config, path: Path, show_progress: bool, batch_size: int, sink
     # imported here: a mount of an existing index needs neither mutagen nor progress bars
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..index.library import LibraryIndex
     from ..index.scanner import Scanner, ScanReport
+    from ..origins.base import create
 
     reports = []
     metadata = config.metadata_source()  # tags from a metadata plugin instead of the files' (or None)
@@ -185,6 +185,8 @@ def render_report(report, skipped: list) -> None:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from ..index.library import LibraryIndex  # imported where an index is opened: not by status & co. (CLI-1)
+
     config = resolve_config(args)
     path = index_path(args, config)
     serving = mounts_of_index(args.state_dir or state_home(), path)
@@ -219,6 +221,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def _prepare_index(config, path: Path, rescan: bool, cache_dir: Path | None = None) -> None:
     """Scan when the index is missing, unfinished, made with another template, or asked to."""
+    from ..index.library import LibraryIndex
+
     needs_scan = rescan or not path.exists()
     if not needs_scan:
         with LibraryIndex(path) as index:
@@ -265,6 +269,8 @@ def _prepare_index_apart(config, path: Path, rescan: bool, cache_dir: Path | Non
 
 def _unreachable(config) -> list[str]:
     """Origins that do not answer a health probe now (a mount goes ahead on its cache)."""
+    from ..origins.base import create
+
     down = []
     for origin_cfg in config.origins:
         origin = create(origin_cfg.id, origin_cfg.type, origin_cfg.options)

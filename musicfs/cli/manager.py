@@ -15,13 +15,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import daemon
-from ..config import state_home
 from ..control.locate import ControlError
-from ..control.manager_client import ManagerClient, manager_socket
-from ..dirs import make_private
+from ..dirs import make_private, state_home
 from .common import console, print_json
+
+if TYPE_CHECKING:
+    from ..control.manager_client import ManagerClient
 
 START_TIMEOUT = 30.0  # seconds for a manager to answer once started
 STOP_TIMEOUT = 75.0  # it gives each mount 15 s to unmount
@@ -52,6 +54,7 @@ def _log(state: Path) -> Path:
 
 
 def cmd_run(args: argparse.Namespace, child_main: Callable[[list[str]], int]) -> int:
+    from ..control.manager_client import manager_socket
     from ..manager import serve
     from ..systemd import Notifier
 
@@ -66,6 +69,8 @@ def cmd_run(args: argparse.Namespace, child_main: Callable[[list[str]], int]) ->
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    from ..control.manager_client import ManagerClient, manager_socket
+
     state = _state(args)
     running = ManagerClient.running(state)
     if running is not None:
@@ -96,6 +101,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    from ..control.manager_client import ManagerClient
+
     client = ManagerClient.running(_state(args))
     if client is None:
         raise ControlError("no musicfs manager is running")
@@ -112,6 +119,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from ..control.manager_client import ManagerClient
+
     client = ManagerClient.running(_state(args))
     if client is None:
         if args.json:

@@ -15,7 +15,6 @@ message on stderr, one line, exit status 2.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,12 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import daemon
-from ..config import load_config, state_home
 from ..control.locate import ControlError, find_mount, mounts_of_index
+from ..dirs import state_home
 from ..errors import IndexError_, QueryError
 from .common import console, err_console, print_json
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from ..control.client import ControlClient
     from ..search.collections import CollectionStore
     from ..search.engine import SearchEngine
@@ -99,7 +100,11 @@ def locate(args: argparse.Namespace) -> Library:
     if args.index is not None or args.config is not None:
         if args.index is not None and args.config is not None:
             raise ControlError("give either --config or --index, not both")
-        index = args.index or load_config(args.config).resolved_index_path(args.state_dir)
+        index = args.index
+        if index is None:
+            from ..config import load_config  # here: a search through a daemon reads no config
+
+            index = load_config(args.config).resolved_index_path(args.state_dir)
         serving = mounts_of_index(state, index)
         return Library(mount=serving[0]) if serving else Library(index=index)
     mounts = [m for m in daemon.running_mounts(state) if m.get("socket")]
@@ -138,6 +143,8 @@ def _on_file(index: Path, work: Callable[[sqlite3.Connection], T], *, writes: bo
     search table (the migration); an index another process is writing (a scan) is
     read as it stands instead, unless ``work`` itself writes.
     """
+    import sqlite3
+
     from ..index.db import schema_version
     from ..index.library import LibraryIndex
     from ..index.schema import LATEST

@@ -82,7 +82,7 @@ class Streamed:
         try:
             body = self._response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise TransportError(f"the answer broke off ({type(exc).__name__})") from None
+            raise TransportError(f"the answer broke off: {type(exc).__name__}") from None
         return Reply(self.method, self.path, self.status, body, dict(self._response.getheaders()))
 
     def lines(self) -> Iterator[bytes]:
@@ -91,7 +91,7 @@ class Streamed:
             while line := self._response.readline():
                 yield line
         except (OSError, http.client.HTTPException) as exc:
-            raise TransportError(f"the answer broke off ({type(exc).__name__})") from None
+            raise TransportError(f"the answer broke off: {type(exc).__name__}") from None
 
 
 class UnixHTTP:
@@ -122,19 +122,24 @@ class UnixHTTP:
     @contextlib.contextmanager
     def stream(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
                read_timeout: float | None = None) -> Iterator[Streamed]:
-        """The answer to one request, open for reading; ``read_timeout`` None waits for each line forever."""
-        target = path + ("?" + urlencode(params, doseq=True) if params else "")
+        """The answer to one request, open for reading.
+
+        ``read_timeout`` bounds each wait once the request is sent, for the status line too:
+        a streamed answer's headers leave the daemon with its first line, which may come much
+        later (a quiet event feed), so None waits forever.
+        """
+        target = path + ("?" + urlencode(_query(params), doseq=True) if params else "")
         body = None if json_body is None else json.dumps(json_body).encode()
         headers = {"Content-Type": "application/json"} if body is not None else {}
         conn = self._connect()
         try:
             try:
                 conn.request(method, target, body=body, headers=headers)
+                if conn.sock is not None:  # connected by _connect; the answer is read through it
+                    conn.sock.settimeout(read_timeout)
                 response = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
-                raise TransportError(f"no answer ({type(exc).__name__})") from None
-            if conn.sock is not None:
-                conn.sock.settimeout(read_timeout)
+                raise TransportError(f"no answer: {type(exc).__name__}") from None
             yield Streamed(method, path, response)
         finally:
             conn.close()
@@ -151,5 +156,19 @@ class UnixHTTP:
             except (BlockingIOError, ConnectionRefusedError) as exc:  # a full backlog, or no listener yet
                 failure = exc
             except OSError as exc:  # no socket file, no permission: asking again will not help
-                raise TransportError(f"cannot connect ({type(exc).__name__})") from None
-        raise TransportError(f"cannot connect ({type(failure).__name__})") from None
+                raise TransportError(f"cannot connect: {type(exc).__name__}") from None
+        raise TransportError(f"cannot connect: {type(failure).__name__}") from None
+
+
+def _query(params: dict) -> dict:
+    """Query values as the API reads them: booleans in lower case, None as empty, lists repeated."""
+
+    def text(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    return {key: [text(v) for v in value] if isinstance(value, list | tuple) else text(value)
+            for key, value in params.items()}
