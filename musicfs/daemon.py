@@ -254,14 +254,9 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+    try:  # this process's own symbols, the C library's among them (find_library("c") runs ldconfig)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to cap
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -219,15 +219,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_index(config, path: Path, rescan: bool, cache_dir: Path | None = None) -> None:
-    """Scan when the index is missing, unfinished, made with another template, or asked to."""
+def _needs_scan(config, path: Path, rescan: bool) -> bool:
+    """The index is missing, unfinished, made with another template, or a scan is asked for."""
     from ..index.library import LibraryIndex
 
-    needs_scan = rescan or not path.exists()
-    if not needs_scan:
-        with LibraryIndex(path) as index:
-            needs_scan = not index.is_complete() or index.get_meta("template") != config.template
-    if needs_scan:
+    if rescan or not path.exists():
+        return True
+    with LibraryIndex(path) as index:
+        return not index.is_complete() or index.get_meta("template") != config.template
+
+
+def _prepare_index(config, path: Path, rescan: bool, cache_dir: Path | None = None) -> None:
+    """Scan when :func:`_needs_scan` says so."""
+    if _needs_scan(config, path, rescan):
         reports = run_scans(config, path, show_progress=sys.stderr.isatty(), cache_dir=cache_dir)
         for report in reports:
             err_console.print(f"scanned {report.origin_id}: {report.added} new, {report.updated} updated,"
@@ -242,7 +246,13 @@ def _prepare_index_apart(config, path: Path, rescan: bool, cache_dir: Path | Non
     it is installed; the tag readers; rich's progress bars: ~20 MB) and leaves its allocations
     in malloc's arenas; none of it can be given back, and a daemon idles for days (NFR-4.1).
     The child prints its own error, as :func:`main` would, and this process exits with its code.
+    An index ready to serve as it is (the common case: a mount of a library scanned before) is
+    seen from here, read-only, without a child.
     """
+    from ..index.library import ready_to_serve
+
+    if not rescan and ready_to_serve(path, config.template):
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()

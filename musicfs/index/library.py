@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .db import checkpoint, connect, open_checked, remember, transaction
+from .db import checkpoint, connect, needs_check, open_checked, remember, schema_version, transaction
 from .metacache import MetadataBudget
-from .schema import ROOT_ID
+from .schema import LATEST, ROOT_ID
 
 TRACK_FIELDS = (
     "title", "artist", "album", "album_artist", "genre", "year", "track", "disc",
@@ -25,6 +25,28 @@ class SkippedFile:
     size: int
     reason: str
     detail: str
+
+
+def ready_to_serve(path: Path, template: str) -> bool:
+    """Whether the index at ``path`` opens for serving as it is: closed cleanly, of this musicfs's
+    schema, scanned to the end with ``template``. Asked read-only, so nothing is checked, migrated
+    or imported for it (a daemon asks before it serves; anything else is done apart from it)."""
+    if not path.exists() or needs_check(path):
+        return False
+    try:
+        conn = connect(path, readonly=True)
+    except sqlite3.Error:
+        return False
+    try:
+        if schema_version(conn) != LATEST:
+            return False
+        done = conn.execute("SELECT 1 FROM scans WHERE finished_at IS NOT NULL LIMIT 1").fetchone()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'template'").fetchone()
+        return done is not None and row is not None and row[0] == template
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
 
 
 class LibraryIndex:
