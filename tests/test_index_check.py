@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from musicfs.index.db import needs_check
+from musicfs.index.db import needs_check, remember
 from musicfs.index.library import LibraryIndex
 
 pytestmark = pytest.mark.req("FAULT-22")
@@ -89,3 +89,33 @@ def test_an_index_that_cannot_be_opened_is_an_error_not_damage(tmp_path):
     with pytest.raises(sqlite3.OperationalError):
         LibraryIndex(path)
     assert not list(tmp_path.glob("*.damaged-*"))
+
+
+def test_ready_to_serve_only_a_clean_finished_index_of_the_same_template(tmp_path):
+    """What lets a foreground mount skip a child to look at its index (read-only, nothing
+    checked or migrated): anything less than ready sends it to the child that checks and scans."""
+    from musicfs.index.library import ready_to_serve
+
+    path = tmp_path / "i.db"
+    assert not ready_to_serve(path, "$title")  # no index yet
+    with LibraryIndex(path) as index:
+        index.set_meta("template", "$title")
+        with index.transaction() as conn:
+            conn.execute("INSERT INTO scans (origin_id, started_at) VALUES ('o', 1)")
+    assert not ready_to_serve(path, "$title")  # a scan that never finished
+    with LibraryIndex(path) as index, index.transaction() as conn:
+        conn.execute("UPDATE scans SET finished_at = 2")
+    assert ready_to_serve(path, "$title")
+    assert not ready_to_serve(path, "$artist/$title")  # made with another template
+    (tmp_path / "i.db.verified").unlink()  # changed since it last passed its check
+    assert not ready_to_serve(path, "$title")
+    open_and_close(path)
+    assert ready_to_serve(path, "$title")
+    conn = sqlite3.connect(path)  # an index of an older musicfs: a migration to apply first
+    conn.execute("DELETE FROM _migrations WHERE version = (SELECT MAX(version) FROM _migrations)")
+    conn.commit()
+    conn.close()
+    remember(path)  # as if it had passed its check like this
+    assert not needs_check(path) and not ready_to_serve(path, "$title")
+    path.write_bytes(b"not a database at all" * 100)
+    assert not ready_to_serve(path, "$title")
