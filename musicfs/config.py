@@ -80,6 +80,31 @@ class OriginConfig:
 
 
 @dataclass(frozen=True)
+class CatalogSettings:
+    """``[catalog]``: where this library's published index lives (musicfs.catalog), and how it is used."""
+
+    origin: str  # the id of the origin it is published into and read from
+    prefix: str = ".musicfs-catalog"  # the folder of that origin holding the pointer and snapshots
+    poll: float = 300.0  # seconds between a mount's looks at the pointer
+    key_file: Path | None = None  # a file holding the shared key that signs the pointer
+    publish: bool = False  # publish after each rescan of a mount that scans (the publishing machine)
+    keep: int = 3  # snapshots kept (the newest ones; the one in use is always among them)
+    mount: bool = True  # a mount takes its index from the catalog instead of scanning
+
+    def key(self) -> bytes | None:
+        """The signing key (the file's content, whitespace stripped), or None without a key file."""
+        if self.key_file is None:
+            return None
+        try:
+            key = self.key_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"[catalog] key_file {self.key_file}: {exc.strerror or exc}") from None
+        if len(key) < 16:
+            raise ConfigError(f"[catalog] key_file {self.key_file}: a key of at least 16 bytes is needed")
+        return key
+
+
+@dataclass(frozen=True)
 class Config:
     origins: tuple[OriginConfig, ...]
     template: str = DEFAULT_TEMPLATE
@@ -123,6 +148,7 @@ class Config:
     mountpoint: Path | None = None  # [library] mountpoint: where `musicfs mount --all` mounts it
     # [library] restart: a mount the manager started is started again when its daemon dies
     restart: bool = False
+    catalog: CatalogSettings | None = None  # [catalog]: a published index (musicfs.catalog)
     source: str | None = None
 
     def metadata_source(self):
@@ -235,7 +261,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         return ConfigError(message, source=source, line=where.line_of(table, key, index))
 
     unknown = set(data) - {"library", "cache", "scan", "health", "mount", "metrics", "origins", "raw",
-                           "collections", "prefetch", "metadata"}
+                           "collections", "prefetch", "metadata", "catalog"}
     if unknown:
         name = sorted(unknown)[0]
         raise fail(f"unknown section or key {name!r}", None, name) if not isinstance(
@@ -331,7 +357,43 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     kwargs["origins"] = _origins(data.get("origins", []), fail)
     kwargs["collections"] = _collections(data.get("collections", []), fail)
     kwargs["metadata"] = _metadata(_table(data, "metadata", fail), fail)
+    kwargs["catalog"] = _catalog(_table(data, "catalog", fail), kwargs["origins"], fail)
     return Config(**kwargs)
+
+
+def _catalog(table: dict, origins: tuple[OriginConfig, ...], fail) -> CatalogSettings | None:
+    """``[catalog] origin, prefix, poll, key_file, publish, keep, mount``: the origin must be one of
+    the library's own; the key lives in a file of its own, never in the config."""
+    if not table:
+        return None
+    _only(table, {"origin", "prefix", "poll", "key_file", "publish", "keep", "mount"}, "catalog", fail)
+    if "origin" not in table:
+        raise fail("[catalog] needs 'origin' (the id of the origin the catalog is published into)", "catalog")
+    origin = _typed(table, "origin", str, "catalog", fail)
+    if origin not in {o.id for o in origins}:
+        raise fail(f"[catalog] origin {origin!r} is not one of this library's origins", "catalog", "origin")
+    settings: dict[str, Any] = {"origin": origin}
+    if "prefix" in table:
+        prefix = _typed(table, "prefix", str, "catalog", fail).strip("/")
+        if not prefix or any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise fail(f"[catalog] prefix {table['prefix']!r} must be a folder path inside the origin",
+                       "catalog", "prefix")
+        settings["prefix"] = prefix
+    if "poll" in table:
+        settings["poll"] = _seconds(table, "poll", "catalog", fail)
+        if settings["poll"] < 1:
+            raise fail("poll must be at least 1 second", "catalog", "poll")
+    if "key_file" in table:
+        settings["key_file"] = Path(_typed(table, "key_file", str, "catalog", fail)).expanduser()
+    for flag in ("publish", "mount"):
+        if flag in table:
+            settings[flag] = _typed(table, flag, bool, "catalog", fail)
+    if "keep" in table:
+        keep = _typed(table, "keep", int, "catalog", fail)
+        if not 1 <= keep <= 100:
+            raise fail("keep must be between 1 and 100 snapshots", "catalog", "keep")
+        settings["keep"] = keep
+    return CatalogSettings(**settings)
 
 
 def _metadata(table: dict, fail) -> tuple[str, dict[str, Any]] | None:

@@ -100,3 +100,8 @@ def errno_for(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
     return errno.EIO
+
+
+class CatalogRefused(MusicFSError):
+    """A published catalog (pointer or snapshot) that must not be used: another format version, a
+    signature that does not verify, a hash or size that does not match. The catalog in use stays."""

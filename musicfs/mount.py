@@ -146,6 +146,14 @@ async def _stop_when_asked(lifecycle: Lifecycle, ops: Operations) -> None:
     pyfuse3.terminate()
 
 
+def _catalog_refusal(config: Config) -> str | None:
+    """Why a mount of a published catalog never rescans: its index is the publisher's."""
+    if config.catalog is None or not config.catalog.mount:
+        return None
+    return (f"this library is mounted from the catalog published in origin {config.catalog.origin!r}: "
+            "it is scanned where it is published (musicfs publish), and reaches this mount from there")
+
+
 def _control_app(services: ControlServices):
     """Build the control API (in a worker thread: FastAPI is imported now, on first use)."""
     from .control.api import build_app
@@ -331,7 +339,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             sync = SyncService(index, origins, config.path_template(), bus=bus, lifecycle=lifecycle,
                                tree_changed=invalidator, workers=config.scan_workers,
                                headers=ScanKeeper(headers, delta).sinks(config.header_origins()),
-                               artwork=artwork, metadata=metadata)
+                               artwork=artwork, metadata=metadata, refusal=_catalog_refusal(config))
             status.register("sync", sync.statistics)
             status.register("invalidation", invalidator.statistics)
             # how long the loop is held: CPU per task step (ASYNC-3), and a probe's wake-up lag
@@ -406,7 +414,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             if exporter is not None:
                 nursery.start_soon(_serve_metrics, exporter)
             nursery.start_soon(_supervised, "live rescans", sync.run)
-            if config.scan_interval is not None:
+            if config.scan_interval is not None and _catalog_refusal(config) is None:
                 nursery.start_soon(_supervised, "scheduled rescans", sync.run_schedule, config.scan_interval)
             if control is not None:
                 nursery.start_soon(_serve_control, control)

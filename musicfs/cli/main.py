@@ -17,7 +17,7 @@ from ..control.locate import mounts_of_index
 from ..control.sockets import socket_path
 from ..dirs import state_home
 from ..errors import ConfigError, MusicFSError
-from . import control, libraries, manager, plugins, search
+from . import catalog, control, libraries, manager, plugins, search
 from .common import (
     add_library_options,
     console,
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_commands(sub)  # search, collection: through the mount's API, else on the index file
     plugins.add_commands(sub)  # the origin kinds installed, and whether each loads
     libraries.add_commands(sub)  # library list: the library files and their state
+    catalog.add_commands(sub)  # publish, catalog status: one scan, every machine
     manager.add_commands(sub, lambda argv: main(argv))  # its mount children run this module's main
 
     unit = sub.add_parser("systemd-unit", help="print a systemd user service that keeps a mount mounted")
@@ -277,6 +278,25 @@ def _prepare_index_apart(config, path: Path, rescan: bool, cache_dir: Path | Non
         raise SystemExit(code)
 
 
+def _index_from_catalog(config, path: Path, rescan: bool) -> None:
+    """Bring the index at ``path`` up to the latest published catalog (musicfs.catalog.fetch)."""
+    from ..catalog.fetch import bring_up_to_date
+    from ..origins.base import create
+
+    if rescan:
+        raise ConfigError("--rescan: this library is mounted from its published catalog ([catalog] mount = "
+                          "true); it is scanned where it is published")
+    settings = config.catalog
+    origin_cfg = next(o for o in config.origins if o.id == settings.origin)
+    origin = create(origin_cfg.id, origin_cfg.type, origin_cfg.options)
+    try:
+        outcome = bring_up_to_date(origin, settings, path)
+    finally:
+        origin.close()
+    if outcome.problem:
+        err_console.print(f"{outcome.problem}: mounting the catalog this machine has", style="yellow", markup=False)
+
+
 def _unreachable(config) -> list[str]:
     """Origins that do not answer a health probe now (a mount goes ahead on its cache)."""
     from ..origins.base import create
@@ -358,7 +378,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
                                      " mount from yet")
         for origin_id in unreachable:
             err_console.print(f"[yellow]origin {origin_id} is not reachable: serving what is cached")
-        if args.foreground:  # this process serves next: the scan must leave nothing in it
+        if config.catalog is not None and config.catalog.mount:  # the publisher's index: never scanned here
+            _index_from_catalog(config, path, args.rescan)
+        elif args.foreground:  # this process serves next: the scan must leave nothing in it
             _prepare_index_apart(config, path, args.rescan, cache_dir)
         else:
             _prepare_index(config, path, args.rescan, cache_dir)

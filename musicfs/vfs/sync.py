@@ -122,11 +122,14 @@ class SyncService:
     def __init__(self, index: LibraryIndex, origins: dict[str, Origin], template: PathTemplate, *,
                  bus: EventBus, lifecycle: Lifecycle, tree_changed: TreeChanged | None = None,
                  workers: int = 4, batch_size: int = 200, headers: dict[str, HeaderSink] | None = None,
-                 artwork: ArtKeeper | None = None, metadata: MetadataSource | None = None):
+                 artwork: ArtKeeper | None = None, metadata: MetadataSource | None = None,
+                 refusal: str | None = None):
         """``workers``: tag-reading threads per rescan of a remote origin (a local one gets one);
         ``headers``: per origin id, where the bytes read for tags are kept (the header tier);
         ``artwork``: where the covers found are kept; ``metadata``: a source of tags that replace
-        the files' (read again at each rescan)."""
+        the files' (read again at each rescan); ``refusal``: why this mount never rescans (its
+        index comes from a published catalog), said to every request."""
+        self.refusal = refusal
         self.headers = headers or {}
         self.metadata = metadata
         self.artwork = artwork
@@ -173,6 +176,8 @@ class SyncService:
     # -- requests --------------------------------------------------------------
     def request(self, origin_id: str) -> Rescan:
         """The rescan that answers a request made now: a new one, or the one already queued."""
+        if self.refusal is not None:
+            return Rescan(origin_id, _document(origin_id, "failed", None, error=self.refusal))
         if origin_id in self.queued:
             return self.queued[origin_id]
         if origin_id not in self.origins:
