@@ -51,6 +51,8 @@ ROUTES = {  # the whole API: reads, a shutdown, a cache clear, rescans, the two 
     "/v1/prefetch": {"post"},  # files fetched into the cache: what a read would fetch, nothing else
     # pins: files named in the mount kept whole in the cache (fetched as a read would), and let go
     "/v1/pins": {"get", "post"}, "/v1/pins/remove": {"post"},
+    # a mount from a published catalog: its state, and a look at the pointer now (404 elsewhere)
+    "/v1/catalog": {"get"}, "/v1/catalog/poll": {"post"},
 }
 
 
@@ -371,6 +373,7 @@ TARGETS = [("GET", "/v1/status"), ("GET", "/v1/cache"), ("POST", "/v1/cache/clea
            ("GET", "/metrics"), ("GET", "/v1/search"), ("GET", "/v1/search/stream"), ("GET", "/v1/collections"),
            ("POST", "/v1/collections"), ("DELETE", "/v1/collections/{}"), ("POST", "/v1/prefetch"),
            ("GET", "/v1/pins"), ("POST", "/v1/pins"), ("POST", "/v1/pins/remove"),
+           ("GET", "/v1/catalog"), ("POST", "/v1/catalog/poll"),
            ("PUT", "/v1/status"), ("POST", "/v1/{}"), ("GET", "/{}")]
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,50 @@ def test_with_a_key_a_forged_pointer_is_refused(lab):
     with mount_library(config=b, work=lab["work"] / "b", env=env) as mounted:
         assert len(mounted_tracks(mounted.mountpoint)) == 6
         assert "signature does not verify" in mounted.log_text()
+
+
+@pytest.mark.req("CAT-3")
+def test_a_new_catalog_reaches_a_running_mount_within_a_poll(lab):
+    """A adds two tracks and removes one, rescans and publishes; B, mounted all along with
+    ``poll = 2``, shows the change within a poll: the same inodes for unchanged tracks, and a
+    file open across the swap reads on."""
+    env, state_a = lab["env"], lab["work"] / "state-a"
+    ok(cli(env, state_a, "scan", "--config", str(lab["a"])))
+    ok(cli(env, state_a, "publish", "--config", str(lab["a"])))
+    b = machine_b(lab)
+    b.write_text(b.read_text().replace("mount = true", "mount = true\npoll = 2"))
+    client, bucket = lab["server"].client(), lab["bucket"]
+    with mount_library(config=b, work=lab["work"] / "b", env=env) as mounted:
+        before = mounted_tracks(mounted.mountpoint)
+        assert len(before) == 6
+        inodes = {real: path.stat().st_ino for real, path in before.items()}
+        kept, gone = "Band/Album 1/01.flac", "Band/Album 0/02.flac"
+        reading = open(before[kept], "rb")  # noqa: SIM115 - read across the swap, closed below
+        try:
+            first = reading.read(1000)
+            extra = lab["work"] / "extra"
+            for n in (7, 8):
+                short_track(extra, f"Band/Album 2/{n:02}.flac", "flac", n, album="Album 2", cover=None)
+            for path in extra.rglob("*.flac"):
+                client.put_object(Bucket=bucket, Key=PREFIX + str(path.relative_to(extra)), Body=path.read_bytes())
+            client.delete_object(Bucket=bucket, Key=PREFIX + gone)
+            ok(cli(env, state_a, "scan", "--config", str(lab["a"])))
+            ok(cli(env, state_a, "publish", "--config", str(lab["a"])))
+            published = time.monotonic()
+            while True:
+                now = mounted_tracks(mounted.mountpoint)
+                if len(now) == 7:
+                    break
+                assert time.monotonic() - published < 2 * 2 + 5, f"not within a poll: {sorted(now)}"
+                time.sleep(0.2)
+            assert gone not in now and {"Band/Album 2/07.flac", "Band/Album 2/08.flac"} <= set(now)
+            assert {real: now[real].stat().st_ino for real in now if real in inodes} == \
+                {real: ino for real, ino in inodes.items() if real != gone}  # unchanged: the same inodes
+            assert first + reading.read() == lab["files"][kept]  # the open file read on
+        finally:
+            reading.close()
+        assert now["Band/Album 2/07.flac"].read_bytes() == (extra / "Band/Album 2/07.flac").read_bytes()
+        status = json.loads((mounted.mountpoint / ".musicfs" / "status.json").read_text())["catalog"]
+        assert status["updates"] == 1 and status["in_use"]["tracks"] == 7
+        polled = json.loads(ok(cli(env, mounted.state_dir, "catalog", "poll", "--json")).stdout)
+        assert polled["result"] == "unchanged" and polled["polls"] >= 2

@@ -184,9 +184,30 @@ class SyncCompleted(Event):
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class CatalogUpdated(Event):
+    """A mount took a newly published catalog (musicfs.catalog): its tree changed by this much."""
+
+    origin_id: str
+    hash: str
+    tracks: int
+    added: int = 0  # nodes (tracks and folders) new in the tree
+    removed: int = 0
+    modified: int = 0  # tracks whose bytes changed
+
+
+@dataclass(frozen=True)
+class CatalogRejected(Event):
+    """A newly published catalog was not taken (the one in use stays); ``reason`` says why."""
+
+    origin_id: str
+    reason: str
+
+
 # what a feed carries when no type is named: the design's events (FR-18.1), not the per-chunk ones
 FEED_DEFAULT = ("FileAccessed", "FileAdded", "FileRemoved", "FileModified", "OriginConnected",
-                "OriginDisconnected", "SyncStarted", "SyncCompleted", "ChunkEvicted")
+                "OriginDisconnected", "SyncStarted", "SyncCompleted", "ChunkEvicted", "CatalogUpdated",
+                "CatalogRejected")
 
 
 def event_types() -> dict[str, type[Event]]:

@@ -341,6 +341,20 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
                                headers=ScanKeeper(headers, delta).sinks(config.header_origins()),
                                artwork=artwork, metadata=metadata, refusal=_catalog_refusal(config))
             status.register("sync", sync.statistics)
+            follower = None
+            if _catalog_refusal(config) is not None:  # the index is the publisher's: follow its catalog
+                from .catalog.follow import CatalogFollower
+
+                follower = CatalogFollower(index, origins[config.catalog.origin], config.catalog, bus=bus,
+                                           tree_changed=invalidator)
+                status.register("catalog", follower.statistics)
+            publisher = None
+            if config.catalog is not None and config.catalog.publish and follower is None:
+                from .catalog.autopublish import AutoPublisher  # the machine that scans, publishing
+
+                publisher = AutoPublisher(settings.index_path, origins[config.catalog.origin], config.catalog,
+                                          config.library_name())
+                status.register("catalog_publisher", publisher.statistics)
             status.register("invalidation", invalidator.statistics)
             # how long the loop is held: CPU per task step (ASYNC-3), and a probe's wake-up lag
             # 10 wake-ups a second: the lag seen by a waiting request is sampled often enough, and an
@@ -371,7 +385,7 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
                 services = ControlServices(status=status, lifecycle=lifecycle, cache=cache, bus=bus,
                                            limiter=trio.CapacityLimiter(4), sync=sync, metrics=metrics,
                                            search=search, headers=headers, artwork=artwork,
-                                           prefetch=prefetch, pins=pins)
+                                           prefetch=prefetch, pins=pins, catalog=follower)
                 control = ControlServer(settings.control_socket, functools.partial(_control_app, services))
                 try:
                     control.bind()
@@ -414,6 +428,10 @@ async def _serve(config: Config, settings: MountSettings, on_mounted: Callable[[
             if exporter is not None:
                 nursery.start_soon(_serve_metrics, exporter)
             nursery.start_soon(_supervised, "live rescans", sync.run)
+            if follower is not None:
+                nursery.start_soon(_supervised, "catalog poll", follower.run)
+            if publisher is not None:
+                nursery.start_soon(_supervised, "catalog publishing", publisher.run, bus)
             if config.scan_interval is not None and _catalog_refusal(config) is None:
                 nursery.start_soon(_supervised, "scheduled rescans", sync.run_schedule, config.scan_interval)
             if control is not None:

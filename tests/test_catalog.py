@@ -170,3 +170,39 @@ def test_a_library_with_a_key_takes_only_pointers_signed_with_it(library, tmp_pa
     report = publish(index, origin, signed, "lib")
     assert report.pointer.signature
     assert bring_up_to_date(origin, signed, tmp_path / "b" / "index.db").installed
+
+
+@pytest.mark.req("CAT-3")
+def test_the_difference_of_two_catalogs_is_what_the_kernel_must_forget(library, tmp_path):
+    """Node ids are the publisher's: unchanged tracks keep theirs, so the difference is exactly the
+    tracks (and folders) new, gone or changed; this machine's own rows go with it to the new one."""
+    from musicfs.catalog.publish import snapshot
+    from musicfs.catalog.swap import carry_local, differences, replace_content
+
+    music, index = library
+    live = tmp_path / "b" / "live.db"
+    live.parent.mkdir()
+    snapshot(index, live)
+    with sqlite3.connect(live) as conn:
+        conn.execute("INSERT INTO collections (name, query, source, created_at) VALUES ('mine', 'a', 'user', 1)")
+        before = dict(conn.execute("SELECT name, id FROM nodes WHERE kind = 'file'").fetchall())
+    (music / "A/Album/01.flac").unlink()
+    short_track(music, "A/Album/03.flac", "flac", 3, album="Album", cover=None)
+    scan(music, tmp_path / "a", index)
+    new = tmp_path / "new.db"
+    snapshot(index, new)
+    carry_local(new, live)
+    conn = sqlite3.connect(live)
+    try:
+        changes = differences(conn, new)
+        assert [n.name for n in changes.removed if n.kind == "file"] == [
+            name for name in before if name.startswith("01")]
+        assert [n.name for n in changes.added if n.kind == "file"] == ["03 - Song 3.flac"]
+        assert changes.modified == []
+        replace_content(new, conn)
+        after = dict(conn.execute("SELECT name, id FROM nodes WHERE kind = 'file'").fetchall())
+        kept = {name: ident for name, ident in before.items() if not name.startswith("01")}
+        assert {name: after[name] for name in kept} == kept  # the same inode numbers
+        assert conn.execute("SELECT name FROM collections").fetchall() == [("mine",)]  # this machine's own
+    finally:
+        conn.close()

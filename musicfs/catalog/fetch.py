@@ -95,16 +95,32 @@ class CatalogReader:
         data = self.origin.read_range(self.pointer_path, 0, entry.size)
         return Latest(Pointer.decode(data, self.key), entry.version_key())
 
-    def install(self, latest: Latest, index: Path) -> InUse:
-        """Fetch ``latest``'s snapshot, check it whole, and put it in place of the index at ``index``."""
-        pointer = latest.pointer
-        index.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{index.name}.catalog-", dir=index.parent)
+    def download(self, latest: Latest, folder: Path) -> Path:
+        """Fetch ``latest``'s snapshot into a new file in ``folder``, checked whole; its path.
+
+        Nothing is left behind when it fails: the file is removed, and the reason raised.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".catalog-", suffix=".db", dir=folder)
         tmp = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
-                self._fetch(pointer, out)
-            _verify(tmp, pointer)
+                self._fetch(latest.pointer, out)
+            _verify(tmp, latest.pointer)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def install(self, latest: Latest, index: Path) -> InUse:
+        """Fetch ``latest``'s snapshot, check it whole, and put it in place of the index at ``index``
+        (which no daemon serves now), keeping this machine's own rows (:func:`carry_local`)."""
+        from .swap import carry_local
+
+        tmp = self.download(latest, index.parent)
+        try:
+            if index.exists():
+                carry_local(tmp, index)
             for suffix in ("-wal", "-shm"):  # the old index's, which must not be applied to the new one
                 Path(f"{index}{suffix}").unlink(missing_ok=True)
             os.replace(tmp, index)
@@ -112,8 +128,13 @@ class CatalogReader:
             tmp.unlink(missing_ok=True)
             raise
         remember(index)  # it passed its check just now, as it is
-        in_use = InUse(pointer, latest.version, time.time())
+        return self.record(latest, index)
+
+    def record(self, latest: Latest, index: Path) -> InUse:
+        """Say, beside the index, that it now holds ``latest``."""
+        in_use = InUse(latest.pointer, latest.version, time.time())
         in_use.save(index)
+        pointer = latest.pointer
         log.info("installed catalog %s (%d tracks, published %s)", pointer.hash[:12], pointer.tracks,
                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pointer.created)))
         return in_use

@@ -28,6 +28,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_library_options(status)
     status.add_argument("--json", action="store_true", help="print it as JSON")
     status.set_defaults(func=cmd_catalog_status)
+    poll = catalog.add_parser("poll", help="have a mount from a catalog look at the pointer now, and take a "
+                                           "new catalog")
+    poll.add_argument("mountpoint", nargs="?", help="the mount (default: the only one running)")
+    poll.add_argument("--json", action="store_true", help="print the answer as JSON")
+    poll.set_defaults(func=cmd_catalog_poll)
 
 
 def _catalog_origin(config):
@@ -107,3 +112,20 @@ def cmd_catalog_status(args: argparse.Namespace) -> int:
     else:
         console.print(f"latest: unknown: {problem}", markup=False, highlight=False)
     return 0 if current else 1
+
+
+def cmd_catalog_poll(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..control.client import ControlClient
+    from ..control.locate import find_mount
+    from ..dirs import state_home
+
+    info = find_mount(args.state_dir or state_home(), Path(args.mountpoint) if args.mountpoint else None)
+    with ControlClient(Path(info["socket"])) as client:
+        answer = client.post("/v1/catalog/poll")
+    if args.json:
+        print_json(answer)
+    else:
+        console.print(f"{info['mountpoint']}: {answer['result']}", markup=False, highlight=False)
+    return 0

@@ -164,6 +164,21 @@ def _scan_origins(config, path: Path, show_progress: bool, batch_size: int, sink
     return reports
 
 
+def _publish_after_scan(config, path: Path) -> None:
+    """``[catalog] publish = true``: a scan is followed by a publish (said on stderr)."""
+    from ..catalog.publish import publish
+    from ..origins.base import create
+
+    origin_cfg = next(o for o in config.origins if o.id == config.catalog.origin)
+    origin = create(origin_cfg.id, origin_cfg.type, origin_cfg.options)
+    try:
+        report = publish(path, origin, config.catalog, config.library_name())
+    finally:
+        origin.close()
+    err_console.print(f"published the catalog: {report.pointer.tracks} tracks, snapshot {report.pointer.hash[:12]}"
+                      f" ({'uploaded' if report.uploaded else 'the same as before'})", markup=False, highlight=False)
+
+
 def render_report(report, skipped: list) -> None:
     from rich.table import Table
 
@@ -189,6 +204,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from ..index.library import LibraryIndex  # imported where an index is opened: not by status & co. (CLI-1)
 
     config = resolve_config(args)
+    if config.catalog is not None and config.catalog.mount:
+        raise ConfigError("this library takes its index from its published catalog ([catalog] mount = true): "
+                          "it is scanned on the machine that publishes it (there: mount = false)")
     path = index_path(args, config)
     serving = mounts_of_index(args.state_dir or state_home(), path)
     if serving:  # a daemon serves this index: it rescans, nobody writes the index behind its back
@@ -208,6 +226,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
+    if config.catalog is not None and config.catalog.publish:  # the publishing machine keeps it current
+        _publish_after_scan(config, path)
     with LibraryIndex(path, readonly=True) as index:
         skipped = index.skipped()
         if args.json:

@@ -38,7 +38,7 @@ from ..events import FEED_DEFAULT, Dropped, Event, Subscription, event_types
 from ..search.engine import DEFAULT_LIMIT, MAX_LIMIT
 from ..search.query import MAX_QUERY_CHARS, check_fields
 from ..vfs.prefetch import MAX_FILES as MAX_PREFETCH  # files one prefetch request may name
-from .services import ControlServices
+from .services import CatalogService, ControlServices
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +304,25 @@ def build_app(services: ControlServices):
         except Uncacheable as exc:
             raise HTTPException(400, str(exc)) from None
         return StreamingResponse(_ndjson(progress), media_type=NDJSON)
+
+    def catalog() -> CatalogService:
+        if services.catalog is None:  # a 404: the resource does not exist on this mount
+            raise HTTPException(404, "this mount is not mounted from a published catalog ([catalog] mount)")
+        return services.catalog
+
+    @app.get("/v1/catalog", summary="The published catalog this mount serves, and its looks at the latest",
+             description="`in_use` (hash, tracks, when published and installed), `polls`, `updates`, "
+                         "`rejected`, `unreachable`, and the `last_result`. 404 on a mount that scans.")
+    async def catalog_status() -> dict:
+        return catalog().statistics()
+
+    @app.post("/v1/catalog/poll", summary="Look at the catalog's pointer now, and take a new catalog",
+              description="What the schedule does every `[catalog] poll` seconds, now; answers the "
+                          "`result` in words with the state after it.")
+    async def catalog_poll() -> dict:
+        follower = catalog()
+        result = await follower.poll()
+        return {"result": result, **follower.statistics()}
 
     @app.post("/v1/pins/remove", summary="Unpin files, folders or a search's hits",
               description="`paths` or `query`, as for pinning. Their chunks stay cached until evicted like "

@@ -35,6 +35,13 @@ class SyncService(Protocol):
     def rescan(self, origin_id: str) -> AsyncIterator[dict[str, Any]]: ...
 
 
+class CatalogService(Protocol):
+    """A mount from a published catalog (musicfs.catalog.follow): its state, and a poll now."""
+
+    def statistics(self) -> dict[str, Any]: ...
+    async def poll(self) -> str: ...
+
+
 class MetricsSource(Protocol):
     """Prometheus exposition: (body, content type)."""
 
@@ -55,3 +62,4 @@ class ControlServices:
     artwork: ArtShelf | None = None  # album covers kept in the cache (/v1/cache's "artwork")
     prefetch: Prefetcher | None = None  # /v1/prefetch: files fetched into the cache on request
     pins: Pinner | None = None  # /v1/pins: files kept whole in the cache
+    catalog: CatalogService | None = None  # /v1/catalog: a mount from a published catalog
