@@ -1,10 +1,12 @@
-"""Origin plugins on a real mount (PH-4.1): a package musicfs does not know, installed beside it,
-found through its entry point, named in a config, serving a library of album archives.
+"""Plugins on a real mount (G6): packages musicfs does not know, installed beside it, found through
+their entry points. An origin (PH-4.1) named in a config serves a library of album archives; a
+metadata source (META-1) gives the tags of a beets library; an audio format adds WavPack to the tree.
 
-The example plugin (``examples/musicfs-zip-origin``) is installed with pip into a folder of its
-own that the daemon is given on ``PYTHONPATH``: the environment musicfs runs in is left as it was.
-A package whose import fails is installed the same way: ``musicfs plugins`` names it and its
-error, a library that uses it is refused with that error, and one that does not mounts as usual.
+The example plugins (``examples/``) are installed with pip into a folder of their own that the
+daemon is given on ``PYTHONPATH``: the environment musicfs runs in is left as it was. A package
+whose import fails is installed the same way: ``musicfs plugins`` names it and its error, a
+library that uses it is refused with that error, and one that does not mounts as usual; a format
+that fails costs only its files.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from conformance.expected import sha256_of
+from fixtures import images
+from fixtures.audio import unavailable_formats
 from fixtures.media import short_track
-from tests.harness import NO_PREFETCH, mount_library, mounted_tracks, musicfs_cmd, settled
+from tests.harness import NO_PREFETCH, mount_library, mounted_tracks, musicfs_cmd, scan, settled
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -43,14 +47,15 @@ def plugin_path(tmp_path_factory) -> Path:
     return install("musicfs-zip-origin", tmp_path_factory)
 
 
-def broken_plugin(folder: Path) -> Path:
-    """An installed package declaring an origin kind whose module fails to import."""
+def broken_plugin(folder: Path, group: str = "musicfs.origins", name: str = "broken",
+                  module: str = "broken_origin", version: str = "0.3", needs: str = "libfoo") -> Path:
+    """An installed package declaring a plugin (an origin kind) whose module fails to import."""
     folder.mkdir(parents=True, exist_ok=True)
-    info = folder / "broken_origin-0.3.dist-info"
+    info = folder / f"{module}-{version}.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-origin\nVersion: 0.3\n")
-    (info / "entry_points.txt").write_text("[musicfs.origins]\nbroken = broken_origin:BrokenOrigin\n")
-    (folder / "broken_origin.py").write_text("raise ImportError('needs libfoo, which is not installed')\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{name} = {module}:Plugin\n")
+    (folder / f"{module}.py").write_text(f"raise ImportError('needs {needs}, which is not installed')\n")
     return folder
 
 
@@ -81,7 +86,7 @@ def album_archives(folder: Path, work: Path) -> dict[str, bytes]:
     return made
 
 
-@pytest.mark.req("PH-4.1", "NFR-7.1")
+@pytest.mark.req("PH-4.1", "NFR-7.1", "G6")
 def test_an_origin_plugin_from_another_package_serves_a_library_of_archives(plugin_path, tmp_path):
     env = env_with(plugin_path)
     code, listed = plugins(env)
@@ -148,7 +153,7 @@ def tree_dirs(mountpoint: Path) -> set[str]:
     return {str(p.relative_to(mountpoint)) for p in mountpoint.glob("*/*") if p.is_dir()}
 
 
-@pytest.mark.req("META-1")
+@pytest.mark.req("META-1", "G6")
 def test_tags_from_a_beets_library_show_in_the_tree_and_follow_beet_modify(tmp_path_factory, tmp_path):
     """A library imported into beets as it is, then corrected in beets' database only (``beet modify
     -W``: no file is written): the mount shows beets' tags, and a second correction shows after a
@@ -200,3 +205,92 @@ def test_a_metadata_source_that_is_not_installed_is_a_config_error_with_its_line
     done = subprocess.run(musicfs_cmd("--state-dir", str(tmp_path / "state"), "scan", "--config", str(config)),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "musicfs.toml:7: unknown metadata source 'nowhere'" in done.stderr, done.stderr
+
+
+# -- a format plugin: WavPack ---------------------------------------------------------------------
+needs_wavpack = pytest.mark.skipif("wv" in unavailable_formats(), reason="WavPack files are made with ffmpeg")
+
+
+@pytest.fixture(scope="module")
+def wavpack_path(tmp_path_factory) -> Path:
+    return install("musicfs-wavpack-format", tmp_path_factory)
+
+
+FLAC_ALBUM, WV_ALBUM = "A/Flac Album (2001) [FLAC]", "A/Pack Album (2001) [WV]"
+
+
+def flac_and_wavpack(library: Path) -> dict[str, str]:
+    """An album of FLAC tracks and one of WavPack tracks, each embedding a cover of its own; each
+    track's title by its path in the library."""
+    titles = {}
+    for n in range(1, 4):
+        short_track(library, f"flac/{n:02d}.flac", "flac", n, album="Flac Album", cover_key=1, cover_blocks=32)
+        short_track(library, f"wv/{n:02d}.wv", "wv", 10 + n, album="Pack Album", cover_key=9, cover_blocks=48)
+        titles[f"flac/{n:02d}.flac"], titles[f"wv/{n:02d}.wv"] = f"Song {n}", f"Song {10 + n}"
+    return titles
+
+
+@needs_wavpack
+@pytest.mark.req("G6")
+def test_a_format_plugin_from_another_package_adds_wavpack_tracks_to_the_tree(wavpack_path, tmp_path):
+    env = env_with(wavpack_path)
+    code, listed = plugins(env)
+    found = {(item["group"], item["name"]): item for item in listed}
+    wv = found[("musicfs.formats", "wv")]
+    assert code == 0 and wv["loads"] and wv["package"] == "musicfs-wavpack-format" and wv["extensions"] == [".wv"]
+    assert found[("musicfs.formats", "flac")]["package"] == "musicfs"  # the built-in formats are found the same way
+
+    library = tmp_path / "music"
+    titles = flac_and_wavpack(library)
+    with mount_library(origin=library, work=tmp_path / "work", env=env, extra_args=NO_PREFETCH) as mounted:
+        mnt = mounted.mountpoint
+        assert tree_dirs(mnt) == {FLAC_ALBUM, WV_ALBUM}, tree_dirs(mnt)
+        tracks = mounted_tracks(mnt)
+        assert set(tracks) == set(titles), sorted(tracks)
+        for real, path in tracks.items():
+            assert path.name.endswith(Path(real).suffix) and path.parent.name in (Path(FLAC_ALBUM).name,
+                                                                                   Path(WV_ALBUM).name), path
+            assert os.getxattr(path, "user.musicfs.title").decode() == titles[real]
+            assert sha256_of(path) == sha256_of(library / real), real  # byte for byte the origin's
+        assert {p.name for p in (mnt / WV_ALBUM).iterdir()} == {"11 - Song 11.wv", "12 - Song 12.wv",
+                                                                "13 - Song 13.wv", "cover.jpg"}
+        assert (mnt / WV_ALBUM / "cover.jpg").read_bytes() == images.jpeg(9, 48)
+        assert (mnt / FLAC_ALBUM / "cover.jpg").read_bytes() == images.jpeg(1, 32)
+        assert mounted.alive()
+
+
+@needs_wavpack
+@pytest.mark.req("G6")
+def test_without_the_format_plugin_wavpack_files_are_not_audio(tmp_path):
+    library = tmp_path / "music"
+    flac_and_wavpack(library)
+    done = scan(library, tmp_path / "state", tmp_path / "index.db", "--json")
+    report = json.loads(done.stdout)["scans"][0]
+    assert (report["added"], report["ignored"], report["skipped"]) == (3, 3, 0), report
+    with mount_library(origin=library, index=tmp_path / "index.db", work=tmp_path / "work") as mounted:
+        assert tree_dirs(mounted.mountpoint) == {FLAC_ALBUM}
+        assert {Path(real).suffix for real in mounted_tracks(mounted.mountpoint)} == {".flac"}
+
+
+@needs_wavpack
+@pytest.mark.req("G6")
+def test_a_format_plugin_that_fails_to_load_is_said_once_and_costs_only_its_files(wavpack_path, tmp_path):
+    broken = broken_plugin(tmp_path / "broken", group="musicfs.formats", name="ape", module="broken_format",
+                           version="0.2", needs="libmac")
+    env = env_with(wavpack_path, broken)
+    code, listed = plugins(env)
+    found = {(item["group"], item["name"]): item for item in listed}
+    assert code == 1 and found[("musicfs.formats", "wv")]["loads"] and not found[("musicfs.formats", "ape")]["loads"]
+    assert "broken-format 0.2" in found[("musicfs.formats", "ape")]["error"]
+
+    library = tmp_path / "music"
+    flac_and_wavpack(library)
+    done = subprocess.run(musicfs_cmd("--state-dir", str(tmp_path / "state"), "scan", "--origin", str(library),
+                                      "--index", str(tmp_path / "index.db"), "--json"),
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "audio format 'ape'" in line]
+    assert len(said) == 1 and "broken-format 0.2" in said[0] and "needs libmac" in said[0], done.stderr
+    assert "Traceback" not in done.stderr
+    report = json.loads(done.stdout)["scans"][0]
+    assert (report["added"], report["ignored"], report["skipped"]) == (6, 0, 0), report

@@ -326,14 +326,14 @@ def pins_table(answer: dict) -> Table:
 
 
 def plugins_table(plugins: list[dict]) -> Table:
-    """``musicfs plugins``: each origin kind and metadata source, the package that provides it, where
-    from, and whether it loads."""
+    """``musicfs plugins``: each origin kind, metadata source and audio format (with the extensions it
+    reads), the package that provides it, where from, and whether it loads."""
     table = _table(None)
     for column in ("what", "name", "package", "version", "from", "loads"):
         table.add_column(column, overflow="fold")
     for item in plugins:
         loads = Text("yes", style="green") if item["loads"] else Text(item["error"] or "no", style="red")
-        what = item["group"].removeprefix("musicfs.").removesuffix("s")  # origin, metadata
-        table.add_row(what, Text(item["name"]), Text(item["package"]), Text(item["version"]), Text(item["from"]),
-                      loads)
+        what = item["group"].removeprefix("musicfs.").removesuffix("s")  # origin, metadata, format
+        name = item["name"] + (f" ({' '.join(item['extensions'])})" if item.get("extensions") else "")
+        table.add_row(what, Text(name), Text(item["package"]), Text(item["version"]), Text(item["from"]), loads)
     return table

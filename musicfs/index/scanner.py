@@ -1,5 +1,8 @@
 """The scanner: walks an origin, reads tags in worker threads, keeps the index and tree current.
 
+* A file is audio when one of the audio formats (built in, or a plugin's:
+  :mod:`musicfs.index.formats`) claims its extension, and is read by that
+  format's reader; any other file is counted as ignored (not audio).
 * Unchanged files (same size and mtime as indexed) are not opened again.
 * Tags are read by a pool of threads; results are written in the walk's order
   (so a fresh library always gets the same node ids and names) in batched
@@ -28,6 +31,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -41,12 +45,13 @@ from typing import Protocol
 from ..errors import NotFound, OriginUnavailable
 from ..origins.base import Entry, Origin
 from .artwork import sidecar_rank
+from .formats import FormatSet, installed
 from .layout import AudioRegion, audio_region
 from .library import TRACK_FIELDS, LibraryIndex
 from .metadata import MetadataSource, clean, fields_key
 from .scanart import ArtKeeper, ScanArt
 from .scanreport import Commit, Progress, ScanReport, ScanStopped
-from .tags import AUDIO_EXTENSIONS, MalformedAudio, read_tags
+from .tags import MalformedAudio, read_tags
 from .template import PathTemplate
 from .tree import TreeChanges, TreeWriter
 
@@ -106,16 +111,19 @@ class Scanner:
         workers: int = 4,
         batch_size: int = 200,
         progress: Progress | None = None,
-        read: Callable[[str], dict] = read_tags,
+        read: Callable[[str], dict] | None = None,
         on_commit: Callable[[Commit], None] | None = None,
         stop: threading.Event | None = None,
         progress_every: int = 100,
         headers: HeaderSink | None = None,
         artwork: ArtKeeper | None = None,
         metadata: MetadataSource | None = None,
+        formats: FormatSet | None = None,
     ):
         """``headers``: where the bytes read for tags are kept; ``artwork``: where covers' are;
-        ``metadata``: a source whose fields replace the files' (:mod:`musicfs.index.metadata`)."""
+        ``metadata``: a source whose fields replace the files' (:mod:`musicfs.index.metadata`);
+        ``formats``: the audio formats, which say what is audio and read it (default: those
+        installed, :mod:`musicfs.index.formats`)."""
         self.index = index
         self.origin = origin
         self.template = template
@@ -123,7 +131,8 @@ class Scanner:
         self.batch_size = batch_size
         self.progress = progress
         self.progress_every = progress_every  # files walked between progress calls (and each batch)
-        self.read = read
+        self.formats = formats
+        self.read = read or functools.partial(read_tags, formats=formats)
         self.on_commit = on_commit
         self.stop = stop
         self.headers = headers
@@ -145,6 +154,8 @@ class Scanner:
             self.metadata.refresh()
         tree = TreeWriter(self.conn, self.template, record=self.on_commit is not None)
         self._prepare_tree(tree)
+        # audio is what some format reads: the built-in ones' extensions and the plugins'
+        audio = tuple((self.formats or installed()).extensions)
         pending: deque[_Pending] = deque()
         seen_ids: list[tuple[str, int]] = []  # ("tracks"|"skipped", row id) unchanged this scan
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="musicfs-tags") as pool:
@@ -154,7 +165,7 @@ class Scanner:
                         item.result.cancel()
                     self.art.cancel()
                     raise ScanStopped(f"scan of origin {self.origin.id} stopped after {report.seen} files")
-                if not entry.path.lower().endswith(tuple(AUDIO_EXTENSIONS)):
+                if not entry.path.lower().endswith(audio):
                     report.ignored += 1
                     if sidecar_rank(entry.path) is not None and _storable(entry) is entry:
                         self.art.found(entry, pool)
