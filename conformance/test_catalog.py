@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from chaos.httpfaults import http_fault_proxy
 from chaos.remote import cache_lines, origin_lines
 from fixtures.media import short_track
-from musicfs.index.tags import AUDIO_EXTENSIONS
+from musicfs.index.formats import installed
 from tests.harness import mount_library, mounted_tracks, musicfs_cmd
 from tests.s3server import aws_env, moto_server
 
@@ -73,7 +72,7 @@ def machine_b(lab: dict, name: str = "b", key_file: Path | None = None) -> Path:
 def audio_gets(proxy) -> list[str]:
     """Requests for an audio object's bytes that reached the bucket."""
     return [seen.path for seen in proxy.requests("GET")
-            if os.path.splitext(seen.path.split("?")[0])[1].lower() in AUDIO_EXTENSIONS]
+            if installed().for_path(seen.path.split("?")[0]) is not None]
 
 
 @pytest.mark.req("CAT-1", "CAT-2")

@@ -155,11 +155,13 @@ def preload(modules: Sequence[str]) -> dict[str, str]:
         except ImportError as exc:
             failed[name] = str(exc)
             log.warning("not preloaded: %s (%s); a mount that needs it imports it itself", name, exc)
+    from .index.formats import providers as format_kinds
     from .index.metadata import providers as metadata_kinds
     from .origins.base import providers as origin_kinds
 
     origin_kinds()
     metadata_kinds()
+    format_kinds()
     # what was imported lives as long as the manager: out of the collector's sight, a child's first
     # full collection (a mount makes one once it is up) does not walk it, and does not write to
     # (and so copy) the pages the child shares with the manager
