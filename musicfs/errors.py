@@ -55,10 +55,29 @@ class ReadOnly(MusicFSError):
     errno = errno.EROFS
 
 
+class OriginReadOnly(ReadOnly):
+    """An origin of a kind that takes no writes was asked to store or remove a file.
+
+    A refusal another attempt would not change: never retried. Names the origin and its kind.
+    """
+
+    def __init__(self, origin_id: str, kind: str, operation: str, path: str):
+        self.origin_id, self.kind = origin_id, kind
+        super().__init__(f"origin {origin_id!r} ({kind}) is read-only: {kind} origins cannot "
+                         f"{operation} files ({path!r})")
+
+
 class OriginUnavailable(MusicFSError):
     """An origin could not serve a request in time; readers get EIO."""
 
     errno = errno.EIO
+
+
+class NotRepeatable(MusicFSError):
+    """A write failed after reading part of a source that cannot be rewound (a pipe, a stream
+    being compressed): another attempt would store only the rest, so it is never retried. The
+    caller starts again with a new source; the cause (the origin's error or the source's) is chained.
+    """
 
 
 class QueryError(MusicFSError):

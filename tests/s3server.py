@@ -80,15 +80,15 @@ class MotoServer:
         for path, data in files.items():
             client.put_object(Bucket=bucket, Key=prefix + path, Body=data)
 
-    def add_user(self, name: str) -> tuple[str, str]:
-        """An IAM user allowed everything on S3; returns its access key (id, secret).
+    def add_user(self, name: str, actions: str | list[str] = "s3:*") -> tuple[str, str]:
+        """An IAM user allowed ``actions`` (default: everything on S3); returns its access key (id, secret).
 
         Call it while authentication is not enforced (IAM calls are checked too).
         """
         iam = self.client(service="iam")
         iam.create_user(UserName=name)
         policy = {"Version": "2012-10-17",
-                  "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+                  "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
         iam.put_user_policy(UserName=name, PolicyName="s3-all", PolicyDocument=json.dumps(policy))
         return self.new_key(name)
 

@@ -193,7 +193,7 @@ def _keygen(path: Path, kind: str) -> None:
     subprocess.run(args, check=True, stdin=subprocess.DEVNULL, capture_output=True)
 
 
-def _sshd_config(tmp: Path, port: int) -> str:
+def _sshd_config(tmp: Path, port: int, sftp_options: str = "") -> str:
     return "\n".join([
         "ListenAddress 127.0.0.1",
         f"Port {port}",
@@ -206,7 +206,7 @@ def _sshd_config(tmp: Path, port: int) -> str:
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
-        "Subsystem sftp internal-sftp",
+        f"Subsystem sftp internal-sftp {sftp_options}".rstrip(),
         "MaxStartups 50",
         "LogLevel VERBOSE",
         "",
@@ -232,8 +232,11 @@ def _wait_for_banner(proc: subprocess.Popen, port: int, log: Path) -> None:
 
 
 @contextmanager
-def ssh_server() -> Iterator[SshServer]:
-    """Start ``sshd`` on 127.0.0.1 and a free port; yield it; always stop it and remove its files."""
+def ssh_server(sftp_options: str = "") -> Iterator[SshServer]:
+    """Start ``sshd`` on 127.0.0.1 and a free port; yield it; always stop it and remove its files.
+
+    ``sftp_options`` are given to ``internal-sftp`` (``-R``: a server that lets files be read only).
+    """
     sshd = _sshd()
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     user = pwd.getpwuid(os.getuid()).pw_name
@@ -251,7 +254,7 @@ def ssh_server() -> Iterator[SshServer]:
         for _ in range(3):  # the free port can be taken between probing and binding
             port = _free_port()
             (tmp / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-            (tmp / "sshd_config").write_text(_sshd_config(tmp, port))
+            (tmp / "sshd_config").write_text(_sshd_config(tmp, port, sftp_options))
             with open(log, "ab") as out:
                 proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(tmp / "sshd_config")],
                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out,

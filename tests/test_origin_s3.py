@@ -1,11 +1,13 @@
 """The S3 origin, against moto's standalone server on a loopback port.
 
-It passes the origin contract unchanged (with a small page size, so listings
-page, and an origin prefix, so keys outside it must stay invisible). Beyond
-that: options are checked, credentials never leak into messages or logs,
-refused credentials are reloaded (moto enforcing IAM authentication, keys
-rotated in the file or the environment), expiring ones renewed before they
-expire (:mod:`musicfs.origins.s3creds`), 429/503 carry ``Retry-After`` to the
+It passes the origin contract unchanged, writes included (with a small page
+size, so listings page, and an origin prefix, so keys outside it must stay
+invisible). Beyond that: a put that fails leaves no unfinished multipart
+upload and is retried whole or not at all, options are checked, credentials
+never leak into messages or logs, refused credentials are reloaded (moto
+enforcing IAM authentication, keys rotated in the file or the environment),
+keys that may only read are refused writes saying so, expiring ones renewed
+before they expire (:mod:`musicfs.origins.s3creds`), 429/503 carry ``Retry-After`` to the
 retry schedule, missing buckets and dead endpoints are unavailability (not
 missing files), and :class:`RangeFile` lets mutagen parse a remote FLAC while
 fetching only a small part of it.
@@ -25,6 +27,7 @@ import random
 import socket
 import time
 import traceback
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import mutagen
@@ -34,14 +37,15 @@ from botocore.awsrequest import AWSResponse
 from mutagen.flac import FLAC, Picture
 
 from fixtures.audio import AudioSpec, encode, unavailable_formats
-from musicfs.errors import ConfigError, NotFound, OriginUnavailable
-from musicfs.origins.base import OriginBusy, create
+from musicfs.errors import ConfigError, NotFound, NotRepeatable, OriginUnavailable
+from musicfs.origins.base import Checksum, OriginBusy, create
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.rangefile import RangeFile
 from musicfs.origins.retry import call_with_retry
-from musicfs.origins.s3 import S3Origin, _retry_after
+from musicfs.origins.s3 import PART_SIZE, S3Origin, _retry_after
 from musicfs.origins.s3creds import CredentialRenewer, renewal_time
 from musicfs.testing.origin_contract import OriginContract
+from musicfs.testing.write_contract import BIG, MiB, Source, SourceBroke, read_all
 from tests.s3server import isolate_aws_env, moto_server, write_credentials
 
 PREFIX = "music/"
@@ -617,3 +621,101 @@ def test_static_keys_start_no_renewal_thread():
     renewer.schedule(time.time(), None)
     assert renewer._thread is None
     renewer.close()
+
+
+# -- writes ----------------------------------------------------------------------------------------
+
+def count_requests(origin) -> Counter:
+    """How many requests of each operation the origin's client sends from now on (all go on to moto)."""
+    sent: Counter = Counter()
+    origin.client.meta.events.register("before-send.s3",
+                                       lambda event_name, **_: sent.update([event_name.rsplit(".", 1)[1]]))
+    return sent
+
+
+def unfinished_uploads(server, bucket: str) -> list[str]:
+    return [u["Key"] for u in server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+@pytest.mark.parametrize("seekable", [True, False], ids=["rewindable", "stream"])
+def test_a_large_put_that_fails_leaves_no_unfinished_upload(server, connect, seekable):
+    bucket = server.create_bucket({"index/snapshot.db": b"old snapshot"}, prefix=PREFIX)
+    origin = connect(server, bucket)
+    sent = count_requests(origin)
+    source = Source(random.Random(21).randbytes(BIG), seekable=seekable, fail_at=BIG - MiB)
+    with pytest.raises(SourceBroke if seekable else NotRepeatable):
+        origin.put("index/snapshot.db", source)
+    # it went as far as a multipart upload, which was aborted: no parts are left to pay for
+    assert sent["CreateMultipartUpload"] == 1 and sent["AbortMultipartUpload"] == 1
+    assert sent["CompleteMultipartUpload"] == 0
+    assert unfinished_uploads(server, bucket) == []
+    assert origin.read_range("index/snapshot.db", 0, 100) == b"old snapshot"
+
+
+def test_a_part_refused_midway_fails_the_put_and_the_retry_stores_it_whole(server, connect):
+    """The server fails one part: that attempt is aborted, the source rewound, and the retry helper's
+    next attempt uploads everything again (not the rest of it)."""
+    bucket = server.create_bucket({"index/snapshot.db": b"old snapshot"}, prefix=PREFIX)
+    origin = connect(server, bucket)
+    hook = answer(500, s3_error("InternalError"), times=1)
+    origin.client.meta.events.register("before-send.s3.UploadPart", hook)
+    sent = count_requests(origin)
+    data = random.Random(22).randbytes(BIG)
+    failures = []
+
+    async def main():
+        await call_with_retry(origin.put, "index/snapshot.db", Source(data), deadline=trio.current_time() + 60,
+                              limiter=trio.CapacityLimiter(1), on_error=failures.append)
+
+    trio.run(main)
+    assert [(f.final, type(f.error)) for f in failures] == [(False, OriginUnavailable)]
+    assert "HTTP 500 InternalError" in str(failures[0].error)
+    assert sent["CreateMultipartUpload"] == 2 and sent["AbortMultipartUpload"] == 1
+    assert hashlib.sha256(read_all(origin, "index/snapshot.db")).digest() == hashlib.sha256(data).digest()
+    assert unfinished_uploads(server, bucket) == []
+
+
+def test_a_stream_that_failed_midway_is_not_retried(server, connect):
+    bucket = server.create_bucket(prefix=PREFIX)
+    origin = connect(server, bucket)
+    origin.client.meta.events.register("before-send.s3.UploadPart", answer(500, s3_error("InternalError"), times=1))
+    sent = count_requests(origin)
+
+    async def main():
+        await call_with_retry(origin.put, "index/snapshot.db", Source(bytes(BIG), seekable=False),
+                              deadline=trio.current_time() + 60, limiter=trio.CapacityLimiter(1))
+
+    with pytest.raises(NotRepeatable, match="cannot be rewound") as info:
+        trio.run(main)
+    assert isinstance(info.value.__cause__, OriginUnavailable)
+    assert sent["CreateMultipartUpload"] == 1  # one attempt: another would have stored the rest only
+    with pytest.raises(NotFound):
+        origin.stat("index/snapshot.db")
+    assert unfinished_uploads(server, bucket) == []
+
+
+def test_the_etag_of_a_put_is_checked_and_a_multipart_one_is_not_taken_for_an_md5(server, connect):
+    origin = connect(server, server.create_bucket(prefix=PREFIX))
+    origin.put("small.bin", Source(b"small"))
+    assert origin.whole_checksum(origin.stat("small.bin").version) == Checksum(
+        "md5", hashlib.md5(b"small").hexdigest(), "ETag")
+    origin.put("big.bin", Source(bytes(BIG)))
+    version = origin.stat("big.bin").version
+    assert version.endswith(f"-{-(-BIG // PART_SIZE)}") and origin.whole_checksum(version) is None
+
+
+def test_credentials_that_may_only_read_are_refused_writes_saying_so(own_server, connect, monkeypatch,
+                                                                     tmp_path):
+    reader = own_server.add_user("reader", ["s3:GetObject", "s3:ListBucket"])
+    bucket = own_server.create_bucket({"a.flac": b"abc"}, prefix=PREFIX)
+    isolate_aws_env(monkeypatch, tmp_path, *reader)
+    origin = connect(own_server, bucket)
+    with own_server.enforce_auth():
+        assert origin.read_range("a.flac", 0, 3) == b"abc"
+        for call in (lambda: origin.put("a.flac", Source(b"new")), lambda: origin.put("big.bin", Source(bytes(BIG))),
+                     lambda: origin.remove("a.flac")):
+            with pytest.raises(OriginUnavailable, match="permission denied: the credentials may not write") as info:
+                call()
+            assert "HTTP 403 AccessDenied" in str(info.value) and reader[1] not in str(info.value)
+        assert origin.read_range("a.flac", 0, 3) == b"abc"
+    assert origin.credential_reloads == 0  # a refusal of the action, not of the keys

@@ -1,13 +1,15 @@
 """The SFTP origin, against Debian's OpenSSH ``sshd`` on a loopback port.
 
-It passes the origin contract unchanged; beyond that these tests check what
-an unattended network mount has to get right: host keys are checked strictly,
-keys are refused cleanly, broken connections are replaced, many calls share
-a few connections, and a dead or hung server fails within the timeout.
+It passes the origin contract unchanged, writes included; beyond that these
+tests check what an unattended network mount has to get right: host keys are
+checked strictly, keys are refused cleanly, broken connections are replaced,
+many calls share a few connections, a dead or hung server fails within the
+timeout, and a put that fails midway leaves the old file and no temporary one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -21,7 +23,9 @@ from musicfs.errors import ConfigError, NotFound, OriginUnavailable
 from musicfs.origins.base import create
 from musicfs.origins.sftp import SftpOrigin
 from musicfs.origins.sftppool import SHARE
+from musicfs.origins.sftpwire import POSIX_RENAME, SAFE_WRITE_SIZE
 from musicfs.testing.origin_contract import PAGE_FILES, OriginContract, add_hostile_links
+from musicfs.testing.write_contract import BIG, MiB, Source
 from tests.sshserver import SshServer, ssh_server
 
 
@@ -443,3 +447,115 @@ def test_a_hung_server_fails_health_within_the_timeout(own_server, connect):
             assert time.monotonic() - started < 2.5
     pooled.health()  # the server is back: the timed-out connection was replaced
     assert pooled.connections_opened == 2
+
+
+# -- writes ----------------------------------------------------------------------------------------
+
+def test_a_put_uses_the_servers_largest_writes(server, connect, tmp_path):
+    root = populate(tmp_path / "lib", {"a.flac": b"a"})
+    origin = connect(server, path=str(root), pool_size=1)
+    data = random.Random(30).randbytes(BIG)
+    origin.put("index/snapshot.db", Source(data))
+    assert (root / "index/snapshot.db").read_bytes() == data
+    assert origin._pool.connections[0].sftp.write_size > SAFE_WRITE_SIZE  # limits@openssh.com was read
+
+
+def test_a_connection_dropped_midway_fails_the_put_and_leaves_nothing(own_server, connect, tmp_path):
+    """The server's end goes away mid-put: the old file stays, the temporary file is removed over a
+    new connection, and the source is rewound for the retry."""
+    root = populate(tmp_path / "lib", {"index/snapshot.db": b"old snapshot"})
+    origin = connect(own_server, path=str(root))
+    source = Source(random.Random(31).randbytes(BIG), during=lambda _n: own_server.drop_connections(),
+                    during_at=4 * MiB)
+    with pytest.raises(OriginUnavailable, match="put 'index/snapshot.db' failed: the connection broke"):
+        origin.put("index/snapshot.db", source)
+    assert source.tell() == 0
+    assert os.listdir(root / "index") == ["snapshot.db"]
+    assert (root / "index/snapshot.db").read_bytes() == b"old snapshot"
+    assert origin.connections_opened == 2
+    origin.put("index/snapshot.db", source)  # called again, it stores all of it
+    assert (root / "index/snapshot.db").read_bytes() == source.data
+
+
+def test_a_server_that_stops_answering_midway_fails_the_put_within_the_timeout(own_server, connect, tmp_path,
+                                                                                caplog):
+    """Frozen mid-put, the server stops reading and its window fills, so a send would block for ever:
+    the put gives up after the timeout instead. Its temporary file cannot be removed while the server
+    is frozen: that is logged, with the name."""
+    root = populate(tmp_path / "lib", {"index/snapshot.db": b"old snapshot"})
+    origin = connect(own_server, path=str(root), timeout=1)
+    failed: list[BaseException] = []
+
+    def put() -> None:
+        try:
+            origin.put("index/snapshot.db", source)
+        except Exception as exc:  # checked below
+            failed.append(exc)
+
+    with contextlib.ExitStack() as stack:  # the server runs again when this ends, whatever happened
+        source = Source(bytes(4 * BIG), during=lambda _n: stack.enter_context(own_server.frozen()),
+                        during_at=2 * MiB)
+        started = time.monotonic()
+        thread = threading.Thread(target=put)
+        thread.start()
+        thread.join(10)
+        elapsed = time.monotonic() - started
+    thread.join(30)
+    assert elapsed < 5, f"the put was still going after {elapsed:.1f} s"
+    assert len(failed) == 1 and isinstance(failed[0], OriginUnavailable), failed
+    assert "no answer within 1 s" in str(failed[0])
+    assert (root / "index/snapshot.db").read_bytes() == b"old snapshot"
+    leftovers = [name for name in os.listdir(root / "index") if name != "snapshot.db"]
+    assert all(name in caplog.text and name.startswith(".") for name in leftovers)
+    origin.put("index/snapshot.db", Source(b"new snapshot"))  # the server is back
+    assert (root / "index/snapshot.db").read_bytes() == b"new snapshot"
+
+
+def test_without_posix_rename_the_old_file_is_moved_aside_then_replaced(server, connect, tmp_path):
+    """A server that does not offer posix-rename@openssh.com: SFTP's own rename, which will not replace
+    a file, so the old one goes aside first; the file is whole either way and nothing is left."""
+    root = populate(tmp_path / "lib", {"index/snapshot.db": b"old snapshot"})
+    origin = connect(server, path=str(root), pool_size=1)
+    origin.health()
+    origin._pool.connections[0].sftp.extensions.pop(POSIX_RENAME)
+    origin.put("index/snapshot.db", Source(b"new snapshot"))
+    origin.put("index/pointer.json", Source(b"{}"))  # nothing to replace: one rename
+    assert sorted(os.listdir(root / "index")) == ["pointer.json", "snapshot.db"]
+    assert (root / "index/snapshot.db").read_bytes() == b"new snapshot"
+    assert POSIX_RENAME not in origin._pool.connections[0].sftp.extensions  # the same connection did it
+
+
+def test_a_server_that_refuses_writes_says_so(connect, tmp_path):
+    """OpenSSH's internal-sftp -R serves files read-only: every write is refused, and said to be."""
+    with ssh_server("-R") as server:
+        root = populate(tmp_path / "lib", {"index/snapshot.db": b"old snapshot"})
+        origin = connect(server, path=str(root))
+        assert origin.read_range("index/snapshot.db", 0, 100) == b"old snapshot"
+        for call in (lambda: origin.put("index/snapshot.db", Source(b"new")),
+                     lambda: origin.put("new/folder/x.bin", Source(b"new")),
+                     lambda: origin.remove("index/snapshot.db")):
+            with pytest.raises(OriginUnavailable, match=f"permission denied: the server does not let "
+                                                        f"'{server.user}' write there"):
+                call()
+        assert sorted(os.listdir(root)) == ["index"] and os.listdir(root / "index") == ["snapshot.db"]
+        assert (root / "index/snapshot.db").read_bytes() == b"old snapshot"
+
+
+def test_writes_follow_no_link_out_of_the_root(server, connect, tmp_path):
+    """The server follows links for us: a put or remove through one leading out is refused, and no
+    folder is made out there."""
+    root = populate(tmp_path / "lib", {"real/a.flac": b"abc"})
+    outside = populate(tmp_path / "outside", {"secret.flac": b"secret!"})
+    add_hostile_links(root, outside)
+    origin = connect(server, path=str(root))
+    for path in ("outdir/x.bin", "outdir/new/x.bin", "abs.flac", "rel.flac", "chain.flac", "outdir/secret.flac"):
+        with pytest.raises(ValueError, match="escapes the origin"):
+            origin.put(path, Source(b"planted"))
+        with pytest.raises(ValueError, match="escapes the origin"):
+            origin.remove(path)
+    assert sorted(os.listdir(outside)) == ["secret.flac"]
+    assert (outside / "secret.flac").read_bytes() == b"secret!"
+    assert not [name for name in os.listdir(root) if name.startswith(".")]
+    origin.put("inside.flac", Source(b"a file now"))  # a link inside the root is replaced itself
+    assert not (root / "inside.flac").is_symlink() and (root / "inside.flac").read_bytes() == b"a file now"
+    assert (root / "real/a.flac").read_bytes() == b"abc"

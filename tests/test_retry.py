@@ -7,7 +7,7 @@ import time
 import pytest
 import trio
 
-from musicfs.errors import NotFound, OriginUnavailable
+from musicfs.errors import NotFound, NotRepeatable, OriginReadOnly, OriginUnavailable
 from musicfs.origins.base import OriginBusy
 from musicfs.origins.retry import Failure, call_with_retry
 
@@ -73,6 +73,17 @@ def test_a_missing_file_is_not_retried():
     with pytest.raises(NotFound):
         run(flaky)
     assert len(flaky.calls) == 1
+
+
+@pytest.mark.parametrize("error", [OriginReadOnly("nas", "zip", "store", "a.db"),
+                                   NotRepeatable("put 'a.db': the source cannot be rewound")])
+def test_refusals_no_attempt_would_change_are_raised_as_they_are(error):
+    """A write to a read-only origin, or one whose source was partly read and cannot be rewound
+    (another attempt would store the rest only): one attempt, and the error itself, not 'origin failed'."""
+    flaky = Flaky(failures=5, error=error)
+    with pytest.raises(type(error)) as info:
+        run(flaky)
+    assert info.value is error and len(flaky.calls) == 1
 
 
 def test_retry_after_of_a_busy_origin_is_honoured():

@@ -10,6 +10,11 @@ server. musicfs asks it five things and nothing else:
 * ``health()``: a quick probe; raises when the origin cannot be reached,
 * ``close()``.
 
+A kind whose class says ``writable = True`` also stores and deletes files:
+``put(path, source)`` replaces a file atomically, ``remove(path)`` deletes one
+(see :meth:`Origin.put`); every other kind refuses both with
+:class:`~musicfs.errors.OriginReadOnly`.
+
 All of them block (they are called in worker threads, with the retry schedule
 of :mod:`musicfs.origins.retry`). Paths are '/'-separated, relative to the
 origin's root, without a leading '/'. Errors: :class:`~musicfs.errors.NotFound`
@@ -23,10 +28,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from .. import plugins
-from ..errors import ConfigError, OriginUnavailable
+from ..errors import ConfigError, OriginReadOnly, OriginUnavailable
 from ..plugins import Provider
 
 
@@ -83,6 +88,7 @@ class Origin(ABC):
     kind: ClassVar[str]
     required: ClassVar[frozenset[str]] = frozenset()  # config keys this kind needs
     optional: ClassVar[frozenset[str]] = frozenset()  # config keys it may take
+    writable: ClassVar[bool] = False  # put and remove store and delete files (else they refuse)
 
     def __init__(self, origin_id: str):
         self.id = origin_id
@@ -113,6 +119,40 @@ class Origin(ABC):
 
     def close(self) -> None:
         return None
+
+    def put(self, path: str, source: BinaryIO) -> None:
+        """Store the bytes of ``source``, read to its end, as the file at ``path``. Blocking.
+
+        What every writable kind guarantees:
+
+        * ``path`` is checked as reads check it (a path leading out of the origin is refused
+          with ``ValueError``, and so is one naming no file); folders it names are created.
+        * Atomic: whoever reads ``path`` meanwhile (:meth:`stat`, :meth:`read_range`, another
+          machine) finds the old file whole or the new one whole, never part of either.
+        * Streamed: ``source`` is read in chunks of a few MiB (``source.read(n)``), never all
+          of it at once; it may be hundreds of MB.
+        * A failure midway (the origin's or ``source``'s own error) leaves the old file as it
+          was and nothing partial behind: no temporary file, no unfinished upload (one the
+          origin can no longer be reached to remove is logged with its name).
+        * A failure leaves the call repeatable: a source that can be rewound (``seekable()``)
+          is put back where it stood and the error raised as it is, so calling again (as
+          :mod:`musicfs.origins.retry` does) stores all of it; one that cannot, once partly
+          read, makes it :class:`~musicfs.errors.NotRepeatable`, which is never retried.
+        * Errors are the origin's: :class:`~musicfs.errors.OriginUnavailable` with a message
+          naming the origin and what failed (a refused permission says so); ``source``'s own
+          errors are raised as they are.
+
+        This default refuses: the kind is read-only (:class:`~musicfs.errors.OriginReadOnly`).
+        """
+        raise OriginReadOnly(self.id, self.kind, "store", path)
+
+    def remove(self, path: str) -> None:
+        """Delete the file at ``path``; one that does not exist is no error. Blocking.
+
+        ``path`` is checked as for :meth:`put`; folders are left as they are. This default
+        refuses: the kind is read-only (:class:`~musicfs.errors.OriginReadOnly`).
+        """
+        raise OriginReadOnly(self.id, self.kind, "remove", path)
 
     def whole_checksum(self, version: str) -> Checksum | None:
         """The checksum of a whole file this origin vouches for, given the file's ``version``

@@ -13,24 +13,34 @@ mount owner's ``~/.ssh`` in it. So:
 * every read resolves its path and checks it again, then opens it without
   following a final link, so an entry swapped for a link since it was listed
   is refused too.
+
+Writes (:meth:`LocalOrigin.put`) go through the same check, then work inside the
+folder they resolve to by its descriptor: a hidden temporary file there, written,
+fsynced and renamed over the target (``rename`` is atomic, and replaces a final
+link rather than following it), then the folder fsynced, so a crash leaves the
+old file or the new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat as stat_mode
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import NotFound, OriginUnavailable
 from .base import Entry, Origin, Page, register
+from .writes import file_name, reading, temp_name
 
 __all__ = ["Entry", "LocalOrigin"]
 
 log = logging.getLogger(__name__)
+
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # how a folder is opened to write in it
 
 
 @register
@@ -39,6 +49,7 @@ class LocalOrigin(Origin):
 
     kind = "local"
     required = frozenset({"path"})
+    writable = True
 
     def __init__(self, origin_id: str, root: Path | str):
         super().__init__(origin_id)
@@ -141,6 +152,98 @@ class LocalOrigin(Origin):
         if not (self.root.is_dir() and os.access(self.root, os.R_OK | os.X_OK)):
             raise OriginUnavailable(f"origin {self.id}: {self.root} is not reachable")
 
+    def put(self, path: str, source: BinaryIO) -> None:
+        """Write ``source`` to a hidden temporary file beside ``path``, fsync it, rename it over
+        ``path`` and fsync the folder (see :meth:`Origin.put` for the guarantees)."""
+        self.local_path(path)  # the reads' own check: ValueError for a path leading out of the root
+        name = file_name(path)
+        with reading(source, f"origin {self.id}: put {path!r}") as taken:
+            folder = self._folder(path, "put", create=True)
+            assert folder is not None  # made when missing
+            temp, made = temp_name(name), False
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o666, dir_fd=folder)
+                made = True
+                try:
+                    for chunk in taken.chunks():
+                        _write_all(fd, chunk)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+                made = False  # it is the file now
+                os.fsync(folder)
+            except BaseException as exc:
+                if made:
+                    with contextlib.suppress(OSError):  # the folder may be gone with it
+                        os.unlink(temp, dir_fd=folder)
+                if isinstance(exc, OSError):
+                    raise self._write_error("put", path, exc, self.root / path.rpartition("/")[0]) from None
+                raise
+            finally:
+                os.close(folder)
+
+    def remove(self, path: str) -> None:
+        """Unlink the entry at ``path`` (a link itself, not what it leads to); absent is fine."""
+        self.local_path(path)
+        name = file_name(path)
+        folder = self._folder(path, "remove", create=False)
+        if folder is None:
+            return
+        try:
+            os.unlink(name, dir_fd=folder)
+            os.fsync(folder)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._write_error("remove", path, exc, self.root / path.rpartition("/")[0]) from None
+        finally:
+            os.close(folder)
+
+    def _folder(self, path: str, operation: str, create: bool) -> int | None:
+        """A descriptor of the folder ``path`` is in, opened part by part from the root without
+        following links (it was resolved inside the root just before), its missing parts made
+        when ``create``, else None when one is missing. The root itself is never made."""
+        parent = self.local_path(path.rpartition("/")[0])
+        here = self.root
+        try:
+            fd = os.open(here, _FOLDER)
+        except OSError as exc:
+            self.health()  # the whole folder gone (a share not mounted) is the origin offline
+            raise self._write_error(operation, path, exc, here) from None
+        try:
+            for part in parent.relative_to(self.root).parts:
+                if create:
+                    try:
+                        os.mkdir(part, 0o777, dir_fd=fd)
+                        os.fsync(fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    inner = os.open(part, _FOLDER | os.O_NOFOLLOW, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    if create:
+                        raise
+                    os.close(fd)
+                    return None  # nothing there to remove
+                os.close(fd)
+                fd, here = inner, here / part
+        except OSError as exc:
+            os.close(fd)
+            raise self._write_error(operation, path, exc, here) from None
+        return fd
+
+    def _write_error(self, operation: str, path: str, exc: OSError, folder: Path) -> OriginUnavailable:
+        """The error of a write that failed in ``folder`` (where it was writing when refused)."""
+        if isinstance(exc, PermissionError):
+            detail = f"permission denied: this user may not write in {folder} ({exc.strerror})"
+        elif exc.errno == errno.ELOOP:
+            detail = "a folder on the way was replaced by a link"
+        else:
+            detail = exc.strerror or f"{type(exc).__name__}: {exc}"
+        return OriginUnavailable(f"origin {self.id}: {operation} {path!r} in {self.root} failed: {detail}")
+
     def walk(self, on_error=None) -> Iterator[Entry]:
         """Every regular file below the root, in sorted order (a stable scan order).
 
@@ -174,3 +277,10 @@ class LocalOrigin(Origin):
                 else:
                     yield Entry(child, listed[1].st_size, listed[1].st_mtime_ns)
             stack.extend(reversed(subdirs))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a write may take less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

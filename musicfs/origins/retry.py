@@ -11,6 +11,12 @@ A server that answers "slow down" with a ``Retry-After`` (an
 least that long before the next attempt; asking again sooner would only earn
 another refusal. The deadline still wins: the wait never runs past it.
 
+Some failures are final, retried by no schedule and raised as they are: a
+missing file, a write to a read-only origin (:class:`~musicfs.errors.ReadOnly`),
+and a write that cannot be repeated because its source cannot be rewound
+(:class:`~musicfs.errors.NotRepeatable`: another attempt would store only the
+rest of it).
+
 Each failed attempt is reported to ``on_error`` as a :class:`Failure` that
 says whether another attempt follows, so a caller can log the attempts that
 are retried quietly and only the one that gives up loudly, with the times of
@@ -27,12 +33,14 @@ from typing import TypeVar
 import tenacity
 import trio
 
-from ..errors import MusicFSError, NotFound, OriginUnavailable
+from ..errors import MusicFSError, NotFound, NotRepeatable, OriginUnavailable, ReadOnly
 from .base import OriginBusy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# failures no other attempt would change, raised as they are (FileNotFoundError as NotFound)
+FINAL = (NotFound, ReadOnly, NotRepeatable)
 BACKOFF = (0.1, 0.5, 2.0)
 JITTER = 0.1  # up to 10 % added to each wait
 
@@ -81,7 +89,8 @@ async def call_with_retry(func: Callable[..., T], *args, deadline: float, limite
                           on_error: Callable[[Failure], None] | None = None) -> T:
     """Run ``func(*args)`` in a thread; retry transient failures on the schedule until ``deadline``.
 
-    ``deadline`` is a trio clock time. A missing file is final (not retried).
+    ``deadline`` is a trio clock time. A missing file, a read-only origin and a write that
+    cannot be repeated are final (see :data:`FINAL`): raised at once, as they are.
     Raises :class:`OriginUnavailable` when attempts or time run out; ``on_error``
     hears of every failed attempt, the last one (``final``) included, also when
     the deadline cut an attempt or a wait short.
@@ -119,7 +128,7 @@ async def call_with_retry(func: Callable[..., T], *args, deadline: float, limite
         wait=_Wait(schedule, JITTER, deadline),
         # Cancelled (the deadline, or an interrupted reader) is no failure of the origin: never retried
         retry=tenacity.retry_if_exception(
-            lambda e: isinstance(e, Exception) and not isinstance(e, (FileNotFoundError, NotFound))),
+            lambda e: isinstance(e, Exception) and not isinstance(e, (FileNotFoundError, *FINAL))),
         before_sleep=before_sleep,
         reraise=True,
     )
@@ -130,7 +139,7 @@ async def call_with_retry(func: Callable[..., T], *args, deadline: float, limite
                     return await attempt_once()
         except FileNotFoundError as exc:
             raise NotFound(str(exc)) from None
-        except NotFound:
+        except FINAL:
             raise
         except (OSError, MusicFSError) as exc:  # the last attempt failed too: say so, then give up
             last = exc

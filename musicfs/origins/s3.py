@@ -43,6 +43,13 @@ Choices, and why:
   answered 200 with a web page (a captive portal's "Please Login", a proxy's
   error page) instead of 206 with the range would otherwise read as a file
   that ends after a few hundred bytes.
+* Writes (:meth:`S3Origin.put`) are boto3's managed uploads with this client:
+  one PUT up to :data:`PART_SIZE`, a multipart upload beyond, its parts read
+  from the source as the upload goes (:data:`PARTS_IN_MEMORY` held at once).
+  An object appears whole when its PUT or its multipart upload completes,
+  never before; a multipart upload that fails is aborted, so no parts are left
+  to pay for (if the abort itself cannot reach the bucket, a lifecycle rule
+  that aborts incomplete uploads after a day is the bucket's own safety net).
 """
 
 from __future__ import annotations
@@ -57,12 +64,13 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import boto3
 import botocore.session
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -79,6 +87,7 @@ from .base import Checksum, Entry, Origin, OriginBusy, Page, check_seconds, regi
 from .resolve import NameCheck, needs_lookup
 from .s3body import RangedBody
 from .s3creds import CredentialRenewer, session_credentials
+from .writes import file_name, reading
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +100,15 @@ DEFAULT_REGION = "us-east-1"  # what MinIO and moto expect when nothing else is 
 # botocore's default of 10 would drop and reopen connections under parallel FUSE reads
 MAX_POOL_CONNECTIONS = 128
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
+PART_SIZE = 8 * 1024 * 1024  # a put up to this is one PUT; beyond, parts of this size (S3's least: 5 MiB)
+# parts read and not yet uploaded, at most (and as many uploading at once); with the part being
+# read, a put holds about (PARTS_IN_MEMORY + 1) * PART_SIZE = 24 MiB, however large it is
+PARTS_IN_MEMORY = 2
+_TRANSFER = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
+                           max_concurrency=PARTS_IN_MEMORY,
+                           preferred_transfer_client="classic")  # not the CRT client: this one, its errors
+_TRANSFER.max_in_memory_upload_chunks = PARTS_IN_MEMORY  # s3transfer's own setting (boto3's __init__ lacks it)
+_WRITES = frozenset({"PutObject", "DeleteObject"})  # operations that change the bucket
 
 # Codes that mean "these credentials are no good (any more)": reload them before the next attempt.
 # (B2 says "expired_auth_token" or "bad_auth_token", with HTTP 401)
@@ -109,6 +127,7 @@ _HINTS = {
     "InvalidBucketName": "check the bucket name",
     "RequestTimeTooSkewed": "this machine's clock is off",
 }
+_WRITE_HINTS = {"AccessDenied": "permission denied: the credentials may not write to this bucket or prefix"}
 _SECRET_OPTIONS = ("access_key", "access_key_id", "aws_access_key_id", "secret", "secret_key",
                    "secret_access_key", "aws_secret_access_key", "session_token", "aws_session_token",
                    "password", "key_id", "application_key")
@@ -155,6 +174,7 @@ class S3Origin(Origin):
     required = frozenset({"bucket"})
     optional = frozenset({"endpoint", "prefix", "region", "credentials_file", "profile", "page_size",
                           "timeout", "verify_etag"})
+    writable = True
 
     def __init__(self, origin_id: str, *, bucket: str, endpoint: str | None = None, prefix: str = "",
                  region: str | None = None, credentials_file: str | None = None,
@@ -316,6 +336,22 @@ class S3Origin(Origin):
         with self._request("ListObjectsV2", None) as client:
             client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
 
+    def put(self, path: str, source: BinaryIO) -> None:
+        """Upload ``source`` as the object ``prefix + path``: a PUT, or a multipart upload in parts
+        of :data:`PART_SIZE` (aborted if anything fails). See :meth:`Origin.put` for the guarantees."""
+        key = self._key(path)
+        file_name(path)  # a key ending in '/' is a folder marker, not a file
+        with reading(source, self._what("PutObject", key)) as taken, \
+                self._request("PutObject", key) as client:
+            client.upload_fileobj(taken, self.bucket, key, Config=_TRANSFER)
+
+    def remove(self, path: str) -> None:
+        """DeleteObject: S3 answers the same whether the key was there or not."""
+        key = self._key(path)
+        file_name(path)
+        with self._request("DeleteObject", key) as client:
+            client.delete_object(Bucket=self.bucket, Key=key)
+
     def whole_checksum(self, version: str) -> Checksum | None:
         """The ETag of an object uploaded in one part is the MD5 of its body (AWS, B2, MinIO).
 
@@ -458,10 +494,12 @@ class S3Origin(Origin):
         code, status = str(error.get("Code", "")), _status(exc)
         bare = code in ("", str(status))  # a HEAD response has no body, so no error code
         what = f"{self._what(operation, key)}: HTTP {status}{'' if bare else f' {code}'}"
+        writing = operation in _WRITES
         if status == 404 or code in ("NoSuchKey", "NoSuchBucket", "NotFound"):
             if code == "NoSuchBucket" or key is None:
                 return OriginUnavailable(f"{what}: bucket {self.bucket!r} does not exist")
-            return NotFound(key[len(self.prefix):])
+            if not writing:  # a write's 404 (an upload aborted meanwhile) is no missing file
+                return NotFound(key[len(self.prefix):])
         if status in (429, 503) or code in _BUSY_CODES:
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             return OriginBusy(f"{what}: the server asks to slow down", _retry_after(headers))
@@ -475,7 +513,8 @@ class S3Origin(Origin):
                                      f"for the next attempt")
         if status >= 500:
             return OriginUnavailable(f"{what}: server error")
-        hint = _HINTS.get(code)
+        hint = _WRITE_HINTS.get(code) if writing else None
+        hint = hint or _HINTS.get(code)
         return OriginUnavailable(f"{what}{f': {hint}' if hint else ''}")
 
 

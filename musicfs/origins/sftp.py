@@ -32,6 +32,11 @@ Choices, and why:
   inside the root, never links to folders (no loops), and never names a
   server could not mean (``.``, ``..``, anything holding ``/`` or NUL).
 
+Writes (:meth:`SftpOrigin.put`, in :mod:`musicfs.origins.sftpwrite`): a hidden
+temporary file beside the target, renamed over it with OpenSSH's
+``posix-rename@openssh.com``, on a pooled connection like any call. A put that
+fails removes its temporary file, on a fresh connection if its own broke.
+
 Errors: a missing file is :class:`~musicfs.errors.NotFound`; everything else
 is :class:`~musicfs.errors.OriginUnavailable` with a message naming the
 server and the operation (and never holding key material).
@@ -44,7 +49,7 @@ import os
 import stat as stat_mode
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import paramiko
 
@@ -52,7 +57,10 @@ from ..errors import ConfigError, NotFound, OriginUnavailable
 from .base import Entry, Origin, Page, check_seconds, register
 from .resolve import NameCheck, needs_lookup
 from .sftppool import Connection, ConnectionPool
-from .sftpwire import NO_SUCH_FILE, Attrs, ConnectionLost, SftpChannel, StatusError
+from .sftpwire import NO_SUCH_FILE, PERMISSION_DENIED, Attrs, ConnectionLost, SftpChannel, StatusError
+from .sftpwire import within as _within
+from .sftpwrite import Upload, remove_file, remove_if_there
+from .writes import file_name, reading
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +83,6 @@ _CONNECT_ERRORS = (paramiko.SSHException, EOFError, ConnectionLost)
 
 T = TypeVar("T")
 
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _plausible(name: str) -> bool:
@@ -106,6 +110,7 @@ class SftpOrigin(Origin):
     kind = "sftp"
     required = frozenset({"host", "user", "key_file"})
     optional = frozenset({"port", "path", "known_hosts", "pool_size", "timeout", "page_size"})
+    writable = True
 
     def __init__(self, origin_id: str, *, host: str, user: str, key_file: str, port: int = DEFAULT_PORT,
                  path: str = "", known_hosts: str = DEFAULT_KNOWN_HOSTS, pool_size: int = DEFAULT_POOL_SIZE,
@@ -255,6 +260,39 @@ class SftpOrigin(Origin):
         if not stat_mode.S_ISDIR(attrs.mode or 0):
             raise OriginUnavailable(f"{self._where()}: {self.root!r} is not a folder")
 
+    def put(self, path: str, source: BinaryIO) -> None:
+        """Write ``source`` to a hidden file beside ``path`` and rename it over ``path``
+        (:mod:`musicfs.origins.sftpwrite`); see :meth:`Origin.put` for the guarantees."""
+        target = self._remote(path)
+        file_name(path)
+        parts = [part for part in path.split("/") if part][:-1]
+        folders = [self._remote("/".join(parts[:depth])) for depth in range(len(parts) + 1)]
+        upload = Upload(folders, target, self.timeout)
+        with reading(source, f"{self._where()}: put {path!r}") as taken:
+            try:
+                self._run("put", path, lambda sftp, _deadline: upload.run(sftp, taken), writing=True)
+            except BaseException:
+                if upload.started:
+                    self._remove_leftover(upload.temp)
+                raise
+
+    def remove(self, path: str) -> None:
+        """Unlink ``path`` (``SSH_FXP_REMOVE``) once its folder is found inside the root; a file or
+        folder that is not there is no error."""
+        target = self._remote(path)
+        file_name(path)
+        self._run("remove", path, lambda sftp, deadline: remove_file(sftp, self.root or ".", target, deadline),
+                  writing=True)
+
+    def _remove_leftover(self, temp: str) -> None:
+        """Remove the temporary file of a put that failed, on a connection that works (a new one if
+        the put's broke); one that cannot be removed now is logged (its name starts with '.')."""
+        try:
+            self._run("remove", temp, lambda sftp, deadline: remove_if_there(sftp, temp, deadline),
+                      writing=True)
+        except OriginUnavailable as exc:
+            log.warning("%s: a failed put left %s behind: %s", self._where(), temp, exc)
+
     def statistics(self) -> dict:
         return {"connections_opened": self.connections_opened}
 
@@ -299,12 +337,15 @@ class SftpOrigin(Origin):
 
         return inside
 
-    def _run(self, operation: str, path: str, work: Callable[[SftpChannel, float], T]) -> T:
+    def _run(self, operation: str, path: str, work: Callable[[SftpChannel, float], T], *,
+             writing: bool = False) -> T:
         """``work(sftp, deadline)`` on a pooled connection, with the server's answers mapped to our errors.
 
         ``path`` is relative to the root; ``""`` is the root itself, whose absence
         means the origin is unavailable, not that a file is missing. The call has
-        ``timeout`` seconds once it has a connection.
+        ``timeout`` seconds once it has a connection. ``writing``: a write, for which
+        a missing file or folder is a failure, not a missing file, and which has no
+        deadline as a whole (its waits have ``timeout`` each).
         """
         connection = self._pool.acquire(operation)
         started = time.monotonic()
@@ -315,12 +356,16 @@ class SftpOrigin(Origin):
                 if not path or self._root_missing(connection):
                     raise OriginUnavailable(f"{self._where()}: {operation}: the root folder "
                                             f"{self.root or '(login directory)'!r} is missing") from None
-                raise NotFound(path) from None
+                if not writing:
+                    raise NotFound(path) from None
+            if writing and exc.code == PERMISSION_DENIED:
+                raise self._unavailable(operation, path, f"permission denied: the server does not let "
+                                        f"{self.user!r} write there ({exc})") from None
             raise self._unavailable(operation, path, f"the server answered: {exc}") from None
         except TimeoutError:
             self._pool.discard(connection)
             what = f"{operation} {path!r}" if path else operation
-            if connection.sftp.last_heard < started:
+            if writing or connection.sftp.last_heard < started:
                 raise OriginUnavailable(f"{self._where()}: {what}: no answer within {self.timeout:g} s") from None
             raise OriginUnavailable(f"{self._where()}: {what} took longer than {self.timeout:g} s (too slow); "
                                     f"gave up") from None

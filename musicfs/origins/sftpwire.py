@@ -34,27 +34,38 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Attrs", "ConnectionLost", "SftpChannel", "StatusError", "NO_SUCH_FILE", "PERMISSION_DENIED"]
+__all__ = ["Attrs", "ConnectionLost", "SftpChannel", "StatusError", "NO_SUCH_FILE", "PERMISSION_DENIED",
+           "within"]
 
 # message types (draft-ietf-secsh-filexfer-02, which OpenSSH speaks)
-_INIT, _VERSION, _OPEN, _CLOSE, _READ = 1, 2, 3, 4, 5
-_LSTAT, _OPENDIR, _READDIR, _REALPATH, _STAT, _EXTENDED = 7, 11, 12, 16, 17, 200
+_INIT, _VERSION, _OPEN, _CLOSE, _READ, _WRITE = 1, 2, 3, 4, 5, 6
+_LSTAT, _OPENDIR, _READDIR, _REMOVE, _MKDIR, _REALPATH, _STAT, _RENAME = 7, 11, 12, 13, 14, 16, 17, 18
+_EXTENDED = 200
 _STATUS, _HANDLE, _DATA, _NAME, _ATTRS, _EXTENDED_REPLY = 101, 102, 103, 104, 105, 201
 # status codes
-EOF, NO_SUCH_FILE, PERMISSION_DENIED = 1, 2, 3
-_OPEN_READ = 0x01
+OK, EOF, NO_SUCH_FILE, PERMISSION_DENIED, FAILURE, OP_UNSUPPORTED = 0, 1, 2, 3, 4, 8
+_OPEN_READ, _OPEN_WRITE, _OPEN_CREATE, _OPEN_TRUNCATE, _OPEN_EXCLUSIVE = 0x01, 0x02, 0x08, 0x10, 0x20
+# OpenSSH's extensions: rename replacing the target atomically (rename(2)), and fsync(2) of an open file
+POSIX_RENAME, FSYNC = b"posix-rename@openssh.com", b"fsync@openssh.com"
 _ATTR_SIZE, _ATTR_UIDGID, _ATTR_PERMISSIONS, _ATTR_ACMODTIME = 0x1, 0x2, 0x4, 0x8
 _ATTR_EXTENDED = 0x80000000
 
 VERSION = 3
 SAFE_READ_SIZE = 32 * 1024  # what every server must accept in one read request
 MAX_READ_SIZE = 256 * 1024  # the most asked in one request, even of a server that allows more
+SAFE_WRITE_SIZE = 32 * 1024  # what every server must accept as the data of one write request
+MAX_WRITE_SIZE = 256 * 1024  # the most sent in one, even to a server that allows more
 MAX_IN_FLIGHT = 32  # read requests outstanding for one read call
 MAX_PACKET = 1 << 24  # an answer larger than this is garbage on the wire, not SFTP
 RECV_SIZE = 256 * 1024
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _HEADER = struct.Struct(">IBI")  # length, type, request id
+
+
+def within(path: str, root: str) -> bool:
+    """Whether the server's real path ``path`` is its real path ``root`` or lies inside it."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 class ConnectionLost(Exception):
@@ -160,11 +171,11 @@ class SftpChannel:
         self.last_heard = time.monotonic()  # when the server last sent anything
         self.root: str | None = None  # the real path of the folder its user works under, once asked
         self.extensions = self._handshake(timeout)
-        self.read_size = SAFE_READ_SIZE
+        self.read_size, self.write_size = SAFE_READ_SIZE, SAFE_WRITE_SIZE
         self._reader = threading.Thread(target=self._read_loop, name=f"musicfs-{name}-reader", daemon=True)
         self._reader.start()
         if b"limits@openssh.com" in self.extensions:
-            self.read_size = self._read_limit(time.monotonic() + timeout)
+            self.read_size, self.write_size = self._limits(time.monotonic() + timeout)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -180,6 +191,15 @@ class SftpChannel:
         """Close the channel; requests still waiting fail with :class:`ConnectionLost`."""
         self._fail_all(ConnectionLost("the SFTP session was closed"))
         self._channel.close()
+
+    def abort(self, why: str) -> None:
+        """Fail every request and close the SSH connection under the session, from any thread: a
+        send blocked on a server that stopped reading (its window or the socket full) fails too,
+        which closing the channel alone would not make it do."""
+        self._fail_all(ConnectionLost(why))
+        transport = self._channel.get_transport()
+        if transport is not None:
+            transport.close()
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -275,6 +295,57 @@ class SftpChannel:
                     break
         return b"".join(parts)
 
+    # -- writing -------------------------------------------------------------------------------
+
+    def create(self, path: str, deadline: float) -> bytes:
+        """A handle for writing a new file at ``path``; fails if anything is there already (a
+        link planted at the name is not followed). The server's umask sets its mode."""
+        flags = _OPEN_WRITE | _OPEN_CREATE | _OPEN_TRUNCATE | _OPEN_EXCLUSIVE
+        return self._call(_OPEN, _string(path) + _U32.pack(flags) + _U32.pack(0), _HANDLE, deadline).string()
+
+    def ask_write(self, handle: bytes, offset: int, data: bytes) -> _Pending:
+        """Send ``data`` (at most :attr:`write_size` bytes) to write at ``offset`` without waiting:
+        many writes go out before the first is answered; :meth:`wait_ok` collects each answer."""
+        return self._send([(_WRITE, _string(handle) + _U64.pack(offset) + _string(data))])[0]
+
+    def ask_mkdir(self, path: str) -> _Pending:
+        return self._send([(_MKDIR, _string(path) + _U32.pack(0))])[0]
+
+    def wait_ok(self, pending: _Pending, deadline: float) -> None:
+        """The answer to a request answered by a status: returns for OK, raises :class:`StatusError` else."""
+        try:
+            self._answer(pending, _STATUS, deadline)  # raises for every status, OK too
+        except StatusError as exc:
+            if exc.code != OK:
+                raise
+
+    def fsync(self, handle: bytes, deadline: float) -> bool:
+        """Have the server flush the file to its disk; False when it offers no way to (no extension)."""
+        if FSYNC not in self.extensions:
+            return False
+        self.wait_ok(self._send([(_EXTENDED, _string(FSYNC) + _string(handle))])[0], deadline)
+        return True
+
+    def close_file(self, handle: bytes, deadline: float) -> None:
+        """Close a handle and wait for the answer: the last moment a server can report a failed write."""
+        self.wait_ok(self._send([(_CLOSE, _string(handle))])[0], deadline)
+
+    def rename(self, old: str, new: str, deadline: float, *, replace: bool) -> None:
+        """Rename ``old`` to ``new``. ``replace``: with OpenSSH's ``posix-rename@openssh.com``,
+        rename(2) itself, which replaces ``new`` atomically (the server must offer it); without,
+        SFTP's own rename, which fails when ``new`` exists on most servers."""
+        if replace:
+            if POSIX_RENAME not in self.extensions:
+                raise StatusError(OP_UNSUPPORTED, "the server offers no posix-rename@openssh.com")
+            request = (_EXTENDED, _string(POSIX_RENAME) + _string(old) + _string(new))
+        else:
+            request = (_RENAME, _string(old) + _string(new))
+        self.wait_ok(self._send([request])[0], deadline)
+
+    def remove(self, path: str, deadline: float) -> None:
+        """Unlink ``path`` (a link itself, not what it leads to)."""
+        self.wait_ok(self._send([(_REMOVE, _string(path))])[0], deadline)
+
     # -- requests and answers ------------------------------------------------------------------
 
     def _handshake(self, timeout: float) -> dict[bytes, bytes]:
@@ -298,15 +369,16 @@ class SftpChannel:
         self._channel.settimeout(None)  # from here only the reader thread reads, and it waits for as long as it takes
         return extensions
 
-    def _read_limit(self, deadline: float) -> int:
-        """How much one read request may ask for, from OpenSSH's limits extension."""
+    def _limits(self, deadline: float) -> tuple[int, int]:
+        """How much one read request may ask for and one write request carry (OpenSSH's limits)."""
         try:
             fields = self._call(_EXTENDED, _string(b"limits@openssh.com"), _EXTENDED_REPLY, deadline)
             fields.u64()  # packet length
-            limit = fields.u64()
+            read, write = fields.u64(), fields.u64()
         except StatusError:
-            return SAFE_READ_SIZE
-        return min(max(limit, SAFE_READ_SIZE), MAX_READ_SIZE) if limit else SAFE_READ_SIZE
+            return SAFE_READ_SIZE, SAFE_WRITE_SIZE
+        return (min(max(read, SAFE_READ_SIZE), MAX_READ_SIZE) if read else SAFE_READ_SIZE,
+                min(max(write, SAFE_WRITE_SIZE), MAX_WRITE_SIZE) if write else SAFE_WRITE_SIZE)
 
     def _recv_exactly(self, size: int) -> bytes:
         parts, got = [], 0

@@ -3,8 +3,10 @@
 A test module for an origin kind subclasses :class:`OriginContract` and
 provides one fixture, ``make_origin(files) -> Origin``, that puts ``files``
 (path -> bytes) into a fresh instance of that kind and returns an origin
-reading it. Nothing here knows which kind it is testing. A plugin author runs
-it with pytest::
+reading it. Nothing here knows which kind it is testing. A kind that says it
+is ``writable`` is held to :meth:`Origin.put`'s guarantees (the write tests
+skip for others, which must refuse writes with ``OriginReadOnly``). A plugin
+author runs it with pytest::
 
     from musicfs.testing.origin_contract import OriginContract
 
@@ -25,6 +27,8 @@ import pytest
 
 from musicfs.errors import NotFound
 
+from .write_contract import WriteContract
+
 PAGE_FILES = 23  # more than one page wherever a kind pages its listings
 
 
@@ -42,7 +46,7 @@ def library() -> dict[str, bytes]:
     return files
 
 
-class OriginContract:
+class OriginContract(WriteContract):
     # a kind whose listings come in pages (set by its test class, with a page smaller than PAGE_FILES):
     # the big folder must then take more than one page, or the paging is not tested at all
     pages_listings = False
