@@ -124,7 +124,7 @@ def test_offline_start_and_a_bad_catalog_leave_b_on_the_one_it_has(lab):
     refused = subprocess.run(musicfs_cmd("--state-dir", str(new / "state"), "mount", "--foreground", "--config",
                                          str(machine_b(lab, "c")), "--cache-dir", str(new / "cache"),
                                          str(new / "mnt")), capture_output=True, text=True, timeout=120, env=env)
-    assert refused.returncode == 2 and "no catalog of this library to mount yet" in refused.stderr
+    assert refused.returncode == 2 and "not reachable" in refused.stderr and "no index" in refused.stderr
     proxy.clear()
 
     # a pointer of a format from the future, then a snapshot that is not what its pointer says
@@ -205,3 +205,31 @@ def test_a_new_catalog_reaches_a_running_mount_within_a_poll(lab):
         assert status["updates"] == 1 and status["in_use"]["tracks"] == 7
         polled = json.loads(ok(cli(env, mounted.state_dir, "catalog", "poll", "--json")).stdout)
         assert polled["result"] == "unchanged" and polled["polls"] >= 2
+
+
+@pytest.mark.req("CAT-1")
+def test_the_publishing_mount_publishes_after_a_rescan_that_changed_something(lab):
+    """``[catalog] publish = true`` on machine A, which mounts and scans: a rescan that finds a new
+    track is followed by a publish, with no musicfs publish run by anyone."""
+    env = lab["env"]
+    lab["a"].write_text(lab["a"].read_text().replace("mount = false", "mount = false\npublish = true"))
+    client, bucket = lab["server"].client(), lab["bucket"]
+    pointer_key = f"{PREFIX}.musicfs-catalog/catalog.json"
+    with mount_library(config=lab["a"], work=lab["work"] / "a", env=env) as mounted:
+        extra = lab["work"] / "extra"
+        short_track(extra, "Band/Album 2/07.flac", "flac", 7, album="Album 2", cover=None)
+        client.put_object(Bucket=bucket, Key=PREFIX + "Band/Album 2/07.flac",
+                          Body=(extra / "Band/Album 2/07.flac").read_bytes())
+        ok(cli(env, mounted.state_dir, "origin", "rescan", "b2"))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pointer = json.loads(client.get_object(Bucket=bucket, Key=pointer_key)["Body"].read())
+                if pointer["tracks"] == 7:
+                    break
+            except client.exceptions.NoSuchKey:
+                pass
+            assert time.monotonic() < deadline, "no catalog of seven tracks published after the rescan"
+            time.sleep(0.2)
+        status = json.loads((mounted.mountpoint / ".musicfs" / "status.json").read_text())
+        assert status["catalog_publisher"]["published"] >= 1 and status["catalog_publisher"]["failed"] == 0

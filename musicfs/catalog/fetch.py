@@ -87,13 +87,13 @@ class CatalogReader:
 
     def version(self) -> str:
         """The pointer object's version now (one stat: what a poll costs when nothing changed)."""
-        return self.origin.stat(self.pointer_path).version_key()
+        return self.origin.stat(self.pointer_path).version_key
 
     def latest(self) -> Latest:
         """The pointer as published now, checked (format, signature)."""
         entry = self.origin.stat(self.pointer_path)
         data = self.origin.read_range(self.pointer_path, 0, entry.size)
-        return Latest(Pointer.decode(data, self.key), entry.version_key())
+        return Latest(Pointer.decode(data, self.key), entry.version_key)
 
     def download(self, latest: Latest, folder: Path) -> Path:
         """Fetch ``latest``'s snapshot into a new file in ``folder``, checked whole; its path.
@@ -156,7 +156,7 @@ class CatalogReader:
                 sha.update(data)
                 writer.write(data)
                 offset += len(data)
-            writer.flush(zstandard.FLUSH_FRAME)
+            writer.flush()
         except zstandard.ZstdError as exc:
             raise CatalogRefused(f"the catalog snapshot does not decompress: {exc}") from None
         if sha.hexdigest() != pointer.hash:
