@@ -100,7 +100,9 @@ def test_machine_b_mounts_machine_a_catalog_without_reading_one_audio_object(lab
             assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(lab["files"][real]).digest()
         status = ok(cli(env, mounted.state_dir, "catalog", "status", "--config", str(machine_b(lab)),
                         "--index", str(mounted.index), "--json"))
-        assert json.loads(status.stdout)["up_to_date"]
+        shown = json.loads(status.stdout)
+        assert shown["up_to_date"] and shown["mount"]["mountpoint"] == str(mounted.mountpoint)
+        assert shown["mount"]["in_use"]["hash"] == published["pointer"]["hash"]
         rescan = cli(env, mounted.state_dir, "origin", "rescan", "b2")  # scanned where it is published
         assert rescan.returncode != 0 and "mounted from the catalog" in rescan.stdout + rescan.stderr
 

@@ -95,7 +95,7 @@ def cmd_catalog_status(args: argparse.Namespace) -> int:
     report = {"origin": settings.origin, "prefix": settings.prefix, "index": str(path),
               "in_use": asdict(in_use) if in_use else None,
               "latest": asdict(latest.pointer) if latest else None, "latest_problem": problem,
-              "up_to_date": current}
+              "up_to_date": current, "mount": _mount_view(args, path)}
     if args.json:
         print_json(report)
         return 0 if current else 1
@@ -105,6 +105,11 @@ def cmd_catalog_status(args: argparse.Namespace) -> int:
         p = in_use.pointer
         console.print(f"in use: {p.hash[:16]}..., {p.tracks:,} tracks, published {_when(p.created)}, "
                       f"installed {_when(in_use.installed_at)}", markup=False, highlight=False)
+    mount = report["mount"]
+    if mount is not None:
+        console.print(f"mounted at {mount['mountpoint']}: {mount['polls']} looks at the pointer, every "
+                      f"{mount['poll_seconds']:g} s; the last {_when(mount['last_poll_at'])}: {mount['last_result']}",
+                      markup=False, highlight=False)
     if latest is not None:
         p = latest.pointer
         console.print(f"latest: {p.hash[:16]}..., {p.tracks:,} tracks, published {_when(p.created)}"
@@ -112,6 +117,23 @@ def cmd_catalog_status(args: argparse.Namespace) -> int:
     else:
         console.print(f"latest: unknown: {problem}", markup=False, highlight=False)
     return 0 if current else 1
+
+
+def _mount_view(args: argparse.Namespace, index) -> dict | None:
+    """What the daemon serving ``index`` says of its catalog (its polls), or None when none runs."""
+    from pathlib import Path
+
+    from ..control.client import ControlClient
+    from ..control.locate import ControlError, mounts_of_index
+    from ..dirs import state_home
+
+    for info in mounts_of_index(args.state_dir or state_home(), index):
+        try:
+            with ControlClient(Path(info["socket"])) as client:
+                return {"mountpoint": info["mountpoint"], **client.get("/v1/catalog")}
+        except ControlError:  # not a mount from the catalog (404), or not answering: nothing to add
+            return None
+    return None
 
 
 def cmd_catalog_poll(args: argparse.Namespace) -> int:

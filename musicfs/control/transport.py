@@ -130,7 +130,9 @@ class UnixHTTP:
         """
         target = path + ("?" + urlencode(_query(params), doseq=True) if params else "")
         body = None if json_body is None else json.dumps(json_body).encode()
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        # one request per connection, and said so: the server closes its side once it has answered,
+        # instead of keeping it for a next request that never comes
+        headers = {"Connection": "close", **({"Content-Type": "application/json"} if body is not None else {})}
         conn = self._connect()
         try:
             try:
