@@ -188,6 +188,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         def post() -> tuple[int, Any]:
             length = int(self.headers.get("Content-Length") or 0)
+            if length < 0:
+                raise Refusal(400, "a negative Content-Length")
             if length > MAX_BODY:
                 raise Refusal(413, f"a request body may hold at most {MAX_BODY} bytes")
             try:
@@ -248,9 +250,9 @@ class ManagerServer(socketserver.UnixStreamServer):
             self._serving = None
 
     # -- the loop -------------------------------------------------------------------
-    def run(self, *, keep_fds_closed: Sequence[int] = ()) -> None:
+    def run(self, *, close_in_children: Sequence[int] = ()) -> None:
         """Serve until asked to stop (SIGTERM, SIGINT, POST /v1/shutdown); then stop every child."""
-        self._closing = list(keep_fds_closed)
+        self._closing = list(close_in_children)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while not self.stopping:
@@ -471,7 +473,7 @@ def serve(state_dir: Path, socket_path: Path, child_main: ChildMain, *,
         server = ManagerServer(socket_path, state_dir, child_main,
                                preloaded=[m for m in PRELOAD if m not in failed], preload_failed=failed)
         on_ready()
-        server.run(keep_fds_closed=[fd for fd in (lock.fileno(),) if fd is not None])
+        server.run(close_in_children=[fd for fd in (lock.fileno(),) if fd is not None])
     finally:
         lock.release()
 

@@ -41,7 +41,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/echo":
-            self._send(200, {"path": url.path, "query": parse_qs(url.query, keep_blank_values=True)})
+            self._send(200, {"path": url.path, "query": parse_qs(url.query, keep_blank_values=True),
+                             "connection": self.headers.get("Connection")})
         elif url.path == "/slow":
             time.sleep(float(parse_qs(url.query)["s"][0]))
             self._send(200, {"slow": True})
@@ -96,7 +97,8 @@ def test_requests_reach_a_socket_with_a_long_path(server):
                                                      "none": None})
         assert reply.status == 200 and reply.headers["Content-Type"] == "application/json"
         assert reply.json() == {"path": "/echo", "query": {"q": ["a b"], "fields": ["title", "album"],
-                                                           "all": ["true"], "none": [""]}}
+                                                           "all": ["true"], "none": [""]},
+                                "connection": "close"}
         posted = http.request("POST", "/post", json_body={"dry_run": True}).json()
         assert posted == {"got": {"dry_run": True}, "type": "application/json"}
         assert http.request("POST", "/post").json() == {"got": None, "type": None}
@@ -127,3 +129,10 @@ def test_no_daemon_is_one_error_naming_the_socket(tmp_path):
     with ControlClient(Path(tmp_path / "none.sock")) as client, pytest.raises(
             ControlError, match=r"^the musicfs daemon on .*none\.sock does not answer \(cannot connect"):
         client.get("/v1/status")
+
+
+def test_each_request_asks_the_server_to_close_its_side_once_answered(server):
+    """One connection per request, said so: a server that kept it for a next request (the daemon's
+    keeps an idle one 10 s) would hold a descriptor per command, and per soak walker call."""
+    with UnixHTTP(server) as http:
+        assert http.request("GET", "/echo").json()["connection"] == "close"
