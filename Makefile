@@ -50,7 +50,7 @@ stop: setup
 # every suite, perf at its CI size; --req-complete fails the run if a requirement that is not
 # `planned` in spec/requirements.toml ends without a passing check at its suite's level
 test: setup
-	$(PY) -m pytest tests conformance chaos perf examples -q -m "not slow" --req-complete
+	$(PY) -m pytest tests conformance chaos perf examples -q -m "not slow" --req-complete --durations=15
 
 # the suites on their own write reports of their own: build/requirements-report.json stays the
 # last whole run's (make test); a bare pytest run without --req-complete writes build/partial-report.json
