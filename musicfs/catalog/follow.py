@@ -17,6 +17,7 @@ state changes on the trio side only.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ class CatalogFollower:
         self.bus, self.tree_changed = bus, tree_changed
         self.reader = CatalogReader(origin, settings)
         self.in_use = InUse.load(index.path)
-        self.polls = self.updates = self.rejected = self.unreachable = 0
+        self.polls = self.updates = self.rejected = self.unreachable = self.failed = 0
         self.last_poll_at: float | None = None
         self.last_result = "not polled yet"
         self._lock = trio.Lock()  # one poll at a time (the schedule, or one asked for)
@@ -74,6 +75,10 @@ class CatalogFollower:
             except (OriginUnavailable, NotFound) as exc:
                 self.unreachable += 1
                 return self._said(f"the catalog could not be read: {exc}", logging.INFO)
+            except (OSError, sqlite3.Error) as exc:  # this machine's disk (full, read-only), or its index
+                self.failed += 1
+                return self._said(f"a new catalog could not be taken here, this mount stays on its own: "
+                                  f"{type(exc).__name__}: {exc}", logging.WARNING)
             except CatalogRefused as exc:
                 self.rejected += 1
                 self.bus.publish(CatalogRejected(self.settings.origin, str(exc)))
@@ -84,7 +89,12 @@ class CatalogFollower:
             if isinstance(prepared, Latest):  # the pointer was written again, naming the same snapshot
                 self.in_use = await trio.to_thread.run_sync(self.reader.record, prepared, self.index.path)
                 return self._said("unchanged (the same catalog published again)", logging.DEBUG)
-            await trio.to_thread.run_sync(self._apply, prepared, abandon_on_cancel=False)
+            try:
+                await trio.to_thread.run_sync(self._apply, prepared, abandon_on_cancel=False)
+            except (OSError, sqlite3.Error) as exc:  # the index is locked past its timeout, or its disk failed
+                self.failed += 1
+                return self._said(f"the new catalog could not replace the index, this mount stays on its own: "
+                                  f"{type(exc).__name__}: {exc}", logging.WARNING)
             self.in_use = await trio.to_thread.run_sync(self.reader.record, prepared.latest, self.index.path)
             changes = prepared.changes
             if changes and self.tree_changed is not None:
@@ -144,4 +154,4 @@ class CatalogFollower:
                     "hash": pointer.hash, "tracks": pointer.tracks, "published_at": pointer.created,
                     "installed_at": self.in_use.installed_at, "signed": bool(pointer.signature)},
                 "polls": self.polls, "updates": self.updates, "rejected": self.rejected,
-                "unreachable": self.unreachable, "last_poll_at": self.last_poll_at, "last_result": self.last_result}
+                "unreachable": self.unreachable, "failed": self.failed, "last_poll_at": self.last_poll_at, "last_result": self.last_result}
