@@ -139,6 +139,40 @@ def test_a_batch_load_reports_each_chunk_as_one_load_would_and_closes_every_file
     assert files.load_many([]) == [] and files.load_many(batch[:1]) == [(blobs[0], None)]
 
 
+@pytest.mark.req("NFR-8.1")
+def test_a_load_on_the_event_loop_serves_only_whole_matching_chunks_and_reports_nothing(tmp_path):
+    """load_if_in_memory (a chunk served without a worker thread) gives the bytes of a chunk the
+    OS holds in memory; for anything else (damaged, cut short, gone, a stale or hostile place)
+    it gives None and leaves the finding and the reporting to the ordinary load: no counter
+    moves, no range is freed, no descriptor is kept."""
+    files = ChunkFiles(tmp_path)
+    blobs = [os.urandom(40_000 + i) for i in range(3)]
+    name, offsets = files.write_pack([(digest(b), b) for b in blobs])
+    at = [Place(name, o) for o in offsets]
+    loose = os.urandom(25_000)
+    address = write_loose(files, loose)
+    before = fd_count()
+    if files.load_if_in_memory(digest(blobs[0]), len(blobs[0]), at[0]) is None:
+        pytest.skip("this kernel or filesystem refuses reads that must not wait (RWF_NOWAIT)")
+    assert files.load_if_in_memory(digest(blobs[1]), len(blobs[1]), at[1]) == blobs[1]
+    assert files.load_if_in_memory(address, len(loose), LOOSE) == loose
+    with open(files.pack_path(name), "r+b") as f:
+        f.seek(offsets[2] + 7)
+        f.write(b"x")
+    assert files.load_if_in_memory(digest(blobs[2]), len(blobs[2]), at[2]) is None  # damaged
+    assert files.load_if_in_memory(digest(blobs[1]), len(blobs[1]), at[0]) is None  # a stale place
+    files.path(address).write_bytes(loose + b"more")  # a loose file longer than its chunk
+    assert files.load_if_in_memory(address, len(loose), LOOSE) is None
+    assert files.load_if_in_memory("0" * 32, 10, LOOSE) is None  # gone
+    assert files.load_if_in_memory(digest(blobs[0]), 10, Place("../../secret", 0)) is None
+    assert fd_count() == before
+    assert (files.stats.corrupt, files.stats.missing) == (0, 0)
+    with open(files.pack_path(name), "rb") as f:  # nothing freed: the ordinary load decides
+        f.seek(offsets[2])
+        assert f.read(len(blobs[2])) != bytes(len(blobs[2]))
+    assert files.read(digest(blobs[2]), len(blobs[2]), at[2]) is None and files.stats.corrupt == 1
+
+
 def test_a_cache_batch_read_counts_and_forgets_like_single_reads(tmp_path):
     bus = EventBus()
     cache = ContentCache(tmp_path, 10**9, bus.publish)

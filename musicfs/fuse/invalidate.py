@@ -15,10 +15,15 @@ of the library:
 * a file changed in place (same node, so the same inode): ``invalidate_inode``
   drops its attributes (size, mtime) and its cached pages. The node kept for
   the kernel's getattr calls is replaced by the new one first.
-* an added node: nothing to tell. A name this daemon answered ENOENT for is
-  not kept by the kernel (FUSE keeps a negative entry only when told to, with
-  inode 0), and a directory's attributes do not change with its contents.
-* a rebuilt tree (a template change): every entry the kernel holds is dropped.
+* an added node: its name needs nothing. A name this daemon answered ENOENT for
+  is not kept by the kernel (FUSE keeps a negative entry only when told to,
+  with inode 0).
+* the directory an added, removed or changed node is in: ``invalidate_inode``.
+  The kernel keeps the listings of the tag tree (``FOPEN_CACHE_DIR``, see
+  :mod:`musicfs.fuse.dircache`) and lists them again itself until told; this
+  drops the kept listing (a changed file may bring or take an album's cover).
+* a rebuilt tree (a template change): every entry the kernel holds is dropped,
+  and the root's listing.
 
 The calls block while the kernel finishes a request on the same directory or
 pages, and this daemon's loop is what answers those: they run in a worker
@@ -109,17 +114,29 @@ class KernelInvalidator:
         if changes.rebuilt:
             held = sorted(self.inodes.held(), key=lambda n: (n.is_dir, -n.id))  # files, then deepest dirs
             plan.entries.extend((n.parent, os.fsencode(n.name), n.id) for n in held if n.id != ROOT_ID)
+            plan.inodes.append(ROOT_ID)
             return plan
+        listings: dict[int, None] = {}  # directories whose kept listing changed, in order, once
         for node in changes.removed:
             if self.inodes.lookup_count(node.id) > 0:
                 plan.entries.append((node.parent, os.fsencode(node.name), node.id))
+            listings[node.parent] = None
+        for node in changes.added:
+            listings[node.parent] = None
         for node_id in changes.modified:
+            # one the kernel does not hold is in no listing it keeps either: a listing
+            # (READDIRPLUS) hands the kernel every entry in it
             if self.inodes.lookup_count(node_id) > 0:
                 try:
-                    self.inodes.refresh(self.resolver.get(node_id))
+                    node = self.resolver.get(node_id)
                 except NotFound:  # gone again since (a later commit): its removal says so
                     continue
+                self.inodes.refresh(node)
                 plan.inodes.append(node_id)
+                listings[node.parent] = None
+        removed = {node.id for node in changes.removed}
+        plan.inodes.extend(d for d in listings if d not in removed
+                           and (d == ROOT_ID or self.inodes.lookup_count(d) > 0))
         return plan
 
     def send(self, plan: Plan) -> InvalidationCounts:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import pyfuse3
 
 from ..errors import MusicFSError, OriginUnavailable, errno_for
+from . import dircache
 from .inodes import InodeTable
 from .namespaces.base import OpenFile
 from .namespaces.router import Router
@@ -126,8 +127,9 @@ class Operations(pyfuse3.Operations):
     # -- directories ------------------------------------------------------
     @_op
     async def opendir(self, inode: int, ctx=None) -> int:
-        await self.route(inode).opendir(inode)
-        return inode  # a listing is found again from its inode: no per-handle state
+        keep = await self.route(inode).opendir(inode)
+        # a listing is found again from its inode: no per-handle state
+        return dircache.directory_handle(inode, keep)
 
     @_op
     async def readdir(self, fh: int, start_id: int, token) -> None:
@@ -135,7 +137,8 @@ class Operations(pyfuse3.Operations):
             # os.fsencode's own encoding, without its checks: a name here is always a str
             return pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"), attr, next_id)
 
-        await self.route(fh).readdir(fh, start_id, reply)
+        inode = dircache.inode_of(fh)
+        await self.route(inode).readdir(inode, start_id, reply)
 
     @_op
     async def releasedir(self, fh: int) -> None:

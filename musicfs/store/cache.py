@@ -196,17 +196,25 @@ class ContentCache:
     def read_chunk(self, ref: ChunkRef) -> bytes | None:
         return self.read_chunks([ref])[0]
 
-    def read_chunks(self, refs: list[ChunkRef]) -> list[bytes | None]:
+    def places(self, addresses: Iterable[str]) -> dict[str, tuple[int, Place]]:
+        """address -> (size, place) of those of ``addresses`` the cache holds; {} (logged) if the
+        chunk index cannot be read: the chunks are then fetched again."""
+        try:
+            return self._places(addresses)
+        except sqlite3.Error as exc:
+            log.warning("chunk index %s cannot be read: %s; chunks are fetched again", self.index.path, exc)
+            return {}
+
+    def read_chunks(self, refs: list[ChunkRef], places: dict[str, tuple[int, Place]] | None = None
+                    ) -> list[bytes | None]:
         """The bytes of each chunk (None: not in the cache, or damaged), their disk reads started together.
 
         A chunk the index has no row for is missing; one whose row says a
         different size than the map that asks for it is not the same chunk.
+        ``places``: what :meth:`places` answered for them just now (not looked up again).
         """
-        try:
-            places = self._places(ref.address for ref in refs)
-        except sqlite3.Error as exc:
-            log.warning("chunk index %s cannot be read: %s; chunks are fetched again", self.index.path, exc)
-            places = {}
+        if places is None:
+            places = self.places(ref.address for ref in refs)
         wanted = [(ref, places[ref.address][1]) for ref in refs
                   if ref.address in places and places[ref.address][0] == ref.size]
         loaded = dict(zip((ref.address for ref, _ in wanted),
@@ -217,6 +225,17 @@ class ContentCache:
             place = places.get(ref.address, (0, None))[1]
             result.append(self._loaded(ref, place, data, problem))
         return result
+
+    def load_if_in_memory(self, ref: ChunkRef, size: int, place: Place) -> bytes | None:
+        """A chunk's bytes if the OS holds them in memory and they match (see
+        :meth:`ChunkFiles.load_if_in_memory`), counted as accessed; None, reporting nothing, if
+        not: then :meth:`read_chunks` loads it. ``size`` and ``place``: from :meth:`places`."""
+        if size != ref.size:
+            return None
+        data = self.files.load_if_in_memory(ref.address, size, place)
+        if data is not None:
+            self._access[ref.address] = time.time()
+        return data
 
     def _loaded(self, ref: ChunkRef, place: Place | None, data: bytes | None, problem: str | None
                 ) -> bytes | None:

@@ -30,6 +30,9 @@ from ..digest import digest, is_address
 from . import packs
 from .chunker import MAX_SIZE
 
+# preadv2's flag to fail rather than wait for the disk (Linux 4.14); None where there is none
+NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
@@ -170,6 +173,37 @@ class ChunkFiles:
             for fd in opened.values():
                 if fd is not None:
                     os.close(fd)
+
+    def load_if_in_memory(self, address: str, size: int, place: Place) -> bytes | None:
+        """The chunk's bytes if the OS has them in memory now and they match their address; None
+        otherwise, without waiting for the disk and without reporting anything.
+
+        For the event loop: a read with ``RWF_NOWAIT`` fails at once (EAGAIN) instead of
+        waiting for a disk, so a chunk file in the page cache (the usual case for a cache in
+        use) is served without a trip to a worker thread. Anything else, whether not in
+        memory, missing, short or not matching (a place gone stale since it was looked up),
+        is None here; the caller then loads it the ordinary way (:meth:`load`, in a worker
+        thread), which finds out which it is and reports it.
+        """
+        if NOWAIT is None or not self._plausible(address, size, place):
+            return None
+        length = size if place.pack is not None else size + 1
+        buffer = bytearray(length)
+        try:
+            fd = os.open(self._file(address, place), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            got = os.preadv(fd, [buffer], place.offset, NOWAIT)
+        except OSError:  # BlockingIOError (not in memory) above all
+            return None
+        finally:
+            os.close(fd)
+        if got != size or digest(memoryview(buffer)[:size]) != address:
+            return None
+        self.stats.reads += 1
+        del buffer[size:]
+        return bytes(buffer)
 
     @staticmethod
     def _plausible(address: str, size: int, place: Place) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from ..origins.base import Checksum
+from .cas import Place
 from .chunkdb import ChunkRef
 from .headers import Header
 
@@ -61,6 +62,10 @@ class FileState:
     save_due: bool = False  # a save of the partial map is scheduled
     header: Header | None = None  # what the header tier holds of this version (not yet fully cached)
     seeded: int = 0  # the map's first bytes were taken from the header (FS-11), not fetched by a fill
+    # where the cache keeps chunks a read will soon want (address -> (size, place)), looked up
+    # with an earlier load, so that those loads need no lookup and, their bytes in the OS's
+    # memory, no worker thread; each entry is dropped once used (a place can go stale)
+    places: dict[str, tuple[int, Place]] = field(default_factory=dict)
 
     @property
     def readable(self) -> int:

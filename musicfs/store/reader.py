@@ -36,6 +36,7 @@ from ..errors import OriginUnavailable
 from ..events import EventBus, FileAccessed
 from ..memtrim import release_free_memory
 from .cache import ContentCache
+from .cas import Place
 from .chunkdb import ChunkRef, Manifest
 from .chunker import AVG_SIZE
 from .fetch import ReplicaFetcher
@@ -47,12 +48,19 @@ from .verify import ChecksumMismatchError, Verifier
 log = logging.getLogger(__name__)
 
 AHEAD = 4 * 1024 * 1024  # a read within this distance of the fill waits for it; further is a seek
-RECENT_BYTES = 16 * 1024 * 1024  # verified chunks kept in memory: read ahead, or for adjacent reads
+RECENT_BYTES = 32 * 1024 * 1024  # verified chunks kept in memory: read ahead, or for adjacent reads
 
 # chunks loaded ahead of a sequential reader (8 MiB), in batches of a quarter of that: several
 # batches are in flight at once, so the next is on its way while one is being read (one batch at
 # a time left a reader waiting on every other one: ~650 MB/s from disk instead of ~800)
 READ_AHEAD = 128
+# ... and never fewer than this many, however many files are open. More than fit would thrash:
+# a hundred streams each loading 16 chunks ahead into 16 MiB pushed out one another's chunks
+# before they were read, and every read loaded (and hashed) them again
+MIN_WINDOW = 4
+MIN_BATCH = 2  # chunks loaded together ahead of a reader
+PLACES_AHEAD = 64  # chunks after a load whose places are looked up with it (4 MiB of a file)
+INLINE_BYTES = 512 * 1024  # the most loaded on the event loop at once (bigger: a worker thread)
 # After a fill gave up, reads of the same file fail at once for this long instead of starting
 # another fill: one read() of an application is several FUSE requests, and each waiting out
 # its own read_timeout would multiply the time before the application sees EIO.
@@ -70,6 +78,10 @@ class CachedHandle:
     # False when the file's bytes failed a checksum before: the kernel must drop what it cached
     # of it (the wrong bytes a first reader was served) instead of serving them again
     keep_cache: bool = True
+    # where this handle's last read ended: a read starting there goes on front to back and is
+    # read ahead of. Per handle, not per file: two clients streaming one track at different
+    # places would otherwise break each other's run, and neither would be read ahead of
+    last_end: int = -1
 
 
 class CachedReader:
@@ -97,6 +109,7 @@ class CachedReader:
         self.fetcher = ReplicaFetcher(origins, bus, self.counters, read_timeout=read_timeout,
                                       limiter=trio.CapacityLimiter(origin_threads), health=health)
         self._states: dict[tuple[str, str, str], FileState] = {}
+        self._open_handles = 0  # of cached files: each reads ahead on its own (see _window)
         self._partial: OrderedDict[tuple[str, str, str], FileState] = OrderedDict()  # closed, in part cached
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._pending: dict[str, bytes] = {}  # cut by a fill, not yet written to disk
@@ -148,6 +161,7 @@ class CachedReader:
                 self.cache.hold(r.address for r in state.chunks)
             state = self._states.setdefault(key, state)
         state.handles += 1
+        self._open_handles += 1
         return CachedHandle(track["id"], state, passthrough=never, keep_cache=not self.verifier.suspected(state))
 
     async def prefetch(self, track: dict, *, whole: bool, timeout: float = 60.0,
@@ -222,6 +236,7 @@ class CachedReader:
             return
         state = handle.state
         state.handles -= 1
+        self._open_handles -= 1
         if state.handles > 0:
             return
         if state.parked:  # its fill waits for this reader to read on: it stops after its first block
@@ -270,7 +285,7 @@ class CachedReader:
             return await self._direct(state, offset, end)
         if state.complete or end <= state.readable:
             self._reads_on(state, end)
-            data = await self._from_chunks(state, offset, end)
+            data = await self._from_chunks(state, offset, end, handle)
             if data is not None:
                 self.cache.counters.hits += 1
                 return data
@@ -289,7 +304,7 @@ class CachedReader:
             self.filler.start(state)
             return await self._direct(state, offset, end)
         await self._wait_for(state, end)
-        data = await self._from_chunks(state, offset, end)
+        data = await self._from_chunks(state, offset, end, handle)
         if data is None:
             raise OriginUnavailable(f"{state.origin_id}:{state.real_path}: chunks vanished while reading")
         return data
@@ -330,14 +345,18 @@ class CachedReader:
         data = self._pending.get(address)
         return data if data is not None else self._recent.get(address)
 
-    async def _from_chunks(self, state: FileState, start: int, end: int) -> bytes | memoryview | None:
+    async def _from_chunks(self, state: FileState, start: int, end: int, handle: CachedHandle | None = None
+                           ) -> bytes | memoryview | None:
         """Bytes [start, end) from the file's chunks, the last of them from the fill's tail if it
         reaches there; None if some are neither.
 
         The answer is assembled with one copy: the pieces are views of the chunks (a range
         inside one chunk is a view, no copy at all), joined once. A 512 KiB request spans
-        some nine chunks; joining them and then slicing the result copied it twice.
+        some nine chunks; joining them and then slicing the result copied it twice. ``handle``:
+        the open file the read came through (its own run front to back); none for the daemon's
+        own reads, which keep theirs on the file.
         """
+        run: CachedHandle | FileState = handle if handle is not None else state
         tail_at, tail = state.covered, state.tail  # taken now: the next block replaces them
         if end > tail_at + len(tail) and not state.complete:
             return None
@@ -348,8 +367,8 @@ class CachedReader:
             if not refs or refs[0].offset > start or refs[-1].end < upto:
                 return None
             # read ahead only for a reader going front to back; a random reader gets what it asks
-            sequential = start == state.last_end or start == 0
-            state.last_end = end
+            sequential = start == run.last_end or start == 0
+            run.last_end = end
             if sequential:  # what follows starts loading now, beside what this request waits for
                 self._read_ahead(state, refs[-1].end)
             for i, ref in enumerate(refs):
@@ -363,7 +382,7 @@ class CachedReader:
                     # before chunks loaded ahead that some reader has yet to reach
                     self._recent.move_to_end(ref.address, last=False)
         else:
-            state.last_end = end
+            run.last_end = end
         if upto < end:
             pieces.append(memoryview(tail)[max(start, tail_at) - tail_at:end - tail_at])
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -414,7 +433,7 @@ class CachedReader:
         if loading is not None:
             await loading.wait()
         elif ref.address not in self._bad:
-            await self._load_batch([ref] + [r for r in rest if self._wanted(r)])
+            await self._load_batch([ref] + [r for r in rest if self._wanted(r)], state)
         data = self._in_memory(ref.address)
         if data is None:  # missing or corrupt on disk (now discarded): fetch it again
             data = await self._refetch(state, ref)
@@ -426,46 +445,81 @@ class CachedReader:
         loaded with the chunks after it, as a sequential reader's would be."""
         return await self._chunk(state, ref, state.refs_after(ref.end, self._window() // 4))
 
-    async def _load_batch(self, batch: list[ChunkRef]) -> None:
+    async def _load_batch(self, batch: list[ChunkRef], state: FileState | None = None) -> None:
+        """Load ``batch`` (chunks of ``state``'s file, or header pieces when None) into memory.
+
+        What the OS holds in memory of a small batch whose places are known is loaded here on
+        the event loop (:meth:`_load_in_memory`): a worker thread would cost more in switches
+        than the load itself, and a hundred clients streaming at once spent most of the
+        daemon's time on those. The rest goes to a worker thread, which also looks up where
+        the chunks after it are kept, so that the next loads of this file need no lookup.
+        """
         for ref in batch:
             self._loading[ref.address] = trio.Event()
         try:
-            loaded = await trio.to_thread.run_sync(self._load, batch, limiter=self.limiter)
-            for ref, data in zip(batch, loaded):
-                if data is None:
-                    self._bad.add(ref.address)
-                else:
-                    self._remember(ref.address, data)
+            rest = self._load_in_memory(batch, state) if state is not None else batch
+            if rest:
+                # where the next chunks are kept, for loads small enough to be served on the loop
+                small = state is not None and sum(ref.size for ref in rest) <= INLINE_BYTES
+                ahead = state.refs_after(rest[-1].end, PLACES_AHEAD) if small else []
+                loaded, places = await trio.to_thread.run_sync(self._load, rest, ahead, limiter=self.limiter)
+                if state is not None:
+                    state.places.update(places)
+                for ref, data in zip(rest, loaded):
+                    if data is None:
+                        self._bad.add(ref.address)
+                    else:
+                        self._remember(ref.address, data)
         finally:
             for ref in batch:
                 self._loading.pop(ref.address).set()
+
+    def _load_in_memory(self, batch: list[ChunkRef], state: FileState) -> list[ChunkRef]:
+        """Load those of ``batch`` whose place is known and whose bytes the OS has in memory
+        (never waiting for a disk); the rest, to be loaded in a worker thread."""
+        if sum(ref.size for ref in batch) > INLINE_BYTES:
+            return batch
+        rest = []
+        for ref in batch:
+            known = state.places.pop(ref.address, None)
+            data = self.cache.load_if_in_memory(ref, *known) if known is not None else None
+            if data is None:
+                rest.append(ref)
+            else:
+                self._remember(ref.address, data)
+        return rest
 
     def _read_ahead(self, state: FileState, offset: int) -> None:
         """Start loading the chunks after a read before the reader asks for them: once a quarter
         of the window ahead is neither loaded nor loading, that quarter is loaded."""
         window = self._window()
-        quarter = max(1, window // 4)
+        quarter = max(MIN_BATCH, window // 4)
         upcoming = [r for r in state.refs_after(offset, window) if self._wanted(r)]
         if len(upcoming) >= quarter or (upcoming and upcoming[0].offset == offset):
             batches = max(1, len(upcoming) // quarter)  # a whole window at the start: in quarters
             for i in range(batches):
-                self.nursery.start_soon(self._prefetch, upcoming[i * len(upcoming) // batches:
-                                                                 (i + 1) * len(upcoming) // batches])
+                self.nursery.start_soon(self._prefetch, state, upcoming[i * len(upcoming) // batches:
+                                                                        (i + 1) * len(upcoming) // batches])
 
     def _window(self) -> int:
         """Chunks kept loaded ahead of one sequential reader: READ_AHEAD, fewer while many files
         are open, so that all their windows fit in half of RECENT_BYTES and what one reader
-        loaded ahead is not pushed out by the others' before it gets there."""
-        fits = RECENT_BYTES // 2 // (AVG_SIZE * max(1, len(self._states)))
-        return max(READ_AHEAD // 8, min(READ_AHEAD, fits))
+        loaded ahead is not pushed out by the others' before it gets there. Counted per open
+        handle, not per file: each handle reads ahead on its own (two clients of one track)."""
+        fits = RECENT_BYTES // 2 // (AVG_SIZE * max(1, self._open_handles))
+        return max(MIN_WINDOW, min(READ_AHEAD, fits))
 
-    async def _prefetch(self, batch: list[ChunkRef]) -> None:
+    async def _prefetch(self, state: FileState, batch: list[ChunkRef]) -> None:
         batch = [r for r in batch if self._wanted(r)]
         if batch:
-            await self._load_batch(batch)
+            await self._load_batch(batch, state)
 
-    def _load(self, refs: list[ChunkRef]) -> list[bytes | None]:
-        return self.cache.read_chunks(refs)
+    def _load(self, refs: list[ChunkRef], ahead: list[ChunkRef]
+              ) -> tuple[list[bytes | None], dict[str, tuple[int, Place]]]:
+        """(the bytes of ``refs``, where the cache keeps those of ``ahead``): one lookup for both."""
+        places = self.cache.places([ref.address for ref in refs] + [ref.address for ref in ahead])
+        return self.cache.read_chunks(refs, places), {
+            ref.address: places[ref.address] for ref in ahead if ref.address in places}
 
     def _remember(self, address: str, data: bytes) -> None:
         if address in self._recent:

@@ -51,8 +51,9 @@ class Namespace(Protocol):
 
     async def getattr(self, inode: int) -> pyfuse3.EntryAttributes: ...
 
-    async def opendir(self, inode: int) -> None:
-        """Raise :class:`~musicfs.errors.NotADirectory` unless ``inode`` is a directory."""
+    async def opendir(self, inode: int) -> bool:
+        """Raise :class:`~musicfs.errors.NotADirectory` unless ``inode`` is a directory; True if
+        the kernel may keep its listing: this daemon tells it when the listing changes."""
 
     async def readdir(self, inode: int, start: int, reply: Reply) -> None:
         """Entries after offset ``start``, each with the offset that follows it, until ``reply``

@@ -74,9 +74,10 @@ class CollectionsNamespace:
             self._kept(inode)
         return self._dir_attributes(inode)
 
-    async def opendir(self, inode: int) -> None:
+    async def opendir(self, inode: int) -> bool:
         if inode != self.root_inode:
             self._kept(inode)
+        return False  # what it lists changes without a tree change
 
     async def readdir(self, inode: int, start: int, reply: Reply) -> None:
         if inode != self.root_inode:

@@ -81,7 +81,7 @@ class CoverNamespace:
     async def getattr(self, inode: int) -> pyfuse3.EntryAttributes:
         return self._attributes(self._cover(inode))
 
-    async def opendir(self, inode: int) -> None:
+    async def opendir(self, inode: int) -> bool:
         raise NotADirectory(self._cover(inode).image.file_name)
 
     async def readdir(self, inode: int, start: int, reply: Reply) -> None:

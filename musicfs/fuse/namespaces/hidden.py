@@ -57,9 +57,10 @@ class HiddenNamespace:
             return generated_attributes(inode, 0, self.policy, is_dir=True, mtime_ns=time.time_ns())
         return await self._attributes(self._item(inode))
 
-    async def opendir(self, inode: int) -> None:
+    async def opendir(self, inode: int) -> bool:
         if inode != self.root_inode:
             raise NotADirectory(self._item(inode).name)
+        return False  # what it lists changes without a tree change
 
     async def readdir(self, inode: int, start: int, reply: Reply) -> None:
         items = [item for item in self.files.files() if item.inode > start]  # offsets: the inodes

@@ -88,8 +88,9 @@ class OfflineNamespace:
         dir_id, view = await self._shown(inode)
         return self._dir_attributes(dir_id, view)
 
-    async def opendir(self, inode: int) -> None:
+    async def opendir(self, inode: int) -> bool:
         await self._shown(inode)
+        return False  # what it lists changes without a tree change
 
     async def readdir(self, inode: int, start: int, reply: Reply) -> None:
         dir_id, view = await self._shown(inode)

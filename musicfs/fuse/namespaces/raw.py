@@ -40,10 +40,11 @@ class RawNamespace:
     async def getattr(self, inode: int) -> pyfuse3.EntryAttributes:
         return self._attributes(self.view.get(inode))
 
-    async def opendir(self, inode: int) -> None:
+    async def opendir(self, inode: int) -> bool:
         node = self.view.get(inode)
         if not node.is_dir:
             raise NotADirectory(node.name)
+        return False  # what it lists changes without a tree change
 
     async def readdir(self, inode: int, start: int, reply: Reply) -> None:
         children = await self.view.children(inode)

@@ -86,9 +86,10 @@ class SearchNamespace:
             self._text(inode)
         return self._dir_attributes(inode)
 
-    async def opendir(self, inode: int) -> None:
+    async def opendir(self, inode: int) -> bool:
         if inode != self.root_inode:
             self._text(inode)
+        return False  # what it lists changes without a tree change
 
     async def readdir(self, inode: int, start: int, reply: Reply) -> None:
         if inode != self.root_inode:

@@ -76,11 +76,14 @@ class TreeNamespace:
     async def getattr(self, inode: int) -> pyfuse3.EntryAttributes:
         return self.attributes(self.node(inode))
 
-    async def opendir(self, inode: int) -> None:
+    async def opendir(self, inode: int) -> bool:
         node = self.node(inode)
         if not node.is_dir:
             raise NotADirectory(node.name)
-        # listings page straight from the index (offsets are node ids): no per-handle state
+        # listings page straight from the index (offsets are node ids): no per-handle state. The
+        # kernel may keep them: every commit that adds, removes or changes a node tells it
+        # (musicfs.fuse.invalidate), and so does a new catalog
+        return True
 
     async def readdir(self, inode: int, start: int, reply: Reply) -> None:
         # the root lists the library only: /.musicfs and the other special directories are
