@@ -1,10 +1,11 @@
 """Whole listings of ordinary directories, kept between readdirs (MM-5.3).
 
-pyfuse3 cannot ask the kernel to keep a directory's listing (FOPEN_CACHE_DIR),
-so every ``ls`` of an album reaches the daemon. Without this cache each one is
-an index query; players and file managers list the same few directories over
-and over, so the daemon keeps the last listings it built and answers repeats
-from memory.
+The kernel keeps the tag tree's listings (FOPEN_CACHE_DIR, see
+:mod:`musicfs.fuse.dircache`) until a rescan changes them, so most repeated
+``ls`` never reach the daemon. The ones that do (a listing the kernel dropped
+under memory pressure or after a change, a mount where ``_replyopen`` was not
+built) would each be an index query without this cache: the daemon keeps the
+last listings it built and answers those repeats from memory.
 
 Only directories of up to ``max_children`` entries are kept: a 100K-entry
 directory pages straight from the index (its listing would evict hundreds of
