@@ -8,7 +8,7 @@ import pytest
 
 from musicfs.index.library import LibraryIndex
 from musicfs.vfs import access as access_module
-from musicfs.vfs.access import RECENT, TRANSITION_WINDOW, AccessTracker
+from musicfs.vfs.access import RECENT, TRANSITION_GAP, TRANSITION_WINDOW, AccessTracker
 
 pytestmark = pytest.mark.req("CAS-4")
 
@@ -63,6 +63,9 @@ def test_a_transition_is_an_open_of_another_track_soon_after(library):
     tracker.opened(2, "t2")  # the same track again: no transition
     clock.now += TRANSITION_WINDOW + 1
     tracker.opened(3, "t3")  # too long after: no transition
+    for track in (4, 5, 6):  # a scan: opens closer together than TRANSITION_GAP, no transition
+        clock.now += TRANSITION_GAP / 10
+        tracker.opened(track, f"t{track}")
     tracker.flush()
     assert sorted(rows(library, "SELECT from_track, to_track, count FROM transitions")) == [(1, 2, 2), (2, 1, 1)]
     assert tracker.next_tracks(1) == [2] and tracker.next_tracks(2) == []  # at least twice

@@ -35,11 +35,23 @@ def library(tmp_path_factory):
     return root, index_path
 
 
+class Clock:
+    """A listener's clock: each open a minute after the last (a real clock would make the
+    test's back-to-back opens a scan, which teaches nothing)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        self.now += 60
+        return self.now
+
+
 def run(library, tmp_path, body, **policy):
     root, index_path = library
     bus = EventBus()
     cache = ContentCache(tmp_path / "cache", 10**10, bus.publish)
-    access = AccessTracker(index_path)
+    access = AccessTracker(index_path, clock=Clock())
     index = LibraryIndex(index_path)
 
     async def main():
@@ -111,6 +123,27 @@ def test_a_skipped_track_does_not_fetch_the_next_whole(library, tmp_path):
         assert prefetcher.statistics()["wholes"] == 0 and prefetcher.statistics()["unused_bytes"] > 0
 
     run(library, tmp_path, body, whole_after=0.2)
+
+
+@pytest.mark.req("NFR-2.4")
+def test_many_opens_leave_no_task_waiting_each(library, tmp_path):
+    """A media server opens every track and keeps them open: the wait for ``whole_after`` is one
+    timer for all of them, not a task asleep per open (thousands of timers woke beside reads)."""
+    async def body(prefetcher, nodes, cache, access):
+        living = trio.lowlevel.current_statistics().tasks_living
+        for _ in range(300):
+            prefetcher.opened(nodes[1])
+        await settle(prefetcher)
+        waiting = trio.lowlevel.current_statistics().tasks_living - living
+        assert prefetcher.statistics()["due"] == 1  # one track, opened 300 times
+        assert waiting <= 3, f"{waiting} tasks left waiting after 300 opens"
+        await trio.sleep(2.0)  # past whole_after, all still open: the next fetched whole once
+        await settle(prefetcher)
+        stats = prefetcher.statistics()
+        assert stats["due"] == 0 and stats["wholes"] == 1
+        assert trio.lowlevel.current_statistics().tasks_living <= living
+
+    run(library, tmp_path, body, whole_after=1.5)
 
 
 def test_learned_successors_are_fetched_before_the_albums_order(library, tmp_path):

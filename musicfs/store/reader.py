@@ -59,6 +59,7 @@ READ_AHEAD = 128
 # before they were read, and every read loaded (and hashed) them again
 MIN_WINDOW = 4
 MIN_BATCH = 2  # chunks loaded together ahead of a reader
+STREAMING_FOR = 1.0  # seconds after its last read that a reader going front to back still counts as one
 PLACES_AHEAD = 64  # chunks after a load whose places are looked up with it (4 MiB of a file)
 INLINE_BYTES = 512 * 1024  # the most loaded on the event loop at once (bigger: a worker thread)
 # After a fill gave up, reads of the same file fail at once for this long instead of starting
@@ -109,7 +110,9 @@ class CachedReader:
         self.fetcher = ReplicaFetcher(origins, bus, self.counters, read_timeout=read_timeout,
                                       limiter=trio.CapacityLimiter(origin_threads), health=health)
         self._states: dict[tuple[str, str, str], FileState] = {}
-        self._open_handles = 0  # of cached files: each reads ahead on its own (see _window)
+        # readers going front to back (a handle, or a file the daemon reads itself) -> when they
+        # last read, oldest first: each reads ahead on its own (see _window)
+        self._streaming: OrderedDict[int, float] = OrderedDict()
         self._partial: OrderedDict[tuple[str, str, str], FileState] = OrderedDict()  # closed, in part cached
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._pending: dict[str, bytes] = {}  # cut by a fill, not yet written to disk
@@ -161,7 +164,6 @@ class CachedReader:
                 self.cache.hold(r.address for r in state.chunks)
             state = self._states.setdefault(key, state)
         state.handles += 1
-        self._open_handles += 1
         return CachedHandle(track["id"], state, passthrough=never, keep_cache=not self.verifier.suspected(state))
 
     async def prefetch(self, track: dict, *, whole: bool, timeout: float = 60.0,
@@ -236,7 +238,7 @@ class CachedReader:
             return
         state = handle.state
         state.handles -= 1
-        self._open_handles -= 1
+        self._streaming.pop(id(handle), None)
         if state.handles > 0:
             return
         if state.parked:  # its fill waits for this reader to read on: it stops after its first block
@@ -370,6 +372,8 @@ class CachedReader:
             sequential = start == run.last_end or start == 0
             run.last_end = end
             if sequential:  # what follows starts loading now, beside what this request waits for
+                self._streaming[id(run)] = trio.current_time()
+                self._streaming.move_to_end(id(run))
                 self._read_ahead(state, refs[-1].end)
             for i, ref in enumerate(refs):
                 data = self._in_memory(ref.address)
@@ -502,11 +506,22 @@ class CachedReader:
                                                                         (i + 1) * len(upcoming) // batches])
 
     def _window(self) -> int:
-        """Chunks kept loaded ahead of one sequential reader: READ_AHEAD, fewer while many files
-        are open, so that all their windows fit in half of RECENT_BYTES and what one reader
-        loaded ahead is not pushed out by the others' before it gets there. Counted per open
-        handle, not per file: each handle reads ahead on its own (two clients of one track)."""
-        fits = RECENT_BYTES // 2 // (AVG_SIZE * max(1, self._open_handles))
+        """Chunks kept loaded ahead of one sequential reader: READ_AHEAD, fewer while many read
+        at once, so that all their windows fit in half of RECENT_BYTES and what one reader
+        loaded ahead is not pushed out by the others' before it gets there.
+
+        Counted over readers that went on front to back in the last STREAMING_FOR seconds, per
+        handle (two clients of one track each read ahead): handles held open and idle (a
+        media server keeps a thousand) take no memory ahead and must not shrink the window
+        of the one reader actually playing.
+        """
+        expired = trio.current_time() - STREAMING_FOR
+        while self._streaming:
+            key, when = next(iter(self._streaming.items()))
+            if when >= expired:
+                break
+            del self._streaming[key]
+        fits = RECENT_BYTES // 2 // (AVG_SIZE * max(1, len(self._streaming)))
         return max(MIN_WINDOW, min(READ_AHEAD, fits))
 
     async def _prefetch(self, state: FileState, batch: list[ChunkRef]) -> None:

@@ -14,12 +14,14 @@ track, at most :data:`MAX_TRANSITIONS` transitions (the least recent go),
 and the last :data:`RECENT` opens in memory for the access log.
 
 A transition is an open of track B within :data:`TRANSITION_WINDOW` seconds
-of an open of track A (another track): what a listener did next, whether the
-album's order, a playlist's or a shuffle's.
+of an open of track A (another track), but not within :data:`TRANSITION_GAP`
+(a scan): what a listener did next, whether the album's order, a playlist's
+or a shuffle's.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -36,6 +38,10 @@ from ..index.db import connect, transaction
 log = logging.getLogger(__name__)
 
 TRANSITION_WINDOW = 300.0  # seconds between two opens that make a transition
+# ... and at least this many: opens closer together are a media server's or a file manager's scan,
+# not a choice of what to hear next (a listener skipping on takes longer). Thousands a second would
+# push what listeners did out of MAX_TRANSITIONS, and cost a write each.
+TRANSITION_GAP = 0.05
 RECENT = 1000  # opens kept for the access log
 MAX_TRANSITIONS = 100_000  # transition rows kept in the index
 FLUSH_EVERY = 5.0  # seconds between writes to the index
@@ -88,7 +94,8 @@ class AccessTracker:
             pending.opens[track_id] += 1
             pending.last[track_id] = now
             previous = self._previous
-            if previous is not None and previous[0] != track_id and now - previous[1] <= TRANSITION_WINDOW:
+            if (previous is not None and previous[0] != track_id
+                    and TRANSITION_GAP <= now - previous[1] <= TRANSITION_WINDOW):
                 count, _ = pending.transitions.get((previous[0], track_id), (0, now))
                 pending.transitions[previous[0], track_id] = (count + 1, now)
                 self.transitions += 1
@@ -125,21 +132,32 @@ class AccessTracker:
         return self._conn
 
     def _write(self, pending: _Pending) -> None:
+        """One statement per table, its rows passed as one JSON array: SQLite walks them itself.
+
+        Why not executemany: it binds each row with the GIL held and takes it back after each
+        row's step, so a write after a media server opened a thousand tracks held the event
+        loop off the GIL in thousands of short turns, beside the reads (NFR-2.4). One
+        statement runs with the GIL let go from start to end.
+        """
         conn = self._connection()
         tracks = set(pending.opens) | set(pending.bytes_read)
+        heat = json.dumps([(t, pending.opens.get(t, 0), pending.bytes_read.get(t, 0), pending.last.get(t, 0.0))
+                           for t in tracks])
+        transitions = json.dumps([(a, b, count, at) for (a, b), (count, at) in pending.transitions.items()])
         with transaction(conn):
-            conn.executemany(
-                "INSERT INTO heat (track_id, opens, bytes_read, last_access) SELECT ?, ?, ?, ? WHERE EXISTS"
-                " (SELECT 1 FROM tracks WHERE id = ?) ON CONFLICT(track_id) DO UPDATE SET"
+            conn.execute(
+                "INSERT INTO heat (track_id, opens, bytes_read, last_access)"
+                " SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3 FROM json_each(?) r"
+                " WHERE EXISTS (SELECT 1 FROM tracks WHERE id = r.value ->> 0) ON CONFLICT(track_id) DO UPDATE SET"
                 " opens = opens + excluded.opens, bytes_read = bytes_read + excluded.bytes_read,"
-                " last_access = MAX(last_access, excluded.last_access)",
-                [(t, pending.opens.get(t, 0), pending.bytes_read.get(t, 0), pending.last.get(t, 0.0), t)
-                 for t in tracks])
-            conn.executemany(
-                "INSERT INTO transitions (from_track, to_track, count, last_at) SELECT ?, ?, ?, ? WHERE"
-                " (SELECT COUNT(*) FROM tracks WHERE id IN (?, ?)) = 2 ON CONFLICT(from_track, to_track)"
+                " last_access = MAX(last_access, excluded.last_access)", (heat,))
+            conn.execute(
+                "INSERT INTO transitions (from_track, to_track, count, last_at)"
+                " SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3 FROM json_each(?) r"
+                " WHERE (SELECT COUNT(*) FROM tracks WHERE id IN (r.value ->> 0, r.value ->> 1)) = 2"
+                " ON CONFLICT(from_track, to_track)"
                 " DO UPDATE SET count = count + excluded.count, last_at = MAX(last_at, excluded.last_at)",
-                [(a, b, count, at, a, b) for (a, b), (count, at) in pending.transitions.items()])
+                (transitions,))
             over = conn.execute("SELECT COUNT(*) FROM transitions").fetchone()[0] - MAX_TRANSITIONS
             if over > 0:  # the least recent go first
                 conn.execute("DELETE FROM transitions WHERE id IN (SELECT id FROM transitions"

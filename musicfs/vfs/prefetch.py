@@ -20,14 +20,18 @@ whole, with progress per file.
 
 It stays out of the way of listening: one prefetch at a time (``concurrent``),
 none while a reader waits for a fill, and never more than ``budget`` bytes
-prefetched that nobody has opened yet. What it fetched goes into the chunk
+prefetched that nobody has opened yet. Opens are looked at by one task, in
+turn, and of a burst (a media server opening a thousand tracks at once) only
+the last few: work per open would otherwise land beside the reads that follow. What it fetched goes into the chunk
 cache like any fill, and is evicted like anything else.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import sqlite3
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from typing import Protocol
@@ -95,6 +99,15 @@ class Prefetcher:
         self._limiter = trio.CapacityLimiter(max(1, policy.concurrent))
         self._open: dict[int, int] = {}  # track id -> handles open through the tree
         self._queued: set[tuple[int, bool]] = set()  # (track id, whole) waiting or running
+        # (when, track opened, its likeliest next track): the next is fetched whole if the first is
+        # still open then. One timer task for them all (see _whole_when_played), none when empty.
+        self._due: list[tuple[float, int, int]] = []
+        self._pending: set[tuple[int, int]] = set()  # (track, next) in _due: a track opened again adds none
+        self._timer = False
+        # opens not looked at yet (track, when), newest last: one task works through them (see
+        # _work_through_opens); a burst keeps only its last QUEUE, as a scanner's opens are no listening
+        self._opens: deque[tuple[Node, float]] = deque(maxlen=QUEUE)
+        self._looking = 0  # opens taken from _opens and being looked at (0 or 1)
 
     # -- told by the tag tree ------------------------------------------------------------------
     def opened(self, node: Node) -> None:
@@ -104,8 +117,13 @@ class Prefetcher:
         if fetched is not None:
             self.counters.hits += 1
             self.counters.hit_bytes += fetched[0]
-        if self.policy.enabled:
-            self.nursery.start_soon(self._after_open, node)
+        if not self.policy.enabled:
+            return
+        if len(self._opens) == QUEUE:
+            self.counters.dropped += 1  # the oldest waiting open goes
+        self._opens.append((node, trio.current_time()))
+        if len(self._opens) == 1 and not self._looking:
+            self.nursery.start_soon(self._work_through_opens)
 
     def closed(self, track_id: int) -> None:
         left = self._open.get(track_id, 0) - 1
@@ -115,8 +133,22 @@ class Prefetcher:
             self._open.pop(track_id, None)
 
     # -- the work --------------------------------------------------------------------------------
-    async def _after_open(self, node: Node) -> None:
-        started = trio.current_time()
+    async def _work_through_opens(self) -> None:
+        """Look at each open in turn: the next tracks' heads are fetched, and the next whole later.
+
+        One task for all opens, not one each: a media server that opens a thousand tracks at
+        once (and holds them) had a thousand tasks each asking the index for next tracks in a
+        worker thread right after, beside the reads those clients went on to make (NFR-2.4).
+        """
+        while self._opens:
+            node, started = self._opens.popleft()
+            self._looking = 1
+            try:
+                await self._after_open(node, started)
+            finally:
+                self._looking = 0
+
+    async def _after_open(self, node: Node, started: float) -> None:
         album_next = self._album_next(node)
         try:
             learned = await trio.to_thread.run_sync(self.access.next_tracks, node.track_id, self.policy.learned, 1)
@@ -124,13 +156,39 @@ class Prefetcher:
             log.debug("no learned next tracks for %d: %s", node.track_id, exc)
             learned = []
         heads = [t for t in dict.fromkeys([*learned, album_next]) if t is not None and t != node.track_id]
-        for track_id in heads:
-            await self._fetch(track_id, whole=False)
-        if not heads:
-            return
-        await trio.sleep_until(started + self.policy.whole_after)
-        if self._open.get(node.track_id):  # still open: played, not skipped
-            await self._fetch(heads[0], whole=True)
+        for track_id in heads:  # in this order: the prefetch limiter lets them in as they came
+            self.nursery.start_soon(self._fetch, track_id, False)
+        if heads and (node.track_id, heads[0]) not in self._pending:
+            self._pending.add((node.track_id, heads[0]))
+            heapq.heappush(self._due, (started + self.policy.whole_after, node.track_id, heads[0]))
+            if not self._timer:
+                self._timer = True
+                self.nursery.start_soon(self._whole_when_played)
+
+    async def _whole_when_played(self) -> None:
+        """Fetch the next track whole for each opened track still open ``whole_after`` seconds later.
+
+        Why one task and not a sleeping task per open: a media server that opens every track
+        of a big library left thousands of tasks asleep in the event loop, and their timers
+        woke in bursts beside the reads (a cached read's p99 tripled with 1,200 files held
+        open, NFR-2.4). Entries are pushed in about the order their tracks were opened; one
+        pushed meanwhile due earlier than the one slept for waits at most that difference.
+        """
+        try:
+            while self._due:
+                when, track_id, next_id = self._due[0]
+                if when > trio.current_time():
+                    await trio.sleep_until(when)
+                    continue
+                heapq.heappop(self._due)
+                self._pending.discard((track_id, next_id))
+                if self._open.get(track_id) and (next_id, True) not in self._queued:  # played, not skipped
+                    if len(self._queued) >= QUEUE:
+                        self.counters.dropped += 1
+                    else:
+                        self.nursery.start_soon(self._fetch, next_id, True)
+        finally:
+            self._timer = False
 
     def _album_next(self, node: Node) -> int | None:
         """The next file of the track's directory, else the first file of the next directory beside it."""
@@ -154,7 +212,7 @@ class Prefetcher:
                 self.counters.wasted_bytes += size
         return sum(size for size, _ in unused.values())
 
-    async def _fetch(self, track_id: int, *, whole: bool) -> None:
+    async def _fetch(self, track_id: int, whole: bool) -> None:
         row = self.conn.execute("SELECT * FROM tracks WHERE id = ?", (track_id,)).fetchone()
         if row is None or (track_id, whole) in self._queued:
             return
@@ -259,7 +317,7 @@ class Prefetcher:
         unused = list(dict(self.counters.unused).values())
         counters = {f.name: getattr(self.counters, f.name) for f in fields(self.counters) if f.name != "unused"}
         return {"enabled": self.policy.enabled, **counters, "unused_bytes": sum(size for size, _ in unused),
-                "unused_tracks": len(unused), "queued": len(self._queued)}
+                "unused_tracks": len(unused), "queued": len(self._queued) + len(self._opens) + self._looking, "due": len(self._due)}
 
 
 @dataclass
