@@ -46,6 +46,9 @@ RECENT = 1000  # opens kept for the access log
 MAX_TRANSITIONS = 100_000  # transition rows kept in the index
 FLUSH_EVERY = 5.0  # seconds between writes to the index
 HOTTEST = 50  # tracks and albums heat.json lists
+# the rows of a write, from one JSON array of 4-element arrays (json_extract: SQLite 3.9 and later)
+_ROWS = ("(SELECT json_extract(value, '$[0]') AS a, json_extract(value, '$[1]') AS b,"
+         " json_extract(value, '$[2]') AS c, json_extract(value, '$[3]') AS d FROM json_each(?))")
 
 
 @dataclass(frozen=True)
@@ -146,16 +149,13 @@ class AccessTracker:
         transitions = json.dumps([(a, b, count, at) for (a, b), (count, at) in pending.transitions.items()])
         with transaction(conn):
             conn.execute(
-                "INSERT INTO heat (track_id, opens, bytes_read, last_access)"
-                " SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3 FROM json_each(?) r"
-                " WHERE EXISTS (SELECT 1 FROM tracks WHERE id = r.value ->> 0) ON CONFLICT(track_id) DO UPDATE SET"
+                f"INSERT INTO heat (track_id, opens, bytes_read, last_access) SELECT a, b, c, d FROM {_ROWS}"
+                " WHERE EXISTS (SELECT 1 FROM tracks WHERE id = a) ON CONFLICT(track_id) DO UPDATE SET"
                 " opens = opens + excluded.opens, bytes_read = bytes_read + excluded.bytes_read,"
                 " last_access = MAX(last_access, excluded.last_access)", (heat,))
             conn.execute(
-                "INSERT INTO transitions (from_track, to_track, count, last_at)"
-                " SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3 FROM json_each(?) r"
-                " WHERE (SELECT COUNT(*) FROM tracks WHERE id IN (r.value ->> 0, r.value ->> 1)) = 2"
-                " ON CONFLICT(from_track, to_track)"
+                f"INSERT INTO transitions (from_track, to_track, count, last_at) SELECT a, b, c, d FROM {_ROWS}"
+                " WHERE (SELECT COUNT(*) FROM tracks WHERE id IN (a, b)) = 2 ON CONFLICT(from_track, to_track)"
                 " DO UPDATE SET count = count + excluded.count, last_at = MAX(last_at, excluded.last_at)",
                 (transitions,))
             over = conn.execute("SELECT COUNT(*) FROM transitions").fetchone()[0] - MAX_TRANSITIONS
