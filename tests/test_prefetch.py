@@ -3,6 +3,8 @@ successors, and the budget (PH-3.1; the measured session on a real mount is chao
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 import trio
 
@@ -144,6 +146,16 @@ def test_many_opens_leave_no_task_waiting_each(library, tmp_path):
         assert trio.lowlevel.current_statistics().tasks_living <= living
 
     run(library, tmp_path, body, whole_after=1.5)
+
+
+def test_an_index_that_cannot_be_read_costs_the_prefetch_not_the_mount(library, tmp_path):
+    async def body(prefetcher, nodes, cache, access):
+        prefetcher.conn = sqlite3.connect(":memory:")  # no tables: every query fails
+        prefetcher.opened(nodes[1])
+        await settle(prefetcher)
+        assert prefetcher.statistics()["failures"] == 1 and prefetcher.statistics()["heads"] == 0
+
+    run(library, tmp_path, body, whole_after=0.2)
 
 
 def test_learned_successors_are_fetched_before_the_albums_order(library, tmp_path):

@@ -145,6 +145,9 @@ class Prefetcher:
             self._looking = 1
             try:
                 await self._after_open(node, started)
+            except sqlite3.Error as exc:  # the index cannot be read now: no prefetch for this open, the mount goes on
+                self.counters.failures += 1
+                log.warning("no prefetch after opening track %d: %s", node.track_id, exc)
             finally:
                 self._looking = 0
 
@@ -213,7 +216,12 @@ class Prefetcher:
         return sum(size for size, _ in unused.values())
 
     async def _fetch(self, track_id: int, whole: bool) -> None:
-        row = self.conn.execute("SELECT * FROM tracks WHERE id = ?", (track_id,)).fetchone()
+        try:
+            row = self.conn.execute("SELECT * FROM tracks WHERE id = ?", (track_id,)).fetchone()
+        except sqlite3.Error as exc:  # a task of the mount's nursery: never let it end the mount
+            self.counters.failures += 1
+            log.warning("no prefetch of track %d: %s", track_id, exc)
+            return
         if row is None or (track_id, whole) in self._queued:
             return
         track = dict(row)
