@@ -170,29 +170,42 @@ def test_sequential_reads(big_mount, big_files, results, record_requirement, req
     # a smaller run shows the same path in the table without claiming MM-4 (stated for 1 GiB). One
     # read of CI's 128 MiB file takes ~150 ms, not far above the machine's noise: the gate takes the
     # median of five more passes of each cached read
-    if requirement_catalogue["MM-4"].gate and mix.stat().st_size < GIB:
-        _gate_mix_at_ci_size(mix, big_files["native_mix"], requirement_catalogue["MM-4"].maximum, capsys)
+    if mix.stat().st_size < GIB:
+        _mix_at_ci_size(mix, big_files["native_mix"], requirement_catalogue["MM-4"], capsys)
     _record_peak(record_requirement, big_mount,
                  f"reading {size_mb + mix_mb:,.0f} MB through it four times")
 
 
-def _gate_mix_at_ci_size(mix: Path, native: Path, bound: float, capsys) -> None:
+def _mix_at_ci_size(mix: Path, native: Path, requirement, capsys) -> None:
     """MM-4's path at CI size: the median of five passes of each cached read, beside five reads of
-    the same file straight from the origin's disk (every cache dropped).
+    the same file straight from the origin's disk (every cache dropped); judged while MM-4 is
+    gated, printed either way.
 
-    Through the daemon with the chunk files in the OS cache, the bound holds on any machine. From
+    Through the daemon with the chunk files in the OS cache, the bound is the daemon's own. From
     disk the daemon cannot beat the disk itself: where the disk reads the file natively below the
     bound, this machine cannot show the figure; the test says so and then holds the daemon to
     :data:`DISK_SHARE` of the disk's own rate, so a slow path still fails."""
+    bound = requirement.maximum
     passes = []
     for _ in range(5):
-        daemon, disk = _cached_passes([mix])
+        # the origin's copy from disk, then the cached file from the chunk files on disk, then
+        # again with the chunk files in the OS's memory (the disk read put them there): the
+        # daemon's own path. (Reading the origin's copy last dropped the chunk files before the
+        # next pass, and four of five "daemon" passes were disk reads.)
         drop_page_cache()
-        passes.append((daemon, disk, _mbps([native])))
+        plain = _mbps([native])
+        drop_page_cache()
+        disk = _mbps([mix])
+        evict_files([mix])
+        passes.append((_mbps([mix]), disk, plain))
     daemon, disk, plain = (statistics.median(p[i] for p in passes) for i in (0, 1, 2))
     figures = (f"a {mix.stat().st_size / MB:,.0f} MB cached file read at {daemon:,.0f} MB/s through the daemon, "
                f"{disk:,.0f} MB/s from disk; the origin's copy read natively from disk at {plain:,.0f} MB/s "
                f"(medians of 5 passes: {[tuple(round(x) for x in p) for p in passes]})")
+    if not requirement.gate:  # the catalogue says why; the report shows MM-4 unmet
+        with capsys.disabled():
+            print(f"\nMM-4 at CI size (not gated, bound {bound:,.0f} MB/s): {figures}")
+        return
     assert daemon >= bound, figures
     if plain >= bound:
         assert disk >= bound, figures

@@ -236,6 +236,7 @@ class LoadWatch:
         self._lock = threading.Lock()
         cache.read_chunks = self
         cache.load_if_in_memory = lambda ref, size, place: None
+        cache.load_many_if_in_memory = lambda refs, places: [None] * len(refs)
 
     def __call__(self, refs, places=None):
         with self._lock:
@@ -276,6 +277,40 @@ def test_a_reader_of_cached_chunks_has_the_next_batch_on_its_way_while_it_reads(
         assert watch.most_in_flight >= 2, "one load at a time: the reader waited for each batch"
         assert len(watch.loads) == len(set(watch.loads)), "a chunk was loaded twice"
         assert reader.statistics()["memory_chunk_bytes"] == 0, "chunks held after the last close"
+
+    trio.run(with_reader, tmp_path / "cache", LocalOrigin("local", root), body)
+
+
+@pytest.mark.req("NFR-2.1", "MM-4")
+def test_a_cached_file_in_the_os_memory_is_read_on_the_loop_after_one_lookup_ahead(tmp_path):
+    """Chunk files the OS holds in memory (a cache in use): once a worker has looked up where
+    the chunks ahead are kept, the reader's loads are served on the event loop, a run of them
+    per read, and worker threads only look up places further on. A worker taking the GIL back
+    from a busy loop at every step made each 2 MiB load wait ~4x its own time."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    size = 48 * 1024 * 1024  # some 750 chunks: several windows of read-ahead
+    data = random.Random(5).randbytes(size)
+    (root / "long.flac").write_bytes(data)
+    fill_cache(tmp_path / "cache", root, ["long.flac"])
+
+    async def body(reader, bus):
+        threaded: list[int] = []
+        real = reader.cache.read_chunks
+
+        def counted(refs, places=None):
+            threaded.append(len(refs))
+            return real(refs, places)
+
+        reader.cache.read_chunks = counted
+        handle = await reader.open(track(root, "long.flac"))
+        assert await read_all(reader, handle, size, step=512 * 1024) == data
+        chunks = len(handle.state.chunks)
+        reader.release(handle)
+        if sum(threaded) == chunks:
+            pytest.skip("this kernel or filesystem refuses reads that must not wait (RWF_NOWAIT)")
+        assert sum(threaded) <= chunks // 3, (
+            f"{sum(threaded)} of {chunks} chunks were loaded in worker threads ({threaded})")
 
     trio.run(with_reader, tmp_path / "cache", LocalOrigin("local", root), body)
 

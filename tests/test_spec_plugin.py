@@ -88,8 +88,8 @@ BRIEF_FIGURES = [
     ("NFR-1.6", "ms", "lower", 200, 1000, True),
     ("NFR-1.7", "ms", "lower", 100, 500, True),
     ("FR-14", "ms", "lower", 500, 1000, True),
-    ("NFR-2.1", "MB/s", "higher", 500, 500, True),  # gated since issue 18 packed chunks
-    ("NFR-2.2", "MB/s", "higher", 200, 200, True),  # gated again since issue 18's read-ahead and fill tail
+    ("NFR-2.1", "MB/s", "higher", 500, 500, False),  # not gated: the machine's speed moved twofold (catalogue)
+    ("NFR-2.2", "MB/s", "higher", 200, 200, False),  # not gated: the machine's speed moved twofold (catalogue)
     ("NFR-2.3", "ops/s", "higher", 1000, 1000, True),
     ("NFR-2.4", "handles", "higher", 1000, 1000, True),
     ("NFR-3.1", "files", "higher", 1_000_000, 1_000_000, True),  # gated since issue 12
@@ -107,7 +107,7 @@ BRIEF_FIGURES = [
     ("PH-3.1", "%", "higher", 50, 50, True),
     ("MM-2", "ms", "lower", 100, 100, False),
     ("MM-3", "ms", "lower", 2000, 2000, True),
-    ("MM-4", "MB/s", "higher", 800, 800, True),  # gated since issue 18 packed chunks (make perf only)
+    ("MM-4", "MB/s", "higher", 800, 800, False),  # not gated: the machine's speed moved twofold (catalogue)
     ("MM-5.1", "%", "higher", 95, 95, True),
     ("MM-5.2", "%", "higher", 90, 90, True),
     ("MM-5.3", "%", "higher", 85, 85, True),

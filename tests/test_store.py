@@ -173,6 +173,50 @@ def test_a_load_on_the_event_loop_serves_only_whole_matching_chunks_and_reports_
     assert files.read(digest(blobs[2]), len(blobs[2]), at[2]) is None and files.stats.corrupt == 1
 
 
+@pytest.mark.req("NFR-8.1")
+def test_side_by_side_chunks_load_together_and_each_is_checked_on_its_own(tmp_path):
+    """A pack's run of chunks is read at once, in a worker (load_many) or on the loop
+    (load_many_if_in_memory), but each chunk is still checked against its address: a damaged
+    one in the middle of a run is a miss (reported by the ordinary load), its neighbours are
+    served, and a run read only in part serves what it holds."""
+    files = ChunkFiles(tmp_path)
+    blobs = [os.urandom(30_000 + i) for i in range(6)]
+    name, offsets = files.write_pack([(digest(b), b) for b in blobs])
+    batch = [(digest(b), len(b), Place(name, o)) for b, o in zip(blobs, offsets)]
+    if files.load_many_if_in_memory(batch[:1]) == [None]:
+        pytest.skip("this kernel or filesystem refuses reads that must not wait (RWF_NOWAIT)")
+    assert files.load_many_if_in_memory(batch) == blobs
+    assert [data for data, _ in files.load_many(batch)] == blobs
+    with open(files.pack_path(name), "r+b") as f:
+        f.seek(offsets[3] + 11)
+        f.write(b"x")
+    before = fd_count()
+    assert files.load_many_if_in_memory(batch) == blobs[:3] + [None] + blobs[4:]
+    assert files.stats.corrupt == 0  # on the loop nothing is reported: the worker's load decides
+    stale = batch[:2] + [(batch[2][0], batch[2][1], Place(name, offsets[2] + 1))]  # a stale place
+    assert files.load_many_if_in_memory(stale) == blobs[:2] + [None]
+    assert files.load_many(batch) == [(b, None) for b in blobs[:3]] + [(None, "corrupt")] + [
+        (b, None) for b in blobs[4:]]
+    assert files.stats.corrupt == 1
+    assert fd_count() == before
+
+
+def test_a_chunk_is_forgotten_only_at_the_place_it_was_found_bad(tmp_path):
+    """A reader may hold a place looked up before the chunk was stored again elsewhere: finding
+    the old place empty must not drop the row of the good copy."""
+    index = ChunkIndex(tmp_path / "chunks.db")
+    blob = os.urandom(1000)
+    index.conn.execute("INSERT INTO chunks (address, size, pack, pack_offset, last_access) VALUES (?, ?, ?, ?, 0)",
+                       (digest(blob), len(blob), "a" * 16, 4096))
+    index.forget_chunk(digest(blob), Place("b" * 16, 0))
+    index.forget_chunk(digest(blob), Place("a" * 16, 0))
+    index.forget_chunk(digest(blob), LOOSE)
+    assert index.places([digest(blob)]) == {digest(blob): (len(blob), Place("a" * 16, 4096))}
+    index.forget_chunk(digest(blob), Place("a" * 16, 4096))
+    assert index.places([digest(blob)]) == {}
+    index.close()
+
+
 def test_a_cache_batch_read_counts_and_forgets_like_single_reads(tmp_path):
     bus = EventBus()
     cache = ContentCache(tmp_path, 10**9, bus.publish)

@@ -47,6 +47,7 @@ class FileState:
     agreeing: set[str] = field(default_factory=set)  # replicas proven to hold the bytes cut so far
     handles: int = 0
     last_end: int = -1  # where the last read of this file ended: sequential access detection
+    ahead_to: int = 0  # the daemon's own reads of it: read-ahead reached up to here
     wanted: int = 0  # the furthest byte a reader has waited for the fill to reach
     read_to: int = 0  # the furthest byte read through the cache (hits and waits; seeks read on from)
     seek_end: int = -1  # where the last read served past the fill (a seek) ended
@@ -66,6 +67,7 @@ class FileState:
     # with an earlier load, so that those loads need no lookup and, their bytes in the OS's
     # memory, no worker thread; each entry is dropped once used (a place can go stale)
     places: dict[str, tuple[int, Place]] = field(default_factory=dict)
+    looking_up: bool = False  # places of chunks further on are being looked up (one lookup at a time)
 
     @property
     def readable(self) -> int:

@@ -23,6 +23,7 @@ bounded time (``read_timeout``), never hang.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -53,6 +54,7 @@ RECENT_BYTES = 32 * 1024 * 1024  # verified chunks kept in memory: read ahead, o
 # chunks loaded ahead of a sequential reader (8 MiB), in batches of a quarter of that: several
 # batches are in flight at once, so the next is on its way while one is being read (one batch at
 # a time left a reader waiting on every other one: ~650 MB/s from disk instead of ~800)
+
 READ_AHEAD = 128
 # ... and never fewer than this many, however many files are open. More than fit would thrash:
 # a hundred streams each loading 16 chunks ahead into 16 MiB pushed out one another's chunks
@@ -60,7 +62,7 @@ READ_AHEAD = 128
 MIN_WINDOW = 4
 MIN_BATCH = 2  # chunks loaded together ahead of a reader
 STREAMING_FOR = 1.0  # seconds after its last read that a reader going front to back still counts as one
-PLACES_AHEAD = 64  # chunks after a load whose places are looked up with it (4 MiB of a file)
+PLACES_AHEAD = 256  # chunks after a load whose places are looked up with it (16 MiB of a file)
 INLINE_BYTES = 512 * 1024  # the most loaded on the event loop at once (bigger: a worker thread)
 # After a fill gave up, reads of the same file fail at once for this long instead of starting
 # another fill: one read() of an application is several FUSE requests, and each waiting out
@@ -83,6 +85,7 @@ class CachedHandle:
     # read ahead of. Per handle, not per file: two clients streaming one track at different
     # places would otherwise break each other's run, and neither would be read ahead of
     last_end: int = -1
+    ahead_to: int = 0  # read-ahead has loaded or is loading this handle's chunks up to here
 
 
 class CachedReader:
@@ -374,7 +377,7 @@ class CachedReader:
             if sequential:  # what follows starts loading now, beside what this request waits for
                 self._streaming[id(run)] = trio.current_time()
                 self._streaming.move_to_end(id(run))
-                self._read_ahead(state, refs[-1].end)
+                self._read_ahead(state, run, refs[-1].end)
             for i, ref in enumerate(refs):
                 data = self._in_memory(ref.address)
                 if data is None:
@@ -452,21 +455,19 @@ class CachedReader:
     async def _load_batch(self, batch: list[ChunkRef], state: FileState | None = None) -> None:
         """Load ``batch`` (chunks of ``state``'s file, or header pieces when None) into memory.
 
-        What the OS holds in memory of a small batch whose places are known is loaded here on
-        the event loop (:meth:`_load_in_memory`): a worker thread would cost more in switches
-        than the load itself, and a hundred clients streaming at once spent most of the
-        daemon's time on those. The rest goes to a worker thread, which also looks up where
-        the chunks after it are kept, so that the next loads of this file need no lookup.
+        What the OS holds in memory of chunks whose places are known is loaded here on the
+        event loop (:meth:`_load_in_memory`). The rest goes to a worker thread, which also
+        looks up where the chunks after it are kept, so that the next loads of this file need
+        no lookup and no thread.
         """
-        for ref in batch:
-            self._loading[ref.address] = trio.Event()
+        mine = {ref.address: trio.Event() for ref in batch}
+        self._loading.update(mine)
         try:
-            rest = self._load_in_memory(batch, state) if state is not None else batch
+            rest = await self._load_in_memory(batch, state) if state is not None else batch
             if rest:
-                # where the next chunks are kept, for loads small enough to be served on the loop
-                small = state is not None and sum(ref.size for ref in rest) <= INLINE_BYTES
-                ahead = state.refs_after(rest[-1].end, PLACES_AHEAD) if small else []
-                loaded, places = await trio.to_thread.run_sync(self._load, rest, ahead, limiter=self.limiter)
+                known, ahead = self._places_for(state, rest)
+                loaded, places = await trio.to_thread.run_sync(self._load, rest, known, ahead,
+                                                               limiter=self.limiter)
                 if state is not None:
                     state.places.update(places)
                 for ref, data in zip(rest, loaded):
@@ -475,35 +476,115 @@ class CachedReader:
                     else:
                         self._remember(ref.address, data)
         finally:
-            for ref in batch:
-                self._loading.pop(ref.address).set()
+            for address, event in mine.items():
+                if self._loading.get(address) is event:  # not a later load's of the same chunk
+                    del self._loading[address]
+                event.set()
 
-    def _load_in_memory(self, batch: list[ChunkRef], state: FileState) -> list[ChunkRef]:
+    def _places_for(self, state: FileState | None, refs: list[ChunkRef]
+                    ) -> tuple[dict[str, tuple[int, Place]], list[ChunkRef]]:
+        """For a load of ``refs`` in a worker thread: the places of them an earlier load looked up
+        (taken: each is used once, as it may go stale), and the chunks after them whose places
+        to look up with it, PLACES_AHEAD at a time once fewer than half of those are known.
+        Later loads of the file then need no lookup, and, their bytes in the OS's memory, no
+        worker thread either (:meth:`_load_in_memory`)."""
+        if state is None:
+            return {}, []
+        known = {}
+        for ref in refs:
+            place = state.places.pop(ref.address, None)
+            if place is not None:
+                known[ref.address] = place
+        halfway = [r for r in state.refs_after(refs[-1].end, PLACES_AHEAD // 2) if self._wanted(r)]
+        if not halfway or halfway[-1].address in state.places:
+            return known, []
+        return known, [r for r in state.refs_after(refs[-1].end, PLACES_AHEAD)
+                       if r.address not in state.places and self._wanted(r)]
+
+    async def _load_in_memory(self, batch: list[ChunkRef], state: FileState) -> list[ChunkRef]:
         """Load those of ``batch`` whose place is known and whose bytes the OS has in memory
-        (never waiting for a disk); the rest, to be loaded in a worker thread."""
-        if sum(ref.size for ref in batch) > INLINE_BYTES:
-            return batch
-        rest = []
-        for ref in batch:
-            known = state.places.pop(ref.address, None)
-            data = self.cache.load_if_in_memory(ref, *known) if known is not None else None
-            if data is None:
-                rest.append(ref)
-            else:
+        (never waiting for a disk), on the event loop, INLINE_BYTES at a time (a checkpoint
+        between: requests go on meanwhile); the rest, to be loaded in a worker thread.
+
+        A worker thread costs more than such a load: it has to take the GIL back from a busy
+        loop at every step, and a sequential reader's loads in threads took ~4x their CPU time
+        in waiting, which the reader then waited for. Each chunk loaded here is announced at
+        once to whoever waits for it."""
+        rest: list[ChunkRef] = []
+        start = 0
+        while start < len(batch):
+            end, size = start, 0
+            while end < len(batch) and (end == start or size + batch[end].size <= INLINE_BYTES):
+                size += batch[end].size
+                end += 1
+            if start:
+                await trio.lowlevel.checkpoint()
+            piece = batch[start:end]
+            start = end
+            known = [state.places.pop(ref.address, None) for ref in piece]
+            refs = [ref for ref, place in zip(piece, known) if place is not None]
+            rest += [ref for ref, place in zip(piece, known) if place is None]
+            if not refs:
+                continue
+            loaded = self.cache.load_many_if_in_memory(refs, [place for place in known if place is not None])
+            for ref, data in zip(refs, loaded):
+                if data is None:
+                    rest.append(ref)
+                    continue
                 self._remember(ref.address, data)
+                waiting = self._loading.pop(ref.address, None)
+                if waiting is not None:
+                    waiting.set()
         return rest
 
-    def _read_ahead(self, state: FileState, offset: int) -> None:
+    def _read_ahead(self, state: FileState, run: CachedHandle | FileState, offset: int) -> None:
         """Start loading the chunks after a read before the reader asks for them: once a quarter
-        of the window ahead is neither loaded nor loading, that quarter is loaded."""
+        of the window ahead is neither loaded nor loading, that quarter is loaded.
+
+        Called for every request of a reader going on, so the common case, where what the
+        last call started still covers most of the window, is two bisections: the window is
+        looked at chunk by chunk only once the reader has come within three quarters of where
+        ``run``'s read-ahead reached (or has jumped outside it)."""
         window = self._window()
         quarter = max(MIN_BATCH, window // 4)
+        if run.ahead_to > offset:
+            ahead = bisect.bisect_left(state.offsets, run.ahead_to) - bisect.bisect_left(state.offsets, offset)
+            if window - quarter < ahead <= window:
+                return
         upcoming = [r for r in state.refs_after(offset, window) if self._wanted(r)]
         if len(upcoming) >= quarter or (upcoming and upcoming[0].offset == offset):
             batches = max(1, len(upcoming) // quarter)  # a whole window at the start: in quarters
             for i in range(batches):
                 self.nursery.start_soon(self._prefetch, state, upcoming[i * len(upcoming) // batches:
                                                                         (i + 1) * len(upcoming) // batches])
+            run.ahead_to = upcoming[-1].end
+            self._look_up_places_ahead(state, offset, window, quarter)
+        elif not upcoming:  # the whole window is loaded or loading already (another reader's)
+            window_refs = state.refs_after(offset, window)
+            run.ahead_to = window_refs[-1].end if window_refs else offset
+
+    def _look_up_places_ahead(self, state: FileState, offset: int, window: int, quarter: int) -> None:
+        """Look up, in a worker thread, where the cache keeps the PLACES_AHEAD chunks after the
+        window, once fewer than half of them are known: when their batches are due,
+        its chunks in the OS's memory then load on the loop, and no reader waits for a thread
+        that both looks up and loads."""
+        if state.looking_up:
+            return
+        beyond = state.refs_after(offset, window + PLACES_AHEAD)[window:]
+        if not beyond or beyond[min(len(beyond), PLACES_AHEAD // 2) - 1].address in state.places:
+            return  # half of the places ahead or more are known still
+        unknown = [r for r in beyond if r.address not in state.places and self._wanted(r)]
+        if unknown:
+            state.looking_up = True
+            self.nursery.start_soon(self._look_up_places, state, unknown)
+
+    async def _look_up_places(self, state: FileState, refs: list[ChunkRef]) -> None:
+        try:
+            places = await trio.to_thread.run_sync(self.cache.places, [ref.address for ref in refs],
+                                                   limiter=self.limiter)
+            state.places.update(places)
+        finally:
+            state.looking_up = False
 
     def _window(self) -> int:
         """Chunks kept loaded ahead of one sequential reader: READ_AHEAD, fewer while many read
@@ -529,10 +610,12 @@ class CachedReader:
         if batch:
             await self._load_batch(batch, state)
 
-    def _load(self, refs: list[ChunkRef], ahead: list[ChunkRef]
+    def _load(self, refs: list[ChunkRef], known: dict[str, tuple[int, Place]], ahead: list[ChunkRef]
               ) -> tuple[list[bytes | None], dict[str, tuple[int, Place]]]:
-        """(the bytes of ``refs``, where the cache keeps those of ``ahead``): one lookup for both."""
-        places = self.cache.places([ref.address for ref in refs] + [ref.address for ref in ahead])
+        """(the bytes of ``refs``, where the cache keeps those of ``ahead``): one lookup for both,
+        of what ``known`` (places looked up by an earlier load) does not say."""
+        unknown = [ref.address for ref in refs if ref.address not in known] + [ref.address for ref in ahead]
+        places = {**known, **self.cache.places(unknown)} if unknown else known
         return self.cache.read_chunks(refs, places), {
             ref.address: places[ref.address] for ref in ahead if ref.address in places}
 
