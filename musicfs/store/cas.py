@@ -249,12 +249,12 @@ class ChunkFiles:
                         opened[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                     except OSError:
                         opened[path] = None
-                fd, got = opened.get(path), bytearray(_span(run))
+                fd, buffer, got = opened.get(path), bytearray(_span(run)), 0
                 try:
-                    got = got[:os.preadv(fd, [got], place.offset, NOWAIT)] if fd is not None else b""
+                    got = os.preadv(fd, [buffer], place.offset, NOWAIT) if fd is not None else 0
                 except OSError:  # BlockingIOError (not in memory) above all
-                    got = b""
-                results += self._pieces(got, run)
+                    got = 0
+                results += self._pieces(memoryview(buffer)[:got], run)
         finally:
             for fd in opened.values():
                 if fd is not None:
@@ -277,7 +277,7 @@ class ChunkFiles:
         if run:
             yield run
 
-    def _pieces(self, data: bytes | bytearray, run: list[tuple[str, int, Place]]) -> list[bytes | None]:
+    def _pieces(self, data: bytes | memoryview, run: list[tuple[str, int, Place]]) -> list[bytes | None]:
         """Each chunk of ``run`` cut from ``data`` (read from the run's start), if it is all
         there and matches its address; None for one that is not (nothing is reported)."""
         view, start, pieces = memoryview(data), run[0][2].offset, []
