@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -524,6 +525,34 @@ def test_a_cache_that_cannot_be_written_serves_on_and_says_so_once(tmp_path, cap
     assert any("caching resumed" in r.message for r in caplog.records)
     assert cache.statistics()["evictions"] == 1  # the disk was full: the old chunk made way
     assert cache.read_chunk(ChunkRef(0, len(others[0]), digest(others[0]))) == others[0]
+    cache.close()
+
+
+@pytest.mark.req("FAULT-23")
+def test_a_failing_disk_turned_read_only_is_named_so_whatever_sqlite_said(tmp_path, caplog, monkeypatch):
+    """SQLite reports a disk failing under it as "disk I/O error" while the kernel remounts the
+    filesystem read-only: the cache says what its disk is now (read-only), in its status and its
+    one log line, not the message of whichever write happened to fail first."""
+    cache = ContentCache(tmp_path, 10**9, EventBus().publish)
+    real_statvfs = os.statvfs
+
+    def read_only(path):
+        found = real_statvfs(path)
+        return os.statvfs_result((*found[:8], found.f_flag | os.ST_RDONLY, found.f_namemax))
+
+    def failing(rows):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(cache, "_commit", failing)
+    data = b"y" * 30_000
+    assert cache.store_chunks([(digest(data), data)]) == 0  # written to a pack, refused by the index
+    assert cache.statistics()["write_problem"] == "disk I/O error"  # the filesystem is writable
+    cache.write_problem, cache._write_again_at = None, 0.0
+    monkeypatch.setattr(os, "statvfs", read_only)
+    assert cache.store_chunks([(digest(data), data)]) == 0
+    assert cache.statistics()["write_problem"] == os.strerror(errno.EROFS)
+    assert any("cannot be written (Read-only file system)" in r.message for r in caplog.records)
+    monkeypatch.setattr(os, "statvfs", real_statvfs)
     cache.close()
 
 

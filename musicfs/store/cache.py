@@ -118,6 +118,10 @@ class ContentCache:
 
     def _write_failed(self, exc: BaseException) -> None:
         reason, _ = _describe(exc)
+        if self._read_only_now():
+            # a disk failing under SQLite shows as "disk I/O error" as the kernel turns its
+            # filesystem read-only: say what the cache's disk is now, the same for every failure
+            reason = os.strerror(errno.EROFS)
         self.counters.write_failures += 1
         self._failed_at = time.monotonic()
         self._write_again_at = self._failed_at + self.write_retry
@@ -132,6 +136,13 @@ class ContentCache:
                 log.info("cache %s: writes fail again (%s) soon after they resumed; not kept until they work",
                          self.directory, reason)
         self.write_problem = reason
+
+    def _read_only_now(self) -> bool:
+        """The cache's filesystem is mounted read-only (as the kernel does to a failing disk)."""
+        try:
+            return bool(os.statvfs(self.directory).f_flag & os.ST_RDONLY)
+        except OSError:
+            return False
 
     def _write_succeeded(self, started: float) -> None:
         """A store that began at ``started`` worked; one that began before the last failure proves
