@@ -131,13 +131,13 @@ def test_a_batch_load_reports_each_chunk_as_one_load_would_and_closes_every_file
              ("../../secret", 10, LOOSE), (digest(blobs[0]), 10, Place("../../secret", 0)),
              (digest(blobs[1]), MAX_SIZE + 1, at[1])]
     before = fd_count()
-    loaded = files.load_many(batch)
+    loaded = [(chunk and chunk.data, problem) for chunk, problem in files.load_many(batch)]
     assert fd_count() == before
     assert loaded == [(blobs[0], None), (None, "missing"), (None, "corrupt"), (blobs[3], None),
                       (None, "corrupt"), (None, "corrupt"), (None, "corrupt")]
     assert files.read(digest(blobs[1]), len(blobs[1]), at[1]) == blobs[1]
     assert secret.read_bytes() == b"x" * 10
-    assert files.load_many([]) == [] and files.load_many(batch[:1]) == [(blobs[0], None)]
+    assert files.load_many([]) == [] and files.load_many(batch[:1])[0][0].data == blobs[0]
 
 
 @pytest.mark.req("NFR-8.1")
@@ -186,18 +186,25 @@ def test_side_by_side_chunks_load_together_and_each_is_checked_on_its_own(tmp_pa
     batch = [(digest(b), len(b), Place(name, o)) for b, o in zip(blobs, offsets)]
     if files.load_many_if_in_memory(batch[:1]) == [None]:
         pytest.skip("this kernel or filesystem refuses reads that must not wait (RWF_NOWAIT)")
-    assert files.load_many_if_in_memory(batch) == blobs
-    assert [data for data, _ in files.load_many(batch)] == blobs
+    def loaded(chunks):  # each chunk's bytes; those of one run are views of one buffer, where they start at `at`
+        found = files.load_many_if_in_memory(chunks)
+        for chunk in found:
+            if chunk is not None:
+                assert chunk.run is found[0].run and chunk.run[chunk.at:chunk.at + len(chunk.data)] == chunk.data
+        return [None if chunk is None else bytes(chunk.data) for chunk in found]
+
+    assert loaded(batch) == blobs
+    assert [chunk.data for chunk, _ in files.load_many(batch)] == blobs
     with open(files.pack_path(name), "r+b") as f:
         f.seek(offsets[3] + 11)
         f.write(b"x")
     before = fd_count()
-    assert files.load_many_if_in_memory(batch) == blobs[:3] + [None] + blobs[4:]
+    assert loaded(batch) == blobs[:3] + [None] + blobs[4:]
     assert files.stats.corrupt == 0  # on the loop nothing is reported: the worker's load decides
     stale = batch[:2] + [(batch[2][0], batch[2][1], Place(name, offsets[2] + 1))]  # a stale place
-    assert files.load_many_if_in_memory(stale) == blobs[:2] + [None]
-    assert files.load_many(batch) == [(b, None) for b in blobs[:3]] + [(None, "corrupt")] + [
-        (b, None) for b in blobs[4:]]
+    assert loaded(stale) == blobs[:2] + [None]
+    assert [(chunk and chunk.data, problem) for chunk, problem in files.load_many(batch)] == [
+        (b, None) for b in blobs[:3]] + [(None, "corrupt")] + [(b, None) for b in blobs[4:]]
     assert files.stats.corrupt == 1
     assert fd_count() == before
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..events import CacheCleared, ChunkCorrupt, ChunkEvicted, ChunkStored, Publish
 from . import pindb
-from .cas import ChunkFiles, Place
+from .cas import ChunkFiles, Loaded, Place
 from .chunkdb import ChunkIndex, ChunkRef, Obtained
 from .pindb import PinState
 
@@ -204,7 +204,7 @@ class ContentCache:
     def _places(self, addresses: Iterable[str]) -> dict[str, tuple[int, Place]]:
         return self.index.places(addresses)  # on the index's lookup connection: no wait for a commit
 
-    def read_chunk(self, ref: ChunkRef) -> bytes | None:
+    def read_chunk(self, ref: ChunkRef) -> bytes | memoryview | None:
         return self.read_chunks([ref])[0]
 
     def places(self, addresses: Iterable[str]) -> dict[str, tuple[int, Place]]:
@@ -217,13 +217,20 @@ class ContentCache:
             return {}
 
     def read_chunks(self, refs: list[ChunkRef], places: dict[str, tuple[int, Place]] | None = None
-                    ) -> list[bytes | None]:
+                    ) -> list[bytes | memoryview | None]:
         """The bytes of each chunk (None: not in the cache, or damaged), their disk reads started together.
 
         A chunk the index has no row for is missing; one whose row says a
         different size than the map that asks for it is not the same chunk.
         ``places``: what :meth:`places` answered for them just now (not looked up again).
         """
+        return [chunk.data if chunk is not None else None for chunk in self.load_chunks(refs, places)]
+
+    def load_chunks(self, refs: list[ChunkRef], places: dict[str, tuple[int, Place]] | None = None
+                    ) -> list[Loaded | None]:
+        """:meth:`read_chunks`, each chunk as a view of the buffer of the run of side-by-side
+        chunks it was read with (:class:`~.cas.Loaded`): for a reader that answers a request
+        inside one run with one slice of it."""
         if places is None:
             places = self.places(ref.address for ref in refs)
         wanted = [(ref, places[ref.address][1]) for ref in refs
@@ -237,7 +244,7 @@ class ContentCache:
             result.append(self._loaded(ref, place, data, problem))
         return result
 
-    def load_if_in_memory(self, ref: ChunkRef, size: int, place: Place) -> bytes | None:
+    def load_if_in_memory(self, ref: ChunkRef, size: int, place: Place) -> memoryview | None:
         """A chunk's bytes if the OS holds them in memory and they match (see
         :meth:`ChunkFiles.load_if_in_memory`), counted as accessed; None, reporting nothing, if
         not: then :meth:`read_chunks` loads it. ``size`` and ``place``: from :meth:`places`."""
@@ -249,12 +256,12 @@ class ContentCache:
         return data
 
     def load_many_if_in_memory(self, refs: list[ChunkRef], places: list[tuple[int, Place]]
-                               ) -> list[bytes | None]:
+                               ) -> list[Loaded | None]:
         """:meth:`load_if_in_memory` of each of ``refs`` at its place, side by side ones read
-        together (:meth:`ChunkFiles.load_many_if_in_memory`)."""
+        together, as views of their run's buffer (:meth:`ChunkFiles.load_many_if_in_memory`)."""
         wanted = [(i, ref, place) for i, (ref, (size, place)) in enumerate(zip(refs, places)) if size == ref.size]
         loaded = self.files.load_many_if_in_memory([(ref.address, ref.size, place) for _, ref, place in wanted])
-        result: list[bytes | None] = [None] * len(refs)
+        result: list[Loaded | None] = [None] * len(refs)
         now = time.time()
         for (i, ref, _), data in zip(wanted, loaded):
             if data is not None:
@@ -262,8 +269,8 @@ class ContentCache:
                 result[i] = data
         return result
 
-    def _loaded(self, ref: ChunkRef, place: Place | None, data: bytes | None, problem: str | None
-                ) -> bytes | None:
+    def _loaded(self, ref: ChunkRef, place: Place | None, data: Loaded | None, problem: str | None
+                ) -> Loaded | None:
         """A chunk's bytes counted as accessed, or its loss counted and its row dropped."""
         if data is None:
             if problem == "corrupt":

@@ -37,7 +37,7 @@ from ..errors import OriginUnavailable
 from ..events import EventBus, FileAccessed
 from ..memtrim import release_free_memory
 from .cache import ContentCache
-from .cas import Place
+from .cas import Loaded, Place
 from .chunkdb import ChunkRef, Manifest
 from .chunker import AVG_SIZE
 from .fetch import ReplicaFetcher
@@ -63,7 +63,9 @@ MIN_WINDOW = 4
 MIN_BATCH = 2  # chunks loaded together ahead of a reader
 STREAMING_FOR = 1.0  # seconds after its last read that a reader going front to back still counts as one
 PLACES_AHEAD = 256  # chunks after a load whose places are looked up with it (16 MiB of a file)
-INLINE_BYTES = 512 * 1024  # the most loaded on the event loop at once (bigger: a worker thread)
+# the most loaded on the event loop at once (bigger: a worker thread). A read-ahead batch (a quarter
+# of the window, ~2 MiB) fits, so it is one run in one buffer, and a request inside it is one slice
+INLINE_BYTES = 3 * 1024 * 1024
 # After a fill gave up, reads of the same file fail at once for this long instead of starting
 # another fill: one read() of an application is several FUSE requests, and each waiting out
 # its own read_timeout would multiply the time before the application sees EIO.
@@ -117,7 +119,10 @@ class CachedReader:
         # last read, oldest first: each reads ahead on its own (see _window)
         self._streaming: OrderedDict[int, float] = OrderedDict()
         self._partial: OrderedDict[tuple[str, str, str], FileState] = OrderedDict()  # closed, in part cached
-        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent: OrderedDict[str, bytes | memoryview] = OrderedDict()
+        # of those loaded in a run with the chunks beside them: the run's buffer and where each
+        # starts in it, so that a request inside one run is answered with one slice (no join)
+        self._spans: dict[str, tuple[memoryview, int]] = {}
         self._pending: dict[str, bytes] = {}  # cut by a fill, not yet written to disk
         self._loading: dict[str, trio.Event] = {}  # chunk loads under way (single-flight)
         self._bad: set[str] = set()  # found missing or corrupt on disk; fetched again when needed
@@ -269,6 +274,7 @@ class CachedReader:
                 self._partial.popitem(last=False)
         if not self._states:  # nothing is read: chunks kept for readers would only hold memory
             self._recent.clear()
+            self._spans.clear()
             self._recent_bytes = 0
             self._went_idle.set()
         if self.cache.size > self.cache.limit:  # chunks spared while in use may go now
@@ -346,7 +352,7 @@ class CachedReader:
         return (isinstance(state.error, ChecksumMismatchError) and len(state.replicas) > 1
                 and not state.verify_first)
 
-    def _in_memory(self, address: str) -> bytes | None:
+    def _in_memory(self, address: str) -> bytes | memoryview | None:
         data = self._pending.get(address)
         return data if data is not None else self._recent.get(address)
 
@@ -355,9 +361,11 @@ class CachedReader:
         """Bytes [start, end) from the file's chunks, the last of them from the fill's tail if it
         reaches there; None if some are neither.
 
-        The answer is assembled with one copy: the pieces are views of the chunks (a range
-        inside one chunk is a view, no copy at all), joined once. A 512 KiB request spans
-        some nine chunks; joining them and then slicing the result copied it twice. ``handle``:
+        The answer is assembled with one copy at most: the pieces are views of the chunks (a
+        range inside one chunk is a view, no copy at all), joined once. A 512 KiB request spans
+        some nine chunks; joining them and then slicing the result copied it twice. Chunks
+        loaded together side by side are views of one buffer, and a request that lies inside
+        one such run is one slice of it, no copy at all (:meth:`_one_slice`). ``handle``:
         the open file the read came through (its own run front to back); none for the daemon's
         own reads, which keep theirs on the file.
         """
@@ -367,6 +375,7 @@ class CachedReader:
             return None
         upto = min(end, tail_at) if tail else end
         pieces: list[memoryview] = []
+        used: list[ChunkRef] = []
         if start < upto:
             refs = state.refs_for(start, upto)
             if not refs or refs[0].offset > start or refs[-1].end < upto:
@@ -384,6 +393,7 @@ class CachedReader:
                     data = await self._chunk(state, ref, refs[i + 1:])
                 lo, hi = max(start, ref.offset) - ref.offset, min(upto, ref.end) - ref.offset
                 pieces.append(memoryview(data)[lo:hi])
+                used.append(ref)
                 if sequential and ref.end <= end and ref.address in self._recent:
                     # read to its end by a reader going on: the first to go when memory is short,
                     # before chunks loaded ahead that some reader has yet to reach
@@ -392,7 +402,30 @@ class CachedReader:
             run.last_end = end
         if upto < end:
             pieces.append(memoryview(tail)[max(start, tail_at) - tail_at:end - tail_at])
+        elif len(pieces) > 1:
+            whole = self._one_slice(used, start, end)
+            if whole is not None:
+                return whole
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _one_slice(self, refs: list[ChunkRef], start: int, end: int) -> memoryview | None:
+        """Bytes [start, end) of the file, which ``refs`` cover, as one slice of a run's buffer if
+        they were loaded side by side in one run (:class:`~.cas.Loaded`); None if not.
+
+        The chunks' spans say where each starts in which buffer; consecutive chunks of the
+        file are consecutive in the buffer only if each starts where the one before ends
+        there (the same chunk may appear twice in a file, or be kept from another run)."""
+        first = self._spans.get(refs[0].address)
+        if first is None:
+            return None
+        buffer, at = first
+        for before, ref in zip(refs, refs[1:]):
+            span = self._spans.get(ref.address)
+            if span is None or span[0] is not buffer or span[1] != at + before.size:
+                return None
+            at = span[1]
+        origin = first[1] - refs[0].offset  # where the file's offset 0 would be in the buffer
+        return buffer[origin + start:origin + end]
 
     async def _from_header(self, state: FileState, start: int, end: int) -> bytes | memoryview | None:
         """Bytes [start, end) from the file's header, if it holds them all; None if not.
@@ -470,11 +503,11 @@ class CachedReader:
                                                                limiter=self.limiter)
                 if state is not None:
                     state.places.update(places)
-                for ref, data in zip(rest, loaded):
-                    if data is None:
+                for ref, chunk in zip(rest, loaded):
+                    if chunk is None:
                         self._bad.add(ref.address)
                     else:
-                        self._remember(ref.address, data)
+                        self._remember(ref.address, chunk.data, (chunk.run, chunk.at))
         finally:
             for address, event in mine.items():
                 if self._loading.get(address) is event:  # not a later load's of the same chunk
@@ -504,12 +537,14 @@ class CachedReader:
     async def _load_in_memory(self, batch: list[ChunkRef], state: FileState) -> list[ChunkRef]:
         """Load those of ``batch`` whose place is known and whose bytes the OS has in memory
         (never waiting for a disk), on the event loop, INLINE_BYTES at a time (a checkpoint
-        between: requests go on meanwhile); the rest, to be loaded in a worker thread.
+        before each: requests go on meanwhile); the rest, to be loaded in a worker thread.
 
         A worker thread costs more than such a load: it has to take the GIL back from a busy
         loop at every step, and a sequential reader's loads in threads took ~4x their CPU time
         in waiting, which the reader then waited for. Each chunk loaded here is announced at
-        once to whoever waits for it."""
+        once to whoever waits for it. The checkpoint comes before the first load too: a reader
+        whose chunks are all in memory would otherwise never let the read-ahead it started,
+        nor the place lookups ahead of it, run, and their loads would go to threads."""
         rest: list[ChunkRef] = []
         start = 0
         while start < len(batch):
@@ -517,8 +552,7 @@ class CachedReader:
             while end < len(batch) and (end == start or size + batch[end].size <= INLINE_BYTES):
                 size += batch[end].size
                 end += 1
-            if start:
-                await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
             piece = batch[start:end]
             start = end
             known = [state.places.pop(ref.address, None) for ref in piece]
@@ -527,11 +561,11 @@ class CachedReader:
             if not refs:
                 continue
             loaded = self.cache.load_many_if_in_memory(refs, [place for place in known if place is not None])
-            for ref, data in zip(refs, loaded):
-                if data is None:
+            for ref, chunk in zip(refs, loaded):
+                if chunk is None:
                     rest.append(ref)
                     continue
-                self._remember(ref.address, data)
+                self._remember(ref.address, chunk.data, (chunk.run, chunk.at))
                 waiting = self._loading.pop(ref.address, None)
                 if waiting is not None:
                     waiting.set()
@@ -611,22 +645,31 @@ class CachedReader:
             await self._load_batch(batch, state)
 
     def _load(self, refs: list[ChunkRef], known: dict[str, tuple[int, Place]], ahead: list[ChunkRef]
-              ) -> tuple[list[bytes | None], dict[str, tuple[int, Place]]]:
+              ) -> tuple[list[Loaded | None], dict[str, tuple[int, Place]]]:
         """(the bytes of ``refs``, where the cache keeps those of ``ahead``): one lookup for both,
         of what ``known`` (places looked up by an earlier load) does not say."""
         unknown = [ref.address for ref in refs if ref.address not in known] + [ref.address for ref in ahead]
         places = {**known, **self.cache.places(unknown)} if unknown else known
-        return self.cache.read_chunks(refs, places), {
+        return self.cache.load_chunks(refs, places), {
             ref.address: places[ref.address] for ref in ahead if ref.address in places}
 
-    def _remember(self, address: str, data: bytes) -> None:
+    def _remember(self, address: str, data: bytes | memoryview,
+                  span: tuple[memoryview, int] | None = None) -> None:
+        """Keep a verified chunk in memory (``span``: its run's buffer and where it starts there,
+        if it is a view of one); the least recently used go once RECENT_BYTES are held.
+
+        A run's buffer is freed with the last of its chunks: a sequential reader's chunks of a
+        run are read, and go, together, so what is counted is close to what is held."""
         if address in self._recent:
             self._recent.move_to_end(address)
             return
         self._recent[address] = data
+        if span is not None:
+            self._spans[address] = span
         self._recent_bytes += len(data)
         while self._recent_bytes > RECENT_BYTES and self._recent:
-            _, old = self._recent.popitem(last=False)
+            old_address, old = self._recent.popitem(last=False)
+            self._spans.pop(old_address, None)
             self._recent_bytes -= len(old)
 
     async def _refetch(self, state: FileState, ref: ChunkRef) -> bytes:
