@@ -62,7 +62,7 @@ READ_AHEAD = 128
 MIN_WINDOW = 4
 MIN_BATCH = 2  # chunks loaded together ahead of a reader
 STREAMING_FOR = 1.0  # seconds after its last read that a reader going front to back still counts as one
-PLACES_AHEAD = 256  # chunks after a load whose places are looked up with it (16 MiB of a file)
+PLACES_AHEAD = 512  # chunks after a load whose places are looked up with it (32 MiB of a file)
 # the most loaded on the event loop at once (bigger: a worker thread). A read-ahead batch (a quarter
 # of the window, ~2 MiB) fits, so it is one run in one buffer, and a request inside it is one slice
 INLINE_BYTES = 3 * 1024 * 1024
@@ -599,14 +599,18 @@ class CachedReader:
 
     def _look_up_places_ahead(self, state: FileState, offset: int, window: int, quarter: int) -> None:
         """Look up, in a worker thread, where the cache keeps the PLACES_AHEAD chunks after the
-        window, once fewer than half of them are known: when their batches are due,
+        window, once fewer than three quarters of them are known: when their batches are due,
         its chunks in the OS's memory then load on the loop, and no reader waits for a thread
-        that both looks up and loads."""
+        that both looks up and loads.
+
+        Started that early because a lookup in a thread beside a busy loop took 10-20 ms (the
+        thread waits for the GIL at each step), in which a reader served from memory goes
+        through 10-20 MiB: started with half of 16 MiB known, it came too late."""
         if state.looking_up:
             return
         beyond = state.refs_after(offset, window + PLACES_AHEAD)[window:]
-        if not beyond or beyond[min(len(beyond), PLACES_AHEAD // 2) - 1].address in state.places:
-            return  # half of the places ahead or more are known still
+        if not beyond or beyond[min(len(beyond), PLACES_AHEAD * 3 // 4) - 1].address in state.places:
+            return  # three quarters of the places ahead or more are known still
         unknown = [r for r in beyond if r.address not in state.places and self._wanted(r)]
         if unknown:
             state.looking_up = True
