@@ -209,6 +209,26 @@ def test_side_by_side_chunks_load_together_and_each_is_checked_on_its_own(tmp_pa
     assert fd_count() == before
 
 
+def test_a_pack_of_more_chunks_than_one_writev_takes_is_written_whole(tmp_path):
+    """A pack's chunks and contents table go out in as few writev calls as the OS allows (IOV_MAX
+    buffers each): a store of more chunks than that is still written whole, every chunk at the
+    offset the pack reports, and the cache's rows for them are made in one statement."""
+    files = ChunkFiles(tmp_path / "files")
+    blobs = [os.urandom(17 + i % 50) for i in range(os.sysconf("SC_IOV_MAX") + 300)]
+    name, offsets = files.write_pack([(digest(b), b) for b in blobs])
+    assert [files.read(digest(b), len(b), Place(name, o)) for b, o in zip(blobs, offsets)] == blobs
+    assert offsets == sorted(offsets) and offsets[-1] + len(blobs[-1]) <= files.pack_path(name).stat().st_size
+    cache = ContentCache(tmp_path / "cache", 10**9, EventBus().publish)
+    try:
+        assert cache.store_chunks([(digest(b), b) for b in blobs]) == len(blobs)
+        refs = [ChunkRef(0, len(b), digest(b)) for b in blobs]
+        assert cache.read_chunks(refs) == blobs
+        assert cache.store_chunks([(digest(b), b) for b in blobs[:10]], pin=1) == 10  # known: rows updated
+        assert cache.read_chunks(refs[:10]) == blobs[:10]
+    finally:
+        cache.close()
+
+
 def test_a_chunk_is_forgotten_only_at_the_place_it_was_found_bad(tmp_path):
     """A reader may hold a place looked up before the chunk was stored again elsewhere: finding
     the old place empty must not drop the row of the good copy."""
