@@ -28,7 +28,7 @@ endef
 system-deps:
 	$(call apt_install,$(APT_PACKAGES))
 
-$(STAMP): pyproject.toml setup.py musicfs/fuse/_replyopen.c
+$(STAMP): pyproject.toml setup.py musicfs/fuse/_replyopen.c musicfs/store/_fastcdc.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# compat: the checkout on sys.path through a .pth line; the default editable mode installs an

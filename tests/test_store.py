@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import sqlite3
+import sys
 import time
 
 import pytest
@@ -50,6 +51,34 @@ def test_streamed_chunks_equal_whole_file_chunks(cuts):
     assert [(p.offset, len(p.data)) for p in got] == whole_file_chunks(STREAMED)
     assert b"".join(p.data for p in got) == STREAMED
     assert all(MIN_SIZE <= len(p.data) <= MAX_SIZE for p in got[:-1])
+
+
+@pytest.mark.req("NFR-2.2", "NFR-6.4")
+def test_the_compiled_scan_cuts_where_the_fastcdc_package_does_and_so_does_the_fallback(monkeypatch):
+    """Chunks are cut by musicfs's own scan (C, the GIL released) where it is built, as it is by
+    make setup; its cuts are the fastcdc package's, so a cache filled before keeps deduplicating
+    (and delta sync keeps finding old chunks). Without it the package's scan cuts the same."""
+    import musicfs.store
+    from musicfs.store import _fastcdc, chunker
+
+    rng = random.Random(9)
+    samples = [b"", b"x", bytes(3 * MAX_SIZE), DATA[:MIN_SIZE + 1], DATA] + [
+        rng.randbytes(rng.randint(1, 2 * 1024 * 1024)) for _ in range(8)]
+    scans = []
+    for built in (True, False):
+        chunker._scanner.cache_clear()
+        if not built:  # the import fails, as where it could not be compiled
+            monkeypatch.setitem(sys.modules, "musicfs.store._fastcdc", None)
+            monkeypatch.delattr(musicfs.store, "_fastcdc")
+        scans.append(chunker._scanner())
+    chunker._scanner.cache_clear()
+    assert scans[0].__code__ is not scans[1].__code__ and _fastcdc.cut_lengths
+    for data in samples:
+        whole = whole_file_chunks(data) if data else []
+        for scan in scans:
+            assert scan(memoryview(data), len(data)) == [n for _, n in whole]
+            early = len(data) // 2  # only the chunks starting before a point
+            assert scan(memoryview(data), early) == [n for o, n in whole if o < early]
 
 
 def test_restart_at_a_chunk_boundary_gives_the_same_chunks():

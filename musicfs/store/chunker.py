@@ -12,11 +12,48 @@ serve reads from them without a copy while the next piece is on its way.
 
 from __future__ import annotations
 
+import itertools
+import math
+from array import array
 from dataclasses import dataclass
+from functools import cache
 
 MIN_SIZE = 16 * 1024
 AVG_SIZE = 64 * 1024
 MAX_SIZE = 256 * 1024
+
+
+@cache
+def _scanner():
+    """``lengths(buffer, until)``: FastCDC's lengths of the chunks of a buffer that start before
+    ``until``, as the fastcdc package cuts them (imported on first use: it pulls in a CLI library
+    a mount never needs).
+
+    musicfs's own scan (``_fastcdc``, C) releases the GIL while it runs, so fills cut side by
+    side with each other and with the loop; it takes the package's gear table and the masks
+    and bounds the package derives, so it cuts at the same places. Where it was not built,
+    the package's own scan is used."""
+    try:
+        from . import _fastcdc
+    except ImportError:
+        from fastcdc.fastcdc_cy import fastcdc_cy
+
+        def lengths(data, until: int) -> list[int]:
+            chunks = fastcdc_cy(data, MIN_SIZE, AVG_SIZE, MAX_SIZE, False, None)
+            try:
+                return list(itertools.takewhile(lambda n: n > 0, (
+                    chunk.length if chunk.offset < until else 0 for chunk in chunks)))
+            finally:
+                chunks.close()  # drop its view of the buffer
+        return lengths
+    from fastcdc.fastcdc_py import GEAR
+
+    gear = array("I", GEAR).tobytes()
+    bits = round(math.log2(AVG_SIZE))
+    center = AVG_SIZE - min(AVG_SIZE, MIN_SIZE + -(-MIN_SIZE // 2))
+    args = (gear, MIN_SIZE, MAX_SIZE, min(center, MAX_SIZE), 2 ** (bits + 1) - 1, 2 ** (bits - 1) - 1,
+            max(64 * 1024, MAX_SIZE))
+    return lambda data, until: _fastcdc.cut_lengths(data, until, *args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,23 +68,16 @@ class StreamChunker:
         self._offset = start  # file offset of _buffer[0]
 
     def _cut(self, final: bool) -> list[Piece]:
-        # imported on first use: the fastcdc package pulls in a CLI library a mount never needs
-        from fastcdc.fastcdc_cy import fastcdc_cy
-
         pieces = []
-        view = memoryview(self._buffer)
         consumed = 0
-        chunks = fastcdc_cy(view, MIN_SIZE, AVG_SIZE, MAX_SIZE, False, None)
-        try:
-            for chunk in chunks:
-                if not final and len(self._buffer) - chunk.offset < MAX_SIZE:
-                    break  # not enough look-ahead yet: the boundary could still move
-                end = chunk.offset + chunk.length
-                pieces.append(Piece(self._offset + chunk.offset, bytes(view[chunk.offset:end])))
+        # a chunk is final once MAX_SIZE bytes from its start are known (or the stream ended):
+        # before that, more bytes could still move its boundary
+        until = len(self._buffer) if final else len(self._buffer) - MAX_SIZE + 1
+        with memoryview(self._buffer) as view:
+            for length in _scanner()(view, until):
+                end = consumed + length
+                pieces.append(Piece(self._offset + consumed, bytes(view[consumed:end])))
                 consumed = end
-        finally:
-            chunks.close()  # drop its view of the buffer before the buffer is resized
-            view.release()
         if consumed:
             self._buffer = self._buffer[consumed:]
             self._offset += consumed
