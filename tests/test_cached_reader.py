@@ -19,7 +19,7 @@ from musicfs.origins.local import LocalOrigin
 from musicfs.store.cache import ContentCache
 from musicfs.store.chunker import MAX_SIZE
 from musicfs.store.fill import FETCH_WINDOW, FILL_BLOCK, FIRST_BLOCK
-from musicfs.store.reader import RECENT_BYTES, CachedReader
+from musicfs.store.reader import READ_AHEAD, RECENT_BYTES, CachedReader
 from tests.cachefiles import cut_short, flip_bit, stored_chunks
 
 SIZE = 5 * 1024 * 1024 + 12345
@@ -289,7 +289,7 @@ def test_a_cached_file_in_the_os_memory_is_read_on_the_loop_after_one_lookup_ahe
     from a busy loop at every step made each 2 MiB load wait ~4x its own time."""
     root = tmp_path / "origin"
     root.mkdir()
-    size = 48 * 1024 * 1024  # some 750 chunks: several windows of read-ahead
+    size = 64 * 1024 * 1024  # some 1,000 chunks: several windows of read-ahead
     data = random.Random(5).randbytes(size)
     (root / "long.flac").write_bytes(data)
     fill_cache(tmp_path / "cache", root, ["long.flac"])
@@ -309,7 +309,8 @@ def test_a_cached_file_in_the_os_memory_is_read_on_the_loop_after_one_lookup_ahe
         reader.release(handle)
         if sum(threaded) == chunks:
             pytest.skip("this kernel or filesystem refuses reads that must not wait (RWF_NOWAIT)")
-        assert sum(threaded) <= chunks // 3, (
+        # the first window, whose places nobody knew yet, and at most half a window more
+        assert sum(threaded) <= READ_AHEAD * 3 // 2, (
             f"{sum(threaded)} of {chunks} chunks were loaded in worker threads ({threaded})")
 
     trio.run(with_reader, tmp_path / "cache", LocalOrigin("local", root), body)
@@ -338,23 +339,12 @@ def test_a_request_inside_one_run_of_chunks_is_one_slice_of_it_and_repeated_chun
             return whole
 
         reader._one_slice = counted
-        inline = []
-        load_many = reader.cache.load_many_if_in_memory
-
-        def loaded(refs, places):
-            found = load_many(refs, places)
-            inline.extend(chunk for chunk in found if chunk is not None)
-            return found
-
-        reader.cache.load_many_if_in_memory = loaded
         for step in (512 * 1024, 300_001, 1 << 20):
             handle = await reader.open(track(root, "loop.flac"))
             assert await read_all(reader, handle, len(data), step=step) == data, step
             reader.release(handle)
-        if not inline:
-            pytest.skip("this kernel or filesystem refuses reads that must not wait (RWF_NOWAIT)")
-        # the first window loads in worker threads in parallel batches, and a 1 MiB request
-        # seldom lies in one run: about half of the requests here (more on a longer file)
+        # loads in worker threads and on the loop alike read runs into one buffer; requests that
+        # straddle two runs (a 1 MiB one mostly does) are joined
         assert answers["slice"] >= (answers["slice"] + answers["other"]) // 4, answers
 
     trio.run(with_reader, tmp_path / "cache", LocalOrigin("local", root), body)

@@ -51,11 +51,12 @@ log = logging.getLogger(__name__)
 AHEAD = 4 * 1024 * 1024  # a read within this distance of the fill waits for it; further is a seek
 RECENT_BYTES = 32 * 1024 * 1024  # verified chunks kept in memory: read ahead, or for adjacent reads
 
-# chunks loaded ahead of a sequential reader (8 MiB), in batches of a quarter of that: several
-# batches are in flight at once, so the next is on its way while one is being read (one batch at
-# a time left a reader waiting on every other one: ~650 MB/s from disk instead of ~800)
+# chunks loaded ahead of a sequential reader (16 MiB, half of RECENT_BYTES), in batches of a
+# quarter of that: several batches are in flight at once, so the next is on its way while one is
+# being read (one batch at a time left a reader waiting on every other one: ~650 MB/s from disk
+# instead of ~800). 16 MiB rather than 8: ~5 % faster from disk and ~8 % from the OS's memory here
 
-READ_AHEAD = 128
+READ_AHEAD = 256
 # ... and never fewer than this many, however many files are open. More than fit would thrash:
 # a hundred streams each loading 16 chunks ahead into 16 MiB pushed out one another's chunks
 # before they were read, and every read loaded (and hashed) them again
@@ -63,8 +64,9 @@ MIN_WINDOW = 4
 MIN_BATCH = 2  # chunks loaded together ahead of a reader
 STREAMING_FOR = 1.0  # seconds after its last read that a reader going front to back still counts as one
 PLACES_AHEAD = 512  # chunks after a load whose places are looked up with it (32 MiB of a file)
-# the most loaded on the event loop at once (bigger: a worker thread). A read-ahead batch (a quarter
-# of the window, ~2 MiB) fits, so it is one run in one buffer, and a request inside it is one slice
+# the most loaded on the event loop at once, between checkpoints (a read-ahead batch, a quarter of
+# the window, ~4 MiB, is two such runs): each run is one buffer, and a request inside it is one
+# slice of it; 512 KiB runs made most requests a join of two
 INLINE_BYTES = 3 * 1024 * 1024
 # After a fill gave up, reads of the same file fail at once for this long instead of starting
 # another fill: one read() of an application is several FUSE requests, and each waiting out
