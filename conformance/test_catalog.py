@@ -21,7 +21,7 @@ from chaos.httpfaults import http_fault_proxy
 from chaos.remote import cache_lines, origin_lines
 from fixtures.media import short_track
 from musicfs.index.formats import installed
-from tests.harness import mount_library, mounted_tracks, musicfs_cmd
+from tests.harness import mount_library, mount_status, mounted_tracks, musicfs_cmd
 from tests.s3server import aws_env, moto_server
 
 PREFIX = "music/"
@@ -233,5 +233,8 @@ def test_the_publishing_mount_publishes_after_a_rescan_that_changed_something(la
                 pass
             assert time.monotonic() < deadline, "no catalog of seven tracks published after the rescan"
             time.sleep(0.2)
-        status = json.loads((mounted.mountpoint / ".musicfs" / "status.json").read_text())
-        assert status["catalog_publisher"]["published"] >= 1 and status["catalog_publisher"]["failed"] == 0
+        # the pointer is in the bucket a moment before the publisher counts its upload done
+        while (status := mount_status(mounted.mountpoint)["catalog_publisher"])["published"] < 1:
+            assert time.monotonic() < deadline + 5, f"the publish is not counted: {status}"
+            time.sleep(0.05)
+        assert status["failed"] == 0, status

@@ -269,6 +269,7 @@ class CachedReader:
         key = (state.origin_id, state.real_path, state.version)
         self._states.pop(key, None)
         self.cache.unhold(r.address for r in state.chunks)
+        state.places.clear()  # looked up for this reading (up to 512 chunks ahead); stale by the next
         if state.chunks and not state.complete:  # its chunks may be evicted meanwhile: then refetched
             self._partial[key] = state
             self._partial.move_to_end(key)
