@@ -316,7 +316,7 @@ def test_a_cached_file_in_the_os_memory_is_read_on_the_loop_after_one_lookup_ahe
     trio.run(with_reader, tmp_path / "cache", LocalOrigin("local", root), body)
 
 
-@pytest.mark.req("NFR-2.1", "NFR-8.1")
+@pytest.mark.req("FS-5")
 def test_a_request_inside_one_run_of_chunks_is_one_slice_of_it_and_repeated_chunks_read_right(tmp_path):
     """Chunks loaded side by side share one buffer, and a request inside such a run is answered
     with one slice of it (no join, no copy). A file that repeats itself holds the same chunks

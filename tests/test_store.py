@@ -53,7 +53,7 @@ def test_streamed_chunks_equal_whole_file_chunks(cuts):
     assert all(MIN_SIZE <= len(p.data) <= MAX_SIZE for p in got[:-1])
 
 
-@pytest.mark.req("NFR-2.2", "NFR-6.4")
+@pytest.mark.req("CAS-1")
 def test_the_compiled_scan_cuts_where_the_fastcdc_package_does_and_so_does_the_fallback(monkeypatch):
     """Chunks are cut by musicfs's own scan (C, the GIL released) where it is built, as it is by
     make setup; its cuts are the fastcdc package's, so a cache filled before keeps deduplicating

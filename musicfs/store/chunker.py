@@ -39,7 +39,8 @@ def _scanner():
         from . import _fastcdc
 
         gear = _gear_table()
-    except (ImportError, OSError, SyntaxError, ValueError):
+    except (ImportError, OSError, SyntaxError, ValueError, TypeError, OverflowError):
+        # not built, or the package's table cannot be read as 256 32-bit values: its own scan
         from fastcdc.fastcdc_cy import fastcdc_cy
 
         def lengths(data, until: int) -> list[int]:
