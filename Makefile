@@ -49,10 +49,22 @@ run: sample
 stop: setup
 	$(VENV)/bin/musicfs --state-dir $(STATE) umount $(MNT)
 
-# every suite, perf at its CI size; --req-complete fails the run if a requirement that is not
-# `planned` in spec/requirements.toml ends without a passing check at its suite's level
+# every suite, perf at its CI size, in two sessions. First the tests that may share the machine,
+# TEST_WORKERS side by side (pytest-xdist; a module's tests stay on one worker, so its fixtures are
+# built once); then the ones marked `alone` (chaos, perf, and conformance tests that measure time,
+# speed or memory or empty the kernel's caches), one at a time. The second judges the catalogue
+# on both; --req-complete fails the run if a requirement that is not `planned` in
+# spec/requirements.toml ends without a passing check at its suite's level.
+TEST_WORKERS ?= 4
+TESTS := tests conformance chaos perf examples
 test: setup
-	$(PY) -m pytest tests conformance chaos perf examples -q -m "not slow" --req-complete --durations=15
+	@rm -f build/side-by-side.json
+	@$(PY) -m pytest $(TESTS) -q -m "not slow and not alone" -n $(TEST_WORKERS) --dist loadfile \
+	  --req-save build/side-by-side.json --durations=10; first=$$?; \
+	$(PY) -m pytest $(TESTS) -q -m "not slow and alone" --req-complete \
+	  --req-merge build/side-by-side.json --durations=15; second=$$?; \
+	if [ $$first -ne 0 ]; then echo "make test: the side-by-side session failed (exit $$first)"; exit $$first; fi; \
+	exit $$second
 
 # the suites on their own write reports of their own: build/requirements-report.json stays the
 # last whole run's (make test); a bare pytest run without --req-complete writes build/partial-report.json

@@ -62,6 +62,20 @@ def mount_factory(tmp_path):
         yield make
 
 
+# Chaos and perf tests time what they check (stalls, fault windows, speeds) or load the machine
+# on purpose: all of them need it to themselves (spec.plugin's ``alone`` mark). Conformance
+# tests that do are marked one by one.
+ALONE_SUITES = ("chaos", "perf")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(item.path)
+        if path.is_relative_to(config.rootpath) and path.relative_to(config.rootpath).parts[0] in ALONE_SUITES:
+            item.add_marker(pytest.mark.alone)
+
+
 def pytest_report_header(config):
     return "musicfs: real FUSE mounts under the test's temporary directory"
 

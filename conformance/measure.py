@@ -137,8 +137,13 @@ def drop_page_cache(level: int = 3) -> bool:
     """Drop the kernel's caches (root only); False if not allowed.
 
     ``level`` as for /proc/sys/vm/drop_caches: 1 page cache, 2 dentries and inodes (the
-    kernel forgets a FUSE mount's names and asks the daemon again), 3 both.
+    kernel forgets a FUSE mount's names and asks the daemon again), 3 both. Every mount on the
+    machine loses its caches, so a test that calls this runs alone (``@pytest.mark.alone``):
+    beside it, another test's cache-hit counts would be wrong.
     """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        raise RuntimeError("drop_page_cache empties every mount's kernel caches: mark the test "
+                           "@pytest.mark.alone so that make test runs it on its own")
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as knob:

@@ -69,6 +69,7 @@ def album(mountpoint: Path, name: str) -> Path:
 
 
 @pytest.mark.req("ART-1", "ART-2")
+@pytest.mark.alone
 def test_a_cover_is_stored_once_and_read_offline(tmp_path, record_requirement):
     cover = images.jpeg(5, blocks=384)  # 338 KB, as the fixture's tracks embed it
     new = images.png(12, size=64)

@@ -94,6 +94,7 @@ def big_track(tmp_path_factory):
 
 
 @pytest.mark.req("NFR-2.1", "NFR-4.2")
+@pytest.mark.alone
 def test_a_half_gib_track_streams_in_bounded_memory(big_track, tmp_path, record_requirement):
     source = next(big_track.iterdir())
     work = tmp_path / "work"

@@ -100,6 +100,7 @@ def test_commands_that_ask_a_daemon_import_neither_trio_nor_pyfuse3_nor_httpx(mo
 
 
 @pytest.mark.req("CLI-1")
+@pytest.mark.alone
 def test_commands_that_ask_a_daemon_start_fast(mounted, record_requirement, requirement_catalogue, capsys):
     state, mnt = mounted.state_dir, str(daemon.canonical(mounted.mountpoint))
     table = commands(mnt)

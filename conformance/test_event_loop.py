@@ -27,6 +27,9 @@ from musicfs.control.client import ControlClient
 from musicfs.looplag import interval_figures
 from tests.harness import mount_library, mounted_tracks, settled
 
+# the loop's longest step, after emptying the kernel's caches: run alone
+pytestmark = pytest.mark.alone
+
 TRACKS = 6
 TRACK_SIZE = 24 * 1024 * 1024  # 24 fill blocks each: chunking and hashing all along
 COPIES = 3  # copies of the sample library added before the rescan: their tags are read during the fills

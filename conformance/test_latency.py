@@ -32,6 +32,9 @@ from conformance.measure import (
 from fixtures.bigfile import write_wav
 from tests.harness import mount_library, mounted_tracks
 
+# latencies and read speeds, some after emptying the kernel's caches: run alone
+pytestmark = pytest.mark.alone
+
 OPS = 2000  # operations per warm figure (the requirement asks for at least 1,000)
 COLD_SAMPLES = 100  # first reads wanted for NFR-1.5
 READERS = 100  # NFR-9.1: reads in flight at once

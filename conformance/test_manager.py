@@ -117,6 +117,7 @@ def test_one_manager_serves_several_libraries_and_an_unmount_leaves_the_others(l
 
 
 @pytest.mark.req("MM-2", "NFR-1.7")
+@pytest.mark.alone
 def test_mount_from_the_command_line_through_the_manager(libraries, tmp_path, record_requirement):
     """``musicfs mount`` to an answering mount, with the manager and without it (interleaved)."""
     point = mountpoints(tmp_path, 1)[0]
@@ -151,6 +152,7 @@ def test_mount_from_the_command_line_through_the_manager(libraries, tmp_path, re
 
 
 @pytest.mark.req("MM-3")
+@pytest.mark.alone
 def test_ten_library_files_mount_together_through_the_manager(libraries, tmp_path, record_requirement):
     home, state = tmp_path / "config", tmp_path / "state"
     folder = home / "musicfs" / "libraries"

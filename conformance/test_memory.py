@@ -22,6 +22,9 @@ from fixtures.copies import library_of_copies
 from musicfs.control.client import ControlClient
 from tests.harness import mount_status
 
+# the daemon's RSS: run alone
+pytestmark = pytest.mark.alone
+
 OPEN_FILES = 1_000  # NFR-4.2: one handle on each of this many distinct files
 COPIES = 9  # the sample library nine times over: ~1,070 distinct tracks
 BLOCK = 64 * 1024

@@ -46,6 +46,7 @@ def sftp_library(sample_library, tmp_path):
 
 
 @pytest.mark.req("PH-2.2", "NFR-1.6", "B2-6")
+@pytest.mark.alone
 def test_sftp_library_mounts_by_tags_and_raw(sftp_library, good_files, record_requirement, tmp_path):
     server, config = sftp_library
     expected = {f["path"]: f["sha256"] for f in good_files}
@@ -83,6 +84,7 @@ def s3_library(sample_library, tmp_path):
 
 
 @pytest.mark.req("PH-2.2", "NFR-1.6", "B2-6", "B2-1")
+@pytest.mark.alone
 def test_s3_bucket_mounts_by_tags_and_raw(s3_library, good_files, record_requirement, tmp_path):
     server, config, env, files = s3_library
     expected = {f["path"]: f["sha256"] for f in good_files}

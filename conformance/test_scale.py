@@ -27,6 +27,9 @@ from conformance.measure import (
 )
 from tests.harness import mount_library
 
+# operations per second, after emptying the kernel's caches: run alone
+pytestmark = pytest.mark.alone
+
 LARGE = 200_000  # tracks in the large one: 100K in one album (NFR-3.2) and 100K ordinary ones
 HUGE_DIR = 100_000
 

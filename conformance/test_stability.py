@@ -118,10 +118,10 @@ def test_inodes_survive_a_rescan_with_changes(mount_factory, library_copy, tmp_p
 
 
 @pytest.mark.req("B2-8", "CAS-2")
+@pytest.mark.alone
 def test_inodes_stable_after_the_kernel_forgets(mount_factory, sample_library):
     """Dropping the kernel's dentry and inode caches sends FORGETs; lookups again give the same numbers."""
-    drop = Path("/proc/sys/vm/drop_caches")
-    if not os.access(drop, os.W_OK):
+    if not os.access("/proc/sys/vm/drop_caches", os.W_OK):
         pytest.skip("needs root to make the kernel forget entries (/proc/sys/vm/drop_caches)")
     mounted = mount_factory(origin=sample_library[0])
     inodes, order = snapshot(mounted.mountpoint)
@@ -129,7 +129,7 @@ def test_inodes_stable_after_the_kernel_forgets(mount_factory, sample_library):
     before = json.loads(status.read_bytes())["fuse"]
     assert before["known_inodes"] >= len(inodes) - 1
 
-    drop.write_text("2")  # reclaim dentries and inodes only, not the page cache
+    assert drop_page_cache(2)  # reclaim dentries and inodes only, not the page cache
     deadline = time.monotonic() + 10
     while True:
         after = json.loads(status.read_bytes())["fuse"]
@@ -154,6 +154,7 @@ def wait_for_table(status: Path, done, timeout: float = 10.0) -> dict:
 
 
 @pytest.mark.req("CAS-2")
+@pytest.mark.alone
 def test_open_files_outlive_the_kernel_forgetting_and_nothing_leaks(mount_factory, sample_library):
     """Files held open through a drop of every kernel cache keep reading exact bytes and fstat
     answers; closed and dropped again (their RELEASEs and FORGETs racing, as the kernel sends them

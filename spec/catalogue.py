@@ -47,6 +47,9 @@ REAL_MOUNT_SUITES = frozenset({"conformance", "chaos", "perf"})
 DIRECTIONS = frozenset({"lower", "higher"})
 ID_PATTERN = re.compile(r"^[A-Z][A-Z0-9]*(?:-[0-9]+(?:\.[0-9]+)*)?$")
 TITLE_MAX = 60
+# Figures in these units measure the machine as much as the code (times, speeds, memory, and the
+# catalogue's "x" ratios, which compare times): a check recording one needs the machine to itself
+_ALONE_UNITS = frozenset({"ms", "s", "MB/s", "ops/s", "MB", "KB", "ratio"})
 _COUNTED = frozenset({"files", "entries", "handles", "clients", "ops/s"})  # shown as 100K, 1M
 
 Verdict = Literal["pass", "miss-target", "fail"]
@@ -88,6 +91,12 @@ class Requirement:
     def measured(self) -> bool:
         """True when checks record a value for it (as opposed to pass/fail or composite)."""
         return self.kind in MEASURED_KINDS
+
+    @property
+    def needs_machine_alone(self) -> bool:
+        """True when its figure moves with whatever else the machine runs: a check recording it
+        is marked ``timed`` and runs alone (make test runs the other tests side by side)."""
+        return self.measured and self.unit in _ALONE_UNITS
 
     @property
     def real_mount(self) -> bool:

@@ -17,6 +17,13 @@ Loaded through the ``pytest11`` entry point, so ``tests/``, ``conformance/``,
   deleted or skipped test cannot quietly turn a requirement into a gap. Subset
   runs leave the option out and never fail for coverage.
 
+* ``make test`` is two sessions: the tests that may share the machine run side by
+  side and ``--req-save`` their checks to a file; the tests marked ``alone`` (their
+  figures need the machine to themselves) run after, one at a time, and
+  ``--req-merge`` that file to judge the catalogue on both. A session that shares
+  the machine refuses a figure of time, speed or memory from a test not marked
+  ``alone``: measured beside other tests, it would say nothing about musicfs.
+
 What a test declares and records travels in ``item.user_properties``, so the
 verdict is assembled from test reports alone: that works the same in one process
 and under pytest-xdist (which ships reports from workers), without importing it.
@@ -36,12 +43,27 @@ import pytest
 from .catalogue import SUITES, CatalogueError, Requirement, Verdict, load_catalogue
 from .provenance import run_info
 from .render import CI_WIDTH, VERBOSE_WIDTH, render
-from .report import CheckResult, Measurement, Status, evaluate, incomplete, write_json
+from .report import (
+    CheckResult,
+    Measurement,
+    ResultsError,
+    SavedSession,
+    Status,
+    evaluate,
+    incomplete,
+    load_results,
+    save_results,
+    write_json,
+)
 
 DEFAULT_REPORT = Path("build") / "requirements-report.json"
 # a run without --req-complete (a file, a -k selection) reports here: the default report stays the
 # last whole run's, the one to trust, instead of listing most requirements as not covered
 PARTIAL_REPORT = Path("build") / "partial-report.json"
+# A session that runs tests side by side (an xdist worker, or one saved for --req-merge) refuses
+# figures that need the machine alone from a test not marked with this: they would be measured
+# beside other tests' load and say nothing about musicfs.
+ALONE_MARK = "alone"
 _IDS_PROPERTY = "musicfs-req"
 _MEASUREMENT_PROPERTY = "musicfs-req-measurement"
 
@@ -70,6 +92,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="fail the run when a requirement that is not planned ends without a "
                          "passing check at its suite's level (not covered, skipped, no value, "
                          "partial); for full runs such as make test")
+    group.addoption("--req-save", metavar="PATH", default=None,
+                    help="save what this session's tests declared, recorded and how they ended "
+                         "to PATH instead of judging them, for a later session's --req-merge "
+                         "(make test: the parallel session before the timed one)")
+    group.addoption("--req-merge", metavar="PATH", action="append", default=[],
+                    help="judge the catalogue on a saved session's checks as well as this "
+                         "session's; a test that failed there fails this run too")
     group.addoption("--req-verbose", action="store_true", default=False,
                     help="show the tests of each requirement and the full measured cell in the "
                          "table (wider than 100 columns)")
@@ -77,6 +106,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "req(*ids): the requirement ids this test proves")
+    config.addinivalue_line("markers", f"{ALONE_MARK}: needs the machine to itself (it records "
+                            "figures of time, speed or memory, or empties kernel caches every mount "
+                            "shares); make test runs these one by one after the tests that run "
+                            "side by side")
     catalogue_option = config.getoption("req_catalogue")
     catalogue_path = None
     if catalogue_option:
@@ -91,7 +124,17 @@ def pytest_configure(config: pytest.Config) -> None:
     if unknown:
         raise pytest.UsageError(f"--req-suite: unknown suite(s) {', '.join(sorted(unknown))}; "
                                 f"known: {', '.join(sorted(SUITES))}")
-    run = RequirementsRun(config, catalogue, suites)
+    if config.getoption("req_save") and config.getoption("req_complete"):
+        raise pytest.UsageError("--req-save saves a session for a later --req-merge; "
+                                "give --req-complete to the session that merges it")
+    merged: list[tuple[str, SavedSession]] = []
+    if not hasattr(config, "workerinput"):  # xdist workers report to the controller
+        for option in config.getoption("req_merge"):
+            try:
+                merged.append((option, load_results(Path(config.invocation_params.dir, option))))
+            except ResultsError as exc:
+                raise pytest.UsageError(f"--req-merge: {exc}") from None
+    run = RequirementsRun(config, catalogue, suites, merged)
     config.stash[_RUN_KEY] = run
     config.pluginmanager.register(run, "musicfs-requirements-run")
 
@@ -186,8 +229,11 @@ class RequirementsRun:
     """One pytest run's view of the catalogue: what tests declared and recorded, the verdict."""
 
     def __init__(self, config: pytest.Config, catalogue: dict[str, Requirement],
-                 suites: set[str]):
+                 suites: set[str], merged: list[tuple[str, SavedSession]] | None = None):
         self.config = config
+        self.merged = list(merged or [])
+        self.failed_earlier = [(label, nodeid) for label, saved in self.merged
+                               for nodeid in saved.failed]
         self.catalogue = catalogue
         self.suites = suites
         self.statuses: dict[str, Status] | None = None
@@ -195,6 +241,7 @@ class RequirementsRun:
         self.failed_by_gate = False
         self.complete = bool(config.getoption("req_complete"))
         self.failed_incomplete = False
+        self.shares_machine = bool(hasattr(config, "workerinput") or config.getoption("req_save"))
         self._phases: dict[str, dict[str, bool]] = {}
         self._properties: dict[str, list[tuple[str, object]]] = {}
 
@@ -230,6 +277,11 @@ class RequirementsRun:
         if problem:
             raise RecordError(problem)
         requirement = self.catalogue[req_id]
+        if (requirement.needs_machine_alone and self.shares_machine
+                and item.get_closest_marker(ALONE_MARK) is None):
+            raise RecordError(f"{req_id} is measured in {requirement.unit}, which needs the "
+                              f"machine alone, and this session runs tests side by side: mark "
+                              f"{item.nodeid} with @pytest.mark.{ALONE_MARK}")
         if not requirement.measured:
             raise RecordError(f"{req_id} is {requirement.kind}: nothing to record; mark the test "
                               f"with @pytest.mark.req({req_id!r}) and let it pass or fail")
@@ -278,12 +330,24 @@ class RequirementsRun:
             results.append(CheckResult(nodeid, outcome, declared, measurements))
         return results
 
+    def merged_results(self) -> list[CheckResult]:
+        """This session's checks after every merged session's (a test run twice counts twice)."""
+        return [result for _, saved in self.merged for result in saved.results] + self.results()
+
     # -- the verdict -------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(self.config, "workerinput"):  # an xdist worker: the controller reports
             return
-        results = self.results()
+        save = self.config.getoption("req_save")
+        if save:
+            failed = [nodeid for nodeid, phases in self._phases.items() if phases["failed"]]
+            save_results(Path(self.config.invocation_params.dir, save), self.results(),
+                         failed=failed, tests=len(self._phases))
+            return
+        if self.failed_earlier and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        results = self.merged_results()
         explicit = self.config.getoption("req_report")
         if not results and not explicit and not self.complete:
             return
@@ -305,6 +369,17 @@ class RequirementsRun:
                    complete_gate=self.complete, run_failed_incomplete=bool(gaps))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        save = self.config.getoption("req_save")
+        if save and not hasattr(self.config, "workerinput"):
+            terminalreporter.write_line(f"musicfs requirements: {len(self.results())} checks of "
+                                        f"{len(self._phases)} tests saved to {save} for --req-merge")
+        for label, saved in self.merged:
+            terminalreporter.write_line(f"musicfs requirements: merged {len(saved.results)} checks "
+                                        f"of {saved.tests} tests from {label}")
+        if self.failed_earlier:
+            terminalreporter.section("failed in a merged session")
+            for label, nodeid in self.failed_earlier:
+                terminalreporter.write_line(f"FAILED {nodeid} ({label})")
         if self.statuses is None:
             return
         writer = self.config.get_terminal_writer()

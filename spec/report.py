@@ -326,3 +326,65 @@ def write_json(path: Path, statuses: Mapping[str, Status], *, catalogue_path: st
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     temporary.replace(path)
+
+
+# -- one run in several pytest sessions ----------------------------------------------------------
+# make test runs the tests that may share the machine in parallel (pytest-xdist) and the timed ones
+# alone afterwards; the first session saves what its tests declared, recorded and how they ended,
+# and the second judges the catalogue on both (--req-save / --req-merge).
+RESULTS_FORMAT = "musicfs-requirements-results/1"
+
+
+class ResultsError(ValueError):
+    """A saved session that cannot be merged: missing, unreadable or of another format."""
+
+
+@dataclass(frozen=True)
+class SavedSession:
+    """What one earlier session of the run left: its checks and the tests that failed in it."""
+
+    results: tuple[CheckResult, ...]
+    failed: tuple[str, ...]
+    tests: int
+
+
+def save_results(path: Path, results: Iterable[CheckResult], *, failed: Iterable[str],
+                 tests: int) -> None:
+    """Write a session's checks for a later session's ``--req-merge`` (atomically)."""
+    document = {
+        "format": RESULTS_FORMAT,
+        "tests": tests,
+        "failed": sorted(failed),
+        "results": [{"nodeid": r.nodeid, "outcome": r.outcome, "requirements": list(r.requirements),
+                     "measurements": [{"requirement": m.requirement, "value": m.value,
+                                       "detail": m.detail, "samples": m.samples}
+                                      for m in r.measurements]}
+                    for r in results],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def load_results(path: Path) -> SavedSession:
+    """Read what :func:`save_results` wrote; anything else is a :class:`ResultsError`."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no saved session (did the session with --req-save run?)") \
+            from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path}: cannot be read: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != RESULTS_FORMAT:
+        raise ResultsError(f"{path}: not a saved session ({RESULTS_FORMAT})")
+    try:
+        results = tuple(
+            CheckResult(entry["nodeid"], entry["outcome"], tuple(entry["requirements"]),
+                        tuple(Measurement(m["requirement"], float(m["value"]), entry["nodeid"],
+                                          m["detail"], m["samples"])
+                              for m in entry["measurements"]))
+            for entry in document["results"])
+        return SavedSession(results, tuple(document["failed"]), int(document["tests"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResultsError(f"{path}: a saved check is malformed: {exc!r}") from None

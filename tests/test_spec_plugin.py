@@ -1031,3 +1031,99 @@ def test_a_partial_run_leaves_the_whole_runs_report_alone(pytester):
     assert whole.read_text() == written
     entries, document = report_of(pytester, "build/partial-report.json")
     assert entries["F-1"]["status"] == "functional-pass"
+
+
+def test_a_run_in_two_sessions_is_judged_on_both_and_fails_on_either(pytester):
+    """make test: a parallel session saves its checks, the timed session merges them."""
+    checks(pytester, """
+        import pytest
+
+        @pytest.mark.req("F-1")
+        def test_behaves():
+            pass
+
+        @pytest.mark.req("F-2")
+        def test_behaves_too():
+            pass
+
+        def test_unmarked_but_broken():
+            assert False, "broken"
+        """)
+    saved = run(pytester, "-n", "2", "--req-save=build/first.json")
+    saved.assert_outcomes(passed=2, failed=1)
+    saved.stdout.fnmatch_lines(["musicfs requirements: 2 checks of 3 tests saved to build/first.json*"])
+    assert not (pytester.path / "build/partial-report.json").exists()  # judged by the second
+
+    second = pytester.makepyfile(**{"perf/test_timed.py": """
+        import pytest
+
+        def test_quick(record_requirement):
+            record_requirement("T-1", 0.5)
+            record_requirement("T-2", 0.5)
+            record_requirement("H-1", 900)
+        """})
+    result = run(pytester, str(second), "--req-complete", "--req-merge=build/first.json")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # the first session's failure counts
+    result.stdout.fnmatch_lines([
+        "musicfs requirements: merged 2 checks of 3 tests from build/first.json",
+        "*failed in a merged session*",
+        "FAILED conformance/*::test_unmarked_but_broken (build/first.json)"])
+    entries, document = report_of(pytester)
+    assert document["incomplete"] == {}  # F-1, F-2 (merged) and T-1 (here) together cover all
+    assert entries["F-1"]["status"] == entries["F-2"]["status"] == "functional-pass"
+    assert entries["T-1"]["status"] == "pass"
+
+    # A saved check that failed fails its requirement in the merged verdict.
+    saved_path = pytester.path / "build/first.json"
+    document = json.loads(saved_path.read_text())
+    document["results"][0]["outcome"] = "failed"
+    document["failed"] = []
+    saved_path.write_text(json.dumps(document))
+    result = run(pytester, str(second), "--req-merge=build/first.json")
+    entries, _ = report_of(pytester, "build/partial-report.json")
+    assert "functional-fail" in {entries["F-1"]["status"], entries["F-2"]["status"]}
+    assert result.ret == pytest.ExitCode.OK  # not gated in the small catalogue's subset run
+
+
+@pytest.mark.parametrize("content", [None, "not json", '{"format": "something else"}',
+                                     '{"format": "musicfs-requirements-results/1", "results": [{}]}'])
+def test_a_missing_or_broken_saved_session_stops_the_merging_run_with_a_clear_error(
+        pytester, content):
+    if content is not None:
+        pytester.makefile(".json", saved=content)
+    checks(pytester, "def test_nothing():\n    pass\n")
+    result = run(pytester, "--req-merge=saved.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--req-merge: *saved.json*"])
+
+
+def test_saving_a_session_and_the_completeness_gate_do_not_mix(pytester):
+    checks(pytester, "def test_nothing():\n    pass\n")
+    result = run(pytester, "--req-save=s.json", "--req-complete")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--req-save saves a session for a later --req-merge*"])
+
+
+def test_a_session_that_shares_the_machine_refuses_timing_figures_from_unmarked_tests(pytester):
+    checks(pytester, """
+        import pytest
+
+        def test_times_without_the_mark(record_requirement):
+            record_requirement("T-1", 0.5)
+
+        def test_a_speed_without_it(record_requirement):
+            record_requirement("H-1", 900)
+
+        @pytest.mark.alone
+        def test_times_with_it(record_requirement):
+            record_requirement("T-1", 0.5)
+        """)
+    result = run(pytester, "--req-save=build/s.json")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines([
+        "*T-1 is measured in ms, which needs the machine alone, and this session runs tests side "
+        "by side: mark *test_times_without_the_mark with @pytest.mark.alone*"])
+    assert "test_times_with_it FAILED" not in result.stdout.str()
+    # Alone (no --req-save, no xdist), the same figures may be recorded unmarked.
+    run(pytester).assert_outcomes(passed=3)

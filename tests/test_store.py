@@ -649,3 +649,45 @@ def test_a_nearly_full_cache_that_flaps_is_one_error_not_one_per_retry(tmp_path,
     fail(30, "Read-only file system")
     assert store() == 0 and len(errors()) == 3
     cache.close()
+
+
+@pytest.mark.req("FAULT-23")
+def test_a_full_chunk_index_is_the_same_outage_as_full_chunk_files(tmp_path, caplog, monkeypatch):
+    """On a full disk, whichever write meets it first (a chunk file's ENOSPC, or SQLite's "database
+    or disk is full" for the index beside it) names the same problem: one error per outage."""
+    caplog.set_level(logging.INFO, logger="musicfs.store.cache")
+    cache = ContentCache(tmp_path, 10**9, EventBus().publish, write_retry=0.05)
+    real_write, real_commit = cache.files.write_pack, cache._commit
+    chunks = iter(bytes([i]) * 20_000 for i in range(10))
+
+    def store() -> int:
+        chunk = next(chunks)
+        return cache.store_chunks([(digest(chunk), chunk)])
+
+    def chunk_files_full(items):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    full = sqlite3.connect(":memory:")  # a real SQLITE_FULL: a database allowed no more pages
+    full.execute("CREATE TABLE t (x)")
+    full.execute("PRAGMA max_page_count = 2")
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        full.executemany("INSERT INTO t VALUES (?)", [(b"z" * 4000,)] * 10)
+    assert raised.value.sqlite_errorcode == sqlite3.SQLITE_FULL
+
+    def index_full(rows):
+        raise raised.value
+
+    monkeypatch.setattr(cache.files, "write_pack", chunk_files_full)
+    assert store() == 0
+    monkeypatch.setattr(cache.files, "write_pack", real_write)
+    time.sleep(0.07)
+    assert store() == 1  # room again for a moment
+    monkeypatch.setattr(cache, "_commit", index_full)
+    assert store() == 0
+    assert cache.statistics()["write_problem"] == os.strerror(errno.ENOSPC)
+    errors = [r.message for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "No space left on device" in errors[0], errors
+    assert any("writes fail again" in r.message for r in caplog.records)
+    monkeypatch.setattr(cache, "_commit", real_commit)
+    cache.close()
+    full.close()

@@ -56,6 +56,10 @@ def _describe(exc: BaseException) -> tuple[str, bool]:
     """A short reason for a failed write, and whether freeing space could help."""
     if isinstance(exc, OSError):
         return (os.strerror(exc.errno) if exc.errno else str(exc)), exc.errno in _NO_ROOM
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        # the chunk index's disk full: the same problem as a chunk file's ENOSPC, so one episode
+        # of a full disk is logged once whichever write met it first
+        return os.strerror(errno.ENOSPC), True
     text = str(exc)
     return text, "full" in text.lower()
 
