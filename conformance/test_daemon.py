@@ -275,6 +275,7 @@ CACHED = [f"Recordings/kept-{i}.wav" for i in range(4)]  # read once before: in 
 
 
 @pytest.mark.req("ASYNC-1")
+@pytest.mark.alone
 def test_requests_answer_within_their_maxima_while_reads_wait_on_a_black_holed_origin(
         tmp_path, requirement_catalogue, capsys):
     """Reads of four files whose origin requests never get an answer are in flight the whole time,

@@ -236,6 +236,7 @@ def test_the_feed_filters_by_type_and_origin(tmp_path):
 
 
 @pytest.mark.req("FR-18.1")
+@pytest.mark.alone
 def test_a_subscriber_that_reads_nothing_loses_events_counted_and_never_slows_the_mount(
         tmp_path, requirement_catalogue):
     """It stops reading; 4,000 opens later, each timed, it reads on: what it got plus what the

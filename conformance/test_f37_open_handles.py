@@ -265,6 +265,7 @@ def start(mount_factory, copied_library, tmp_path, config: str | None = None):
 
 
 @pytest.mark.req("FAULT-37", "NFR-2.4")
+@pytest.mark.alone
 def test_f37_more_than_a_thousand_handles_across_processes_cached(mount_factory, copied_library, tmp_path,
                                                                    record_requirement, requirement_catalogue,
                                                                    capsys):

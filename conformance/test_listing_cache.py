@@ -65,6 +65,7 @@ def crowd(tmp_path_factory):
 
 
 @pytest.mark.req("FS-7")
+@pytest.mark.alone
 def test_the_kernel_keeps_a_listing_until_a_rescan_changes_it(crowd):
     work, origin = crowd
     with mount_library(origin=origin, work=work / "mount") as mounted:

@@ -78,6 +78,7 @@ class Timed(threading.Thread):
 
 
 @pytest.mark.req("FS-7", "FR-9.2", "FS-6", "B2-7")
+@pytest.mark.alone
 def test_rescan_through_the_socket_shows_added_removed_retagged_and_changed_tracks_at_once(
         sample_library, good_files, mount_factory, requirement_catalogue, tmp_path, capsys):
     from mutagen.flac import FLAC

@@ -247,6 +247,7 @@ def test_collections_are_listed_and_always_current(library):
     assert now == matching | {os.stat(new_file).st_ino}, "the collection did not show the rescan's new match"
 
 
+@pytest.mark.alone
 def test_a_slow_listing_holds_up_nothing_else(library):
     """While one query's search runs (SLOW_SECONDS in its worker thread), other requests answer
     promptly: the listing waits alone."""
