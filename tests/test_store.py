@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import random
@@ -71,6 +72,18 @@ def test_the_compiled_scan_cuts_where_the_fastcdc_package_does_and_so_does_the_f
             monkeypatch.setitem(sys.modules, "musicfs.store._fastcdc", None)
             monkeypatch.delattr(musicfs.store, "_fastcdc")
         scans.append(chunker._scanner())
+        # streamed in blocks larger than a chunk, each after kept bytes (cut apart from the block)
+        streamed, pos = StreamChunker(), 0
+        pieces = []
+        for step in itertools.cycle((300_000, 1_000_000, 70_000, MAX_SIZE, 2_000_000)):
+            if pos >= len(DATA):
+                break
+            pieces += streamed.feed(DATA[pos:pos + step])
+            pos += step
+            assert streamed.buffered == DATA[streamed.position:pos]
+        pieces += streamed.finish()
+        assert [(piece.offset, len(piece.data)) for piece in pieces] == whole_file_chunks(DATA)
+        assert b"".join(piece.data for piece in pieces) == DATA
     chunker._scanner.cache_clear()
     assert scans[0].__code__ is not scans[1].__code__ and _fastcdc.cut_lengths
     for data in samples:
