@@ -208,18 +208,25 @@ def straight_to_origin(bench: Bench, latency_ms: int) -> float:
 
 
 @pytest.mark.req("ASYNC-2")
-def test_a_hundred_cold_reads_take_about_as_long_as_one(sftp_bench, tmp_path, record_requirement):
+def test_a_hundred_cold_reads_take_about_as_long_as_one(sftp_bench, tmp_path, record_requirement,
+                                                        requirement_catalogue):
     count = FILES - SINGLES
     also_one, also_together, index = through_mount(sftp_bench, tmp_path / "also", ALSO_MS)
     one, together, _ = through_mount(sftp_bench, tmp_path / "judged", JUDGED_MS, index=index)
     floors = {ms: straight_to_origin(sftp_bench, ms) for ms in (JUDGED_MS, ALSO_MS)}
+    target = requirement_catalogue["ASYNC-2"].target
+    # the machine's own floor can be above the target: then no daemon could show it here, and
+    # the report says so beside the figure instead of the target looking like the daemon's miss
+    floor_note = (f"; this machine's floor is above the {target:g}x target, so the target cannot "
+                  f"be shown here (through the mount: {together / one / floors[JUDGED_MS]:.2f}x "
+                  "the floor)" if floors[JUDGED_MS] > target else "")
     record_requirement(
         "ASYNC-2", together / one, samples=count,
         detail=f"{count} cold reads of {SIZE // 1024} KiB from SFTP at once through +{JUDGED_MS} ms: "
                f"{together * 1000:.0f} ms, one alone {one * 1000:.0f} ms (the same reads straight to the "
                f"origin, no mount: {floors[JUDGED_MS]:.2f}x); at +{ALSO_MS} ms: "
                f"{also_together / also_one:.2f}x ({also_together * 1000:.0f} / {also_one * 1000:.0f} ms; "
-               f"no mount: {floors[ALSO_MS]:.2f}x)")
+               f"no mount: {floors[ALSO_MS]:.2f}x){floor_note}")
 
 
 def test_a_hundred_cold_reads_from_a_bucket_wait_side_by_side(s3_bench, tmp_path):
