@@ -135,6 +135,11 @@ def pytest_configure(config: pytest.Config) -> None:
             except ResultsError as exc:
                 raise pytest.UsageError(f"--req-merge: {exc}") from None
     run = RequirementsRun(config, catalogue, suites, merged)
+    for option, saved in merged:  # saved by another checkout, or edited: judged by this catalogue
+        problems = [f"{result.nodeid}: {problem}" for result in saved.results
+                    for problem in run.saved_problems(result)]
+        if problems:
+            raise pytest.UsageError(f"--req-merge: {option}: " + "; ".join(problems[:5]))
     config.stash[_RUN_KEY] = run
     config.pluginmanager.register(run, "musicfs-requirements-run")
 
@@ -270,6 +275,18 @@ class RequirementsRun:
             return (f"{value} is a composite of {', '.join(requirement.covers)}; "
                     "mark the test with those instead")
         return None
+
+    def saved_problems(self, result: CheckResult) -> list[str]:
+        """Why a check saved by an earlier session cannot be judged by this catalogue."""
+        problems = [problem for req_id in result.requirements
+                    if (problem := self._id_problem(req_id))]
+        for measurement in result.measurements:
+            problem = self._id_problem(measurement.requirement)
+            if problem is None and not self.catalogue[measurement.requirement].measured:
+                problem = f"{measurement.requirement} is not measured but has a value"
+            if problem:
+                problems.append(problem)
+        return problems
 
     def record(self, item: pytest.Item, req_id: str, value: float, *, detail: str = "",
                samples: int | None = None) -> Verdict:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -385,6 +386,18 @@ def load_results(path: Path) -> SavedSession:
                                           m["detail"], m["samples"])
                               for m in entry["measurements"]))
             for entry in document["results"])
-        return SavedSession(results, tuple(document["failed"]), int(document["tests"]))
+        saved = SavedSession(results, tuple(document["failed"]), int(document["tests"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ResultsError(f"{path}: a saved check is malformed: {exc!r}") from None
+    for result in saved.results:
+        if result.outcome not in {"passed", "failed", "skipped"}:
+            raise ResultsError(f"{path}: {result.nodeid}: unknown outcome {result.outcome!r}")
+        if not all(isinstance(req_id, str) for req_id in result.requirements) or not all(
+                isinstance(m.requirement, str) and isinstance(m.detail, str)
+                and (m.samples is None or (isinstance(m.samples, int) and m.samples > 0))
+                and math.isfinite(m.value) for m in result.measurements):
+            raise ResultsError(f"{path}: {result.nodeid}: a requirement id, value, detail or "
+                               "sample count of the wrong type")
+    if not all(isinstance(nodeid, str) for nodeid in saved.failed):
+        raise ResultsError(f"{path}: 'failed' must list test ids")
+    return saved

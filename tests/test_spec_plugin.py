@@ -1086,8 +1086,26 @@ def test_a_run_in_two_sessions_is_judged_on_both_and_fails_on_either(pytester):
     assert result.ret == pytest.ExitCode.OK  # not gated in the small catalogue's subset run
 
 
-@pytest.mark.parametrize("content", [None, "not json", '{"format": "something else"}',
-                                     '{"format": "musicfs-requirements-results/1", "results": [{}]}'])
+def _saved(results: list, failed: object = ()) -> str:
+    return json.dumps({"format": "musicfs-requirements-results/1", "tests": 1,
+                       "failed": list(failed) if isinstance(failed, tuple) else failed,
+                       "results": results})
+
+
+def _check(requirements=(), measurements=(), outcome="passed") -> dict:
+    return {"nodeid": "conformance/test_x.py::t", "outcome": outcome,
+            "requirements": list(requirements), "measurements": list(measurements)}
+
+
+@pytest.mark.parametrize("content", [
+    None, "not json", '{"format": "something else"}', _saved([{}]), _saved(5), _saved([], failed=7),
+    _saved([_check(["NOPE-1"])]),  # saved by a checkout whose catalogue had another id
+    _saved([_check(outcome="xpassed")]),
+    _saved([_check(measurements=[{"requirement": "F-1", "value": 1, "detail": "", "samples": None}])]),
+    _saved([_check(measurements=[{"requirement": "T-1", "value": "fast", "detail": "",
+                                  "samples": None}])]),
+    _saved([_check(measurements=[{"requirement": "T-1", "value": 1, "detail": 3, "samples": 0}])]),
+])
 def test_a_missing_or_broken_saved_session_stops_the_merging_run_with_a_clear_error(
         pytester, content):
     if content is not None:
