@@ -129,12 +129,12 @@ def test_interrupted_run_leaves_nothing(work, monkeypatch):
     run_dir = work / f"run-{os.getpid()}"  # the tool's folder for this process's run
     musicfs_reads = []
 
-    def interrupted(paths, readers=1):
+    def interrupted(paths, readers=1, firsts=None):
         if paths[0].is_relative_to(run_dir / "round-1" / "musicfs"):
             musicfs_reads.append(paths[0])
             real_read(paths[:1], readers)  # a fill under way
             raise KeyboardInterrupt
-        return real_read(paths, readers)
+        return real_read(paths, readers, firsts)
 
     monkeypatch.setattr(workload, "timed_read", interrupted)  # where run_peer_round finds it
     before = set(_children(os.getpid()))

@@ -142,7 +142,7 @@ class Comparison:
 
 def _cell(values: list[float], unit: str) -> str:
     def fmt(v: float) -> str:
-        return f"{v:,.0f}" if unit == "MB/s" else f"{v:,.1f}" if unit == "MB" else f"{v:.4f}"
+        return f"{v:,.0f}" if unit == "MB/s" else f"{v:,.1f}" if unit == "MB" else f"{v:.2f}" if unit == "ms" else f"{v:.4f}"
     text = fmt(median(values))
     if len(values) > 1:
         text += f" ({fmt(min(values))}-{fmt(max(values))})"

@@ -23,23 +23,30 @@ PARALLEL_READERS = 8
 IDLE_SETTLE = 7.0
 
 
-def read_files(paths: list[Path]) -> int:
-    """Read every file front to back in 1 MiB reads; the bytes read."""
+def read_files(paths: list[Path], firsts: list[float] | None = None) -> int:
+    """Read every file front to back in 1 MiB reads; the bytes read. ``firsts``: gets, per
+    file, the seconds from its open to the end of its first read (what a player waits for)."""
     buf = bytearray(BLOCK)
     total = 0
     for path in paths:
+        started = time.perf_counter()
         with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
+            n = f.readinto(buf)
+            if firsts is not None:
+                firsts.append(time.perf_counter() - started)
+            while n:
                 total += n
+                n = f.readinto(buf)
     return total
 
 
-def timed_read(paths: list[Path], readers: int = 1) -> tuple[float, int]:
+def timed_read(paths: list[Path], readers: int = 1, firsts: list[float] | None = None) -> tuple[float, int]:
     """(MB/s, bytes) reading ``paths``; with ``readers`` threads, reader i takes every
-    i-th file (each thread its own files, all at once)."""
+    i-th file (each thread its own files, all at once). ``firsts``: see :func:`read_files`
+    (one reader only)."""
     started = time.perf_counter()
     if readers == 1:
-        total = read_files(paths)
+        total = read_files(paths, firsts)
     else:
         with ThreadPoolExecutor(max_workers=readers) as pool:
             total = sum(pool.map(read_files, [paths[i::readers] for i in range(readers)]))
@@ -93,9 +100,11 @@ class Metric:
 
 METRICS = (
     Metric("cold_seq", "sequential read, cold", "MB/s", True),
+    Metric("first_mib_cold", "open and first MiB of a track, cold (median)", "ms", False),
     Metric("cold_parallel", f"{PARALLEL_READERS} parallel readers, cold", "MB/s", True),
     Metric("warm_seq", "sequential re-read, warm", "MB/s", True),
     Metric("cached_remount", "cached, after remount", "MB/s", True, ("musicfs",)),
+    Metric("first_mib_cached", "open and first MiB of a track, cached (median)", "ms", False, ("musicfs",)),
     Metric("list_dir", "list the big directory", "s", False),
     Metric("ls_l", "ls -l of it", "s", False),
     Metric("find", "find over the library, warm", "s", False),
@@ -128,7 +137,9 @@ def run_peer_round(peer: Peer, library: Library, place: Path, *, verify: bool) -
 
     with peer.mount(library, place, "a") as mounted:
         drop_page_cache()
-        out.figures["cold_seq"], out.bytes_read["cold_seq"] = timed_read(mounted.large)
+        firsts: list[float] = []
+        out.figures["cold_seq"], out.bytes_read["cold_seq"] = timed_read(mounted.large, firsts=firsts)
+        out.figures["first_mib_cold"] = median(firsts) * 1000
         out.figures["warm_seq"], out.bytes_read["warm_seq"] = timed_read(mounted.large)
         if verify:
             out.digests_match = all(sha256_of(path, BLOCK) == track.sha256
@@ -144,7 +155,10 @@ def run_peer_round(peer: Peer, library: Library, place: Path, *, verify: bool) -
     if peer.name == "musicfs":  # MM-4's path: the chunk cache read back by a new daemon
         with peer.mount(library, place, "a") as mounted:
             drop_page_cache()
-            out.figures["cached_remount"], out.bytes_read["cached_remount"] = timed_read(mounted.large)
+            firsts = []
+            out.figures["cached_remount"], out.bytes_read["cached_remount"] = timed_read(mounted.large,
+                                                                                         firsts=firsts)
+            out.figures["first_mib_cached"] = median(firsts) * 1000
             if mounted.origin_fills is not None:
                 out.remount_fills = mounted.origin_fills()
             note_peak(mounted)
