@@ -23,6 +23,7 @@ from conformance.measure import DAEMON_ENV, median
 from fixtures.media import short_track
 from musicfs import daemon
 from musicfs.control.manager_client import manager_socket
+from musicfs.control.sockets import reachable
 from tests.harness import mounted_tracks, musicfs_cmd, running_manager
 
 LIBRARIES = 10  # MM-3: ten libraries mounted together
@@ -222,12 +223,13 @@ def test_a_child_that_dies_is_reported_its_mountpoint_freed_and_restarted_if_its
 def test_hostile_requests_are_refused_and_the_manager_goes_on(libraries, tmp_path):
     state = tmp_path / "state"
     with running_manager(state, DAEMON_ENV) as manager_pid:
-        address = str(manager_socket(state))
+        address = manager_socket(state)
 
         def raw(request: bytes) -> bytes:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            # through /proc when the path is longer than a socket address may be, as the CLI does
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, reachable(address) as where:
                 sock.settimeout(10)
-                sock.connect(address)
+                sock.connect(where)
                 sock.sendall(request)
                 chunks = []
                 while chunk := sock.recv(65536):
@@ -245,8 +247,8 @@ def test_hostile_requests_are_refused_and_the_manager_goes_on(libraries, tmp_pat
         assert b" 413 " in raw(b"POST /v1/mounts HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
         assert b" 404 " in raw(b"GET /nowhere HTTP/1.1\r\n\r\n")
         raw(b"GET /v1/man")  # a request cut short: the client leaves
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(address)  # and one that connects and says nothing, then goes
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, reachable(address) as where:
+            sock.connect(where)  # and one that connects and says nothing, then goes
         assert manager_report(state)["statistics"]["started"] == 0 and daemon.is_alive(manager_pid)
         point = mountpoints(tmp_path, 1)[0]
         ok(run(state, "mount", "--config", str(libraries[3]), str(point)))

@@ -172,8 +172,15 @@ def test_status_origins_and_events_render_without_reading_markup_in_names():
               "index": {"path": "/i.db", "tracks": 3, "directories": 2, "bytes": 2_000_000, "skipped": 1,
                         "age_seconds": 61.0},
               "cache": {"bytes": 1000, "limit_bytes": 10**9, "hit_rate": 0.5}}
+    assert render.status_heading(report).plain == "/mnt/[music]  (pid 42)"
+    deep = "/" + "a-long-folder-name/" * 8 + "mnt"  # longer than the terminal is wide: one line still
+    from rich.console import Console
+
+    narrow = Console(record=True, width=40, color_system=None)
+    narrow.print(render.status_heading({"mountpoint": deep, "pid": 7}), soft_wrap=True)
+    assert f"{deep}  (pid 7)" in narrow.export_text().splitlines()
     text = shown(render.status_table(report))
-    for expected in ("/mnt/[music]", "degraded", "2 h 01 min", "3 in 2 folders, 2.0 MB", "/music/[live]",
+    for expected in ("degraded", "2 h 01 min", "3 in 2 folders, 2.0 MB", "/music/[live]",
                      "1.0 kB of 1.0 GB, hit rate 50.0 %", "1 min 1 s ago"):
         assert expected in text, (expected, text)
     assert "not answering" in shown(render.status_table({"mountpoint": "/m", "pid": 1, "error": "refused"}))

@@ -171,6 +171,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(reports)
     else:
         for report in reports:
+            console.print(_render().status_heading(report), soft_wrap=True)
             console.print(_render().status_table(report))
     return 1 if any("error" in r for r in reports) else 0
 

@@ -65,9 +65,17 @@ def _table(title: str | None = None, **kwargs: Any) -> Table:
 # -- status -------------------------------------------------------------------
 
 
+def status_heading(report: dict) -> Text:
+    """The line above a mount's status table: its mountpoint and pid. Printed on its own line, in
+    full (``soft_wrap``): as the table's title it was folded to the table's width, and a long
+    mountpoint came out cut in two, where neither a reader nor ``grep`` finds it."""
+    return Text(f"{report['mountpoint']}  (pid {report.get('pid', '?')})", style="italic")
+
+
 def status_table(report: dict) -> Table:
-    """One mount's /v1/status, or ``{"mountpoint", "pid", "error"}`` for one that did not answer."""
-    table = _table(f"{report['mountpoint']}  (pid {report.get('pid', '?')})", show_header=False)
+    """One mount's /v1/status, or ``{"mountpoint", "pid", "error"}`` for one that did not answer
+    (under :func:`status_heading`)."""
+    table = _table(show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     if "error" in report:
