@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -206,3 +207,32 @@ def test_a_command_with_no_daemon_says_so_in_one_line_and_exits_2(tmp_path, caps
     assert out == "" and err == "musicfs: no musicfs mount is running\n"
     assert main(["--state-dir", str(tmp_path), "events", "--type", "FileAdded", str(tmp_path / "[m]")]) == 2
     assert capsys.readouterr().err == f"musicfs: no musicfs daemon serves {tmp_path / '[m]'}\n"
+
+
+@pytest.mark.req("CLI-1")
+@pytest.mark.parametrize("thread", [False, True], ids=["alone", "with a thread running"])
+def test_a_command_exits_without_teardown_yet_keeps_all_it_printed_and_its_exit_code(thread):
+    """``musicfs`` (:func:`musicfs.cli.main.run`) skips the interpreter's teardown once a command
+    is done: a megabyte written to a pipe still arrives whole, stderr too, logging's handlers
+    are flushed, and the exit code is the command's. A command that leaves a thread running
+    exits the normal way, which waits for the thread (its output arrives too)."""
+    script = textwrap.dedent(f"""
+        import logging, sys, threading, time
+        from musicfs.cli import main as cli
+
+        def command():
+            sys.stdout.write("x" * 1_000_000)
+            sys.stderr.write("to stderr")
+            logging.getLogger("musicfs.test").warning("logged")
+            if {thread}:
+                threading.Thread(target=lambda: (time.sleep(0.2), sys.stdout.write("late"))).start()
+            return 3
+
+        logging.basicConfig(stream=sys.stderr, format="%(message)s")
+        cli.main = command
+        cli.run()
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "x" * 1_000_000 + ("late" if thread else "")
+    assert "to stderr" in done.stderr and "logged" in done.stderr

@@ -9,8 +9,10 @@ import functools
 import logging
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from .. import daemon
 from ..control.locate import mounts_of_index
@@ -499,5 +501,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> NoReturn:
+    """The ``musicfs`` command: :func:`main`, then an exit that skips tearing the interpreter down.
+
+    A normal exit finalizes every module and frees every object one by one: ~10 ms of the
+    ~100 each command takes here (CLI-1, and MM-2's ``musicfs mount``), spent after the
+    command's work is done. What matters of a normal exit is done here instead: logging's
+    handlers are flushed and closed, and so are stdout and stderr. A command that leaves a
+    thread running exits the normal way, which waits for it."""
+    code = main()
+    if threading.active_count() > 1:
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader that went away, a closed stream
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
