@@ -504,10 +504,10 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> NoReturn:
     """The ``musicfs`` command: :func:`main`, then an exit that skips tearing the interpreter down.
 
-    A normal exit finalizes every module and frees every object one by one: ~10 ms of the
-    ~100 each command takes here (CLI-1, and MM-2's ``musicfs mount``), spent after the
+    A normal exit finalizes every module and frees every object one by one: 10-26 ms of the
+    ~100 each command took here (CLI-1, and MM-2's ``musicfs mount``), spent after the
     command's work is done. What matters of a normal exit is done here instead: logging's
-    handlers are flushed and closed, and so are stdout and stderr. A command that leaves a
+    handlers are flushed and closed, stdout and stderr flushed. A command that leaves a
     thread running exits the normal way, which waits for it."""
     code = main()
     if threading.active_count() > 1:
