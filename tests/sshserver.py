@@ -23,7 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,7 +193,7 @@ def _keygen(path: Path, kind: str) -> None:
     subprocess.run(args, check=True, stdin=subprocess.DEVNULL, capture_output=True)
 
 
-def _sshd_config(tmp: Path, port: int, sftp_options: str = "") -> str:
+def _sshd_config(tmp: Path, port: int, sftp_options: str = "", extra: Sequence[str] = ()) -> str:
     return "\n".join([
         "ListenAddress 127.0.0.1",
         f"Port {port}",
@@ -209,6 +209,7 @@ def _sshd_config(tmp: Path, port: int, sftp_options: str = "") -> str:
         f"Subsystem sftp internal-sftp {sftp_options}".rstrip(),
         "MaxStartups 50",
         "LogLevel VERBOSE",
+        *extra,
         "",
     ])
 
@@ -232,10 +233,11 @@ def _wait_for_banner(proc: subprocess.Popen, port: int, log: Path) -> None:
 
 
 @contextmanager
-def ssh_server(sftp_options: str = "") -> Iterator[SshServer]:
+def ssh_server(sftp_options: str = "", extra: Sequence[str] = ()) -> Iterator[SshServer]:
     """Start ``sshd`` on 127.0.0.1 and a free port; yield it; always stop it and remove its files.
 
-    ``sftp_options`` are given to ``internal-sftp`` (``-R``: a server that lets files be read only).
+    ``sftp_options`` are given to ``internal-sftp`` (``-R``: a server that lets files be read only);
+    ``extra`` lines go at the end of ``sshd_config`` (``Ciphers aes128-ctr``: an older server).
     """
     sshd = _sshd()
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
@@ -254,7 +256,7 @@ def ssh_server(sftp_options: str = "") -> Iterator[SshServer]:
         for _ in range(3):  # the free port can be taken between probing and binding
             port = _free_port()
             (tmp / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-            (tmp / "sshd_config").write_text(_sshd_config(tmp, port, sftp_options))
+            (tmp / "sshd_config").write_text(_sshd_config(tmp, port, sftp_options, extra))
             with open(log, "ab") as out:
                 proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(tmp / "sshd_config")],
                                         stdin=subprocess.DEVNULL, stdout=out, stderr=out,

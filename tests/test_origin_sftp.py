@@ -285,6 +285,28 @@ def test_large_reads_at_odd_offsets(server, connect, tmp_path):
         assert origin.read_range("big.flac", offset, size) == data[offset:offset + size]
 
 
+def ciphers(origin: SftpOrigin) -> tuple[str, str]:
+    transport = origin._pool.connections[0].client.get_transport()
+    return transport.local_cipher, transport.remote_cipher
+
+
+def test_openssh_is_read_through_an_aead_cipher(server, connect, tmp_path):
+    """AES-GCM is chosen where the server has it: no separate per-packet HMAC in Python (ASYNC-2)."""
+    data = random.Random(8).randbytes(300_000)
+    origin = connect(server, path=str(populate(tmp_path / "lib", {"a.flac": data})))
+    assert origin.read_range("a.flac", 0, len(data)) == data
+    assert ciphers(origin) == ("aes128-gcm@openssh.com", "aes128-gcm@openssh.com")
+
+
+def test_a_server_without_aead_ciphers_is_read_all_the_same(connect, tmp_path):
+    data = random.Random(9).randbytes(300_000)
+    with ssh_server(extra=["Ciphers aes256-ctr,aes128-ctr"]) as older:
+        origin = connect(older, path=str(populate(tmp_path / "lib", {"a.flac": data})))
+        assert origin.read_range("a.flac", 0, len(data)) == data
+        assert ciphers(origin) == ("aes128-ctr", "aes128-ctr")
+        origin.close()
+
+
 def test_paths_cannot_climb_out(server, connect):
     with pytest.raises(ValueError):
         connect(server).stat("../etc/passwd")

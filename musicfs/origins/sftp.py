@@ -72,17 +72,34 @@ DEFAULT_POOL_SIZE = 4
 DEFAULT_TIMEOUT = 10.0  # seconds: connect, handshake, auth, and each call as a whole
 DEFAULT_PAGE_SIZE = 1000
 MAX_POOL_SIZE = 64
-# How much the server may send before we acknowledge it: at 100 ms round trips, 4 MiB is 40 MB/s
-# per connection (paramiko's 2 MiB default halves that). The bytes wait in memory until read.
-WINDOW = 16 * 1024 * 1024
+# How much the server may send before we acknowledge it: a connection carries at most this much
+# per round trip. 64 MiB is 160 MB/s at 400 ms, 640 MB/s at 100 ms; 16 MiB made a hundred 192 KiB
+# reads started together at +400 ms (18.75 MiB) wait one round trip more than a single read
+# (1.55x its time against 1.13x now, ASYNC-2). The server sends only what calls asked for, and
+# the reader thread takes it as it comes, so the window is not memory held.
+WINDOW = 64 * 1024 * 1024
 MAX_PACKET = 256 * 1024  # SSH packets this large carry a 64 KiB (or bigger) read answer whole
 KEEPALIVE = 30  # seconds: keeps idle pooled connections through NAT and firewalls
 
 # Failures of the SSH layer while connecting (a reset or timeout is an OSError subclass).
 _CONNECT_ERRORS = (paramiko.SSHException, EOFError, ConnectionLost)
+# Offered first, as OpenSSH itself ranks them: an AEAD cipher seals each packet in one pass, where
+# paramiko's default (AES-CTR with HMAC-SHA2) also runs Python's hmac for every packet. Measured
+# on a hundred cold reads through the mount: ~15% less daemon CPU. Servers without them agree on
+# the rest of paramiko's list, unchanged.
+AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 T = TypeVar("T")
 
+
+
+def _transport(sock, **options) -> paramiko.Transport:
+    """paramiko's transport, with the AEAD ciphers it knows offered ahead of its others."""
+    transport = paramiko.Transport(sock, **options)
+    security = transport.get_security_options()
+    offered = security.ciphers
+    security.ciphers = (*[c for c in AEAD_CIPHERS if c in offered], *[c for c in offered if c not in AEAD_CIPHERS])
+    return transport
 
 
 def _plausible(name: str) -> bool:
@@ -425,7 +442,8 @@ class SftpOrigin(Origin):
         try:
             client.connect(self.host, self.port, username=self.user, pkey=pkey, timeout=self.timeout,
                            banner_timeout=self.timeout, auth_timeout=self.timeout,
-                           channel_timeout=self.timeout, allow_agent=False, look_for_keys=False)
+                           channel_timeout=self.timeout, allow_agent=False, look_for_keys=False,
+                           transport_factory=_transport)
             transport = client.get_transport()
             channel = transport.open_session(window_size=WINDOW, max_packet_size=MAX_PACKET,
                                              timeout=self.timeout)
