@@ -236,3 +236,44 @@ def test_a_command_exits_without_teardown_yet_keeps_all_it_printed_and_its_exit_
     assert done.returncode == 3, done.stderr
     assert done.stdout == "x" * 1_000_000 + ("late" if thread else "")
     assert "to stderr" in done.stderr and "logged" in done.stderr
+
+
+def _shape(parser) -> list:
+    """Every option, positional and default of a parser and of the subcommands below it."""
+    import argparse
+
+    shape = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            shape.append(sorted((name, _shape(sub)) for name, sub in action.choices.items()))
+        else:
+            shape.append((tuple(action.option_strings), action.dest, action.nargs, repr(action.default)))
+    return shape + [sorted(parser._defaults)]
+
+
+def test_each_command_parses_with_only_its_own_parser_built_and_the_same_arguments():
+    """CLI-1: a command builds its own parser, not the 35 others; what it accepts is unchanged."""
+    from musicfs.cli.main import _command_in, build_parser
+
+    every = build_parser()
+    (commands,) = [a for a in every._actions if a.choices and a.dest == "command"]
+    for name, full in commands.choices.items():
+        only = build_parser(name)
+        assert only is not every
+        (built,) = [a for a in only._actions if a.dest == "command"]
+        assert list(built.choices) == [name]
+        assert _shape(built.choices[name]) == _shape(full), name
+    assert _command_in(["--state-dir", "mount", "-v", "status", "x"]) == "status"
+    assert _command_in(["-vv", "--state-dir=s", "cache", "stats"]) == "cache"
+    assert _command_in(["-v", "--help", "mount"]) is None
+    assert build_parser("no-such-command") is every
+
+
+def test_help_lists_every_command_and_an_unknown_one_is_named_with_the_choices():
+    listed = run("musicfs.cli.main", "--help").stdout
+    for command in ("scan", "mount", "umount", "status", "cache", "search", "manager", "publish", "systemd-unit"):
+        assert command in listed
+    unknown = run("musicfs.cli.main", "-v", "mountt", "x", check=False)
+    assert unknown.returncode == 2
+    assert "invalid choice: 'mountt'" in unknown.stderr and "'mount'" in unknown.stderr
+    assert "--foreground" in run("musicfs.cli.main", "mount", "--help").stdout

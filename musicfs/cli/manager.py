@@ -29,7 +29,10 @@ START_TIMEOUT = 30.0  # seconds for a manager to answer once started
 STOP_TIMEOUT = 75.0  # it gives each mount 15 s to unmount
 
 
-def add_commands(sub: argparse._SubParsersAction, child_main: Callable[[list[str]], int]) -> None:
+def add_commands(sub: argparse._SubParsersAction, child_main: Callable[[list[str]], int],
+                 prepare: Callable[[], None] = lambda: None) -> None:
+    """``prepare`` runs in the manager before it serves: what every mount child would otherwise
+    do for itself after the fork (building the ``mount`` command's parser)."""
     manager = sub.add_parser("manager", help="the manager that starts mounts fast (each in a process of its "
                                              "own)").add_subparsers(dest="manager_command", required=True)
     start = manager.add_parser("start", help="start the manager in the background; return once it answers")
@@ -40,7 +43,7 @@ def add_commands(sub: argparse._SubParsersAction, child_main: Callable[[list[str
     status.add_argument("--json", action="store_true", help="print it as JSON")
     status.set_defaults(func=cmd_status)
     run = manager.add_parser("run", help="be the manager in the foreground (for a systemd user service)")
-    run.set_defaults(func=lambda args: cmd_run(args, child_main))
+    run.set_defaults(func=lambda args: cmd_run(args, child_main, prepare))
     unit = manager.add_parser("unit", help="print a systemd user service that runs the manager")
     unit.set_defaults(func=cmd_unit)
 
@@ -53,7 +56,8 @@ def _log(state: Path) -> Path:
     return state / "log" / "manager.log"
 
 
-def cmd_run(args: argparse.Namespace, child_main: Callable[[list[str]], int]) -> int:
+def cmd_run(args: argparse.Namespace, child_main: Callable[[list[str]], int],
+            prepare: Callable[[], None] = lambda: None) -> int:
     from ..control.manager_client import manager_socket
     from ..manager import serve
     from ..systemd import Notifier
@@ -61,6 +65,7 @@ def cmd_run(args: argparse.Namespace, child_main: Callable[[list[str]], int]) ->
     state = _state(args)
     socket = manager_socket(state)
     notifier = Notifier.from_environment()
+    prepare()
     try:
         serve(state, socket, child_main, on_ready=lambda: notifier.ready(f"serving on {socket}"))
     finally:

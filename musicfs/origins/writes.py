@@ -17,7 +17,7 @@ from a file being read is not the origin's connection breaking) and raised as th
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -125,4 +125,4 @@ def temp_name(name: str) -> str:
     within the 255 bytes a name may have whatever ``name``'s length.
     """
     stem = name.encode("utf-8", "surrogateescape")[:160].decode("utf-8", "ignore")
-    return f".{stem}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    return f".{stem}.{os.urandom(8).hex()}{TEMP_SUFFIX}"
